@@ -15,7 +15,7 @@ the sample (repulsive load), F = k·deflection; indentation δ = (z_piezo − su
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
