@@ -1,0 +1,324 @@
+"""The bipotentiostat: tip and substrate channels, a technique with its parameters, and a waveform acquisition.
+
+Reading the device gives the scalar currents of both channels (``pstat_tip_current``,
+``pstat_substrate_current``) and, when the technique is not ``"READ"``, the waveform of the run technique:
+``pstat_wf_time`` (s), ``pstat_wf_potential`` (V), ``pstat_wf_current`` (A, the driven channel) and
+``pstat_wf_collector_current`` (A, the other channel), each with shape ``(n_samples,)`` and dimension
+``waveform_index``.  Each trigger runs the technique once; the number of samples is fixed by ``n_samples`` so
+that every event of a stream has the same shape whatever the scan rate or duration.
+
+Waveforms can instead be written by the device to files and announced as external assets
+(StreamResource/StreamDatum): give the potentiostat an ``asset_writer`` (see :class:`AssetWriter`) and the
+waveform keys are described with ``external="STREAM:"``.
+
+Techniques (on ``working_channel``; the other channel is held at its ``potential``):
+
+========  ========================================================================================
+READ      steady-state currents of both channels at their set potentials (no waveform)
+CA        potential step to ``e_hold`` for ``duration``
+CV        ``e_start`` → ``e_vertex1`` → ``e_vertex2`` → ``e_start`` at ``scan_rate``, ``n_cycles`` times
+LSV       ``e_start`` → ``e_end`` at ``scan_rate``
+OCP       open circuit for ``duration``: zero current, the potential recorded
+CP        galvanostatic: ``current_setpoint`` for ``duration``
+========  ========================================================================================
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Protocol
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.status import DeviceStatus
+
+from ..errors import InvalidArgument, Overload, check_choice, check_positive, check_range
+from ..physics.bench_model import BenchModel
+from .probes import Probe
+
+TECHNIQUES = ("READ", "CA", "CV", "LSV", "OCP", "CP")
+WAVEFORM_FIELDS = ("time", "potential", "current", "collector_current")
+WAVEFORM_UNITS = {"time": "s", "potential": "V", "current": "A", "collector_current": "A"}
+WAVEFORM_DIM = "waveform_index"
+
+
+class AssetWriter(Protocol):
+    """What the potentiostat needs from a writer of external waveform assets (see storage/devices docs)."""
+
+    def stage(self, data_keys: dict[str, dict]) -> list[tuple[str, dict]]: ...  # stream_resource docs
+    def write(self, arrays: dict[str, np.ndarray]) -> list[tuple[str, dict]]: ...  # stream_datum docs
+    def unstage(self) -> None: ...
+
+
+class PotentiostatChannel(Device):
+    """One working electrode: potential setpoint (V) and measured current (A)."""
+
+    potential = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
+    current = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "A"})
+    current_range = Cpt(Signal, value=1e-6, kind="config", metadata={"units": "A"})
+
+
+class TechniqueParameters(Device):
+    """Parameters of the technique run on each trigger (V, V/s, s, A)."""
+
+    e_start = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
+    e_vertex1 = Cpt(Signal, value=-0.5, kind="config", metadata={"units": "V"})
+    e_vertex2 = Cpt(Signal, value=0.5, kind="config", metadata={"units": "V"})
+    e_end = Cpt(Signal, value=0.5, kind="config", metadata={"units": "V"})
+    e_hold = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
+    scan_rate = Cpt(Signal, value=0.1, kind="config", metadata={"units": "V/s"})
+    n_cycles = Cpt(Signal, value=1, kind="config")
+    duration = Cpt(Signal, value=1.0, kind="config", metadata={"units": "s"})
+    current_setpoint = Cpt(Signal, value=0.0, kind="config", metadata={"units": "A"})
+    n_samples = Cpt(Signal, value=1000, kind="config")
+    integration_time = Cpt(Signal, value=0.01, kind="config", metadata={"units": "s"})
+
+
+class WaveformSignals(Device):
+    """The last acquired waveform."""
+
+    time = Cpt(Signal, value=np.zeros(0), kind="normal")
+    potential = Cpt(Signal, value=np.zeros(0), kind="normal")
+    current = Cpt(Signal, value=np.zeros(0), kind="normal")
+    collector_current = Cpt(Signal, value=np.zeros(0), kind="normal")
+
+
+class Bipotentiostat(Device):
+    """Two-channel potentiostat.  The simulated one computes its readings from a :class:`BenchModel`."""
+
+    tip = Cpt(PotentiostatChannel, "")
+    substrate = Cpt(PotentiostatChannel, "")
+    technique = Cpt(Signal, value="READ", kind="config")
+    working_channel = Cpt(Signal, value="substrate", kind="config")
+    cell_on = Cpt(Signal, value=1, kind="config")
+    params = Cpt(TechniqueParameters, "")
+    wf = Cpt(WaveformSignals, "")
+
+    def __init__(self, *args, probe: Probe | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.probe = probe
+        self.asset_writer: AssetWriter | None = None
+        self._asset_docs: list[tuple[str, dict]] = []
+
+    # --------------------------------------------------------- configuration helpers
+    def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
+        """Set the technique, its channel and parameters in one call, validating them first.
+
+        Raises :class:`~espt_bluesky.errors.InvalidArgument` naming the argument for an unknown technique or
+        parameter, a non-positive scan rate or duration, equal CV vertices, or potentials beyond compliance.
+        """
+        technique = check_choice("technique", technique, TECHNIQUES)
+        channel = check_choice("channel", channel, ("tip", "substrate"))
+        names = set(self.params.component_names)
+        for k in params:
+            if k not in names:
+                raise InvalidArgument(f"{k!r} is not a technique parameter; allowed: {sorted(names)}")
+        merged = {k: getattr(self.params, k).get() for k in names}
+        merged.update(params)
+        validate_technique(technique, merged, self.compliance)
+        for k, v in params.items():
+            getattr(self.params, k).put(v)
+        self.technique.put(technique)
+        self.working_channel.put(channel)
+
+    compliance: tuple[float, float] = (-10.0, 10.0)  # V, the potentials the instrument can apply
+
+    # --------------------------------------------------------- bluesky protocol
+    def _waveform_active(self) -> bool:
+        return self.technique.get() != "READ"
+
+    def _wf_keys(self) -> dict[str, str]:
+        return {f: getattr(self.wf, f).name for f in WAVEFORM_FIELDS}
+
+    def describe(self) -> dict[str, dict]:
+        desc = super().describe()
+        wf_keys = self._wf_keys()
+        n = int(self.params.n_samples.get())
+        for field, key in wf_keys.items():
+            if not self._waveform_active():
+                desc.pop(key, None)
+                continue
+            desc[key] = dict(source=f"SIM:{key}", dtype="array", dtype_numpy="<f8", shape=[n],
+                             dims=[WAVEFORM_DIM], units=WAVEFORM_UNITS[field])
+            if self.asset_writer is not None:
+                desc[key]["external"] = "STREAM:"
+        for ch in (self.tip, self.substrate):
+            k = ch.current.name
+            if k in desc:
+                desc[k].update(units="A", dtype_numpy="<f8")
+        return desc
+
+    def read(self) -> dict[str, dict]:
+        out = super().read()
+        wf_keys = set(self._wf_keys().values())
+        if not self._waveform_active() or self.asset_writer is not None:
+            for k in wf_keys:
+                out.pop(k, None)
+        return out
+
+    def read_configuration(self) -> dict[str, dict]:
+        cfg = super().read_configuration()
+        if self.probe is not None:
+            cfg.update(self.probe.read_configuration())
+        return cfg
+
+    def describe_configuration(self) -> dict[str, dict]:
+        cfg = super().describe_configuration()
+        if self.probe is not None:
+            cfg.update(self.probe.describe_configuration())
+        return cfg
+
+    def stage(self):
+        staged = super().stage()
+        if self.asset_writer is not None and self._waveform_active():
+            keys = {k: v for k, v in self.describe().items() if k in set(self._wf_keys().values())}
+            self._asset_docs.extend(self.asset_writer.stage(keys))
+        return staged
+
+    def unstage(self):
+        if self.asset_writer is not None:
+            self.asset_writer.unstage()
+        return super().unstage()
+
+    def collect_asset_docs(self):
+        docs, self._asset_docs = self._asset_docs, []
+        yield from docs
+
+    def _publish_waveform(self, wave: dict[str, np.ndarray]) -> None:
+        if self.asset_writer is not None:
+            self._asset_docs.extend(self.asset_writer.write({self._wf_keys()[f]: wave[f] for f in WAVEFORM_FIELDS}))
+        for f in WAVEFORM_FIELDS:
+            getattr(self.wf, f).put(np.asarray(wave[f], dtype=float))
+
+    def open_circuit(self) -> None:
+        """Disconnect the cell (open circuit): no current flows until ``cell_on`` is set again."""
+        self.cell_on.put(0)
+        self.technique.put("READ")
+
+
+def validate_technique(technique: str, p: dict[str, Any], compliance: tuple[float, float]) -> None:
+    """Check a technique's parameters; raise InvalidArgument naming the first bad one."""
+    lo, hi = compliance
+    n = p.get("n_samples", 1000)
+    if not isinstance(n, (int, np.integer)) or n < 2:
+        raise InvalidArgument(f"n_samples={n!r} must be an integer >= 2")
+    check_positive("integration_time", p.get("integration_time", 0.01), units="s")
+    if technique in ("CV", "LSV"):
+        check_positive("scan_rate", p["scan_rate"], units="V/s")
+        names = ("e_start", "e_vertex1", "e_vertex2") if technique == "CV" else ("e_start", "e_end")
+        for k in names:
+            check_range(k, p[k], lo, hi, units="V")
+    if technique == "CV":
+        if p["e_vertex1"] == p["e_vertex2"]:
+            raise InvalidArgument(f"e_vertex1={p['e_vertex1']!r} V equals e_vertex2: the window is empty")
+        if not (min(p["e_vertex1"], p["e_vertex2"]) <= p["e_start"] <= max(p["e_vertex1"], p["e_vertex2"])):
+            raise InvalidArgument(f"e_start={p['e_start']!r} V must lie between the vertices "
+                                  f"{p['e_vertex1']!r} and {p['e_vertex2']!r} V")
+        if int(p["n_cycles"]) < 1:
+            raise InvalidArgument(f"n_cycles={p['n_cycles']!r} must be >= 1")
+    if technique == "LSV" and p["e_start"] == p["e_end"]:
+        raise InvalidArgument(f"e_end={p['e_end']!r} V equals e_start: the sweep is empty")
+    if technique in ("CA", "OCP", "CP"):
+        check_positive("duration", p["duration"], units="s")
+    if technique == "CA":
+        check_range("e_hold", p["e_hold"], lo, hi, units="V")
+
+
+def technique_program(technique: str, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Time (s) and program (V, or A for CP) of a technique with ``n_samples`` points."""
+    from ..physics import voltammetry
+
+    n = int(p["n_samples"])
+    if technique == "CV":
+        return voltammetry.cv_waveform(p["e_start"], p["e_vertex1"], p["e_vertex2"], p["scan_rate"],
+                                       int(p["n_cycles"]), n)
+    if technique == "LSV":
+        return voltammetry.lsv_waveform(p["e_start"], p["e_end"], p["scan_rate"], n)
+    t = np.linspace(0.0, float(p["duration"]), n)
+    if technique == "CA":
+        return t, np.full(n, float(p["e_hold"]))
+    if technique == "CP":
+        return t, np.full(n, float(p["current_setpoint"]))
+    return t, np.zeros(n)  # OCP: zero current
+
+
+class SimBipotentiostat(Bipotentiostat):
+    """Simulated bipotentiostat reading a :class:`~espt_bluesky.physics.bench_model.BenchModel`."""
+
+    def attach(self, model: BenchModel, time_scale: float = 0.0) -> None:
+        self._model = model
+        self._time_scale = time_scale
+        self.substrate.current_range.put(1e-2)
+        e_ocp = model.environment["e_ocp"]
+        self.substrate.potential.put(e_ocp)
+        if model.technique == "SECM":
+            self.tip.potential.put(model.environment["mediator"]["E0"] + 0.35)
+        elif model.technique == "SICM":
+            self.tip.potential.put(model.options.ion_bias)
+        else:
+            self.tip.potential.put(e_ocp)
+        span = 5.0
+        self.compliance = (e_ocp - span, e_ocp + span) if model.environment["reference_electrode"] != "Li+/Li" \
+            else (-0.5, 5.0)
+
+    def trigger(self) -> DeviceStatus:
+        status = DeviceStatus(self)
+        model = self._model
+        technique = self.technique.get()
+        duration = 0.0
+        error = None
+        try:
+            if not self.cell_on.get():
+                i_tip = i_sub = 0.0
+                duration = self.params.integration_time.get()
+                model.clock += duration
+            elif technique == "READ":
+                duration = self.params.integration_time.get()
+                model.clock += duration
+                i_tip, i_sub = self._read_scalar()
+            else:
+                p = {k: getattr(self.params, k).get() for k in self.params.component_names}
+                t, program = technique_program(technique, p)
+                channel = self.working_channel.get()
+                other = self.substrate if channel == "tip" else self.tip
+                wave = model.run_program(channel, technique, t, program, other.potential.get())
+                duration = float(t[-1] - t[0])
+                self._publish_waveform(wave)
+                i_drv, i_oth = float(wave["current"][-1]), float(wave["collector_current"][-1])
+                i_tip, i_sub = (i_drv, i_oth) if channel == "tip" else (i_oth, i_drv)
+            self.tip.current.put(i_tip)
+            self.substrate.current.put(i_sub)
+            for ch in (self.tip, self.substrate):
+                if abs(ch.current.get()) > ch.current_range.get():
+                    raise Overload(f"{ch.name}: |current| = {abs(ch.current.get()):.3g} A exceeds the current "
+                                   f"range {ch.current_range.get():.3g} A")
+        except Exception as exc:  # reported through the status, as hardware would
+            error = exc
+
+        def finish():
+            status.set_exception(error) if error is not None else status.set_finished()
+
+        if self._time_scale > 0 and duration > 0:
+            def later():
+                time.sleep(duration * self._time_scale)
+                finish()
+            threading.Thread(target=later, daemon=True).start()
+        else:
+            finish()
+        return status
+
+    def _read_scalar(self) -> tuple[float, float]:
+        model = self._model
+        e_tip = self.tip.potential.get()
+        e_sub = self.substrate.potential.get()
+        model._substrate_potential = e_sub
+        if model.technique == "SICM":
+            i_tip = model.add_noise(model.sicm_current(e_tip))
+        elif model.technique == "SECM":
+            i_tip = model.add_noise(model.secm_tip_current(e_tip))
+        else:
+            i_tip = 0.0
+        i_sub = model.add_noise(model.contact_current(e_sub)) if model.technique == "SECCM" else 0.0
+        return float(i_tip), float(i_sub)

@@ -1,0 +1,46 @@
+"""Shared fixtures: a RunEngine whose every document is validated against the event-model schemas."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+class DocumentCollector:
+    """Collects (name, doc) pairs and validates each against the event-model JSON schemas."""
+
+    def __init__(self):
+        from event_model import DocumentNames, schema_validators
+
+        self._validators = schema_validators
+        self._names = DocumentNames
+        self.docs: list[tuple[str, dict]] = []
+
+    def __call__(self, name, doc):
+        if name not in ("event_page", "datum_page"):
+            self._validators[self._names[name]].validate(doc)
+        self.docs.append((name, doc))
+
+    def of(self, name):
+        return [d for n, d in self.docs if n == name]
+
+    def events(self, stream="primary"):
+        descs = {d["uid"] for d in self.of("descriptor") if d.get("name") == stream}
+        return [d for d in self.of("event") if d["descriptor"] in descs]
+
+
+@pytest.fixture
+def RE():
+    from bluesky import RunEngine
+
+    engine = RunEngine({}, call_returns_result=True)
+    engine.collector = DocumentCollector()
+    engine.subscribe(engine.collector)
+    yield engine
+    if engine.state != "idle":
+        engine.halt()
