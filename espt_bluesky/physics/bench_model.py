@@ -88,7 +88,7 @@ class BenchOptions:
     substrate_area: float = 5e-5  # m², the macroscopic substrate electrode (0.5 cm²)
     ion_bias: float = 0.2  # V, SICM pipette bias
     conductivity: float = 1.3  # S/m, SICM electrolyte (≈ 0.1 M KCl)
-    meniscus_height: float | None = None  # µm, SECCM droplet reach below the pipette end (default: r_i)
+    meniscus_height: float | None = None  # µm, SECCM droplet reach below the pipette end (default: r_i/2)
 
 
 class BenchModel:
@@ -305,7 +305,7 @@ class BenchModel:
     # ------------------------------------------------------------------ SECCM
     def meniscus_height(self) -> float:
         """How far (µm) the droplet reaches below the pipette end."""
-        return self.options.meniscus_height or self.probe.radius
+        return self.options.meniscus_height or 0.5 * self.probe.radius
 
     def in_contact(self) -> bool:
         """True when the SECCM meniscus (or AFM tip) touches the surface."""
@@ -397,7 +397,8 @@ class BenchModel:
         mask = self.sample.disk_mask(float(xs), float(ys), r)
         q0 = float(np.mean(self.sample.sei_charge[mask]))
         params = self.droplet_params(float(xs), float(ys))
-        state = voltammetry.SurfaceState(charge=q0)
+        cap = float(self.sample.at("sei_capacity", xs, ys))
+        state = voltammetry.SurfaceState(theta=1.0 - np.exp(-q0 / cap), sei_charge=q0)
         if technique == "CP":
             res = voltammetry.simulate_galvanostatic(t, program, params, state=state, geometry="hemisphere",
                                                      radius=r * 1e-6)
@@ -405,7 +406,7 @@ class BenchModel:
         else:
             res = voltammetry.simulate(t, program, params, state=state, geometry="hemisphere", radius=r * 1e-6)
             potential, current = np.asarray(program, float), res.current
-        self.sample.sei_charge[mask] += res.state.charge - q0
+        self.sample.sei_charge[mask] += res.state.sei_charge - q0
         self.invalidate()
         return potential, current
 
