@@ -330,6 +330,11 @@ class GalvanostaticResult(SimulationResult):
 
     i_applied: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    @property
+    def potential(self) -> np.ndarray:
+        """Alias of ``E``: the electrode potential, V."""
+        return self.E
+
 
 # --------------------------------------------------------------------------------------------- helpers
 def _validate_time(t, E=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
