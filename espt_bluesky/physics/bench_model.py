@@ -81,7 +81,8 @@ class BenchOptions:
 
     noise: float = 0.005  # relative current noise (1 sigma)
     current_noise_floor: float = 2e-14  # A, additive
-    height_noise: float = 3e-4  # µm, AFM height/deflection noise
+    height_noise: float = 3e-4  # µm, AFM height noise
+    deflection_noise: float = 5e-11  # m, optical-lever deflection noise floor (0.05 nm)
     drift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # µm/s of the sample relative to the stage
     tilt: tuple[float, float] = (0.0, 0.0)  # degrees about y (slope in x) and about x (slope in y)
     tilt_centre: tuple[float, float] = (50.0, 50.0)  # µm, where the tilt plane passes through z = 0
@@ -474,11 +475,12 @@ class BenchModel:
         gap = z - float(self.surface_z(x, y))
         modulus = float(self.sample.at("modulus", xs, ys))
         zt = np.asarray(z_travel, float)
-        noise = 0.01 if self.options.noise > 0 else 0.0  # 1 % of the largest deflection
-        defl, force, _ = afm_physics.force_curve(
-            zt * 1e-6, gap * 1e-6, self.probe.spring_constant, modulus, self.probe.radius * 1e-6,
-            poisson=0.3, noise=noise, rng=self.rng)
-        return dict(z=zt, deflection=np.asarray(defl), force=np.asarray(force))
+        defl, _, _ = afm_physics.force_curve(
+            zt * 1e-6, gap * 1e-6, self.probe.spring_constant, modulus, self.probe.radius * 1e-6, poisson=0.3)
+        defl = np.asarray(defl)
+        if self.options.noise > 0:
+            defl = defl + self.rng.normal(0.0, self.options.deflection_noise, defl.shape)
+        return dict(z=zt, deflection=defl, force=self.probe.spring_constant * defl)
 
     # ------------------------------------------------------------------ ground truth
     def truth(self) -> dict[str, Any]:
