@@ -560,6 +560,59 @@ class _Diffusion:
 
 
 # --------------------------------------------------------------------------------------------- simulate
+def _fast_convolution_loop(diff, kf_all, kb_all, E, dts, sei, blk, p, faradaic, i_sei, cOs, cRs, theta, nFA):
+    """Uniform-step convolution loop on plain floats: one dot product per species per step, SEI inline."""
+    N = diff.N
+    wO, wR = diff.W[0], diff.W[1]
+    gO, gR = float(diff.w1[0]), float(diff.w1[1])
+    J = diff.J
+    kf_l = kf_all.tolist()
+    kb_l = kb_all.tolist()
+    cO, cR = p.c_bulk_O, p.c_bulk_R
+    dot = np.dot
+    cOs_l = [cO] * N
+    cRs_l = [cR] * N
+    J_l = [0.0] * N
+    dq_l = [0.0] * N
+    u_l = [sei.u] * N
+    same = p.D_O == p.D_R
+    u = sei.u
+    sei_on = sei.on
+    if sei_on:
+        expo = np.minimum(-(E - sei.onset) * sei.ln10_b, _EXP_CLIP)
+        a_l = (sei.rate * np.exp(expo) * np.concatenate([[0.0], dts]) / sei.cap).tolist()
+        cap = sei.cap
+    log = math.log
+    for k in range(1, N):
+        if k > 1:
+            sO = float(dot(wO[N - k : N - 1], J[1:k]))
+            sR = sO if same else float(dot(wR[N - k : N - 1], J[1:k]))
+        else:
+            sO = sR = 0.0
+        block = 1.0 - blk * (1.0 - u)
+        kf, kb = kf_l[k] * block, kb_l[k] * block
+        pO, pR = cO - sO, cR + sR
+        Jk = (kf * pO - kb * pR) / (1.0 + kf * gO + kb * gR)
+        J[k] = Jk
+        J_l[k] = Jk
+        cOs_l[k] = pO - gO * Jk
+        cRs_l[k] = pR + gR * Jk
+        if sei_on and u > 0.0:
+            inv_new = 1.0 / u + a_l[k]
+            dq_l[k] = cap * log(inv_new * u)
+            u = 1.0 / inv_new
+        u_l[k] = u
+    faradaic[:] = -nFA * np.asarray(J_l)
+    cOs[:] = cOs_l
+    cRs[:] = cRs_l
+    dq = np.asarray(dq_l)
+    i_sei[1:] = -p.area * dq[1:] / dts
+    theta[:] = 1.0 - np.asarray(u_l)
+    sei.u = u
+    sei.theta = 1.0 - u
+    sei.q += float(dq.sum())
+
+
 def _common(t, params, state, geometry, radius, method):
     if not isinstance(params, CellParams):
         raise InvalidArgument(f"params must be a CellParams, got {type(params).__name__}")
@@ -631,7 +684,12 @@ def simulate(
 
     dts = np.diff(t)
     predict, commit = diff.predict, diff.commit
-    for k in range(1, N):
+    if method == "convolution" and diff.uniform:
+        _fast_convolution_loop(diff, kf_all, kb_all, E, dts, sei, blk, p, faradaic, i_sei, cOs, cRs, theta, nFA)
+        N_loop = 1  # the generic loop below is the reference path (non-uniform steps, finite volume)
+    else:
+        N_loop = N
+    for k in range(1, N_loop):
         block = 1.0 - blk * sei.theta
         kf = kf_all[k] * block
         kb = kb_all[k] * block
@@ -747,41 +805,53 @@ def simulate_galvanostatic(
         u0 = sei.u
         Eprev = E[k - 1]
 
-        def total(Ek: float) -> float:
+        target = i_app[k]
+        ln10_b = sei.ln10_b
+
+        def fun(Ek: float) -> tuple[float, float]:
+            """Total current minus target, and its derivative dI/dE (> 0)."""
             eta = Ek - p.E0
             kf = k0b * math.exp(min(max(-aa * eta, -_EXP_CLIP), _EXP_CLIP))
             kb = k0b * math.exp(min(max(bb * eta, -_EXP_CLIP), _EXP_CLIP))
-            J = (kf * pO - kb * pR) / (1.0 + kf * gO + kb * gR)
-            i = -nFA * J + Cd * (Ek - Eprev) / dt
+            num = kf * pO - kb * pR
+            den = 1.0 + kf * gO + kb * gR
+            dnum = -aa * kf * pO - bb * kb * pR
+            dden = -aa * kf * gO + bb * kb * gR
+            J = num / den
+            val = -nFA * J + Cd * (Ek - Eprev) / dt - target
+            der = -nFA * (dnum * den - num * dden) / (den * den) + Cd / dt
             if sei.on and u0 > 0:
-                inv = 1.0 / u0 + sei.rate * sei.g(Ek) * dt / sei.cap
-                i -= p.area * sei.cap * math.log(inv * u0) / dt
-            return i
+                gk = sei.g(Ek)
+                inv = 1.0 / u0 + sei.rate * gk * dt / sei.cap
+                val -= p.area * sei.cap * math.log(inv * u0) / dt
+                der += p.area * sei.rate * ln10_b * gk / inv
+            return val, der
 
-        target = i_app[k]
-        # total(E) is increasing in E: bracket and bisect (robust; ~50 evaluations at most)
         lo, hi = e_lo, e_hi
-        f_lo, f_hi = total(lo) - target, total(hi) - target
+        f_lo, f_hi = fun(lo)[0], fun(hi)[0]
         if f_lo >= 0:
             Ek = lo
         elif f_hi <= 0:
             Ek = hi
         else:
+            # safeguarded Newton: keep a sign-change bracket, bisect when Newton leaves it
             Ek = min(max(Eprev, lo), hi)
-            # secant/bisection hybrid (Illinois-free: plain bisection with secant proposals inside bracket)
             for _ in range(200):
-                fk = total(Ek) - target
+                fk, dk = fun(Ek)
                 if fk > 0:
-                    hi, f_hi = Ek, fk
+                    hi = Ek
+                elif fk < 0:
+                    lo = Ek
                 else:
-                    lo, f_lo = Ek, fk
-                if hi - lo < 1e-10:
                     break
-                cand = lo - f_lo * (hi - lo) / (f_hi - f_lo)
-                mid = 0.5 * (lo + hi)
-                # fall back to bisection when the secant step is near the bracket ends
-                Ek = cand if (lo + 0.05 * (hi - lo) < cand < hi - 0.05 * (hi - lo)) else mid
-            Ek = 0.5 * (lo + hi)
+                step = fk / dk if dk > 0 else math.inf
+                cand = Ek - step
+                if not (lo < cand < hi):
+                    cand = 0.5 * (lo + hi)
+                if abs(cand - Ek) < 1e-12 or hi - lo < 1e-12:
+                    Ek = cand
+                    break
+                Ek = cand
         E[k] = Ek
         eta = Ek - p.E0
         kf = k0b * math.exp(min(max(-aa * eta, -_EXP_CLIP), _EXP_CLIP))
