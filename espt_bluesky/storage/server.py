@@ -1,0 +1,415 @@
+"""The local Tiled catalog: one data directory, one API key, a server on 127.0.0.1.
+
+Layout of a data directory (``ESPT_DATA_DIR``, default the per-user data directory)::
+
+    DATA_DIR/
+      api_key          the single-user API key (generated once, mode 0600) unless ESPT_TILED_API_KEY is set
+      catalog.db       the Tiled catalog (SQLite) -- or a PostgreSQL URI given as ``catalog_uri``
+      data/            writable array storage (zarr), written by TiledWriter
+      tables.duckdb    writable table storage (event tables) -- or the PostgreSQL database
+      assets/          readable asset directory: HDF5 waveform files written by devices live here
+      backup/          TiledWriter's backup of documents it could not send (``espt replay`` sends them)
+      config.yml       the ``tiled serve config`` file (generated; maps BlueskyRun to the json-seq exporter)
+      server.json      URI and process id of the running ``espt serve`` server
+      logs/            server logs
+
+The same directory serves both ways: :meth:`LocalCatalog.start` runs ``tiled serve config`` as its own process
+(``espt serve``), :meth:`LocalCatalog.in_process` runs the same configuration in a thread of this process (tests,
+the demo).  :meth:`LocalCatalog.connect` attaches to a server that is already running (a facility deployment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus, urlsplit
+
+from ..errors import EsptError, InvalidArgument
+
+ENV_DATA_DIR = "ESPT_DATA_DIR"
+ENV_API_KEY = "ESPT_TILED_API_KEY"
+ENV_URI = "ESPT_TILED_URI"
+
+JSON_SEQ_EXPORTER = "bluesky_tiled_plugins.exporters:json_seq_exporter"
+
+
+class ServerError(EsptError, RuntimeError):
+    """The Tiled server could not be started or reached."""
+
+
+def default_data_dir() -> Path:
+    """The data directory: ``$ESPT_DATA_DIR``, else the per-user data directory (``~/.local/share/espt_bluesky``)."""
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser().resolve()
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("espt_bluesky", appauthor=False))
+    except ImportError:  # pragma: no cover - platformdirs ships with tiled's dependencies
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "espt_bluesky"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The paths of one data directory (see the module docstring)."""
+
+    root: Path
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.db"
+
+    @property
+    def arrays(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables.duckdb"
+
+    @property
+    def assets(self) -> Path:
+        return self.root / "assets"
+
+    @property
+    def backup(self) -> Path:
+        return self.root / "backup"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "server.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.root / "api_key"
+
+    def create(self) -> "DataDir":
+        """Create the directories (idempotent)."""
+        for p in (self.root, self.arrays, self.assets, self.backup, self.logs):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def api_key(self) -> str:
+        """``$ESPT_TILED_API_KEY``, else the key stored in the data directory (generated on first use)."""
+        env = os.environ.get(ENV_API_KEY)
+        if env:
+            return env
+        f = self.api_key_file
+        if f.exists():
+            key = f.read_text().strip()
+            if key:
+                return key
+        key = secrets.token_hex(16)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+        return key
+
+
+def _resolve_dir(data_dir: str | os.PathLike | None) -> DataDir:
+    root = Path(data_dir).expanduser().resolve() if data_dir is not None else default_data_dir()
+    return DataDir(root).create()
+
+
+def _plain_postgres(uri: str) -> str:
+    """Tiled's table store accepts only ``postgresql://`` (not ``postgresql+asyncpg://``)."""
+    if uri.startswith("postgresql+"):
+        return "postgresql://" + uri.split("://", 1)[1]
+    return uri
+
+
+def tiled_config(dd: DataDir, api_key: str, *, host: str = "127.0.0.1", port: int = 8000,
+                 catalog_uri: str | None = None, table_uri: str | None = None,
+                 readable: list[str | os.PathLike] | None = None, public: bool = False) -> dict[str, Any]:
+    """The ``tiled serve config`` configuration of a data directory.
+
+    Parameters
+    ----------
+    dd : DataDir
+    api_key : str
+        Single-user API key (letters and digits).
+    host, port : str, int
+        Where the server listens (127.0.0.1 by default: only this machine).
+    catalog_uri : str, optional
+        ``sqlite:///...`` (default: ``catalog.db`` in the data directory) or ``postgresql://user@host:port/db``.
+    table_uri : str, optional
+        Writable table store; default ``duckdb:///DATA_DIR/tables.duckdb`` for SQLite catalogs, the catalog's
+        own database (plain ``postgresql://``) for PostgreSQL catalogs.
+    readable : list of paths, optional
+        Extra readable asset directories besides ``DATA_DIR/assets``.
+    public : bool
+        Serve reads without the API key (writes still need it).
+    """
+    if catalog_uri is None:
+        catalog_uri = f"sqlite:///{dd.catalog}"
+    if table_uri is None:
+        table_uri = _plain_postgres(catalog_uri) if catalog_uri.startswith("postgresql") else \
+            f"duckdb:///{dd.tables}"
+    readable_storage = [str(dd.assets)] + [str(Path(p).resolve()) for p in (readable or [])]
+    auth: dict[str, Any] = {"single_user_api_key": api_key}
+    if public:
+        auth["allow_anonymous_access"] = True
+    return {
+        "authentication": auth,
+        "catalog": {
+            "uri": catalog_uri,
+            "writable_storage": [str(dd.arrays), table_uri],
+            "readable_storage": readable_storage,
+            "init_if_not_exists": True,
+        },
+        "media_types": {"BlueskyRun": {"application/json-seq": JSON_SEQ_EXPORTER}},
+        "uvicorn": {"host": host, "port": int(port)},
+    }
+
+
+def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(trust_env=False) as http:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise ServerError(f"the Tiled server exited with code {proc.returncode} before answering; "
+                                  "see its log in the data directory's logs/")
+            try:
+                if http.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerError(f"the Tiled server at {base_url} did not answer within {timeout} s")
+            time.sleep(0.1)
+
+
+def _tiled_executable() -> list[str]:
+    exe = Path(sys.executable).with_name("tiled")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("tiled")
+    return [found] if found else [sys.executable, "-m", "tiled"]
+
+
+class LocalCatalog:
+    """A Tiled server over one data directory, and how to reach it.
+
+    Use the named constructors: :meth:`start` (its own process), :meth:`in_process` (a thread of this process)
+    or :meth:`connect` (a server someone else runs).
+
+    Attributes
+    ----------
+    uri : str
+        Base URI of the server's API (``http://127.0.0.1:PORT/api/v1``), without the key.
+    api_key : str
+    data_dir : DataDir or None
+        The data directory (None for :meth:`connect` without one).
+    """
+
+    def __init__(self, uri: str, api_key: str, data_dir: DataDir | None = None, *,
+                 process: subprocess.Popen | None = None, thread_server: Any = None, cm: Any = None):
+        self.uri = uri.split("?", 1)[0].rstrip("/")
+        self.api_key = api_key
+        self.data_dir = data_dir
+        self.process = process
+        self._thread_server = thread_server
+        self._cm = cm
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def start(cls, data_dir: str | os.PathLike | None = None, *, port: int | None = None,
+              host: str = "127.0.0.1", catalog_uri: str | None = None, table_uri: str | None = None,
+              readable: list[str | os.PathLike] | None = None, public: bool = False,
+              timeout: float = 60.0) -> "LocalCatalog":
+        """Start ``tiled serve config`` on the data directory as its own process and wait until it answers.
+
+        Parameters
+        ----------
+        data_dir : path, optional
+            Default :func:`default_data_dir`.
+        port : int, optional
+            Default: a free port.
+        host : str
+            Default 127.0.0.1 (only this machine).
+        catalog_uri, table_uri, readable, public
+            See :func:`tiled_config`.
+        timeout : float, s
+            How long to wait for the server to answer.
+        """
+        dd = _resolve_dir(data_dir)
+        key = dd.api_key()
+        port = free_port(host) if not port else int(port)
+        cfg = tiled_config(dd, key, host=host, port=port, catalog_uri=catalog_uri, table_uri=table_uri,
+                           readable=readable, public=public)
+        fd = os.open(dd.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cfg, fh, indent=2)  # JSON is YAML
+        log = open(dd.logs / "server.log", "ab")
+        env = dict(os.environ)
+        env.pop("TILED_CONFIG", None)
+        proc = subprocess.Popen(_tiled_executable() + ["serve", "config", str(dd.config)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        base = f"http://{host}:{port}"
+        try:
+            _wait_healthy(base, timeout, proc)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        self = cls(f"{base}/api/v1", key, dd, process=proc)
+        dd.state.write_text(json.dumps({"uri": self.uri, "pid": proc.pid, "browse": self.browse_url}))
+        return self
+
+    @classmethod
+    def in_process(cls, data_dir: str | os.PathLike | None = None, *, port: int = 0,
+                   catalog_uri: str | None = None, table_uri: str | None = None,
+                   readable: list[str | os.PathLike] | None = None, public: bool = False,
+                   timeout: float = 30.0) -> "LocalCatalog":
+        """Serve the data directory from a thread of this process (tests, the demo).
+
+        The server shares the GIL with the RunEngine: use :meth:`start` for throughput.
+        Parameters as for :meth:`start`; ``port=0`` picks a free port.
+        """
+        import uvicorn
+        from tiled.server.app import build_app_from_config
+        from tiled.server.simple import ThreadedServer
+
+        dd = _resolve_dir(data_dir)
+        key = dd.api_key()
+        cfg = tiled_config(dd, key, port=port, catalog_uri=catalog_uri, table_uri=table_uri,
+                           readable=readable, public=public)
+        cfg.pop("uvicorn")
+        app = build_app_from_config(cfg)
+        server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio",
+                                               log_level="warning", access_log=False))
+        cm = server.run_in_thread()
+        base = cm.__enter__()
+        try:
+            _wait_healthy(base, timeout)
+        except BaseException:
+            cm.__exit__(None, None, None)
+            raise
+        return cls(f"{base}/api/v1", key, dd, thread_server=server, cm=cm)
+
+    @classmethod
+    def connect(cls, uri: str | None = None, api_key: str | None = None,
+                data_dir: str | os.PathLike | None = None) -> "LocalCatalog":
+        """Attach to a running server.
+
+        Parameters
+        ----------
+        uri : str, optional
+            ``http://host:port`` or ``.../api/v1`` (an ``?api_key=`` query is understood).  Default:
+            ``$ESPT_TILED_URI``, else the ``server.json`` left by ``espt serve`` in the data directory.
+        api_key : str, optional
+            Default: from the URI, ``$ESPT_TILED_API_KEY``, or the data directory's key.
+        data_dir : path, optional
+            The data directory (for its backup and asset directories).
+        """
+        dd = _resolve_dir(data_dir) if (data_dir is not None or uri is None) else None
+        uri = uri or os.environ.get(ENV_URI)
+        if uri is None and dd is not None and dd.state.exists():
+            uri = json.loads(dd.state.read_text())["uri"]
+        if not uri:
+            raise InvalidArgument("uri=None: give a Tiled URI, set ESPT_TILED_URI, or run `espt serve` first")
+        parts = urlsplit(uri)
+        if api_key is None and "api_key=" in (parts.query or ""):
+            from urllib.parse import parse_qs
+
+            api_key = parse_qs(parts.query)["api_key"][0]
+        if api_key is None:
+            api_key = os.environ.get(ENV_API_KEY) or (dd.api_key() if dd is not None else None)
+        base = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+        if not base.endswith("/api/v1"):
+            base += "/api/v1"
+        return cls(base, api_key or "", dd)
+
+    # ------------------------------------------------------------------ use
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` (no API path)."""
+        return self.uri[: -len("/api/v1")] if self.uri.endswith("/api/v1") else self.uri
+
+    @property
+    def browse_url(self) -> str:
+        """The web UI with the key (opening it once sets a cookie)."""
+        return f"{self.base_url}/ui/browse/?api_key={quote_plus(self.api_key)}"
+
+    @property
+    def uri_with_key(self) -> str:
+        return f"{self.uri}?api_key={quote_plus(self.api_key)}"
+
+    def client(self, **kwargs: Any):
+        """A Tiled client of the catalog root (a catalog of BlueskyRuns)."""
+        from tiled.client import from_uri
+
+        return from_uri(self.uri, api_key=self.api_key, **kwargs)
+
+    @property
+    def backup_dir(self) -> Path | None:
+        return self.data_dir.backup if self.data_dir is not None else None
+
+    @property
+    def asset_dir(self) -> Path | None:
+        return self.data_dir.assets if self.data_dir is not None else None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server this object started (nothing for :meth:`connect`)."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+            if self.data_dir is not None:
+                self.data_dir.state.unlink(missing_ok=True)
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+    def kill(self) -> None:
+        """SIGKILL the server process (failure testing)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> "LocalCatalog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        how = "process" if self.process else ("thread" if self._cm else "remote")
+        return f"<LocalCatalog {self.uri} ({how})>"
