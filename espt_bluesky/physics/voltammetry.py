@@ -35,8 +35,9 @@ time step, so a step is one matrix–vector product.  It also returns the final 
 the mole-balance check).
 
 Both solvers are first order in the time step: with potential steps ≲ 0.6 mV the reversible CV peak is within
-~0.1 % of Randles–Ševčík (measured 0.02 % for 0.6 mV steps).  Each call starts from uniform bulk concentrations (a relaxed diffusion layer); only
-the :class:`SurfaceState` (SEI coverage and charge) is carried between calls.
+~0.1 % of Randles–Ševčík (measured 0.02 % for 0.6 mV steps).  Each call starts from uniform bulk
+concentrations (a relaxed diffusion layer); only the :class:`SurfaceState` (SEI coverage and charge) is carried
+between calls.
 
 Sample convention: the initial condition is at ``t[0]``.  For n ≥ 1 the potential ``E[n]`` is applied over
 ``(t[n-1], t[n]]`` and ``current[n]`` is the (implicit) current of that step.  ``t[0]`` is the initial
