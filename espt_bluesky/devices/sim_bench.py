@@ -9,6 +9,7 @@ from ..errors import InvalidArgument, check_choice, check_range
 from ..physics.bench_model import TECHNIQUES, BenchModel, BenchOptions, default_probe
 from ..physics.sample import PRESETS
 from .afm import ECAFMHead
+from .hopper import SimHopController
 from .potentiostat import SimBipotentiostat
 from .probes import Probe, probe_from_geometry
 from .stage import XYZStage
@@ -25,6 +26,8 @@ class SimBench:
     model: BenchModel
     time_scale: float
     afm: ECAFMHead | None = None
+    #: device-side hopping controller (SICM and SECCM benches), see :mod:`espt_bluesky.devices.hopper`
+    hopper: SimHopController | None = None
 
     @property
     def devices(self) -> list:
@@ -92,4 +95,8 @@ def make_sim_bench(technique: str = "SECM", sample: str = "patterned", seed: int
     if technique == "EC-AFM":
         afm = ECAFMHead(name="afm", probe=probe)
         afm.attach(model, time_scale)
-    return SimBench(technique, stage, pstat, probe, model, time_scale, afm)
+    hopper = None
+    if technique in ("SICM", "SECCM"):
+        hopper = SimHopController(name="hopper", stage=stage, potentiostat=pstat)
+        hopper.attach(model, time_scale)
+    return SimBench(technique, stage, pstat, probe, model, time_scale, afm, hopper)

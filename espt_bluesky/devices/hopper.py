@@ -1,0 +1,192 @@
+"""Device-side hopping: approach, measure and retract executed by the controller as one triggered action.
+
+Fast SICM and SECCM controllers run the approach–measure–retract cycle in firmware.  :class:`SimHopController`
+is the simulated one: ``set((x, y))`` loads the next hop position (returns at once), ``trigger()`` retracts to the
+hop height, moves laterally, approaches in steps of ``approach_step`` until the criterion is met, optionally runs
+the potentiostat's configured technique at the contact position, retracts by ``hop_height`` and reports.
+
+Readings (µm): ``hopper_x``, ``hopper_y`` (lateral position of the hop), ``hopper_surface_z`` (contact height minus
+``stop_offset``), ``hopper_contact_z`` (tip height where the criterion was met), ``hopper_reference_current`` (A,
+the reading at the top of the hop) and ``hopper_n_steps``; when ``measure`` is on, the potentiostat's own reading
+(currents and waveform keys) is merged into the hopper's.
+
+Criteria (``criterion`` config signal):
+
+=================  ===================================================================================
+``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_top (confirmed by 3 readings)
+``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched)
+=================  ===================================================================================
+
+``device_time`` accumulates the wall time (s) spent inside ``trigger()``: on hardware this is the controller's
+time, on the bench the simulation's; benchmarks subtract it to get the software overhead per hop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.status import DeviceStatus
+
+from ..errors import InvalidArgument, TipCrash, check_choice
+from ..physics.bench_model import BenchModel
+
+CRITERIA = ("current_drop", "contact")
+
+
+class SimHopController(Device):
+    """Simulated hopping controller coupled to a bench model, a stage and a potentiostat."""
+
+    x = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
+    y = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
+    surface_z = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
+    contact_z = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "um"})
+    reference_current = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "A"})
+    n_steps = Cpt(Signal, value=0, kind="normal")
+    criterion = Cpt(Signal, value="current_drop", kind="config")
+    setpoint = Cpt(Signal, value=0.01, kind="config")
+    hop_height = Cpt(Signal, value=2.0, kind="config", metadata={"units": "um"})
+    approach_step = Cpt(Signal, value=0.02, kind="config", metadata={"units": "um"})
+    max_travel = Cpt(Signal, value=20.0, kind="config", metadata={"units": "um"})
+    stop_offset = Cpt(Signal, value=0.0, kind="config", metadata={"units": "um"})
+    measure = Cpt(Signal, value=0, kind="config")
+
+    def __init__(self, *args, stage=None, potentiostat=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stage = stage
+        self.potentiostat = potentiostat
+        self._model: BenchModel | None = None
+        self._time_scale = 0.0
+        self._target = (0.0, 0.0)
+        self._last_contact: float | None = None
+        self.device_time = 0.0
+
+    def attach(self, model: BenchModel, time_scale: float = 0.0) -> None:
+        self._model = model
+        self._time_scale = time_scale
+        self._last_contact = None
+
+    def configure_hop(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
+                      max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> None:
+        """Load the hop programme (validated)."""
+        criterion = check_choice("criterion", criterion, CRITERIA)
+        for name, v in (("setpoint", setpoint), ("hop_height", hop_height), ("approach_step", approach_step),
+                        ("max_travel", max_travel)):
+            if not np.isfinite(v) or v <= 0:
+                raise InvalidArgument(f"{name}={v!r} must be a finite number > 0")
+        self.criterion.put(criterion)
+        self.setpoint.put(float(setpoint))
+        self.hop_height.put(float(hop_height))
+        self.approach_step.put(float(approach_step))
+        self.max_travel.put(float(max_travel))
+        self.stop_offset.put(float(stop_offset))
+        self.measure.put(int(bool(measure)))
+        self._last_contact = None
+
+    # ------------------------------------------------------------ bluesky protocol
+    def set(self, value):
+        """Load the lateral position (x, y) in µm of the next hop; nothing moves until ``trigger()``."""
+        x, y = (float(v) for v in value)
+        if self.stage is not None:
+            self.stage.x.check_value(x)
+            self.stage.y.check_value(y)
+        self._target = (x, y)
+        st = DeviceStatus(self)
+        st.set_finished()
+        return st
+
+    def describe(self):
+        desc = super().describe()
+        if self.measure.get() and self.potentiostat is not None:
+            desc.update(self.potentiostat.describe())
+        return desc
+
+    def read(self):
+        out = super().read()
+        if self.measure.get() and self.potentiostat is not None:
+            out.update(self.potentiostat.read())
+        return out
+
+    def collect_asset_docs(self):
+        if self.measure.get() and self.potentiostat is not None and hasattr(self.potentiostat, "collect_asset_docs"):
+            yield from self.potentiostat.collect_asset_docs()
+
+    def _reading(self) -> float:
+        m = self._model
+        if self.criterion.get() == "current_drop":
+            return float(m.add_noise(m.sicm_current()))
+        return float(m.add_noise(m.contact_current(float(self.potentiostat.substrate.potential.get()))))
+
+    def _vertical(self, z: float) -> None:
+        """Move the tip straight down/up to ``z``: a crash stops it at contact."""
+        m = self._model
+        x, y, z0 = m.position
+        if z < z0 and m.clearance(x, y, z) < 0:
+            m.move_to(x, y, z)  # raises TipCrash at the contact point
+        else:
+            m.position = np.array([x, y, z])
+            m.clock += abs(z - z0) / max(self.stage.z.velocity.get(), 1e-9) if self.stage is not None else 0.0
+
+    def _hop(self) -> None:
+        m = self._model
+        hop = float(self.hop_height.get())
+        step = float(self.approach_step.get())
+        setpoint = float(self.setpoint.get())
+        crit = self.criterion.get()
+        x, y = self._target
+        z_now = float(m.position[2])
+        z_top = max(z_now, (self._last_contact + hop) if self._last_contact is not None else z_now)
+        self._vertical(z_top)
+        m.move_to(x, y, z_top)
+        ref = float(np.mean([self._reading() for _ in range(3)]))
+        z = z_top
+        n = 0
+        max_steps = int(np.ceil(float(self.max_travel.get()) / step))
+        while True:
+            if n >= max_steps:
+                raise TipCrash(f"hop at x={x:.3f}, y={y:.3f} µm: criterion {crit!r} not met within max_travel="
+                               f"{self.max_travel.get()} µm")
+            z -= step
+            n += 1
+            self._vertical(z)
+            r = self._reading()
+            if crit == "current_drop":
+                met = abs(r) < (1 - setpoint) * abs(ref)
+                if met:  # confirm against noise
+                    met = abs(np.mean([r] + [self._reading() for _ in range(2)])) < (1 - setpoint) * abs(ref)
+            else:
+                met = abs(r) > setpoint
+            if met:
+                break
+        self._last_contact = z
+        self.x.put(x)
+        self.y.put(y)
+        self.contact_z.put(z)
+        self.surface_z.put(z - float(self.stop_offset.get()))
+        self.reference_current.put(ref)
+        self.n_steps.put(n)
+        if self.measure.get():
+            st = self.potentiostat.trigger()
+            st.wait()
+        self._vertical(z + hop)
+
+    def trigger(self) -> DeviceStatus:
+        status = DeviceStatus(self)
+        t0 = time.perf_counter()
+        error = None
+        try:
+            self._hop()
+        except Exception as exc:  # reported through the status, as a controller would
+            error = exc
+        finally:
+            if self.stage is not None:
+                for ax in (self.stage.x, self.stage.y, self.stage.z):
+                    ax.sync()
+        self.device_time += time.perf_counter() - t0
+        if error is not None:
+            status.set_exception(error)
+        else:
+            status.set_finished()
+        return status
