@@ -1,0 +1,492 @@
+"""Runs as maps in µm: :func:`read_map`, and derived products written next to their source: :func:`write_product`.
+
+Map conventions read from the start document
+--------------------------------------------
+``map``
+    ``{"x": <data key of x>, "y": <data key of y>, "order": "snake"|"raster"|"hopping"|"random"|"points"}``.
+``shape``, ``extents``, ``snaking``
+    bluesky's grid keys, slow axis first: for a map with ``map`` but no ``motors`` they are taken in (y, x) order;
+    with ``motors`` they follow the motors' order.
+``motors``
+    Stock ``bp.grid_scan`` runs have no ``map``: ``motors[0]`` is the slow axis (y), ``motors[1]`` the fast (x).
+
+Grids (snake or raster orders with a 2-D ``shape``) come back as images with dims ``("y", "x")``: every value is
+placed at the cell of its recorded position (or, when the recorded positions do not fall on distinct cells, at the
+cell its ``seq_num`` gives, unsnaked).  Everything else (hopping, random, explicit points, adaptive) comes back as a
+point list with dims ``("spot",)`` and coordinates ``x(spot)``, ``y(spot)``.  Waveforms get a trailing
+``"sample"`` dimension.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import xarray as xr
+
+from ..errors import InvalidArgument
+
+GRID_ORDERS = ("snake", "raster")
+POINT_ORDERS = ("hopping", "random", "points", "adaptive")
+ORDERS = GRID_ORDERS + POINT_ORDERS
+#: Start-document keys copied to the Dataset's attrs.
+METADATA_KEYS = ("uid", "scan_id", "time", "technique", "mode", "probe", "sample", "electrolyte", "mediator",
+                 "reference_electrode", "plan_name", "plan_args", "shape", "extents", "snaking", "motors")
+_TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "mm": 1e3, "nm": 1e-3, "m": 1e6}
+WAVEFORM_DIM = "sample"
+PRODUCTS = "products"
+
+
+# ---------------------------------------------------------------------------------------------------------- input
+class RunData:
+    """What :func:`read_map` needs from a run, from a Tiled node or from documents.
+
+    Attributes
+    ----------
+    start : dict
+        The start document.
+    data_keys : dict
+        Data keys of the stream (from its descriptor).
+    arrays : dict of str -> ndarray
+        One array per data key, events along axis 0, sorted by ``seq_num``.
+    seq_num : ndarray
+    stop : dict or None
+    """
+
+    def __init__(self, start: dict, data_keys: dict, arrays: dict[str, np.ndarray], seq_num: np.ndarray,
+                 stop: dict | None = None):
+        order = np.argsort(seq_num, kind="stable")
+        self.start = start
+        self.data_keys = data_keys
+        self.seq_num = np.asarray(seq_num)[order]
+        self.arrays = {k: np.asarray(v)[order] for k, v in arrays.items()}
+        self.stop = stop
+
+    @classmethod
+    def from_tiled(cls, run: Any, stream: str = "primary", keys: Iterable[str] | None = None) -> "RunData":
+        """Read a stream of a Tiled ``BlueskyRun`` node (only ``keys`` if given, plus ``seq_num``)."""
+        md = run.metadata
+        start = dict(md["start"])
+        stop = md.get("stop")
+        if stream not in run:
+            return cls(start, {}, {}, np.zeros(0, int), stop)
+        node = run[stream]
+        data_keys = dict(node.metadata.get("data_keys", {}))
+        wanted = [k for k in (keys if keys is not None else data_keys) if k in data_keys]
+        ds = node.read(variables=list(dict.fromkeys(wanted + ["seq_num"])))
+        arrays = {k: ds[k].values for k in wanted if k in ds}
+        seq = ds["seq_num"].values if "seq_num" in ds else np.arange(1, len(ds[next(iter(ds.data_vars))]) + 1)
+        # a stream still being written may have external arrays shorter or longer than the event table
+        n = min([len(seq)] + [len(v) for v in arrays.values()])
+        return cls(start, data_keys, {k: v[:n] for k, v in arrays.items()}, seq[:n], stop)
+
+    @classmethod
+    def from_documents(cls, docs: Iterable[Any], stream: str = "primary") -> "RunData":
+        """Collect a run from ``(name, doc)`` pairs or ``{"name": ..., "doc": ...}`` records (offline use).
+
+        External waveforms (StreamResource/StreamDatum with ``application/x-hdf5``) are read from their files.
+        """
+        from event_model import unpack_event_page
+
+        start = stop = None
+        desc_uids: set[str] = set()
+        data_keys: dict[str, dict] = {}
+        rows: dict[int, dict[str, Any]] = {}
+        resources: dict[str, dict] = {}
+        datums: list[dict] = []
+        for item in docs:
+            name, doc = (item["name"], item["doc"]) if isinstance(item, Mapping) else item
+            if name == "start":
+                start = doc
+            elif name == "stop":
+                stop = doc
+            elif name == "descriptor" and doc.get("name", "primary") == stream:
+                desc_uids.add(doc["uid"])
+                data_keys.update(doc.get("data_keys", {}))
+            elif name in ("event", "event_page") and doc["descriptor"] in desc_uids:
+                for ev in (unpack_event_page(doc) if name == "event_page" else [doc]):
+                    rows.setdefault(int(ev["seq_num"]), {}).update(ev["data"])
+            elif name == "stream_resource":
+                resources[doc["uid"]] = doc
+            elif name == "stream_datum" and doc["descriptor"] in desc_uids:
+                datums.append(doc)
+        if start is None:
+            raise InvalidArgument("documents contain no 'start' document")
+        for d in datums:  # external data: one row per seq_num
+            res = resources.get(d["stream_resource"])
+            if res is None:
+                raise InvalidArgument(f"stream_datum {d['uid']!r} refers to an unknown stream_resource")
+            block = _read_external(res, d["indices"]["start"], d["indices"]["stop"])
+            for i, seq in enumerate(range(d["seq_nums"]["start"], d["seq_nums"]["stop"])):
+                rows.setdefault(int(seq), {})[res["data_key"]] = block[i]
+        seqs = np.array(sorted(rows), dtype=int)
+        keys = [k for k in data_keys if all(k in rows[s] for s in seqs)] if len(seqs) else []
+        arrays = {k: np.asarray([rows[s][k] for s in seqs]) for k in keys}
+        return cls(start, data_keys, arrays, seqs, stop)
+
+
+def _read_external(resource: dict, i0: int, i1: int) -> np.ndarray:
+    if resource.get("mimetype") != "application/x-hdf5":
+        raise InvalidArgument(f"external data of mimetype {resource.get('mimetype')!r} cannot be read offline; "
+                              "read the run through Tiled")
+    import h5py
+
+    path = Path(unquote(urlsplit(resource["uri"]).path))
+    with h5py.File(path, "r", swmr=True) as f:
+        return np.asarray(f[resource["parameters"]["dataset"]][i0:i1])
+
+
+def as_run_data(run: Any, stream: str = "primary", keys: Iterable[str] | None = None) -> RunData:
+    """Accept a :class:`RunData`, a Tiled BlueskyRun node, or an iterable of documents."""
+    if isinstance(run, RunData):
+        return run
+    if hasattr(run, "metadata") and hasattr(run, "context"):
+        return RunData.from_tiled(run, stream, keys)
+    if isinstance(run, (list, tuple)) or hasattr(run, "__iter__"):
+        return RunData.from_documents(run, stream)
+    raise InvalidArgument(f"run={type(run).__name__}: give a Tiled BlueskyRun node or a list of (name, doc) pairs")
+
+
+# ---------------------------------------------------------------------------------------------------------- map keys
+def map_keys(start: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(x key, y key, order)`` of a run from its start document.
+
+    Raises
+    ------
+    InvalidArgument
+        If the start document has neither a ``map`` entry nor a 2-D ``motors``/``shape`` grid, or the ``map``
+        entry lacks ``x``/``y`` or names an unknown ``order``.
+    """
+    m = start.get("map")
+    if m is not None:
+        if not isinstance(m, Mapping):
+            raise InvalidArgument(f"start['map']={m!r} must be a dict with keys 'x', 'y' and 'order'")
+        missing = [k for k in ("x", "y") if not m.get(k)]
+        if missing:
+            raise InvalidArgument(f"start['map'] lacks {missing}: it must name the data keys of the x and y "
+                                  f"positions, e.g. {{'x': 'stage_x', 'y': 'stage_y', 'order': 'hopping'}}")
+        order = m.get("order") or ("snake" if any(start.get("snaking") or ()) else
+                                   "raster" if _grid_shape(start) else "points")
+        if order not in ORDERS:
+            raise InvalidArgument(f"start['map']['order']={order!r} is not one of {list(ORDERS)}")
+        return str(m["x"]), str(m["y"]), order
+    motors = start.get("motors")
+    if motors and len(motors) == 2 and _grid_shape(start):
+        order = "snake" if any(start.get("snaking") or ()) else "raster"
+        return str(motors[1]), str(motors[0]), order
+    if motors and len(motors) == 2:
+        return str(motors[1]), str(motors[0]), "points"
+    raise InvalidArgument(
+        "the run has no map position keys: its start document has no 'map' entry "
+        "({'x': <data key>, 'y': <data key>, 'order': ...}) and no two 'motors' of a grid scan "
+        f"(start keys: {sorted(start)})")
+
+
+def _grid_shape(start: Mapping[str, Any]) -> tuple[int, int] | None:
+    shape = start.get("shape")
+    if shape is not None and len(shape) == 2 and all(int(s) > 0 for s in shape):
+        return int(shape[0]), int(shape[1])
+    return None
+
+
+def _to_um(values: np.ndarray, units: str | None, key: str) -> np.ndarray:
+    if not units:
+        return values.astype(float)
+    factor = _TO_UM.get(str(units).strip())
+    if factor is None:
+        raise InvalidArgument(f"{key}: position units {units!r} are not a length (known: {sorted(_TO_UM)})")
+    return values.astype(float) * factor
+
+
+# ---------------------------------------------------------------------------------------------------------- read_map
+def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | None = None,
+             waveforms: bool = True) -> xr.Dataset:
+    """A map run as an xarray Dataset with ``x``/``y`` coordinates in µm.
+
+    Parameters
+    ----------
+    run : Tiled BlueskyRun node, list of (name, doc) pairs, or RunData
+        The run.  Documents may also be ``{"name": ..., "doc": ...}`` records (a backup file's lines).
+    stream : str
+        The event stream holding the map (``"primary"``).
+    variables : iterable of str, optional
+        Data keys to read (positions are always read).  Default: all.
+    waveforms : bool
+        Read array-valued keys (waveforms).  False reads only the scalars (fast for big runs).
+
+    Returns
+    -------
+    xarray.Dataset
+        Grids: dims ``("y", "x")`` with 1-D coordinates ``x``, ``y`` (µm, cell centres from ``extents``),
+        plus ``x_measured``, ``y_measured`` and ``seq_num`` on the grid; unvisited cells are NaN (``seq_num`` 0).
+        Points: dims ``("spot",)`` with coordinates ``x``, ``y`` (µm, recorded positions) and ``seq_num``.
+        Waveforms carry a trailing ``"sample"`` dimension.  ``attrs`` hold ``uid``, ``technique``, ``probe``,
+        ``sample``, ``electrolyte`` ..., ``map_order``, ``x_key``, ``y_key``, ``exit_status``.
+
+    Raises
+    ------
+    InvalidArgument
+        If the run has no map convention, or the position keys it names are not in the stream.
+    """
+    if not isinstance(run, RunData) and hasattr(run, "metadata") and hasattr(run, "context"):
+        start = dict(run.metadata["start"])
+        x_key, y_key, order = map_keys(start)
+        keys = None
+        if variables is not None or not waveforms:
+            dks = run[stream].metadata.get("data_keys", {}) if stream in run else {}
+            keys = [k for k in (variables if variables is not None else dks)
+                    if k in dks and (waveforms or not dks[k].get("shape"))]
+            keys = list(dict.fromkeys([x_key, y_key] + keys))
+        rd = RunData.from_tiled(run, stream, keys)
+    else:
+        rd = as_run_data(run, stream)
+    start = rd.start
+    x_key, y_key, order = map_keys(start)
+    missing = [k for k in (x_key, y_key) if k not in rd.data_keys]
+    if missing:
+        raise InvalidArgument(f"position key(s) {missing} named by the start document are not in stream "
+                              f"{stream!r} (its data keys: {sorted(rd.data_keys)})")
+    n = len(rd.seq_num)
+    xs = _to_um(rd.arrays.get(x_key, np.zeros(0)), rd.data_keys[x_key].get("units"), x_key)
+    ys = _to_um(rd.arrays.get(y_key, np.zeros(0)), rd.data_keys[y_key].get("units"), y_key)
+    names = [k for k in rd.arrays if k not in (x_key, y_key)]
+    if variables is not None:
+        wanted = set(variables)
+        names = [k for k in names if k in wanted]
+    if not waveforms:
+        names = [k for k in names if rd.arrays[k].ndim == 1]
+
+    attrs = {k: start[k] for k in METADATA_KEYS if k in start}
+    attrs.update(map_order=order, x_key=x_key, y_key=y_key, position_units="µm", stream=stream,
+                 n_spots=n, exit_status=(rd.stop or {}).get("exit_status"))
+
+    grid = _grid_cells(start, order, xs, ys, rd.seq_num) if order in GRID_ORDERS else None
+    if grid is not None:
+        (ny, nx), iy, ix, xc, yc = grid
+        data_vars: dict[str, Any] = {}
+        for k in names:
+            a = rd.arrays[k]
+            fill = np.nan if a.dtype.kind in "fc" else (0 if a.dtype.kind in "iub" else None)
+            dt = a.dtype if a.dtype.kind in "fciub" else object
+            img = np.full((ny, nx) + a.shape[1:], fill, dtype=dt if fill is not None or dt == object else float)
+            img[iy, ix] = a
+            data_vars[k] = (("y", "x") + _extra_dims(k, a, rd.data_keys), img, _var_attrs(k, rd.data_keys))
+        xm = np.full((ny, nx), np.nan)
+        ym = np.full((ny, nx), np.nan)
+        sq = np.zeros((ny, nx), dtype=int)
+        xm[iy, ix], ym[iy, ix], sq[iy, ix] = xs, ys, rd.seq_num
+        coords = {"x": ("x", xc, {"units": "µm", "key": x_key}), "y": ("y", yc, {"units": "µm", "key": y_key}),
+                  "x_measured": (("y", "x"), xm, {"units": "µm"}), "y_measured": (("y", "x"), ym, {"units": "µm"}),
+                  "seq_num": (("y", "x"), sq)}
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+    data_vars = {k: (("spot",) + _extra_dims(k, rd.arrays[k], rd.data_keys), rd.arrays[k],
+                     _var_attrs(k, rd.data_keys)) for k in names}
+    coords = {"x": ("spot", xs, {"units": "µm", "key": x_key}), "y": ("spot", ys, {"units": "µm", "key": y_key}),
+              "seq_num": ("spot", rd.seq_num)}
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _extra_dims(key: str, a: np.ndarray, data_keys: dict) -> tuple[str, ...]:
+    if a.ndim == 1:
+        return ()
+    if a.ndim == 2:
+        return (WAVEFORM_DIM,) if a.shape[1] > 0 else (f"{key}_dim_0",)
+    dims = data_keys.get(key, {}).get("dims")
+    if dims and len(dims) == a.ndim - 1:
+        return tuple(f"{key}_{d}" for d in dims)
+    return tuple(f"{key}_dim_{i}" for i in range(a.ndim - 1))
+
+
+def _var_attrs(key: str, data_keys: dict) -> dict:
+    dk = data_keys.get(key, {})
+    return {k: dk[k] for k in ("units", "source") if k in dk}
+
+
+def _grid_cells(start: Mapping[str, Any], order: str, xs: np.ndarray, ys: np.ndarray, seq: np.ndarray):
+    """Grid shape, the (iy, ix) cell of each event, and the x/y cell centres (µm); None if not a grid."""
+    shape = _grid_shape(start)
+    if shape is None:
+        return None
+    motors = list(start.get("motors") or [])
+    m = start.get("map") or {}
+    # shape/extents/snaking are slow axis first; find which one is y
+    y_first = True
+    if len(motors) == 2 and m:
+        if motors[0] == m.get("x") and motors[1] == m.get("y"):
+            y_first = False
+    (ny, nx) = shape if y_first else shape[::-1]
+    snaking = list(start.get("snaking") or [False, order == "snake"])
+    extents = start.get("extents")
+    xc = yc = None
+    if extents is not None and len(extents) == 2:
+        (ey, ex) = extents if y_first else extents[::-1]
+        yc = np.linspace(float(ey[0]), float(ey[1]), ny)
+        xc = np.linspace(float(ex[0]), float(ex[1]), nx)
+    n = len(seq)
+    # 1) by recorded position
+    if xc is not None and n:
+        ix = _nearest_index(xs, xc)
+        iy = _nearest_index(ys, yc)
+        ok = ix is not None and iy is not None
+        if ok and len(set(zip(iy.tolist(), ix.tolist()))) == n:
+            return (ny, nx), iy, ix, xc, yc
+    # 2) by seq_num, unsnaked
+    k = np.asarray(seq, int) - 1
+    if n and (k.min() < 0 or k.max() >= ny * nx):
+        k = np.arange(n)
+    k = k[: ny * nx]
+    iy = k // nx
+    ix = k % nx
+    fast_snakes = bool(snaking[1]) if len(snaking) > 1 else order == "snake"
+    if fast_snakes:
+        odd = iy % 2 == 1
+        ix = np.where(odd, nx - 1 - ix, ix)
+    if xc is None:
+        xc = _axis_centres(xs[: len(ix)], ix, nx)
+        yc = _axis_centres(ys[: len(iy)], iy, ny)
+    return (ny, nx), iy, ix, xc, yc
+
+
+def _nearest_index(values: np.ndarray, centres: np.ndarray) -> np.ndarray | None:
+    """Index of the nearest centre; None if any value lies more than half a step outside the grid."""
+    if len(centres) == 1:
+        return np.zeros(len(values), dtype=int)
+    step = (centres[-1] - centres[0]) / (len(centres) - 1)
+    if step == 0:
+        return None
+    idx = np.rint((values - centres[0]) / step)
+    if np.any(~np.isfinite(idx)) or idx.min() < 0 or idx.max() > len(centres) - 1:
+        return None
+    resid = np.abs(values - (centres[0] + idx * step))
+    if np.any(resid > 0.25 * abs(step)):
+        return None
+    return idx.astype(int)
+
+
+def _axis_centres(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    for i in range(n):
+        sel = idx == i
+        if np.any(sel):
+            out[i] = float(np.mean(values[sel]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- products
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist() if obj.size <= 1000 else f"<array shape={obj.shape}>"
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def products_node(run: Any, *, create: bool = True):
+    """The container ``products/<source uid>`` beside a run (created if missing)."""
+    from tiled.client import from_context
+
+    uid = run.metadata["start"]["uid"]
+    ancestors = run.item["attributes"]["ancestors"]
+    parent = from_context(run.context, node_path_parts=list(ancestors))
+    if PRODUCTS not in parent:
+        if not create:
+            return None
+        parent.create_container(key=PRODUCTS, metadata={"description": "derived products of espt_bluesky runs"})
+    prod = parent[PRODUCTS]
+    if uid not in prod:
+        if not create:
+            return None
+        prod.create_container(key=uid, metadata={"source_uid": uid})
+    return prod[uid]
+
+
+def write_product(run: Any, name: str, data: Any, metadata: Mapping[str, Any] | None = None, *,
+                  overwrite: bool = False):
+    """Store a derived map or table next to its source run, with the source uid recorded.
+
+    The product goes to ``products/<source uid>/<name>`` in the container holding the run, with metadata
+    ``source_uid``, ``product``, ``created`` and ``metadata``.
+
+    Parameters
+    ----------
+    run : Tiled BlueskyRun node
+        The source run (writable client).
+    name : str
+        Product name (letters, digits, ``_-.``), e.g. ``"kappa_map"``.
+    data : xarray.Dataset, xarray.DataArray, numpy.ndarray or pandas.DataFrame
+    metadata : dict, optional
+        Anything to keep with the product (method, parameters, units ...).
+    overwrite : bool
+        Replace a product of the same name; otherwise that is an error.
+
+    Returns
+    -------
+    tiled client node of the product.
+    """
+    import pandas as pd
+    from tiled.structures.core import Spec
+
+    if not isinstance(name, str) or not name or any(not (c.isalnum() or c in "_-.") for c in name):
+        raise InvalidArgument(f"name={name!r}: a product name needs letters, digits, '_', '-' or '.'")
+    if not (hasattr(run, "metadata") and hasattr(run, "context")):
+        raise InvalidArgument(f"run={type(run).__name__}: write_product needs a Tiled BlueskyRun node")
+    uid = run.metadata["start"]["uid"]
+    node = products_node(run)
+    if name in node:
+        if not overwrite:
+            raise InvalidArgument(f"name={name!r}: run {uid} already has a product of that name "
+                                  "(pass overwrite=True to replace it)")
+        node[name].delete(recursive=True, external_only=False)
+    md = {"source_uid": uid, "product": name, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+          **_jsonable(dict(metadata or {}))}
+    if isinstance(data, xr.DataArray):
+        data = data.to_dataset(name=data.name or name)
+    if isinstance(data, xr.Dataset):
+        md["attrs"] = _jsonable(dict(data.attrs))
+        out = node.create_container(key=name, metadata=md, specs=[Spec("xarray_dataset")])
+        for kind, names in (("xarray_data_var", list(data.data_vars)), ("xarray_coord", list(data.coords))):
+            for v in names:
+                da = data[v]
+                arr = np.asarray(da.values)
+                if arr.dtype == object:
+                    arr = arr.astype(str)
+                out.write_array(arr, key=str(v), dims=[str(d) for d in da.dims],
+                                metadata={"attrs": _jsonable(dict(da.attrs))}, specs=[Spec(kind)])
+        return out
+    if isinstance(data, pd.DataFrame):
+        return node.write_table(data, key=name, metadata=md)
+    if isinstance(data, np.ndarray) or np.isscalar(data) or isinstance(data, (list, tuple)):
+        return node.write_array(np.asarray(data), key=name, metadata=md)
+    raise InvalidArgument(f"data={type(data).__name__}: give an xarray Dataset/DataArray, a numpy array or a "
+                          "pandas DataFrame")
+
+
+def read_product(run: Any, name: str):
+    """Read a product written by :func:`write_product` (xarray Dataset, numpy array or DataFrame)."""
+    node = products_node(run, create=False)
+    if node is None or name not in node:
+        raise InvalidArgument(f"name={name!r}: run {run.metadata['start']['uid']} has no such product")
+    item = node[name]
+    if "xarray_dataset" in [s.name for s in item.specs]:
+        coords, data_vars = {}, {}
+        for k in item:
+            a = item[k]
+            dims = a.structure().dims or tuple(f"dim_{i}" for i in range(len(a.shape)))
+            entry = (tuple(dims), a.read(), a.metadata.get("attrs", {}))
+            (coords if "xarray_coord" in [s.name for s in a.specs] else data_vars)[k] = entry
+        return xr.Dataset(data_vars, coords=coords, attrs=item.metadata.get("attrs", {}))
+    return item.read()
