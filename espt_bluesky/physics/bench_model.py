@@ -22,7 +22,8 @@ from ..errors import InvalidArgument, TipCrash, check_choice, check_positive, ch
 from . import afm as afm_physics
 from . import secm, sicm
 from .constants import FARADAY, f_nernst
-from .sample import VirtualSample, make_sample, sei_drive, sei_drive_integral
+from .sample import VirtualSample, make_sample
+from .sei import sei_drive, sei_drive_integral
 
 TECHNIQUES = ("SECM", "SICM", "SECCM", "EC-AFM")
 
@@ -328,7 +329,7 @@ class BenchModel:
         rate = float(self.sample.at("sei_rate", xs, ys)) * float(self._activity_at(xs, ys))
         e_ocp = self.environment["e_ocp"]
         i_dl = -0.2 * area * (e_ocp - e_sub) / 1e-3  # 0.2 F/m² charged over ~1 ms integration
-        i_sei = -area * rate * float(sei_drive(e_sub, self.sample.sei_onset))
+        i_sei = -area * rate * float(sei_drive(e_sub, self.sample.sei_onset, self.sample.sei_tafel))
         return i_dl + i_sei - 1e-12  # a 1 pA leakage makes the landing detectable at any bias
 
     # ------------------------------------------------------------------ noise
@@ -398,14 +399,17 @@ class BenchModel:
         mask = self.sample.disk_mask(float(xs), float(ys), r)
         q0 = float(np.mean(self.sample.sei_charge[mask]))
         params = self.droplet_params(float(xs), float(ys))
+        # the wetted disk (area πr²) is modelled as a hemisphere of radius πr/4: same area, same steady-state
+        # current 4nFDc·r as an inlaid disk (Saito)
+        r_equiv = 0.25 * math.pi * r * 1e-6
         cap = float(self.sample.at("sei_capacity", xs, ys))
         state = voltammetry.SurfaceState(theta=1.0 - np.exp(-q0 / cap), sei_charge=q0)
         if technique == "CP":
             res = voltammetry.simulate_galvanostatic(t, program, params, state=state, geometry="hemisphere",
-                                                     radius=r * 1e-6)
+                                                     radius=r_equiv)
             potential, current = res.potential, np.asarray(program, float)
         else:
-            res = voltammetry.simulate(t, program, params, state=state, geometry="hemisphere", radius=r * 1e-6)
+            res = voltammetry.simulate(t, program, params, state=state, geometry="hemisphere", radius=r_equiv)
             potential, current = np.asarray(program, float), res.current
         self.sample.sei_charge[mask] += res.state.sei_charge - q0
         self.invalidate()
@@ -420,7 +424,7 @@ class BenchModel:
         return voltammetry.CellParams(
             E0=m["E0"], k0=float(s.at("k0", xs, ys)), alpha=0.5, n=m["n"], D_O=m["D"], D_R=m["D"],
             c_bulk_O=0.0, c_bulk_R=0.0, area=math.pi * (self.meniscus_radius() * 1e-6) ** 2,
-            sei_onset=s.sei_onset, sei_rate=float(s.at("sei_rate", xs, ys)),
+            sei_onset=s.sei_onset, sei_tafel=s.sei_tafel, sei_rate=float(s.at("sei_rate", xs, ys)),
             sei_capacity=float(s.at("sei_capacity", xs, ys)), sei_blocking=s.sei_blocking,
         )
 
@@ -438,7 +442,7 @@ class BenchModel:
             potential = np.asarray(program, float)
             sub = (slice(None, None, 8), slice(None, None, 8))
             rate, cap = s.sei_rate[sub], s.sei_capacity[sub]
-            g = sei_drive(potential, s.sei_onset)
+            g = sei_drive(potential, s.sei_onset, s.sei_tafel)
             cum = np.r_[0.0, np.cumsum(0.5 * (g[1:] + g[:-1]) * np.diff(t))]
             q0 = s.sei_charge[sub].ravel()
             qt = cap.ravel()[None, :] * np.log(np.exp(q0 / cap.ravel())[None, :]
@@ -446,7 +450,7 @@ class BenchModel:
             dq = np.gradient(qt.mean(axis=1), t) if t.size > 1 else np.zeros(t.shape)
             dl = -0.2 * area * np.gradient(potential, t) if t.size > 1 else np.zeros(t.shape)
             current = -area * dq + dl
-        drive = sei_drive_integral(t, potential, s.sei_onset)
+        drive = sei_drive_integral(t, potential, s.sei_onset, s.sei_tafel)
         if drive > 0:
             s.grow_sei(drive)
         if np.any(s.film_thickness > 0):

@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InvalidArgument, check_choice, check_positive
+from .sei import sei_charge_after
 
 #: Names accepted by :func:`make_sample`.
 PRESETS = ("patterned", "hopg", "composite_cathode", "si_film")
@@ -59,6 +60,7 @@ class VirtualSample:
     swelling: np.ndarray | None = None
     film_thickness: np.ndarray | None = None
     sei_onset: float = 0.8  # V vs Li+/Li
+    sei_tafel: float = 0.12  # V/decade, see physics.sei
     sei_blocking: float = 0.9
     description: str = ""
     #: disk-shaped features as (x, y, radius) in µm: the O2 generators of a cathode, the discs of a pattern
@@ -130,13 +132,11 @@ class VirtualSample:
         return xx**2 + yy**2 <= max(radius, 0.5 * self._dx) ** 2
 
     def grow_sei(self, integrated_drive: float | np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Advance the SEI charge exactly for dq/dt = sei_rate·g(E)·exp(−q/Q_cap).
+        """Advance the SEI charge exactly for dq/dt = sei_rate·g(E)·exp(−q/Q_cap) (see ``physics.sei``).
 
-        With R = ∫ g(E(t)) dt (s, dimensionless drive integrated over time, see
-        :func:`sei_drive_integral`), the closed form is q₁ = Q_cap·ln(exp(q₀/Q_cap) + sei_rate·R/Q_cap).
+        ``integrated_drive`` is R = ∫ g(E(t)) dt in s (:func:`espt_bluesky.physics.sei.sei_drive_integral`).
         """
-        cap = self.sei_capacity
-        new = cap * np.log(np.exp(self.sei_charge / cap) + self.sei_rate * integrated_drive / cap)
+        new = sei_charge_after(self.sei_charge, self.sei_rate, self.sei_capacity, integrated_drive)
         if mask is None:
             self.sei_charge = new
         else:
@@ -153,23 +153,6 @@ class VirtualSample:
         """Forget SEI and lithiation history (a fresh sample)."""
         self.sei_charge[...] = 0.0
         self.lithiation[...] = 0.0
-
-
-def sei_drive(potential, onset: float = 0.8, width: float = 0.05):
-    """Dimensionless SEI drive g(E) = 1 / (1 + exp((E − onset)/width)) (E, onset, width in V).
-
-    Tafel-like rise below ``onset`` that saturates at 1 (the electrolyte-reduction rate becomes transport
-    limited); so ``sei_rate`` is the maximal SEI current density of a fresh surface.
-    """
-    e = np.asarray(potential, dtype=float)
-    return 0.5 * (1.0 - np.tanh((e - onset) / (2.0 * width)))
-
-
-def sei_drive_integral(time, potential, onset: float = 0.8, width: float = 0.05) -> float:
-    """R = ∫ g(E(t)) dt in s over a potential program (trapezoid rule)."""
-    t = np.asarray(time, dtype=float)
-    g = sei_drive(potential, onset, width)
-    return float(np.trapezoid(g, t)) if t.size > 1 else 0.0
 
 
 def _to_bounded(a):

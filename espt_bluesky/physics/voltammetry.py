@@ -48,7 +48,9 @@ SEI side reaction
 -----------------
 An irreversible cathodic process in parallel with the couple (electrolyte reduction below ~0.8 V vs Li+/Li)::
 
-    i_sei = -A · sei_rate · (1 - theta) · 10^(-(E - sei_onset)/sei_tafel)
+    i_sei = -A · sei_rate · (1 - theta) · g(E),   g(E) = 1 / (1 + 10^((E - sei_onset)/sei_tafel))
+
+(the drive g of ``physics.sei``: Tafel-like above the onset, saturating below it)
     q     = SEI charge density passed (C/m²),   theta = 1 - exp(-q / sei_capacity)
 
 so the film passivates itself: (1-θ) obeys d(1-θ)/dt = -(1-θ)² g(E)/sei_capacity, integrated exactly over each
@@ -67,6 +69,8 @@ from typing import Optional
 
 import numpy as np
 from scipy import special
+
+from .sei import sei_drive_scalar, sei_drive_slope_scalar
 
 from espt_bluesky.errors import InvalidArgument, check_choice, check_finite, check_positive, check_range
 from espt_bluesky.physics.constants import FARADAY, T_DEFAULT, f_nernst
@@ -231,9 +235,9 @@ class CellParams:
     c_dl : float
         Double-layer capacitance, F/m² (≥ 0); 0.1 F/m² = 10 µF/cm².
     sei_onset : float
-        Potential where the SEI current equals ``sei_rate`` per area (uncovered), V (vs Li+/Li: ~0.8 V).
+        Potential where the SEI current is half its saturated value, V (vs Li+/Li: ~0.8 V).
     sei_rate : float
-        SEI current density scale at the onset, A/m² (≥ 0; 0 disables the SEI).
+        Saturated SEI current density of a fresh surface well below the onset, A/m² (≥ 0; 0 disables the SEI).
     sei_tafel : float
         Tafel slope of the SEI reaction, V/decade (> 0).
     sei_capacity : float
@@ -403,7 +407,7 @@ class _SEI:
     def __init__(self, params: CellParams, state: SurfaceState):
         self.on = params.sei_rate > 0.0
         self.rate = params.sei_rate
-        self.ln10_b = math.log(10.0) / params.sei_tafel
+        self.tafel = params.sei_tafel
         self.onset = params.sei_onset
         self.cap = params.sei_capacity
         self.area = params.area
@@ -413,7 +417,7 @@ class _SEI:
         self.u = 1.0 - self.theta  # uncovered fraction
 
     def g(self, E: float) -> float:
-        return math.exp(min(-(E - self.onset) * self.ln10_b, _EXP_CLIP))
+        return sei_drive_scalar(E, self.onset, self.tafel)
 
     def step_charge(self, E: float, dt: float) -> float:
         """Advance one step at constant E; return the SEI charge density passed (C/m², ≥ 0)."""
@@ -580,8 +584,9 @@ def _fast_convolution_loop(diff, kf_all, kb_all, E, dts, sei, blk, p, faradaic, 
     u = sei.u
     sei_on = sei.on
     if sei_on:
-        expo = np.minimum(-(E - sei.onset) * sei.ln10_b, _EXP_CLIP)
-        a_l = (sei.rate * np.exp(expo) * np.concatenate([[0.0], dts]) / sei.cap).tolist()
+        # the scalar drive, as in the reference loop, so both solvers give bit-identical films
+        g_l = np.array([sei_drive_scalar(e, sei.onset, sei.tafel) for e in E.tolist()])
+        a_l = (sei.rate * g_l * np.concatenate([[0.0], dts]) / sei.cap).tolist()
         cap = sei.cap
     log = math.log
     for k in range(1, N):
@@ -807,7 +812,6 @@ def simulate_galvanostatic(
         Eprev = E[k - 1]
 
         target = i_app[k]
-        ln10_b = sei.ln10_b
 
         def fun(Ek: float) -> tuple[float, float]:
             """Total current minus target, and its derivative dI/dE (> 0)."""
@@ -825,7 +829,7 @@ def simulate_galvanostatic(
                 gk = sei.g(Ek)
                 inv = 1.0 / u0 + sei.rate * gk * dt / sei.cap
                 val -= p.area * sei.cap * math.log(inv * u0) / dt
-                der += p.area * sei.rate * ln10_b * gk / inv
+                der -= p.area * sei.rate * sei_drive_slope_scalar(Ek, sei.onset, sei.tafel) / inv
             return val, der
 
         lo, hi = e_lo, e_hi
