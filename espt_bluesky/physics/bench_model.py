@@ -449,7 +449,8 @@ class BenchModel:
                                                + rate.ravel()[None, :] * cum[:, None] / cap.ravel()[None, :])
             dq = np.gradient(qt.mean(axis=1), t) if t.size > 1 else np.zeros(t.shape)
             dl = -0.2 * area * np.gradient(potential, t) if t.size > 1 else np.zeros(t.shape)
-            current = -area * dq + dl
+            # anodic O2 evolution of the generators (the substrate-generation half of SG/TC)
+            current = -area * dq + dl + self.o2_generation_current(potential).sum(axis=1)
         drive = sei_drive_integral(t, potential, s.sei_onset, s.sei_tafel)
         if drive > 0:
             s.grow_sei(drive)
