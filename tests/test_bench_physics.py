@@ -75,3 +75,38 @@ def test_hertz_fit_of_bench_force_curve_recovers_modulus():
                               poisson=0.3)
         truth = bench.model.sample.at("modulus", x, y)
         assert fit.modulus == pytest.approx(float(truth), rel=0.10)
+
+
+def _scan_readings(bench, n=20):
+    out = []
+    for k in range(n):
+        bench.stage.x.set(20 + 3 * k).wait()
+        bench.potentiostat.trigger().wait()
+        out.append(bench.potentiostat.tip.current.get())
+    return np.array(out)
+
+
+def test_noise_is_seeded_and_switchable():
+    a = _scan_readings(make_sim_bench("SECM", "patterned", seed=7))
+    b = _scan_readings(make_sim_bench("SECM", "patterned", seed=7))
+    c = _scan_readings(make_sim_bench("SECM", "patterned", seed=8))
+    quiet = _scan_readings(make_sim_bench("SECM", "patterned", seed=7, noise=0.0))
+    np.testing.assert_array_equal(a, b)
+    assert np.any(a != c)
+    rel = (a - quiet) / quiet
+    assert 0.002 < rel.std() < 0.01  # 0.5 % relative noise by default
+
+
+def test_drift_and_tilt_move_the_surface():
+    flat = make_sim_bench("SECM", "patterned", noise=0.0)
+    tilted = make_sim_bench("SECM", "patterned", noise=0.0, tilt=(1.0, 0.0))
+    # 1° about y: the surface rises tan(1°) µm per µm of x
+    dz = tilted.model.surface_z(80.0, 35.0) - tilted.model.surface_z(20.0, 35.0)
+    assert dz == pytest.approx(60.0 * math.tan(math.radians(1.0)), rel=1e-6)
+    assert flat.model.surface_z(80.0, 35.0) == pytest.approx(flat.model.surface_z(20.0, 35.0))
+    drifting = make_sim_bench("SECM", "patterned", noise=0.0, drift=(0.0, 0.0, 0.01))
+    z0 = drifting.model.surface_z(35.0, 35.0)
+    drifting.potentiostat.params.integration_time.put(1.0)
+    for _ in range(10):
+        drifting.potentiostat.trigger().wait()  # 10 s of instrument time
+    assert drifting.model.surface_z(35.0, 35.0) - z0 == pytest.approx(0.1, rel=1e-6)
