@@ -134,3 +134,13 @@ def predicted_remaining(z, progress, fine_step: float, coarse_step: float, gain:
     if remaining <= 0:
         return float(fine_step)
     return float(np.clip(gain * remaining, fine_step, cap))
+
+
+def secm_distance_estimate(current, rg: float) -> np.ndarray:
+    """L = d/a estimated from a normalised SECM current whatever the substrate: I_T < 1 read on the insulator
+    curve, I_T > 1 on the conductor curve (the larger of the two possible distances for a partly active
+    substrate is never overestimated by more than the kinetics allow; used to bound approach steps)."""
+    i = np.asarray(current, float)
+    L_ins = secm_distance(np.clip(i, 1e-6, 1 - 1e-9), rg, "insulator")
+    L_con = secm_distance(np.clip(i, 1 + 1e-9, None), rg, "conductor")
+    return np.where(i < 1.0, L_ins, L_con)

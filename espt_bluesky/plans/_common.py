@@ -1,0 +1,208 @@
+"""Shared plan machinery: argument checks before motion, the cleanup that always runs, failure translation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import FailedStatus
+from ophyd import Signal
+
+from ..errors import EsptError, InvalidArgument, check_choice, check_positive, check_range
+
+TECHNIQUES = ("SECM", "SICM", "SECCM", "EC-AFM")
+
+
+class ApproachLimitReached(EsptError, RuntimeError):
+    """The approach travelled its hard limit without meeting its criterion."""
+
+
+# ----------------------------------------------------------------- probes
+def probe_of(potentiostat: Any, probe: Any = None, afm: Any = None) -> Any:
+    """The probe device: the explicit one, else the one carried by the potentiostat or AFM head."""
+    for p in (probe, getattr(potentiostat, "probe", None), getattr(afm, "probe", None)):
+        if p is not None:
+            return p
+    return None
+
+
+def probe_radius(probe: Any) -> float:
+    """Characteristic radius (µm): UME radius a, pipette inner radius, AFM tip radius."""
+    for attr in ("radius", "inner_radius", "tip_radius"):
+        sig = getattr(probe, attr, None)
+        if sig is not None:
+            return float(sig.get())
+    raise InvalidArgument(f"probe={probe!r} has no radius/inner_radius/tip_radius: pass a UME, Nanopipette or "
+                          f"AFMCantilever")
+
+
+def _sig(probe: Any, attr: str, default: float) -> float:
+    sig = getattr(probe, attr, None)
+    return float(sig.get()) if sig is not None else default
+
+
+def probe_rg(probe: Any) -> float:
+    return _sig(probe, "rg", 10.0)
+
+
+def pipette_geometry(probe: Any) -> tuple[float, float, float]:
+    """(inner radius µm, outer radius µm, half angle degrees) of a nanopipette."""
+    ri = _sig(probe, "inner_radius", math.nan)
+    if not math.isfinite(ri):
+        raise InvalidArgument(f"probe={probe!r} is not a nanopipette (no inner_radius)")
+    return ri, _sig(probe, "outer_radius", 1.5 * ri), _sig(probe, "half_angle", 5.0)
+
+
+# ----------------------------------------------------------------- validation
+def check_technique(technique: str) -> str:
+    return check_choice("technique", technique, TECHNIQUES)
+
+
+def check_xy(stage: Any, name: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate lateral positions (µm) against the stage's soft limits; return them as float arrays."""
+    x = np.atleast_1d(np.asarray(x, float))
+    y = np.atleast_1d(np.asarray(y, float))
+    check_range(f"{name} (x)", x, *stage.x.limits, units="µm")
+    check_range(f"{name} (y)", y, *stage.y.limits, units="µm")
+    return x, y
+
+
+def check_z(stage: Any, name: str, z: Any) -> np.ndarray:
+    return check_range(name, z, *stage.z.limits, units="µm")
+
+
+def compliance_of(potentiostat: Any) -> tuple[float, float]:
+    return tuple(getattr(potentiostat, "compliance", (-math.inf, math.inf)))
+
+
+def check_potential(potentiostat: Any, name: str, value: Any) -> float:
+    """A potential (V) inside the potentiostat's compliance."""
+    lo, hi = compliance_of(potentiostat)
+    return float(check_range(name, value, lo, hi, units="V"))
+
+
+def check_step(name: str, value: Any) -> float:
+    return float(check_positive(name, value, units="µm"))
+
+
+def check_int(name: str, value: Any, low: int = 1, high: int = 10**7) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgument(f"{name}={value!r} must be an integer in [{low}, {high}]")
+    check_range(name, value, low, high)
+    return int(value)
+
+
+def grid_points(x_range: Sequence, y_range: Sequence, snake: bool = True, name: str = "grid"
+                ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], list]:
+    """Points of a (y slow, x fast) grid from ``(start, stop, num)`` ranges, in snake or raster order.
+
+    Returns x, y (µm), shape (ny, nx) and extents [[y0, y1], [x0, x1]] (bluesky's conventions).
+    """
+    out = []
+    for nm, r in (("x_range", x_range), ("y_range", y_range)):
+        if not isinstance(r, (tuple, list)) or len(r) != 3:
+            raise InvalidArgument(f"{name} {nm}={r!r} must be (start, stop, num) in µm")
+        start, stop = float(check_range(f"{nm} start", r[0])), float(check_range(f"{nm} stop", r[1]))
+        num = check_int(f"{nm} num", r[2], 1, 100000)
+        if num > 1 and start == stop:
+            raise InvalidArgument(f"{nm}={tuple(r)!r}: start equals stop with num={num}; the step is zero")
+        out.append((start, stop, num))
+    (x0, x1, nx), (y0, y1, ny) = out
+    xs, ys = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
+    X, Y = [], []
+    for j, yv in enumerate(ys):
+        row = xs[::-1] if (snake and j % 2 == 1) else xs
+        X.extend(row)
+        Y.extend([yv] * nx)
+    return np.array(X), np.array(Y), (ny, nx), [[y0, y1], [x0, x1]]
+
+
+# ----------------------------------------------------------------- plan stubs
+def soft_signals(**values: Any) -> dict[str, Signal]:
+    """Soft ophyd signals to record plan-level quantities (e.g. the surface height found by an approach)."""
+    out = {}
+    for name, (value, units) in values.items():
+        out[name] = Signal(name=name, value=value, kind="hinted", metadata={"units": units} if units else {})
+    return out
+
+
+def put_values(signals: dict[str, Signal], **values: Any) -> None:
+    for k, v in values.items():
+        signals[k].put(v)
+
+
+def value_of(reading: dict, obj: Any) -> float:
+    return float(reading[obj.name]["value"])
+
+
+def open_circuit(potentiostat: Any):
+    """Plan stub: put the cell at open circuit."""
+    potentiostat.open_circuit()
+    yield from bps.null()
+
+
+def cell_on(potentiostat: Any):
+    """Plan stub: reconnect the cell."""
+    yield from bps.abs_set(potentiostat.cell_on, 1, wait=True)
+
+
+def safe_cleanup(stage: Any, potentiostat: Any | None, retract: float):
+    """Plan stub run by every plan on exit: raise z by ``retract`` µm (clipped to the z limit), open circuit."""
+    errors = []
+    try:
+        z = float(stage.z.position)
+        target = min(z + retract, stage.z.limits[1])
+        if target > z:
+            yield from bps.mv(stage.z, target)
+    except Exception as exc:  # keep going: the cell must still be opened
+        errors.append(exc)
+    if potentiostat is not None:
+        yield from open_circuit(potentiostat)
+    if errors:
+        raise errors[0]
+
+
+def translate_failures(plan):
+    """Re-raise the device's own error (TipCrash, Overload, ...) in place of bluesky's FailedStatus."""
+    try:
+        return (yield from plan)
+    except FailedStatus as exc:
+        cause = exc.__cause__
+        if cause is None and exc.args and hasattr(exc.args[0], "exception"):
+            try:
+                cause = exc.args[0].exception()
+            except Exception:
+                cause = None
+        if isinstance(cause, Exception):
+            raise cause from exc
+        raise
+
+
+def managed_run(body, *, md: dict, stage: Any, potentiostat: Any | None, retract: float,
+                stage_devices: Iterable = (), retract_on_success: bool = True):
+    """Open a run around ``body`` with staging, failure translation and the cleanup that always runs.
+
+    The cleanup (``finalize_wrapper``) puts the cell at open circuit and raises the tip by ``retract`` µm; after
+    a successful ``body`` the retract is skipped when ``retract_on_success`` is False (an approach leaves the tip
+    at its working distance).
+    """
+    devices = [d for d in stage_devices if d is not None]
+    state = {"ok": False}
+
+    def inner():
+        plan = translate_failures(body)
+        if devices:
+            plan = bpp.stage_wrapper(plan, devices)
+        state["ret"] = yield from plan
+        state["ok"] = True
+        return state["ret"]
+
+    def cleanup():
+        r = 0.0 if (state["ok"] and not retract_on_success) else retract
+        yield from safe_cleanup(stage, potentiostat, r)
+
+    yield from bpp.run_wrapper(bpp.finalize_wrapper(inner(), cleanup), md=md)
+    return state.get("ret")

@@ -1,0 +1,333 @@
+"""Safe approach of the probe to the surface, for SECM, SICM, SECCM and EC-AFM.
+
+``approach`` is a complete plan (one run); :func:`approach_stub` is the same procedure inside an open run, used by
+``measure_tilt``, ``hopping_scan`` (plan mode), ``combinatorial_sweep`` and ``sgtc``.  Arguments are validated into
+an :class:`ApproachSpec` before anything moves (:func:`make_approach_spec`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Generator
+
+import numpy as np
+import bluesky.plan_stubs as bps
+
+from ..analysis import approach_criteria as crit
+from ..errors import InvalidArgument, check_choice, check_positive, check_range
+from ._common import (ApproachLimitReached, cell_on, check_int, check_potential, check_step, check_technique,
+                      managed_run, pipette_geometry, probe_of, probe_radius, probe_rg, put_values, soft_signals,
+                      value_of)
+from .metadata import build_start_md
+
+FEEDBACK = ("negative", "positive")
+UNITS = ("radius", "um")
+
+
+@dataclass
+class ApproachSpec:
+    """A validated approach programme (lengths in µm, currents in A, potentials in V)."""
+
+    technique: str
+    radius: float
+    rg: float
+    feedback: str
+    threshold: float  # SECM: normalised current; SICM: 1 − drop; SECCM: contact current (A); EC-AFM: deflection (m)
+    stop_distance: float  # µm between the tip at the stop and the surface (SECM: from the threshold; SICM: setpoint)
+    working_distance: float  # µm above the surface to park at (None-like: NaN = stay at the stop)
+    coarse_step: float
+    fine_step: float
+    max_travel: float
+    n_confirm: int
+    tip_potential: float | None
+    reference_current: float | None
+    surface_guess: float | None
+    fine_zone: float
+    stop_offset: float
+    piezo_range: float
+
+    @property
+    def substrate(self) -> str:
+        return "insulator" if self.feedback == "negative" else "conductor"
+
+
+def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: Any = None, afm: Any = None,
+                       feedback: str = "negative", threshold: float | None = None, drop: float = 0.01,
+                       contact_current: float = 5e-13, deflection_setpoint: float | None = None,
+                       working_distance: float | None = 1.0, distance_units: str = "radius",
+                       coarse_step: float | None = None, fine_step: float | None = None,
+                       max_travel: float | None = None, n_confirm: int | None = None,
+                       tip_potential: float | None = None, reference_current: float | None = None,
+                       surface_guess: float | None = None, fine_zone: float | None = None,
+                       stop_offset: float = 0.0, piezo_range: float = 1.0) -> ApproachSpec:
+    """Validate approach arguments (no motion); see :func:`approach` for their meaning."""
+    technique = check_technique(technique)
+    if technique == "EC-AFM" and afm is None:
+        raise InvalidArgument("afm=None: an EC-AFM approach needs the AFM head (afm=bench.afm)")
+    pr = probe_of(potentiostat, probe, afm)
+    if pr is None:
+        raise InvalidArgument("probe=None and the potentiostat carries no probe: pass probe=")
+    a = probe_radius(pr)
+    rg = probe_rg(pr)
+    feedback = check_choice("feedback", feedback, FEEDBACK)
+    distance_units = check_choice("distance_units", distance_units, UNITS)
+    if working_distance is not None:
+        working_distance = float(check_range("working_distance", working_distance, 0.0, 1e4))
+        working_distance *= a if distance_units == "radius" else 1.0
+    stop_distance = 0.0
+    if technique == "SECM":
+        sub = "insulator" if feedback == "negative" else "conductor"
+        if threshold is None:
+            threshold = 0.5 if feedback == "negative" else 2.0
+        stop_distance = a * crit.secm_threshold_distance(float(threshold), rg, sub)
+        dflt = dict(coarse=2.0 * a, fine=0.05 * a, travel=100.0 * a, confirm=0)
+    elif technique == "SICM":
+        check_range("drop", drop, 0.001, 0.5, units="(fraction of the far current)")
+        threshold = 1.0 - float(drop)
+        stop_distance = crit.sicm_setpoint_distance(float(drop), *pipette_geometry(pr))
+        fine = 0.25 * stop_distance
+        dflt = dict(coarse=fine, fine=fine, travel=20.0, confirm=2)
+    elif technique == "SECCM":
+        threshold = float(check_range("contact_current", contact_current, 1e-15, 1.0, low_inclusive=True,
+                                      units="A"))
+        dflt = dict(coarse=0.2 * a, fine=0.2 * a, travel=20.0, confirm=0)
+    else:
+        threshold = float(afm.setpoint.get() if deflection_setpoint is None else deflection_setpoint)
+        check_positive("deflection_setpoint", threshold, units="m")
+        dflt = dict(coarse=0.5 * piezo_range, fine=0.05, travel=50.0, confirm=0)
+    coarse = check_step("coarse_step", dflt["coarse"] if coarse_step is None else coarse_step)
+    fine = check_step("fine_step", dflt["fine"] if fine_step is None else fine_step)
+    if fine > coarse:
+        raise InvalidArgument(f"fine_step={fine!r} µm is larger than coarse_step={coarse!r} µm; allowed: "
+                              f"0 < fine_step <= coarse_step")
+    travel = check_step("max_travel", dflt["travel"] if max_travel is None else max_travel)
+    n_conf = check_int("n_confirm", dflt["confirm"] if n_confirm is None else n_confirm, 0, 20)
+    if tip_potential is not None:
+        tip_potential = check_potential(potentiostat, "tip_potential", tip_potential)
+    if reference_current is not None:
+        reference_current = float(check_range("reference_current", reference_current, units="A"))
+        if reference_current == 0:
+            raise InvalidArgument("reference_current=0.0 A: the far current must be nonzero")
+    if surface_guess is not None:
+        surface_guess = float(check_range("surface_guess", surface_guess, *stage.z.limits, units="µm"))
+    fz = check_step("fine_zone", 5.0 * fine if fine_zone is None else fine_zone)
+    check_range("stop_offset", stop_offset, -1e3, 1e3, units="µm")
+    check_step("piezo_range", piezo_range)
+    return ApproachSpec(technique, a, rg, feedback, float(threshold), float(stop_distance),
+                        math.nan if working_distance is None else working_distance, coarse, fine, travel, n_conf,
+                        tip_potential, reference_current, surface_guess, fz, float(stop_offset), float(piezo_range))
+
+
+def _signal_key(spec: ApproachSpec, potentiostat: Any):
+    return potentiostat.substrate.current if spec.technique == "SECCM" else potentiostat.tip.current
+
+
+def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any = None,
+                  stream: str = "approach", park: bool = True) -> Generator[Any, Any, dict]:
+    """Plan stub (inside an open run): approach from the present height until ``spec``'s criterion is met.
+
+    Records every reading in the event stream ``stream`` and returns a dict with ``surface_z`` (µm),
+    ``stop_z`` (µm, tip height at the stop), ``surface_z_err`` (µm), ``n_steps`` and ``reference_current``.
+    With ``park`` the tip is then moved to ``surface_z + spec.working_distance``.
+    """
+    if spec.technique == "EC-AFM":
+        return (yield from _afm_approach(stage, afm, spec, stream=stream, park=park))
+    potentiostat.configure_technique("READ", channel="tip")
+    if spec.tip_potential is not None:
+        potentiostat.tip.potential.put(spec.tip_potential)
+    if not potentiostat.cell_on.get():
+        yield from cell_on(potentiostat)
+    sig = _signal_key(spec, potentiostat)
+    devices = [potentiostat, stage.z]
+    zs: list[float] = []
+    vals: list[float] = []
+
+    def measure():
+        r = yield from bps.trigger_and_read(devices, name=stream)
+        zs.append(value_of(r, stage.z))
+        vals.append(value_of(r, sig))
+        return vals[-1]
+
+    z0 = float(stage.z.position)
+    ref = spec.reference_current
+    if spec.technique in ("SECM", "SICM") and ref is None:
+        for _ in range(3):
+            yield from measure()
+        ref = float(np.mean(vals[-3:]))
+        if ref == 0:
+            raise ApproachLimitReached("the far current is zero: is the cell connected and the probe immersed?")
+
+    def norm(v):
+        return v / ref if ref else abs(v)
+
+    def met(s):
+        if spec.technique == "SECM":
+            return s <= spec.threshold if spec.feedback == "negative" else s >= spec.threshold
+        if spec.technique == "SICM":
+            return s <= spec.threshold
+        return s >= spec.threshold  # SECCM: |substrate current| jumps above the contact current
+
+    def progress(s):
+        if spec.technique in ("SECM", "SICM"):
+            return (s - 1.0) / (spec.threshold - 1.0)
+        return 0.0
+
+    z = z0
+    n = 0
+    zp: list[float] = []
+    pp: list[float] = []
+    s_last = 1.0
+    if zs:
+        s_last = norm(float(np.mean(vals)))
+        zp.append(z0)
+        pp.append(progress(s_last))
+    while True:
+        if spec.technique == "SECM" and pp:
+            step = crit.predicted_remaining(zp, pp, spec.fine_step, spec.coarse_step)
+            # never step more than 30 % of the distance the present current implies (either substrate kind)
+            L_est = float(crit.secm_distance_estimate(s_last, spec.rg))
+            step = min(step, max(spec.fine_step, 0.3 * spec.radius * L_est))
+        elif spec.surface_guess is not None and z - spec.coarse_step > spec.surface_guess + spec.fine_zone:
+            step = spec.coarse_step
+        else:
+            step = spec.fine_step
+        z_next = z - step
+        if z0 - z_next > spec.max_travel + 1e-9 or z_next < stage.z.limits[0]:
+            raise ApproachLimitReached(
+                f"{spec.technique} approach: criterion not met after {z0 - z:.3f} µm of travel (max_travel="
+                f"{spec.max_travel} µm, z low limit {stage.z.limits[0]} µm)")
+        yield from bps.checkpoint()
+        yield from bps.mv(stage.z, z_next)
+        z = z_next
+        n += 1
+        s = s_last = norm((yield from measure()))
+        zp.append(z)
+        pp.append(progress(s))
+        if met(s):
+            if spec.n_confirm:
+                for _ in range(spec.n_confirm):
+                    yield from measure()
+                s = norm(float(np.mean(vals[-spec.n_confirm - 1:])))
+                if not met(s):
+                    continue
+            break
+    if spec.technique == "SECM":
+        s_all = np.asarray(vals) / ref
+        surface, err = crit.surface_from_secm_curve(zs, s_all, spec.radius, spec.rg, spec.substrate, spec.threshold)
+    elif spec.technique == "SICM":
+        surface, err = z - spec.stop_distance, spec.fine_step / math.sqrt(12)
+    else:
+        surface, err = z - spec.stop_offset, spec.fine_step / math.sqrt(12)
+    if park and math.isfinite(spec.working_distance):
+        yield from bps.mv(stage.z, surface + spec.working_distance)
+    return dict(surface_z=float(surface), surface_z_err=float(err), stop_z=float(z), n_steps=n,
+                reference_current=float(ref) if ref is not None else math.nan)
+
+
+def _afm_approach(stage, afm, spec: ApproachSpec, *, stream: str, park: bool):
+    """EC-AFM: a force curve per step; stop when the deflection setpoint is reached within the piezo range."""
+    afm.configure_force_curve(travel=0.02, n_points=200)
+    z0 = float(stage.z.position)
+    z = z0
+    n = 0
+    try:
+        while True:
+            r = yield from bps.trigger_and_read([afm, stage.z], name=stream)
+            travel = np.asarray(r[afm.fc_z.name]["value"])
+            defl = np.asarray(r[afm.fc_deflection.name]["value"])
+            hit = np.flatnonzero(defl >= spec.threshold)
+            t_hit = float(travel[hit[0]]) if hit.size else math.inf
+            if t_hit <= spec.piezo_range:
+                break
+            step = min(spec.coarse_step, max(spec.fine_step, t_hit - 0.5 * spec.piezo_range))
+            if z0 - (z - step) > spec.max_travel or z - step < stage.z.limits[0]:
+                raise ApproachLimitReached(f"EC-AFM approach: setpoint not reached within max_travel="
+                                           f"{spec.max_travel} µm")
+            yield from bps.checkpoint()
+            z -= step
+            yield from bps.mv(stage.z, z)
+            n += 1
+    finally:
+        afm.set_mode("contact")
+    surface = z - t_hit
+    if park and math.isfinite(spec.working_distance):
+        yield from bps.mv(stage.z, surface + spec.working_distance)
+    return dict(surface_z=float(surface), surface_z_err=float(travel[1] - travel[0]), stop_z=float(z), n_steps=n,
+                reference_current=math.nan)
+
+
+def approach(stage: Any, potentiostat: Any, *, technique: str, probe: Any = None, afm: Any = None,
+             feedback: str = "negative", threshold: float | None = None, drop: float = 0.01,
+             contact_current: float = 5e-13, deflection_setpoint: float | None = None,
+             working_distance: float = 1.0, distance_units: str = "radius", coarse_step: float | None = None,
+             fine_step: float | None = None, max_travel: float | None = None, n_confirm: int | None = None,
+             tip_potential: float | None = None, reference_current: float | None = None,
+             surface_guess: float | None = None, fine_zone: float | None = None, stop_offset: float = 0.0,
+             retract: float | None = None, context: Any = None, sample_md: dict | None = None,
+             md: dict | None = None) -> Generator[Any, Any, float]:
+    """Bring the probe to the surface, stop on the technique's criterion, park at a working distance.
+
+    Criteria: SECM — normalised tip current I_T = i_T/i_T,inf (i_T,inf read first at the start height) crossing
+    ``threshold`` (below for ``feedback="negative"``/insulator, default 0.5; above for ``"positive"``/conductor,
+    default 2.0); SICM — ion current dropping by ``drop`` (fraction, typically 0.005–0.02; confirmed by
+    ``n_confirm`` repeat readings); SECCM — meniscus contact, |substrate current| > ``contact_current`` (A);
+    EC-AFM — a force curve per step until ``deflection_setpoint`` (m) is reached within the piezo range.
+    Steps are coarse far away and fine near the surface: SECM steps follow the slope of the approach curve;
+    SICM/SECCM have no precursor, so they step finely except above ``surface_guess + fine_zone``.  The surface
+    height is found by ``espt_bluesky.analysis.approach_criteria`` (SECM: feedback theory over the end of the
+    curve; SICM: the ohmic setpoint distance; SECCM: the landing height minus ``stop_offset``).
+
+    Parameters
+    ----------
+    stage, potentiostat : devices
+        An XYZ stage (``.x/.y/.z`` with ``set/position/limits``) and a bipotentiostat.
+    technique : {"SECM", "SICM", "SECCM", "EC-AFM"}
+    working_distance : float
+        Where to park above the surface, in ``distance_units`` ("radius": probe radii; "um").
+    coarse_step, fine_step, max_travel : float, µm
+        Step bounds and the hard travel limit (defaults scale with the probe).
+    retract : float, µm
+        How far the cleanup raises the tip after a failure (default 5 probe radii, at least 2 µm).
+    context, sample_md, md : dict
+        Experiment context (``bench.metadata()`` or an :class:`~espt_bluesky.plans.metadata.ExperimentContext`),
+        extra sample keys, and user metadata for the start document.
+
+    Returns
+    -------
+    float
+        The surface height z (µm) under the probe (also in the ``surface`` stream as ``surface_z``).
+
+    Examples
+    --------
+    >>> bench = make_sim_bench("SECM", "patterned"); RE(bps.mv(bench.stage.z, 250))
+    >>> z_s = RE(approach(bench.stage, bench.potentiostat, technique="SECM", feedback="positive",
+    ...                   working_distance=1.0, context=bench.metadata())).plan_result
+    """
+    spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, afm=afm, feedback=feedback,
+                              threshold=threshold, drop=drop, contact_current=contact_current,
+                              deflection_setpoint=deflection_setpoint, working_distance=working_distance,
+                              distance_units=distance_units, coarse_step=coarse_step, fine_step=fine_step,
+                              max_travel=max_travel, n_confirm=n_confirm, tip_potential=tip_potential,
+                              reference_current=reference_current, surface_guess=surface_guess,
+                              fine_zone=fine_zone, stop_offset=stop_offset)
+    retract = check_step("retract", max(5.0 * spec.radius, 2.0) if retract is None else retract)
+    pr = probe_of(potentiostat, probe, afm)
+    args = dict(technique=technique, feedback=feedback, threshold=spec.threshold,
+                working_distance_um=spec.working_distance, **{k: v for k, v in asdict(spec).items()
+                                                              if k not in ("technique", "feedback", "threshold")})
+    start_md = build_start_md("approach", args, technique=spec.technique, mode="approach", probe=pr,
+                              context=context, sample_md=sample_md, md=md,
+                              hints={"dimensions": [[[stage.z.name], "approach"]]})
+
+    def body():
+        res = yield from approach_stub(stage, potentiostat, spec, afm=afm, stream="approach", park=True)
+        sigs = soft_signals(surface_z=(res["surface_z"], "um"), surface_z_err=(res["surface_z_err"], "um"),
+                            stop_z=(res["stop_z"], "um"))
+        put_values(sigs, surface_z=res["surface_z"], surface_z_err=res["surface_z_err"], stop_z=res["stop_z"])
+        yield from bps.trigger_and_read([stage.x, stage.y, stage.z, *sigs.values()], name="surface")
+        return res["surface_z"]
+
+    return (yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
+                                   stage_devices=[potentiostat] if technique != "EC-AFM" else [afm],
+                                   retract_on_success=False))
