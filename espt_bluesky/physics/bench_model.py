@@ -191,19 +191,26 @@ class BenchModel:
         target = np.array([x, y, z], dtype=float)
         travel = float(np.linalg.norm(target - start))
         duration = travel / velocity if velocity else 0.0
-        n = max(2, int(math.ceil(travel / max(0.25 * self.probe.radius, 0.05))) + 1) if travel > 0 else 1
-        n = min(n, 400)
-        for s in np.linspace(0.0, 1.0, n)[1:] if n > 1 else [1.0]:
-            p = start + s * (target - start)
-            if self.clearance(*p) < 0.0:
-                # stop where the end face touches: back off to the last safe fraction, then report
-                self.position = start + max(s - 1.0 / n, 0.0) * (target - start)
-                self.position[2] = max(self.position[2], self.position[2] - self.clearance())
-                self.crashed = True
-                self.clock += duration * s
-                raise TipCrash(
-                    f"tip crash: the probe end touched the sample at x={p[0]:.3f}, y={p[1]:.3f} µm "
-                    f"while moving to z={z:.3f} µm (local surface {self.surface_z(p[0], p[1]):.3f} µm)")
+        n = min(max(2, int(math.ceil(travel / max(0.25 * self.probe.radius, 0.05))) + 1), 400) if travel > 0 else 2
+        fractions = np.linspace(0.0, 1.0, n)[1:]
+        path = start[None, :] + fractions[:, None] * (target - start)[None, :]
+        # every end-face point of every sub-step in one interpolation call
+        fx, fy = self._end_face_points(0.0, 0.0)
+        heights = self.surface_z(path[:, 0:1] + fx[None, :], path[:, 1:2] + fy[None, :]).max(axis=1)
+        gaps = path[:, 2] - heights
+        hit = np.flatnonzero(gaps < 0.0)
+        if hit.size:
+            k = int(hit[0])
+            s = fractions[k]
+            p = path[k]
+            # stop where the end face touches: the last safe sub-step, lifted onto the surface if needed
+            self.position = path[k - 1].copy() if k > 0 else start.copy()
+            self.position[2] -= min(self.clearance(), 0.0)
+            self.crashed = True
+            self.clock += duration * s
+            raise TipCrash(
+                f"tip crash: the probe end touched the sample at x={p[0]:.3f}, y={p[1]:.3f} µm "
+                f"while moving to z={z:.3f} µm (local surface {float(heights[k]):.3f} µm)")
         self.position = target
         self.clock += duration
         return duration

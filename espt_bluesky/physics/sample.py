@@ -36,6 +36,9 @@ from scipy import ndimage
 from ..errors import InvalidArgument, check_choice, check_positive
 from .sei import sei_charge_after
 
+#: Static fields that may hold ``inf`` (interpolated through a bounded transform).
+_MAY_BE_INF = ("k_feedback", "o2_onset")
+
 #: Names accepted by :func:`make_sample`.
 PRESETS = ("patterned", "hopg", "composite_cathode", "si_film")
 
@@ -82,6 +85,7 @@ class VirtualSample:
         self.lithiation = np.zeros(shape)
         self._x0, self._y0 = float(self.x[0]), float(self.y[0])
         self._dx = float(self.x[1] - self.x[0])
+        self._bounded: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ sampling
     @property
@@ -101,9 +105,12 @@ class VirtualSample:
         shape = np.broadcast(iy, ix).shape
         coords = np.vstack([np.broadcast_to(iy, shape).ravel(), np.broadcast_to(ix, shape).ravel()])
         order = 0 if name == "label" else 1
-        if name in ("k_feedback", "o2_onset") and np.isinf(arr).any():
-            # interpolate a bounded transform so that inf does not poison neighbours
-            return _from_bounded(ndimage.map_coordinates(_to_bounded(arr), coords, order=order, mode="nearest")
+        if name in _MAY_BE_INF:
+            # interpolate a bounded transform so that inf does not poison neighbours (static fields: cached)
+            bounded = self._bounded.get(name)
+            if bounded is None:
+                bounded = self._bounded[name] = _to_bounded(arr)
+            return _from_bounded(ndimage.map_coordinates(bounded, coords, order=order, mode="nearest")
                                  ).reshape(shape)
         return ndimage.map_coordinates(arr, coords, order=order, mode="nearest").reshape(shape)
 
