@@ -13,7 +13,8 @@ the reading at the top of the hop) and ``hopper_n_steps``; when ``measure`` is o
 Criteria (``criterion`` config signal):
 
 =================  ===================================================================================
-``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_top (confirmed by 3 readings)
+``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_top (each reading the mean of 4
+                    samples; I_top the mean of 5 readings; confirmed by 2 more readings)
 ``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched)
 =================  ===================================================================================
 
@@ -115,8 +116,8 @@ class SimHopController(Device):
 
     def _reading(self) -> float:
         m = self._model
-        if self.criterion.get() == "current_drop":
-            return float(m.add_noise(m.sicm_current()))
+        if self.criterion.get() == "current_drop":  # the controller averages 4 samples per step
+            return float(np.mean(m.add_noise(np.full(4, m.sicm_current()))))
         return float(m.add_noise(m.contact_current(float(self.potentiostat.substrate.potential.get()))))
 
     def _vertical(self, z: float) -> None:
@@ -140,7 +141,7 @@ class SimHopController(Device):
         z_top = max(z_now, (self._last_contact + hop) if self._last_contact is not None else z_now)
         self._vertical(z_top)
         m.move_to(x, y, z_top)
-        ref = float(np.mean([self._reading() for _ in range(3)]))
+        ref = float(np.mean([self._reading() for _ in range(5)]))
         z = z_top
         n = 0
         max_steps = int(np.ceil(float(self.max_travel.get()) / step))

@@ -152,9 +152,10 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
     z0 = float(stage.z.position)
     ref = spec.reference_current
     if spec.technique in ("SECM", "SICM") and ref is None:
-        for _ in range(3):
+        n_ref = 5 if spec.technique == "SICM" else 3
+        for _ in range(n_ref):
             yield from measure()
-        ref = float(np.mean(vals[-3:]))
+        ref = float(np.mean(vals[-n_ref:]))
         if ref == 0:
             raise ApproachLimitReached("the far current is zero: is the cell connected and the probe immersed?")
 
