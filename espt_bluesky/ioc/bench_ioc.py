@@ -185,9 +185,8 @@ class StageGroup(PVGroup):
                               dtype=ChannelType.DOUBLE, doc="x, y, z (µm), bench clock (s), crash count")
     crash_count = pvproperty(name="CrashCount", value=0, read_only=True, dtype=ChannelType.LONG)
     crash_message = pvproperty(name="CrashMessage", value="", read_only=True, max_length=1000,
-                               dtype=ChannelType.CHAR, report_as_string=True)
-    info = pvproperty(name="Info", value="", read_only=True, max_length=8000, dtype=ChannelType.CHAR,
-                      report_as_string=True)
+                               dtype=ChannelType.CHAR)
+    info = pvproperty(name="Info", value="", read_only=True, max_length=8000, dtype=ChannelType.CHAR)
 
     def __init__(self, *args, model: BenchModel, time_scale: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -367,7 +366,7 @@ class PotentiostatGroup(PVGroup):
     status = pvproperty(name="Status", value="OK", read_only=True, dtype=ChannelType.ENUM,
                         enum_strings=list(STATUS_STRINGS))
     status_message = pvproperty(name="StatusMessage", value="", read_only=True, max_length=1000,
-                                dtype=ChannelType.CHAR, report_as_string=True)
+                                dtype=ChannelType.CHAR)
     # waveforms of the last acquisition
     wf_time = _wf("Wf:Time", "time since start of the technique, s")
     wf_potential = _wf("Wf:Potential", "potential of the driven channel, V")
@@ -379,8 +378,7 @@ class PotentiostatGroup(PVGroup):
     compliance_low = pvproperty(name="ComplianceLow", value=-10.0, read_only=True, units="V")
     compliance_high = pvproperty(name="ComplianceHigh", value=10.0, read_only=True, units="V")
     time_scale_pv = pvproperty(name="TimeScale", value=0.0, read_only=True)
-    info = pvproperty(name="Info", value="", read_only=True, max_length=8000, dtype=ChannelType.CHAR,
-                      report_as_string=True)
+    info = pvproperty(name="Info", value="", read_only=True, max_length=8000, dtype=ChannelType.CHAR)
     stage_crash_count = pvproperty(name="StageCrashCount", value=0, read_only=True, dtype=ChannelType.LONG)
 
     def __init__(self, *args, model: BenchModel, position: PositionSource, time_scale: float = 0.0,
