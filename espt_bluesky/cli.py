@@ -1,0 +1,137 @@
+"""The ``espt`` command.
+
+Subcommands
+-----------
+``espt serve``
+    Start the persistent local Tiled server on the data directory and print its URI and browse URL.
+``espt replay DIR``
+    Send the runs backed up in DIR (TiledWriter's backup directory) to Tiled; safe to repeat.
+``espt demo`` / ``espt ioc``
+    Owned by other modules (see the marked section below).
+
+Each subcommand is a pair ``add_<name>(subparsers)`` / ``cmd_<name>(args) -> int`` registered in
+:data:`COMMANDS`; add a new one by writing the pair and appending it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Callable
+
+# ====================================================================================================== storage
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the local Tiled server (own process) and print its URI",
+                       description="Start `tiled serve config` on the data directory (catalog, arrays, tables, "
+                                   "readable assets) bound to 127.0.0.1, print the URI, and wait (Ctrl-C stops).")
+    p.add_argument("--data-dir", help="data directory (default: $ESPT_DATA_DIR or the per-user data dir)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
+    p.add_argument("--catalog-uri", help="catalog database, e.g. postgresql://user@host:5432/db "
+                                         "(default: SQLite in the data directory)")
+    p.add_argument("--table-uri", help="writable table store (default: DuckDB in the data directory, or the "
+                                       "PostgreSQL catalog database)")
+    p.add_argument("--public", action="store_true", help="allow reading without the API key")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .storage.server import LocalCatalog
+
+    cat = LocalCatalog.start(args.data_dir, port=args.port or None, host=args.host,
+                             catalog_uri=args.catalog_uri, table_uri=args.table_uri, public=args.public)
+    dd = cat.data_dir
+    print(f"Tiled server running (pid {cat.process.pid})")
+    print(f"  URI:        {cat.uri}")
+    print(f"  Browse:     {cat.browse_url}")
+    print(f"  API key:    stored in {dd.api_key_file} (or $ESPT_TILED_API_KEY)")
+    print(f"  Data dir:   {dd.root}")
+    print(f"  Assets:     {dd.assets}")
+    print(f"  Backup:     {dd.backup}   (replay with: espt replay {dd.backup})")
+    print("Ctrl-C stops the server.", flush=True)
+
+    def _stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        code = cat.process.wait()
+        print(f"the Tiled server exited with code {code}; see {dd.logs / 'server.log'}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        cat.stop()
+        print("stopped")
+        return 0
+
+
+def add_replay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="send backed-up runs to Tiled (idempotent)",
+                       description="Write every run backed up in DIR to Tiled: complete runs already there are "
+                                   "skipped, partial copies are replaced by the full backup.")
+    p.add_argument("dir", help="backup directory (the data directory's backup/)")
+    p.add_argument("--uri", help="Tiled URI (default: $ESPT_TILED_URI or the server `espt serve` started)")
+    p.add_argument("--api-key", help="API key (default: from the URI, $ESPT_TILED_API_KEY or the data dir)")
+    p.add_argument("--data-dir", help="data directory whose server and key to use")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .storage.replay import replay
+    from .storage.server import LocalCatalog
+
+    cat = LocalCatalog.connect(args.uri, args.api_key, args.data_dir)
+    report = replay(args.dir, cat.client())
+    print(report)
+    for uid in report.written:
+        print(f"  written  {uid}")
+    for uid in report.skipped:
+        print(f"  skipped  {uid} (already complete)")
+    for path, err in report.failed.items():
+        print(f"  FAILED   {path}: {err}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+# ====================================================================================================== other commands
+# `espt demo` and `espt ioc` belong to other modules: replace these stubs with their real add_/cmd_ pair.
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run a complete simulated experiment into the local catalog (not yet)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    raise NotImplementedError("`espt demo` is not written yet (it belongs to the demo module)")
+
+
+def add_ioc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ioc", help="serve the simulated bench over EPICS Channel Access (not yet)")
+    p.set_defaults(func=cmd_ioc)
+
+
+def cmd_ioc(args: argparse.Namespace) -> int:
+    raise NotImplementedError("`espt ioc` is not written yet (it belongs to espt_bluesky.ioc)")
+
+
+# ====================================================================================================== registry
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``espt`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="espt", description="Electrochemical scanning-probe experiments "
+                                                              "with Bluesky and Tiled")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``espt``."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
