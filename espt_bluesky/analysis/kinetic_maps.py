@@ -21,7 +21,38 @@ import numpy as np
 
 from ..errors import InvalidArgument, check_finite, check_positive, check_range
 
-__all__ = ["KineticMap", "tilt_corrected_distance", "invert_kappa", "kinetic_map", "classify_kappa"]
+__all__ = ["KineticMap", "tilt_corrected_distance", "invert_kappa", "kinetic_map", "classify_kappa",
+           "theoretical_i_inf"]
+
+
+def theoretical_i_inf(probe: Mapping[str, Any] | None, mediator: Mapping[str, Any] | None) -> float:
+    """i_T,inf = 4·n·F·D·c*·a·β(RG) in A from probe and mediator metadata (start-document entries).
+
+    Parameters
+    ----------
+    probe : dict
+        ``radius`` (µm) and ``rg`` (default 10) of a UME.
+    mediator : dict
+        ``D`` (m²/s), ``c`` (mol/m³ = mM), ``n`` (default 1).
+
+    Raises
+    ------
+    InvalidArgument
+        Naming the missing or invalid entry.
+    """
+    from ..physics import secm
+    from ..physics.constants import FARADAY
+
+    if not isinstance(probe, Mapping) or probe.get("radius") is None:
+        raise InvalidArgument(f"probe={probe!r} lacks 'radius' (µm)")
+    if not isinstance(mediator, Mapping) or mediator.get("D") is None or mediator.get("c") is None:
+        raise InvalidArgument(f"mediator={mediator!r} lacks 'D' (m²/s) or 'c' (mol/m³)")
+    a = float(check_positive("probe radius", probe["radius"], units="µm"))
+    rg = float(check_range("probe rg", probe.get("rg", 10.0), 1.0, np.inf, low_inclusive=False))
+    D = float(check_positive("mediator D", mediator["D"], units="m^2/s"))
+    c = float(check_positive("mediator c", mediator["c"], units="mol/m^3"))
+    n = float(check_positive("mediator n", mediator.get("n", 1)))
+    return float(n * FARADAY * D * c * a * 1e-6 * secm.tip_current_inf(rg))
 
 
 def tilt_corrected_distance(x, y, z_tip, plane: Any) -> np.ndarray:

@@ -1,0 +1,1 @@
+from .live_map import LiveFeedbackMap  # noqa: F401

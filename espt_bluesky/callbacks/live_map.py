@@ -1,0 +1,286 @@
+"""``LiveFeedbackMap``: the normalised tip current as an image that fills in while a map runs.
+
+Pixels are placed by each event's x/y positions (the start document's ``map`` = {"x": key, "y": key, "order"},
+else bluesky's ``motors``), on the grid given by ``shape``/``extents`` when the plan announces one; scans without
+a grid (hopping, random, adaptive points) are drawn as a scatter of the visited points.  The value is
+I_T = i_T/i_T,inf with i_T,inf given, taken from the start document (``i_inf``/``reference_current``), or the
+theoretical 4·n·F·D·c*·a·β(RG) of the probe and mediator metadata
+(:func:`espt_bluesky.analysis.kinetic_maps.theoretical_i_inf`).
+
+Cheap per event: one array assignment; the figure is redrawn (and, with ``directory``, saved as a PNG) every
+``redraw_every`` events and at the end of the run.  Headless: it draws on its own Agg canvas, never through
+pyplot.  The figure shows the probe footprint (a circle of radius a + d at the last tip position, a from the
+probe metadata, d from the start document's ``height`` or ``distance``) and a scale bar in µm.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+from bluesky.callbacks.core import CallbackBase
+
+from ..analysis.kinetic_maps import theoretical_i_inf
+from ..errors import InvalidArgument
+
+__all__ = ["LiveFeedbackMap", "probe_radius_from_metadata", "map_layout"]
+
+_IINF_KEYS = ("i_inf", "i_tip_inf", "i_T_inf", "reference_current")
+
+
+def probe_radius_from_metadata(probe: Mapping[str, Any] | None) -> Optional[float]:
+    """Electrode/aperture radius (µm) of a start document's ``probe`` entry, or None."""
+    if not isinstance(probe, Mapping):
+        return None
+    for key in ("radius", "inner_radius", "tip_radius"):
+        if probe.get(key) is not None:
+            return float(probe[key])
+    return None
+
+
+def map_layout(start: Mapping[str, Any]) -> dict[str, Any]:
+    """x key, y key, order and (for grids) shape (ny, nx) and extents ((y0, y1), (x0, x1)) of a map run."""
+    from ..storage.maps import map_keys
+
+    xk, yk, order = map_keys(start)
+    out: dict[str, Any] = dict(x=xk, y=yk, order=order, shape=None, extents=None)
+    shape = start.get("shape")
+    ext = start.get("extents")
+    if shape is not None and len(shape) == 2 and ext is not None and len(ext) == 2:
+        out["shape"] = (int(shape[0]), int(shape[1]))
+        out["extents"] = ((float(ext[0][0]), float(ext[0][1])), (float(ext[1][0]), float(ext[1][1])))
+    return out
+
+
+class LiveFeedbackMap(CallbackBase):
+    """Live image of the normalised tip current I_T = i_T/i_T,inf.
+
+    Parameters
+    ----------
+    field : str
+        Data key of the tip current (A).
+    i_inf : float, optional
+        i_T,inf in A (default: from the start document, see the module docstring).
+    directory : path, optional
+        Save ``<uid>_<field>.png`` there on every redraw and at the end (headless use).
+    redraw_every : int, optional
+        Events between redraws (default: one grid row, or 50 without a grid).
+    technique : str or None
+        Technique a run must have (start document ``technique``); None accepts any.
+    distance : float, optional
+        Tip–sample distance d (µm) for the footprint (default: the start document's ``height``/``distance``).
+    stream : str
+        Event stream drawn.
+    cmap, clim
+        Colour map and limits of the image (default limits: the data's range).
+    fig : matplotlib Figure, optional
+        Draw into this figure (e.g. an interactive one); default: a new Agg figure.
+
+    Attributes
+    ----------
+    image : ndarray
+        (ny, nx) normalised current of the present run (NaN where not measured yet).
+    x, y : ndarray
+        Pixel-centre coordinates (µm) of the grid.
+    saved : list of Path
+        PNG files written.
+    """
+
+    def __init__(self, field: str = "pstat_tip_current", *, i_inf: Optional[float] = None,
+                 directory: str | os.PathLike | None = None, redraw_every: Optional[int] = None,
+                 technique: Optional[str] = "SECM", distance: Optional[float] = None, stream: str = "primary",
+                 cmap: str = "viridis", clim: Optional[tuple[float, float]] = None, fig: Any = None):
+        super().__init__()
+        if not isinstance(field, str) or not field:
+            raise InvalidArgument(f"field={field!r} must name the data key of the tip current")
+        if i_inf is not None and not (np.isfinite(i_inf) and i_inf != 0):
+            raise InvalidArgument(f"i_inf={i_inf!r} A must be a finite, nonzero current")
+        if redraw_every is not None and (not isinstance(redraw_every, (int, np.integer)) or redraw_every < 1):
+            raise InvalidArgument(f"redraw_every={redraw_every!r} must be an integer >= 1")
+        self.field = field
+        self._i_inf_arg = i_inf
+        self.directory = Path(directory) if directory is not None else None
+        self._redraw_arg = redraw_every
+        self.technique = technique
+        self._distance_arg = distance
+        self.stream = stream
+        self.cmap = cmap
+        self.clim = clim
+        self._fig = fig
+        self.saved: list[Path] = []
+        self.image = np.zeros((0, 0))
+        self.x = self.y = np.zeros(0)
+        self._descriptors: set[str] = set()
+        self._artists: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ documents
+    def start(self, doc):
+        tech = doc.get("technique")
+        if self.technique is not None and tech is not None and str(tech).upper() != self.technique.upper():
+            raise InvalidArgument(f"LiveFeedbackMap: run {doc['uid'][:8]} has technique={tech!r}; this map shows "
+                                  f"{self.technique} feedback (pass technique=None to accept any run)")
+        self.layout = map_layout(doc)  # raises InvalidArgument when the run has no positions
+        self.uid = doc["uid"]
+        self.i_inf = self._resolve_i_inf(doc)
+        self.a = probe_radius_from_metadata(doc.get("probe"))
+        d = self._distance_arg if self._distance_arg is not None else doc.get("height", doc.get("distance"))
+        self.d = float(d) if d is not None else None
+        self.n = 0
+        self._pending = 0
+        self._last = (math.nan, math.nan)
+        shape = self.layout["shape"]
+        if shape is not None:
+            (y0, y1), (x0, x1) = self.layout["extents"]
+            ny, nx = shape
+            self.y, self.x = np.linspace(y0, y1, ny), np.linspace(x0, x1, nx)
+            self._x0, self._y0 = x0, y0
+            self._dx = (x1 - x0) / (nx - 1) if nx > 1 else 1.0
+            self._dy = (y1 - y0) / (ny - 1) if ny > 1 else 1.0
+            self.image = np.full((ny, nx), np.nan)
+            self.redraw_every = self._redraw_arg or nx
+        else:
+            self.image = np.zeros((0, 0))
+            self._pts: list[tuple[float, float, float]] = []
+            self.redraw_every = self._redraw_arg or 50
+        self._descriptors.clear()
+        self._setup_figure()
+        return super().start(doc)
+
+    def _resolve_i_inf(self, doc) -> float:
+        if self._i_inf_arg is not None:
+            return float(self._i_inf_arg)
+        for key in _IINF_KEYS:
+            v = doc.get(key)
+            if isinstance(v, (int, float)) and np.isfinite(v) and v != 0:
+                return float(v)
+        try:
+            return theoretical_i_inf(doc.get("probe"), doc.get("mediator"))
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"LiveFeedbackMap: no i_T,inf for run {doc['uid'][:8]}: pass i_inf=..., or put one of "
+                f"{list(_IINF_KEYS)} in the start document, or give probe and mediator metadata ({exc})") from None
+
+    def descriptor(self, doc):
+        if doc.get("name", "primary") != self.stream:
+            return super().descriptor(doc)
+        keys = doc.get("data_keys", {})
+        missing = [k for k in (self.field, self.layout["x"], self.layout["y"]) if k not in keys]
+        if missing:
+            raise InvalidArgument(f"LiveFeedbackMap: the {self.stream!r} stream lacks {missing}; it has "
+                                  f"{sorted(keys)} (field={self.field!r}, positions from the start document)")
+        self._descriptors.add(doc["uid"])
+        return super().descriptor(doc)
+
+    def event(self, doc):
+        if doc["descriptor"] not in self._descriptors:
+            return super().event(doc)
+        data = doc["data"]
+        x = float(data[self.layout["x"]])
+        y = float(data[self.layout["y"]])
+        v = float(data[self.field]) / self.i_inf
+        self._last = (x, y)
+        if self.image.size:
+            ix = int(round((x - self._x0) / self._dx))
+            iy = int(round((y - self._y0) / self._dy))
+            if 0 <= iy < self.image.shape[0] and 0 <= ix < self.image.shape[1]:
+                self.image[iy, ix] = v
+        else:
+            self._pts.append((x, y, v))
+        self.n += 1
+        self._pending += 1
+        if self._pending >= self.redraw_every:
+            self.redraw()
+        return super().event(doc)
+
+    def stop(self, doc):
+        if self.n:
+            self.redraw()
+        return super().stop(doc)
+
+    # ------------------------------------------------------------------ drawing
+    def _setup_figure(self):
+        from matplotlib.patches import Circle
+
+        if self._fig is None:
+            from ..analysis.figures import new_figure
+
+            self._fig = new_figure((5.2, 4.4))
+        fig = self._fig
+        fig.clear()
+        ax = fig.add_subplot()
+        ax.set_xlabel("x (µm)")
+        ax.set_ylabel("y (µm)")
+        ax.set_title(f"I$_T$ = i$_T$/i$_{{T,\\infty}}$  ({self.uid[:8]})", fontsize=9)
+        if self.image.size:
+            dx, dy = self._dx, self._dy
+            ext = (self.x[0] - dx / 2, self.x[-1] + dx / 2, self.y[0] - dy / 2, self.y[-1] + dy / 2)
+            im = ax.imshow(np.ma.masked_invalid(self.image), origin="lower", extent=ext, cmap=self.cmap,
+                           interpolation="nearest", aspect="equal")
+            span = ext[1] - ext[0]
+        else:
+            im = ax.scatter([], [], c=[], cmap=self.cmap, s=12)
+            ax.set_aspect("equal")
+            span = None
+        fig.colorbar(im, ax=ax, label="I$_T$")
+        self._artists = dict(ax=ax, im=im)
+        if self.a is not None:
+            rf = self.a + (self.d or 0.0)
+            circ = Circle((np.nan, np.nan), rf, fill=False, ec="w", lw=1.2, ls="--")
+            ax.add_patch(circ)
+            self._artists["footprint"] = circ
+        if span:
+            self._add_scale_bar(ax, span)
+
+    @staticmethod
+    def _add_scale_bar(ax, span):
+        from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+        target = span / 5.0
+        nice = 10 ** math.floor(math.log10(target))
+        for m in (5, 2, 1):
+            if m * nice <= target:
+                length = m * nice
+                break
+        label = f"{length:g} µm"
+        ax.add_artist(AnchoredSizeBar(ax.transData, length, label, "lower right", pad=0.4, color="white",
+                                      frameon=False, size_vertical=span / 150.0))
+
+    def redraw(self) -> None:
+        """Update the figure from the data so far (and save the PNG when a directory is set)."""
+        self._pending = 0
+        art = self._artists
+        if not art:
+            return
+        if self.image.size:
+            art["im"].set_data(np.ma.masked_invalid(self.image))
+            vals = self.image[np.isfinite(self.image)]
+        else:
+            p = np.asarray(self._pts) if self._pts else np.zeros((0, 3))
+            art["im"].set_offsets(p[:, :2])
+            art["im"].set_array(p[:, 2])
+            vals = p[:, 2]
+            if p.size:
+                art["ax"].update_datalim(p[:, :2])
+                art["ax"].autoscale_view()
+        if vals.size:
+            lo, hi = self.clim or (float(vals.min()), float(vals.max()))
+            art["im"].set_clim(lo, hi if hi > lo else lo + 1e-9)
+        if "footprint" in art:
+            art["footprint"].center = self._last
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{self.uid[:8]}_{self.field}.png"
+            self._fig.savefig(path, dpi=80)
+            if not self.saved or self.saved[-1] != path:
+                self.saved.append(path)
+        else:
+            canvas = self._fig.canvas
+            canvas.draw_idle()
+
+    @property
+    def figure(self):
+        """The matplotlib Figure drawn into."""
+        return self._fig
