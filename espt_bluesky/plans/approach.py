@@ -46,6 +46,7 @@ class ApproachSpec:
     fine_zone: float
     stop_offset: float
     piezo_range: float
+    near_deviation: float = 0.02
 
     @property
     def substrate(self) -> str:
@@ -60,7 +61,8 @@ def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: 
                        max_travel: float | None = None, n_confirm: int | None = None,
                        tip_potential: float | None = None, reference_current: float | None = None,
                        surface_guess: float | None = None, fine_zone: float | None = None,
-                       stop_offset: float = 0.0, piezo_range: float = 1.0) -> ApproachSpec:
+                       stop_offset: float = 0.0, piezo_range: float = 1.0,
+                       near_deviation: float = 0.02) -> ApproachSpec:
     """Validate approach arguments (no motion); see :func:`approach` for their meaning."""
     technique = check_technique(technique)
     if technique == "EC-AFM" and afm is None:
@@ -114,9 +116,11 @@ def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: 
     fz = check_step("fine_zone", 5.0 * fine if fine_zone is None else fine_zone)
     check_range("stop_offset", stop_offset, -1e3, 1e3, units="µm")
     check_step("piezo_range", piezo_range)
+    check_range("near_deviation", near_deviation, 0.0, 1.0, low_inclusive=False)
     return ApproachSpec(technique, a, rg, feedback, float(threshold), float(stop_distance),
                         math.nan if working_distance is None else working_distance, coarse, fine, travel, n_conf,
-                        tip_potential, reference_current, surface_guess, fz, float(stop_offset), float(piezo_range))
+                        tip_potential, reference_current, surface_guess, fz, float(stop_offset), float(piezo_range),
+                        float(near_deviation))
 
 
 def _signal_key(spec: ApproachSpec, potentiostat: Any):
@@ -176,6 +180,7 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
 
     z = z0
     n = 0
+    near = False
     zp: list[float] = []
     pp: list[float] = []
     s_last = 1.0
@@ -185,7 +190,11 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
         pp.append(progress(s_last))
     while True:
         if spec.technique == "SECM" and pp:
-            step = crit.predicted_remaining(zp, pp, spec.fine_step, spec.coarse_step)
+            # once the current departs from i_T,inf by more than near_deviation the surface is within a few
+            # radii (a mixed footprint can bring it back near 1 closer in): from then on, steps of <= a/4
+            near = near or abs(s_last - 1.0) > spec.near_deviation
+            cap = max(spec.fine_step, min(spec.coarse_step, 0.25 * spec.radius)) if near else spec.coarse_step
+            step = crit.predicted_remaining(zp, pp, spec.fine_step, cap)
             # never step more than 30 % of the distance the present current implies (either substrate kind)
             L_est = float(crit.secm_distance_estimate(s_last, spec.rg))
             step = min(step, max(spec.fine_step, 0.3 * spec.radius * L_est))
@@ -265,7 +274,7 @@ def approach(stage: Any, potentiostat: Any, *, technique: str, probe: Any = None
              fine_step: float | None = None, max_travel: float | None = None, n_confirm: int | None = None,
              tip_potential: float | None = None, reference_current: float | None = None,
              surface_guess: float | None = None, fine_zone: float | None = None, stop_offset: float = 0.0,
-             retract: float | None = None, context: Any = None, sample_md: dict | None = None,
+             near_deviation: float = 0.02, retract: float | None = None, context: Any = None, sample_md: dict | None = None,
              md: dict | None = None) -> Generator[Any, Any, float]:
     """Bring the probe to the surface, stop on the technique's criterion, park at a working distance.
 
@@ -274,7 +283,9 @@ def approach(stage: Any, potentiostat: Any, *, technique: str, probe: Any = None
     default 2.0); SICM — ion current dropping by ``drop`` (fraction, typically 0.005–0.02; confirmed by
     ``n_confirm`` repeat readings); SECCM — meniscus contact, |substrate current| > ``contact_current`` (A);
     EC-AFM — a force curve per step until ``deflection_setpoint`` (m) is reached within the piezo range.
-    Steps are coarse far away and fine near the surface: SECM steps follow the slope of the approach curve;
+    Steps are coarse far away and fine near the surface: SECM steps follow the slope of the approach curve,
+    never exceed 30 % of the distance the current implies, and stay below a/4 once the current has departed
+    from i_T,inf by ``near_deviation`` (a footprint over mixed conductor/insulator can read ~1 close in);
     SICM/SECCM have no precursor, so they step finely except above ``surface_guess + fine_zone``.  The surface
     height is found by ``espt_bluesky.analysis.approach_criteria`` (SECM: feedback theory over the end of the
     curve; SICM: the ohmic setpoint distance; SECCM: the landing height minus ``stop_offset``).
@@ -311,7 +322,7 @@ def approach(stage: Any, potentiostat: Any, *, technique: str, probe: Any = None
                               distance_units=distance_units, coarse_step=coarse_step, fine_step=fine_step,
                               max_travel=max_travel, n_confirm=n_confirm, tip_potential=tip_potential,
                               reference_current=reference_current, surface_guess=surface_guess,
-                              fine_zone=fine_zone, stop_offset=stop_offset)
+                              fine_zone=fine_zone, stop_offset=stop_offset, near_deviation=near_deviation)
     retract = check_step("retract", max(5.0 * spec.radius, 2.0) if retract is None else retract)
     pr = probe_of(potentiostat, probe, afm)
     args = dict(technique=technique, feedback=feedback, threshold=spec.threshold,
