@@ -10,10 +10,11 @@ Map conventions read from the start document
 ``motors``
     Stock ``bp.grid_scan`` runs have no ``map``: ``motors[0]`` is the slow axis (y), ``motors[1]`` the fast (x).
 
-Grids (snake or raster orders with a 2-D ``shape``) come back as images with dims ``("y", "x")``: every value is
-placed at the cell of its recorded position (or, when the recorded positions do not fall on distinct cells, at the
-cell its ``seq_num`` gives, unsnaked).  Everything else (hopping, random, explicit points, adaptive) comes back as a
-point list with dims ``("spot",)`` and coordinates ``x(spot)``, ``y(spot)``.  Waveforms get a trailing
+A run with a 2-D ``shape`` and ``extents`` whose recorded positions fall on distinct cells of that grid comes back
+as an image with dims ``("y", "x")``, every value at the cell of its recorded position, whatever the visiting order
+(snake, raster, hopping or random over grid points).  Snake/raster runs whose positions do not fall on the grid
+(or without ``extents``) are placed by ``seq_num``, unsnaked.  Everything else (scattered hopping, random, explicit
+points, adaptive) comes back as a point list with dims ``("spot",)`` and coordinates ``x(spot)``, ``y(spot)``.  Waveforms get a trailing
 ``"sample"`` dimension.
 """
 
@@ -176,15 +177,22 @@ def map_keys(start: Mapping[str, Any]) -> tuple[str, str, str]:
             raise InvalidArgument(f"start['map']['order']={order!r} is not one of {list(ORDERS)}")
         return str(m["x"]), str(m["y"]), order
     motors = start.get("motors")
-    if motors and len(motors) == 2 and _grid_shape(start):
-        order = "snake" if any(start.get("snaking") or ()) else "raster"
-        return str(motors[1]), str(motors[0]), order
     if motors and len(motors) == 2:
-        return str(motors[1]), str(motors[0]), "points"
+        slow, fast = str(motors[0]), str(motors[1])
+        # x is the motor named like an x axis (stage_x), else the fast axis
+        x, y = (slow, fast) if _looks_like(slow, "x") and not _looks_like(fast, "x") else (fast, slow)
+        if _grid_shape(start):
+            return x, y, "snake" if any(start.get("snaking") or ()) else "raster"
+        return x, y, "points"
     raise InvalidArgument(
         "the run has no map position keys: its start document has no 'map' entry "
         "({'x': <data key>, 'y': <data key>, 'order': ...}) and no two 'motors' of a grid scan "
         f"(start keys: {sorted(start)})")
+
+
+def _looks_like(name: str, axis: str) -> bool:
+    n = name.lower()
+    return n == axis or n.endswith("_" + axis) or n.endswith("." + axis)
 
 
 def _grid_shape(start: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -222,7 +230,7 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     Returns
     -------
     xarray.Dataset
-        Grids: dims ``("y", "x")`` with 1-D coordinates ``x``, ``y`` (µm, cell centres from ``extents``),
+        Grids (see the module docstring): dims ``("y", "x")`` with 1-D coordinates ``x``, ``y`` (µm, cell centres from ``extents``),
         plus ``x_measured``, ``y_measured`` and ``seq_num`` on the grid; unvisited cells are NaN (``seq_num`` 0).
         Points: dims ``("spot",)`` with coordinates ``x``, ``y`` (µm, recorded positions) and ``seq_num``.
         Waveforms carry a trailing ``"sample"`` dimension.  ``attrs`` hold ``uid``, ``technique``, ``probe``,
@@ -265,7 +273,7 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     attrs.update(map_order=order, x_key=x_key, y_key=y_key, position_units="µm", stream=stream,
                  n_spots=n, exit_status=(rd.stop or {}).get("exit_status"))
 
-    grid = _grid_cells(start, order, xs, ys, rd.seq_num) if order in GRID_ORDERS else None
+    grid = _grid_cells(start, order, x_key, xs, ys, rd.seq_num)
     if grid is not None:
         (ny, nx), iy, ix, xc, yc = grid
         data_vars: dict[str, Any] = {}
@@ -308,18 +316,15 @@ def _var_attrs(key: str, data_keys: dict) -> dict:
     return {k: dk[k] for k in ("units", "source") if k in dk}
 
 
-def _grid_cells(start: Mapping[str, Any], order: str, xs: np.ndarray, ys: np.ndarray, seq: np.ndarray):
+def _grid_cells(start: Mapping[str, Any], order: str, x_key: str, xs: np.ndarray, ys: np.ndarray, seq: np.ndarray):
     """Grid shape, the (iy, ix) cell of each event, and the x/y cell centres (µm); None if not a grid."""
     shape = _grid_shape(start)
     if shape is None:
         return None
     motors = list(start.get("motors") or [])
-    m = start.get("map") or {}
-    # shape/extents/snaking are slow axis first; find which one is y
-    y_first = True
-    if len(motors) == 2 and m:
-        if motors[0] == m.get("x") and motors[1] == m.get("y"):
-            y_first = False
+    # shape/extents/snaking are (y, x) in the espt plans' convention ("map" present); a stock grid_scan gives
+    # them in its motors' order, slow axis first
+    y_first = not (not start.get("map") and len(motors) == 2 and motors[0] == x_key)
     (ny, nx) = shape if y_first else shape[::-1]
     snaking = list(start.get("snaking") or [False, order == "snake"])
     extents = start.get("extents")
@@ -336,6 +341,8 @@ def _grid_cells(start: Mapping[str, Any], order: str, xs: np.ndarray, ys: np.nda
         ok = ix is not None and iy is not None
         if ok and len(set(zip(iy.tolist(), ix.tolist()))) == n:
             return (ny, nx), iy, ix, xc, yc
+    if order not in GRID_ORDERS:
+        return None  # scattered (or off-grid) points stay a point list
     # 2) by seq_num, unsnaked
     k = np.asarray(seq, int) - 1
     if n and (k.min() < 0 or k.max() >= ny * nx):

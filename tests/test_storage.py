@@ -1,0 +1,224 @@
+"""Runs land in Tiled and read back as µm maps: hopping with HDF5 waveforms, snake grids, products, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import bluesky.plans as bp
+
+from espt_bluesky.devices import make_sim_bench
+from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
+from espt_bluesky.errors import InvalidArgument
+from espt_bluesky.storage import LocalCatalog, make_writer, read_map, read_product, write_product
+
+from test_storage_helpers import hopping_plan, random_points, seccm_bench
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    cat = LocalCatalog.in_process(tmp_path_factory.mktemp("espt_data"))
+    yield cat
+    cat.stop()
+
+
+@pytest.fixture
+def RE_tiled(RE, catalog):
+    RE.subscribe(make_writer(catalog))
+    return RE
+
+
+@pytest.fixture(scope="module")
+def hopping_run(catalog):
+    """400 random spots, a 2000-sample CV each, waveforms as HDF5 assets."""
+    from bluesky import RunEngine
+
+    bench = seccm_bench(2000)
+    bench.potentiostat.asset_writer = HDF5WaveformWriter(catalog.asset_dir)
+    RE = RunEngine({})
+    docs: list = []
+    RE.subscribe(make_writer(catalog))
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    pts = random_points(400, seed=7)
+    record: list = []
+    (uid,) = RE(hopping_plan(bench, pts, record=record))
+    return dict(uid=uid, bench=bench, points=pts, record=record, docs=docs)
+
+
+def test_hopping_round_trip(catalog, hopping_run):
+    run = catalog.client()[hopping_run["uid"]]
+    ds = read_map(run)
+    pts, record, bench = hopping_run["points"], hopping_run["record"], hopping_run["bench"]
+    assert ds.sizes["spot"] == 400 and ds.sizes["sample"] == 2000
+    assert ds["pstat_wf_current"].dims == ("spot", "sample")
+    np.testing.assert_allclose(ds.x.values, pts[:, 0], atol=1e-9)
+    np.testing.assert_allclose(ds.y.values, pts[:, 1], atol=1e-9)
+    np.testing.assert_array_equal(ds.seq_num.values, np.arange(1, 401))
+    expected = np.array([w for _, _, w in record])
+    np.testing.assert_array_equal(ds["pstat_wf_current"].values, expected)
+    assert ds["pstat_wf_current"].attrs["units"] == "A" and ds.x.attrs["units"] == "µm"
+    assert np.all(np.abs(expected).max(axis=1) > 0)  # the droplet was in contact at every spot
+    # potential program: a CV from e_start through both vertices and back
+    e = ds["pstat_wf_potential"].values[0]
+    e0 = bench.model.environment["e_ocp"]
+    assert e.min() == pytest.approx(e0 - 0.3, abs=1e-3) and e.max() == pytest.approx(e0 + 0.3, abs=1e-3)
+    # metadata
+    assert ds.attrs["technique"] == "SECCM" and ds.attrs["map_order"] == "hopping"
+    assert ds.attrs["probe"] == bench.probe.metadata()
+    assert ds.attrs["sample"]["name"] == "patterned"
+    assert ds.attrs["reference_electrode"] == bench.model.environment["reference_electrode"]
+    assert ds.attrs["uid"] == hopping_run["uid"] and ds.attrs["exit_status"] == "success"
+
+
+def test_waveforms_are_registered_hdf5_assets(catalog, hopping_run):
+    node = catalog.client()[hopping_run["uid"]]["primary"]["pstat_wf_current"]
+    (source,) = node.data_sources()
+    assert source.mimetype == "application/x-hdf5"
+    (asset,) = source.assets
+    path = Path(asset.data_uri.replace("file://localhost", "").replace("file://", ""))
+    assert path.is_file() and catalog.asset_dir in path.parents
+    assert node.shape == (400, 2000)
+    # no waveform rides in an event document
+    events = [d for n, d in hopping_run["docs"] if n == "event"]
+    assert events and all("pstat_wf_current" not in e["data"] for e in events)
+
+
+def test_read_map_offline_from_documents(catalog, hopping_run):
+    offline = read_map(hopping_run["docs"])
+    online = read_map(catalog.client()[hopping_run["uid"]], variables=["pstat_wf_current", "pstat_substrate_current"])
+    np.testing.assert_array_equal(offline["pstat_wf_current"].values, online["pstat_wf_current"].values)
+    np.testing.assert_array_equal(offline.x.values, online.x.values)
+    scalars = read_map(catalog.client()[hopping_run["uid"]], waveforms=False)
+    assert "pstat_wf_current" not in scalars and scalars.sizes == {"spot": 400}
+
+
+def test_snake_grid_reads_back_unsnaked(RE_tiled, catalog):
+    RE = RE_tiled
+    bench = make_sim_bench("SECM", "patterned", seed=3)
+    RE(bp.grid_scan([bench.potentiostat], bench.stage.y, 10, 50, 5, bench.stage.x, 20, 80, 7, snake_axes=True))
+    uid = RE.collector.of("start")[-1]["uid"]
+    ds = read_map(catalog.client()[uid])
+    assert ds["pstat_tip_current"].dims == ("y", "x") and ds.sizes == {"y": 5, "x": 7}
+    np.testing.assert_allclose(ds.x.values, np.linspace(20, 80, 7))
+    np.testing.assert_allclose(ds.y.values, np.linspace(10, 50, 5))
+    # every cell holds the event recorded at that position
+    for ev in RE.collector.events():
+        ix = int(np.argmin(np.abs(ds.x.values - ev["data"]["stage_x"])))
+        iy = int(np.argmin(np.abs(ds.y.values - ev["data"]["stage_y"])))
+        assert ds["pstat_tip_current"].values[iy, ix] == ev["data"]["pstat_tip_current"]
+        assert ds.seq_num.values[iy, ix] == ev["seq_num"]
+    np.testing.assert_allclose(ds.x_measured.values, np.broadcast_to(ds.x.values, (5, 7)))
+    # the snake: odd rows were scanned right to left
+    assert np.all(np.diff(ds.seq_num.values[1]) < 0) and np.all(np.diff(ds.seq_num.values[0]) > 0)
+    assert ds.attrs["map_order"] == "snake"
+
+
+def test_grid_placed_by_recorded_position_not_by_order(RE):
+    """A grid visited in a shuffled order still reads back as the right image."""
+    bench = make_sim_bench("SECM", "patterned", seed=3)
+    xs, ys = np.meshgrid(np.linspace(0, 30, 4), np.linspace(0, 20, 3))
+    perm = np.random.default_rng(1).permutation(12)
+    md = {"map": {"x": "stage_x", "y": "stage_y", "order": "raster"}, "shape": [3, 4],
+          "extents": [[0, 20], [0, 30]], "snaking": [False, False]}
+    RE(bp.list_scan([bench.potentiostat], bench.stage.x, list(xs.ravel()[perm]),
+                    bench.stage.y, list(ys.ravel()[perm]), md=md))
+    ds = read_map(RE.collector.docs)
+    for ev in RE.collector.events():
+        ix = int(round(ev["data"]["stage_x"] / 10))
+        iy = int(round(ev["data"]["stage_y"] / 10))
+        assert ds["pstat_tip_current"].values[iy, ix] == ev["data"]["pstat_tip_current"]
+    np.testing.assert_allclose(ds.x_measured.values, xs)
+    np.testing.assert_allclose(ds.y_measured.values, ys)
+
+
+def test_random_points_kept_as_point_list(RE):
+    bench = make_sim_bench("SECM", "patterned", seed=3)
+    pts = random_points(9, seed=3)
+    md = {"map": {"x": "stage_x", "y": "stage_y", "order": "points"}}
+    RE(bp.list_scan([bench.potentiostat], bench.stage.x, list(pts[:, 0]), bench.stage.y, list(pts[:, 1]), md=md))
+    ds = read_map(RE.collector.docs)
+    assert ds["pstat_tip_current"].dims == ("spot",)
+    np.testing.assert_allclose(np.c_[ds.x, ds.y], pts)
+
+
+def test_bad_input_names_what_is_missing(RE):
+    bench = make_sim_bench("SECM", "patterned", seed=3)
+    RE(bp.count([bench.potentiostat], 2))
+    with pytest.raises(InvalidArgument, match="map"):
+        read_map(RE.collector.docs)
+    RE.collector.docs.clear()
+    RE(bp.count([bench.potentiostat], 2, md={"map": {"x": "stage_q", "y": "stage_y", "order": "hopping"}}))
+    with pytest.raises(InvalidArgument, match="stage_q"):
+        read_map(RE.collector.docs)
+    RE.collector.docs.clear()
+    RE(bp.count([bench.potentiostat, bench.stage.x, bench.stage.y], 1,
+                md={"map": {"x": "stage_x", "y": "stage_y", "order": "spiral"}}))
+    with pytest.raises(InvalidArgument, match="spiral"):
+        read_map(RE.collector.docs)
+    with pytest.raises(InvalidArgument, match="'y'"):
+        read_map([("start", {"uid": "u", "time": 0, "map": {"x": "stage_x"}})])
+
+
+def test_write_product_next_to_source(catalog, hopping_run):
+    run = catalog.client()[hopping_run["uid"]]
+    ds = read_map(run, waveforms=False)
+    q = (ds["pstat_substrate_current"] * 2).rename("charge_ratio")
+    node = write_product(run, "ratio_map", q.to_dataset(), {"method": "test", "units": "1"})
+    assert node.metadata["source_uid"] == hopping_run["uid"] and node.metadata["method"] == "test"
+    back = read_product(run, "ratio_map")
+    np.testing.assert_array_equal(back["charge_ratio"].values, q.values)
+    np.testing.assert_array_equal(back.x.values, ds.x.values)
+    write_product(run, "peaks", pd.DataFrame({"spot": [1, 2], "e_peak": [0.1, 0.2]}), {"units": "V"})
+    pd.testing.assert_frame_equal(read_product(run, "peaks"), pd.DataFrame({"spot": [1, 2], "e_peak": [0.1, 0.2]}))
+    write_product(run, "raw", np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(read_product(run, "raw"), np.arange(6.0).reshape(2, 3))
+    with pytest.raises(InvalidArgument, match="already has a product"):
+        write_product(run, "raw", np.zeros(2))
+    write_product(run, "raw", np.zeros(2), overwrite=True)
+    np.testing.assert_array_equal(read_product(run, "raw"), np.zeros(2))
+    with pytest.raises(InvalidArgument, match="name"):
+        write_product(run, "bad name/", np.zeros(2))
+    # the run itself is untouched and still a run
+    assert catalog.client()[hopping_run["uid"]].metadata["stop"]["exit_status"] == "success"
+
+
+def test_run_visible_while_running(catalog):
+    """With the live batch size, rows reach Tiled before the run ends."""
+    from bluesky import RunEngine
+
+    bench = seccm_bench(50)
+    bench.potentiostat.asset_writer = HDF5WaveformWriter(catalog.asset_dir)
+    RE = RunEngine({})
+    RE.subscribe(make_writer(catalog, batch_size=5))
+    seen = {}
+    uid_box = {}
+    RE.subscribe(lambda n, d: uid_box.setdefault("uid", d["uid"]) if n == "start" else None)
+
+    def peek(i):
+        if i == 30:
+            run = catalog.client()[uid_box["uid"]]
+            seen["stop"] = run.metadata.get("stop")
+            seen["n"] = read_map(run, waveforms=False).sizes["spot"]
+
+    RE(hopping_plan(bench, random_points(40, seed=2), on_spot=peek))
+    assert seen["stop"] is None and 20 <= seen["n"] <= 30
+
+
+def test_session_from_config(tmp_path):
+    from espt_bluesky.session import build_session
+
+    cfg = tmp_path / "espt.toml"
+    cfg.write_text(f'[bench]\ntechnique = "SECCM"\nseed = 2\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+                   'mode = "in_process"\n')
+    s = build_session(str(cfg))
+    try:
+        assert s.bench.technique == "SECCM" and s.pstat is s.bench.potentiostat
+        assert isinstance(s.pstat.asset_writer, HDF5WaveformWriter)
+        (uid,) = s.RE(bp.count([s.pstat], 2))
+        assert uid in s.client and s.catalog.data_dir.root == (tmp_path / "data").resolve()
+        assert (tmp_path / "data" / "api_key").read_text().strip() == s.catalog.api_key
+    finally:
+        s.close()
