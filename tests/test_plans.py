@@ -277,11 +277,16 @@ def test_sgtc_collects_o2_over_particles(RE):
         assert i[-1] < -1e-9  # oxygen reduction at the tip
         assert np.all(np.abs(i[e < onset_min - 0.1]) < 0.01 * abs(i[-1]))  # ~nothing before the first onset
     assert curves[0][1][-1] < 1.2 * curves[1][1][-1]  # more O2 collected over the particle: heterogeneity
-    # with the tip above the ORR region nothing is collected
-    RE(sgtc(bench.stage, bench.potentiostat, tip_potential=3.5, steps=[4.0, 4.7], hold_time=2.0))
-    steps = _events(RE)
-    assert [e["data"]["step_potential"] for e in steps] == [4.0, 4.7]
-    assert all(abs(e["data"]["pstat_tip_current"]) < 1e-10 for e in steps)
+    # potential steps; with the tip above the ORR region (3.1 V; FcMeOH not yet oxidised) nothing is collected
+    collected = {}
+    for e_tip in (2.5, 3.1):
+        RE.collector.docs.clear()
+        RE(sgtc(bench.stage, bench.potentiostat, tip_potential=e_tip, steps=[4.0, 4.75], hold_time=2.0,
+                locations=[(px, py)], height=7.0, plane=0.0))
+        steps = _events(RE)
+        assert [e["data"]["step_potential"] for e in steps] == [4.0, 4.75]
+        collected[e_tip] = steps[-1]["data"]["pstat_tip_current"]
+    assert collected[2.5] < -1e-9 and abs(collected[3.1]) < 0.01 * abs(collected[2.5])
 
 
 # ------------------------------------------------------------------------------------------------ safety
