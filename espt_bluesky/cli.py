@@ -93,14 +93,41 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 # ====================================================================================================== other commands
-# `espt demo` and `espt ioc` belong to other modules: replace these stubs with their real add_/cmd_ pair.
+# `espt demo` (espt_bluesky.demo) and `espt ioc` (espt_bluesky.ioc).
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run a complete simulated experiment into the local catalog (not yet)")
+    p = sub.add_parser("demo", help="run a complete simulated experiment into the local catalog, save figures",
+                       description="SECCM screen over HOPG (approach, hopping CVs, passivation clusters) and an "
+                                   "SECM image over patterned Au/SiO2, written to the local Tiled catalog; "
+                                   "figures saved as PNG.")
+    p.add_argument("--data-dir", help="data directory (default: $ESPT_DATA_DIR or the per-user data dir)")
+    p.add_argument("--output", default="espt_output", help="directory for the figures (default ./espt_output)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated benches")
+    p.add_argument("--time-scale", type=float, default=0.0, help="0: instantly; 1: instrument time")
+    p.add_argument("--spots", type=int, default=8, help="the SECCM screen is SPOTS x SPOTS (default 8)")
+    p.add_argument("--serve", action="store_true", help="keep serving the catalog after the demo (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`espt demo` is not written yet (it belongs to the demo module)")
+    from .demo import run_demo
+
+    catalog = None
+    if args.serve:
+        from .storage.server import LocalCatalog
+
+        catalog = LocalCatalog.start(args.data_dir)
+    try:
+        run_demo(args.data_dir, args.output, seed=args.seed, time_scale=args.time_scale, n_side=args.spots,
+                 catalog=catalog)
+        if catalog is not None:
+            print(f"serving {catalog.browse_url} (Ctrl-C stops)", flush=True)
+            catalog.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if catalog is not None:
+            catalog.stop()
+    return 0
 
 
 def add_ioc(sub: argparse._SubParsersAction) -> None:
