@@ -15,12 +15,12 @@ from ..errors import InvalidArgument
 __all__ = ["new_figure", "screening_figure", "edge_profile_figure"]
 
 
-def new_figure(figsize=(8.0, 4.0)):
-    """A Figure attached to an Agg canvas (independent of the pyplot backend)."""
+def new_figure(figsize=(8.0, 4.0), layout: str | None = "constrained"):
+    """A Figure attached to an Agg canvas (independent of the pyplot backend); ``layout=None`` draws faster."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = Figure(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
