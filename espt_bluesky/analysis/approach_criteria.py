@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidArgument, check_choice, check_positive, check_range
+from ..errors import check_choice, check_positive, check_range
 from ..physics import secm, sicm
 
 SUBSTRATES = ("conductor", "insulator")

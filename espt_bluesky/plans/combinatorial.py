@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
 
-from ..errors import InvalidArgument, check_choice, check_range
-from ._common import (cell_on, check_int, check_step, check_xy, grid_points, managed_run, probe_of, put_values,
+from ..errors import InvalidArgument, check_choice
+from ._common import (cell_on, check_step, check_xy, grid_points, managed_run, probe_of, put_values,
                       soft_signals)
 from .approach import approach_stub, make_approach_spec
 from .imaging import _validate_technique_params

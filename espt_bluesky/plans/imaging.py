@@ -145,7 +145,7 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
                           y_range: tuple[float, float, int], height: float, plane: Any,
                           tip_potential: float | None = None, snake: bool = True, technique: str = "SECM",
                           probe: Any = None, retract: float = 20.0, context: Any = None,
-                          sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, str]:
+                          sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Raster at a fixed distance above the sample plane (tilt-corrected), reading the tip current per point.
 
     Parameters
@@ -161,11 +161,10 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
     snake : bool
         Snake (boustrophedon) or raster order.
 
-    Returns
-    -------
-    str
-        The run's uid.  Events carry ``stage_x``, ``stage_y``, ``stage_z`` and the potentiostat currents; the
-        start document carries ``map``, ``shape``, ``extents``, ``snaking`` and the plane.
+    Notes
+    -----
+    Events carry ``stage_x``, ``stage_y``, ``stage_z`` and the potentiostat currents; the start document carries
+    ``map``, ``shape``, ``extents``, ``snaking``, ``height`` and the plane.
 
     Examples
     --------
@@ -190,7 +189,6 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
                            stage_devices=[potentiostat])
-    return start_md.get("uid", "")
 
 
 CYCLE_TECHNIQUES = ("CV", "CP", "CA", "LSV")
