@@ -11,3 +11,5 @@ from .kinetic_maps import KineticMap, classify_kappa, kinetic_map, tilt_correcte
 from .resolution import (  # noqa: F401
     EdgeFit, deconvolve_image, disc_edge, fit_edge, footprint_psf, line_profile, radial_profile, richardson_lucy,
 )
+from .approach_fit import ApproachFitResult, fit_approach_curve, kappa_from_current  # noqa: F401
+from .ec_afm import ForceMap, HeightChange, force_map, height_change  # noqa: F401

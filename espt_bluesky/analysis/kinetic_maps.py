@@ -118,26 +118,23 @@ def invert_kappa(current, L, rg: float) -> np.ndarray:
     L = check_range("L", L, 0.0, np.inf, low_inclusive=False)
     check_range("rg", rg, 1.0, np.inf, low_inclusive=False)
     I, L = np.broadcast_arrays(I, L)
+    i_ins = secm.feedback_current(L, rg, 0.0)
+    i_cond = secm.feedback_current(L, rg, np.inf)
     try:  # the approach-curve module of the analysis layer, when present
         from .approach_fit import kappa_from_current  # type: ignore
     except ImportError:
         kappa_from_current = None
     if kappa_from_current is not None:
-        try:
-            return np.asarray(kappa_from_current(I, L, rg=rg), dtype=float).reshape(I.shape)
-        except TypeError:
-            pass
-    i_ins = secm.feedback_current(L, rg, 0.0)
-    i_cond = secm.feedback_current(L, rg, np.inf)
-    lo = np.full(I.shape, -6.0)
-    hi = np.full(I.shape, 6.0)
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        f = secm.feedback_current(L, rg, 10.0**mid)
-        up = f < I
-        lo = np.where(up, mid, lo)
-        hi = np.where(up, hi, mid)
-    kappa = 10.0 ** (0.5 * (lo + hi))
+        kappa = np.asarray(kappa_from_current(I, L, rg), dtype=float).reshape(I.shape)
+    else:
+        lo = np.full(I.shape, -6.0)
+        hi = np.full(I.shape, 6.0)
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            up = secm.feedback_current(L, rg, 10.0**mid) < I
+            lo = np.where(up, mid, lo)
+            hi = np.where(up, hi, mid)
+        kappa = 10.0 ** (0.5 * (lo + hi))
     kappa = np.where(I <= i_ins, 0.0, kappa)
     return np.where(I >= i_cond, np.inf, kappa)
 
