@@ -15,7 +15,7 @@ from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
 from espt_bluesky.errors import InvalidArgument
 from espt_bluesky.storage import LocalCatalog, make_writer, read_map, read_product, write_product
 
-from test_storage_helpers import hopping_plan, random_points, seccm_bench
+from test_storage_helpers import hopping_plan, position_detector, random_points, seccm_bench
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +97,21 @@ def test_read_map_offline_from_documents(catalog, hopping_run):
 
 def test_snake_grid_reads_back_unsnaked(RE_tiled, catalog):
     RE = RE_tiled
-    bench = make_sim_bench("SECM", "patterned", seed=3)
-    RE(bp.grid_scan([bench.potentiostat], bench.stage.y, 10, 50, 5, bench.stage.x, 20, 80, 7, snake_axes=True))
+    bench = make_sim_bench("SECCM", "patterned", seed=3)
+    det = position_detector(bench.stage)
+    RE(bp.grid_scan([det, bench.potentiostat], bench.stage.y, 10, 50, 5, bench.stage.x, 20, 80, 7,
+                    snake_axes=True))
     uid = RE.collector.of("start")[-1]["uid"]
     ds = read_map(catalog.client()[uid])
-    assert ds["pstat_tip_current"].dims == ("y", "x") and ds.sizes == {"y": 5, "x": 7}
+    assert ds["spot_value"].dims == ("y", "x") and ds.sizes == {"y": 5, "x": 7}
+    np.testing.assert_allclose(ds["spot_value"].values, 1000 * ds.y.values[:, None] + ds.x.values[None, :])
     np.testing.assert_allclose(ds.x.values, np.linspace(20, 80, 7))
     np.testing.assert_allclose(ds.y.values, np.linspace(10, 50, 5))
     # every cell holds the event recorded at that position
     for ev in RE.collector.events():
         ix = int(np.argmin(np.abs(ds.x.values - ev["data"]["stage_x"])))
         iy = int(np.argmin(np.abs(ds.y.values - ev["data"]["stage_y"])))
-        assert ds["pstat_tip_current"].values[iy, ix] == ev["data"]["pstat_tip_current"]
+        assert ds["pstat_substrate_current"].values[iy, ix] == ev["data"]["pstat_substrate_current"]
         assert ds.seq_num.values[iy, ix] == ev["seq_num"]
     np.testing.assert_allclose(ds.x_measured.values, np.broadcast_to(ds.x.values, (5, 7)))
     # the snake: odd rows were scanned right to left
@@ -118,34 +121,37 @@ def test_snake_grid_reads_back_unsnaked(RE_tiled, catalog):
 
 def test_grid_placed_by_recorded_position_not_by_order(RE):
     """A grid visited in a shuffled order still reads back as the right image."""
-    bench = make_sim_bench("SECM", "patterned", seed=3)
+    bench = make_sim_bench("SECCM", "patterned", seed=3)
+    det = position_detector(bench.stage)
     xs, ys = np.meshgrid(np.linspace(0, 30, 4), np.linspace(0, 20, 3))
     perm = np.random.default_rng(1).permutation(12)
     md = {"map": {"x": "stage_x", "y": "stage_y", "order": "raster"}, "shape": [3, 4],
           "extents": [[0, 20], [0, 30]], "snaking": [False, False]}
-    RE(bp.list_scan([bench.potentiostat], bench.stage.x, list(xs.ravel()[perm]),
+    RE(bp.list_scan([det], bench.stage.x, list(xs.ravel()[perm]),
                     bench.stage.y, list(ys.ravel()[perm]), md=md))
     ds = read_map(RE.collector.docs)
     for ev in RE.collector.events():
         ix = int(round(ev["data"]["stage_x"] / 10))
         iy = int(round(ev["data"]["stage_y"] / 10))
-        assert ds["pstat_tip_current"].values[iy, ix] == ev["data"]["pstat_tip_current"]
+        assert ds["spot_value"].values[iy, ix] == ev["data"]["spot_value"]
+    np.testing.assert_allclose(ds["spot_value"].values, 1000 * ys + xs)
     np.testing.assert_allclose(ds.x_measured.values, xs)
     np.testing.assert_allclose(ds.y_measured.values, ys)
 
 
 def test_random_points_kept_as_point_list(RE):
-    bench = make_sim_bench("SECM", "patterned", seed=3)
+    bench = make_sim_bench("SECCM", "patterned", seed=3)
     pts = random_points(9, seed=3)
     md = {"map": {"x": "stage_x", "y": "stage_y", "order": "points"}}
-    RE(bp.list_scan([bench.potentiostat], bench.stage.x, list(pts[:, 0]), bench.stage.y, list(pts[:, 1]), md=md))
+    RE(bp.list_scan([position_detector(bench.stage)], bench.stage.x, list(pts[:, 0]), bench.stage.y, list(pts[:, 1]), md=md))
     ds = read_map(RE.collector.docs)
-    assert ds["pstat_tip_current"].dims == ("spot",)
+    assert ds["spot_value"].dims == ("spot",)
     np.testing.assert_allclose(np.c_[ds.x, ds.y], pts)
+    np.testing.assert_allclose(ds["spot_value"].values, 1000 * pts[:, 1] + pts[:, 0])
 
 
 def test_bad_input_names_what_is_missing(RE):
-    bench = make_sim_bench("SECM", "patterned", seed=3)
+    bench = make_sim_bench("SECCM", "patterned", seed=3)
     RE(bp.count([bench.potentiostat], 2))
     with pytest.raises(InvalidArgument, match="map"):
         read_map(RE.collector.docs)

@@ -49,3 +49,10 @@ def hopping_plan(bench, points, *, order: str = "hopping", record: list | None =
 
 def random_points(n: int, seed: int = 0, lo: float = 10.0, hi: float = 90.0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(lo, hi, size=(n, 2))
+
+
+def position_detector(stage, name: str = "spot_value"):
+    """A detector reading 1000·y + x (µm) of the stage: a map whose every cell is known exactly."""
+    from ophyd.sim import SynSignal
+
+    return SynSignal(func=lambda: 1000.0 * stage.y.position + stage.x.position, name=name)

@@ -1,0 +1,103 @@
+"""Nothing is lost when the Tiled server dies mid-run: backup, restart, replay (twice), via `espt replay`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from espt_bluesky.cli import main as espt_main
+from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
+from espt_bluesky.storage import LocalCatalog, make_writer, read_map, replay
+
+from test_storage_helpers import hopping_plan, random_points, seccm_bench
+
+
+@pytest.fixture
+def fast_client_retries(monkeypatch):
+    """The Tiled client retries a dead server for up to 45 s by default; two attempts are enough here."""
+    import tiled.client.utils as tcu
+
+    monkeypatch.setattr(tcu, "TILED_RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(tcu, "TILED_RETRY_TIMEOUT", 2.0)
+
+
+def test_server_killed_mid_run_nothing_lost(tmp_path, fast_client_retries, capsys):
+    from bluesky import RunEngine
+
+    data = tmp_path / "data"
+    cat = LocalCatalog.start(data)
+    try:
+        bench = seccm_bench(200)
+        bench.potentiostat.asset_writer = HDF5WaveformWriter(cat.asset_dir)
+        RE = RunEngine({})
+        RE.subscribe(make_writer(cat, batch_size=5))
+        docs: list = []
+        RE.subscribe(lambda n, d: docs.append((n, d)))
+        pts = random_points(60, seed=11)
+        record: list = []
+
+        def kill(i):
+            if i == 30:
+                cat.kill()  # SIGKILL the `tiled serve` process
+
+        (uid,) = RE(hopping_plan(bench, pts, record=record, on_spot=kill))
+        assert RE.state == "idle" and docs[-1][1]["exit_status"] == "success"
+        backups = list(cat.backup_dir.glob("*.jsonl"))
+        assert len(backups) == 1
+
+        # restart on the same catalog: the run is there, partial (no stop)
+        cat = LocalCatalog.start(data)
+        client = cat.client()
+        assert uid in client and client[uid].metadata.get("stop") is None
+
+        # replay through the command line
+        code = espt_main(["replay", str(cat.backup_dir), "--uri", cat.uri, "--api-key", cat.api_key])
+        assert code == 0
+        assert "written 1 run(s) (1 completing a partial copy)" in capsys.readouterr().out
+
+        run = client[uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert run.metadata["stop"]["num_events"]["primary"] == 60
+        ds = read_map(run)
+        assert ds.sizes["spot"] == 60
+        np.testing.assert_allclose(np.c_[ds.x, ds.y], pts, atol=1e-9)
+        np.testing.assert_array_equal(ds["pstat_wf_current"].values, np.array([w for *_, w in record]))
+
+        # the replayed run's documents match what the RunEngine emitted (json-seq exporter configured)
+        got = [(n, d.get("uid")) for n, d in run.documents() if n in ("start", "descriptor", "stop")]
+        want = [(n, d.get("uid")) for n, d in docs if n in ("start", "descriptor", "stop")]
+        assert got == want
+
+        # replaying again adds nothing
+        report = replay(cat.backup_dir, client)
+        assert report.skipped == [uid] and not report.written and not report.failed
+        assert list(client) == [uid]
+        assert len(read_map(client[uid], waveforms=False).spot) == 60
+    finally:
+        cat.stop()
+
+
+def test_replay_of_a_run_the_server_never_saw(tmp_path, fast_client_retries):
+    """Server down from the start: the run goes whole to the backup and replays into a fresh server."""
+    from bluesky import RunEngine
+
+    import bluesky.plans as bp
+    from espt_bluesky.devices import make_sim_bench
+
+    data = tmp_path / "data"
+    cat = LocalCatalog.in_process(data)
+    client = cat.client()
+    cat.stop()  # gone before the run starts
+    RE = RunEngine({})
+    RE.subscribe(make_writer(client, backup_directory=tmp_path / "backup"))
+    bench = make_sim_bench("SECCM", "patterned", seed=1)
+    (uid,) = RE(bp.grid_scan([bench.potentiostat], bench.stage.y, 0, 10, 3, bench.stage.x, 0, 10, 3))
+    cat = LocalCatalog.in_process(data)
+    try:
+        first = replay(tmp_path / "backup", cat)
+        assert first.written == [uid] and not first.replaced_partial
+        assert replay(tmp_path / "backup", cat).skipped == [uid]
+        ds = read_map(cat.client()[uid])
+        assert ds.sizes == {"y": 3, "x": 3} and int(ds.seq_num.max()) == 9
+    finally:
+        cat.stop()
