@@ -124,7 +124,12 @@ def run_demo(data_dir: str | os.PathLike | None = None, output_dir: str | os.Pat
         _say(f"  {name:15s} {uid}")
     for f in result.figures:
         _say(f"  figure: {f}")
-    _say(f"browse the runs: `espt serve` (same data directory), then open {result.browse_url}")
+    if own:
+        dd = f" --data-dir {result.data_dir}" if data_dir is not None else ""
+        key = getattr(catalog, "api_key", "")
+        _say(f"browse the runs: run `espt serve{dd}` and open http://127.0.0.1:8000/ui/browse/?api_key={key}")
+    else:
+        _say(f"browse the runs: {result.browse_url}")
     return result
 
 
@@ -195,7 +200,8 @@ def _secm_products(run: Any, bench: Any, out: Path, summary: dict) -> list[Path]
     img = ds["pstat_tip_current"].values / i_inf
     fig, ax = plt.subplots(figsize=(5.5, 4.6), layout="constrained")
     x, y = ds["x"].values, ds["y"].values
-    m = ax.imshow(img, origin="lower", extent=(x[0], x[-1], y[0], y[-1]), cmap="viridis")
+    dx, dy = (x[1] - x[0]) / 2, (y[1] - y[0]) / 2  # extent runs over pixel edges, not centres
+    m = ax.imshow(img, origin="lower", extent=(x[0] - dx, x[-1] + dx, y[0] - dy, y[-1] + dy), cmap="viridis")
     fig.colorbar(m, ax=ax, label="i$_T$ / i$_{T,\\infty}$")
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
