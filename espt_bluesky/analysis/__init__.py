@@ -13,3 +13,4 @@ from .resolution import (  # noqa: F401
 )
 from .approach_fit import ApproachFitResult, fit_approach_curve, kappa_from_current  # noqa: F401
 from .ec_afm import ForceMap, HeightChange, force_map, height_change  # noqa: F401
+from .topography import DeformationResult, LevelResult, deformation_rate, level, register_shift  # noqa: F401
