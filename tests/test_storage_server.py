@@ -84,12 +84,12 @@ def test_replay_of_a_run_the_server_never_saw(tmp_path, fast_client_retries):
     import bluesky.plans as bp
     from espt_bluesky.devices import make_sim_bench
 
+    from espt_bluesky.storage.server import free_port
+
     data = tmp_path / "data"
-    cat = LocalCatalog.in_process(data)
-    client = cat.client()
-    cat.stop()  # gone before the run starts
+    gone = LocalCatalog.connect(f"http://127.0.0.1:{free_port()}", api_key="nobody")  # no server there
     RE = RunEngine({})
-    RE.subscribe(make_writer(client, backup_directory=tmp_path / "backup"))
+    RE.subscribe(make_writer(gone, backup_directory=tmp_path / "backup"))
     bench = make_sim_bench("SECCM", "patterned", seed=1)
     (uid,) = RE(bp.grid_scan([bench.potentiostat], bench.stage.y, 0, 10, 3, bench.stage.x, 0, 10, 3))
     cat = LocalCatalog.in_process(data)

@@ -38,7 +38,7 @@ class HDF5WaveformWriter:
         Open in single-writer/multiple-reader mode so Tiled can read a file while it grows.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, chunk_rows: int = 16, swmr: bool = True):
+    def __init__(self, directory: str | os.PathLike, *, chunk_rows: int = 64, swmr: bool = True):
         self.directory = Path(directory).resolve()
         if int(chunk_rows) < 1:
             raise InvalidArgument(f"chunk_rows={chunk_rows!r} must be >= 1")
@@ -83,7 +83,7 @@ class HDF5WaveformWriter:
             self._shapes[key] = shape
             bundle = compose_stream_resource(
                 mimetype=MIMETYPE, uri=self.path.as_uri(), data_key=key,
-                parameters={"dataset": name, "chunk_shape": [1, *shape], "swmr": self.swmr})
+                parameters={"dataset": name, "chunk_shape": [self.chunk_rows, *shape], "swmr": self.swmr})
             self._resources[key] = bundle
             docs.append(("stream_resource", bundle.stream_resource_doc))
         if self.swmr:

@@ -78,7 +78,8 @@ class RunData:
             return cls(start, {}, {}, np.zeros(0, int), stop)
         node = run[stream]
         data_keys = dict(node.metadata.get("data_keys", {}))
-        wanted = [k for k in (keys if keys is not None else data_keys) if k in data_keys]
+        present = set(node)  # a running stream may not have registered every described key yet
+        wanted = [k for k in (keys if keys is not None else data_keys) if k in data_keys and k in present]
         ds = node.read(variables=list(dict.fromkeys(wanted + ["seq_num"])))
         arrays = {k: ds[k].values for k in wanted if k in ds}
         seq = ds["seq_num"].values if "seq_num" in ds else np.arange(1, len(ds[next(iter(ds.data_vars))]) + 1)
