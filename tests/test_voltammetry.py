@@ -392,3 +392,12 @@ def test_nonuniform_time_grid_and_reference_loop_agree_with_fast_path():
     b = V.simulate(t2, E2, ps, method="fd")
     assert a.state.sei_charge == pytest.approx(b.state.sei_charge, rel=1e-12)
     np.testing.assert_allclose(a.sei, b.sei, rtol=1e-12, atol=0)
+
+
+def test_charge_passed_of_a_sine_and_a_ramp():
+    from espt_bluesky.analysis.voltammetry import charge_passed
+
+    t = np.linspace(0.0, 2 * np.pi, 20001)
+    assert abs(charge_passed(t, np.sin(t))) < 1e-9  # a full period nets zero
+    assert charge_passed(t, 1e-6 * np.ones_like(t)) == pytest.approx(2e-6 * np.pi, rel=1e-12)
+    assert charge_passed(t, -t) == pytest.approx(-0.5 * (2 * np.pi) ** 2, rel=1e-12)  # exact for linear i

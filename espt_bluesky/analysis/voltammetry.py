@@ -77,6 +77,14 @@ def _signed_part_integrals(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(pos.sum()), float(neg.sum())
 
 
+def charge_passed(t: np.ndarray, i: np.ndarray) -> float:
+    """Net charge (C) of a current record: ∫ i dt, anodic positive (t in s, i in A; trapezoid rule)."""
+    t, i = _arrays(t=t, i=i)
+    _check_time(t)
+    pos, neg = _signed_part_integrals(t, i)
+    return pos - neg
+
+
 # ------------------------------------------------------------------------------------------------ cycles
 def split_cycles(
     t: np.ndarray,

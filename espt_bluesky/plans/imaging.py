@@ -10,6 +10,7 @@ import numpy as np
 import bluesky.plan_stubs as bps
 
 from ..analysis.plane import PlaneFit, fit_plane, flat_plane
+from ..analysis.voltammetry import charge_passed
 from ..errors import InvalidArgument, check_choice, check_positive, check_range
 from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, grid_points,
                       managed_run, probe_of, put_values, soft_signals)
@@ -261,7 +262,7 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
             t = np.asarray(r[potentiostat.wf.time.name]["value"])
             i = np.asarray(r[potentiostat.wf.current.name]["value"])
             e = np.asarray(r[potentiostat.wf.potential.name]["value"])
-            charge += float(np.trapezoid(i, t))  # bookkeeping: substrate charge of this segment (C)
+            charge += charge_passed(t, i)  # substrate charge of this segment (C)
             put_values(sigs, substrate_potential_state=float(e[-1]))
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
