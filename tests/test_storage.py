@@ -228,3 +228,32 @@ def test_session_from_config(tmp_path):
         assert (tmp_path / "data" / "api_key").read_text().strip() == s.catalog.api_key
     finally:
         s.close()
+
+
+def test_replay_of_a_backup_without_stop(catalog, tmp_path):
+    """The acquisition process died: the backup has no stop; replay closes the run as aborted, once."""
+    import json
+    import time
+
+    from event_model import compose_run
+
+    from espt_bluesky.storage import replay
+
+    b = compose_run(metadata={"map": {"x": "x", "y": "y", "order": "points"}})
+    desc = b.compose_descriptor(name="primary", data_keys={
+        k: {"source": "test", "dtype": "number", "shape": [], "units": "um"} for k in ("x", "y")})
+    docs = [("start", b.start_doc), ("descriptor", desc.descriptor_doc)]
+    docs += [("event", desc.compose_event(data={"x": float(i), "y": 2.0 * i}, timestamps={"x": time.time(),
+              "y": time.time()}, seq_num=i + 1)) for i in range(5)]
+    with open(tmp_path / "dead.jsonl", "w") as fh:
+        for name, doc in docs:
+            fh.write(json.dumps({"name": name, "doc": doc}) + "\n")
+        fh.write('{"name": "event", "doc": {"trunc')  # the process died mid-line
+    uid = b.start_doc["uid"]
+    first = replay(tmp_path, catalog)
+    assert first.written == [uid] and not first.failed
+    run = catalog.client()[uid]
+    assert run.metadata["stop"]["exit_status"] == "abort" and run.metadata["stop"]["num_events"] == {"primary": 5}
+    ds = read_map(run)
+    np.testing.assert_allclose(ds.y.values, 2 * ds.x.values)
+    assert replay(tmp_path, catalog).skipped == [uid]

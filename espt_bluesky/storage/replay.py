@@ -8,7 +8,11 @@
 * a run in the catalog *without* a stop document is the partial copy left when the server went away: it is
   removed and written again in full from the backup (the backup holds every document of the run, including the
   ones the server had already received);
-* a run not in the catalog is written.
+* a run not in the catalog is written;
+* a run without a stop document (the acquisition process died) gets one synthesized (``exit_status="abort"``,
+  with a reason) so that its data are flushed and the run reads as cut short;
+* every file replayed is recorded in ``DIR/.espt_replayed.json`` (name, uid, document count, size) and not written
+  again while its run is in the catalog.
 
 External asset files (HDF5 waveforms) are referenced, never copied, so they must still be where the documents say.
 """
@@ -85,6 +89,52 @@ def _dedupe(docs: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
         yield name, doc
 
 
+MANIFEST = ".espt_replayed.json"
+
+
+def _load_manifest(directory: str | os.PathLike) -> dict:
+    p = Path(directory) / MANIFEST
+    try:
+        return json.loads(p.read_text()) if p.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _save_manifest(directory: str | os.PathLike, manifest: dict) -> None:
+    p = Path(directory) / MANIFEST
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(p)
+
+
+def synthesize_stop(docs: list[tuple[str, dict]]) -> dict:
+    """A stop document for a run whose backup ended without one (the acquisition process died).
+
+    ``exit_status`` is ``"abort"`` with a reason saying so; ``num_events`` counts the events per stream.
+    """
+    import uuid
+
+    start = next(d for n, d in docs if n == "start")
+    stream_of = {d["uid"]: d.get("name", "primary") for n, d in docs if n == "descriptor"}
+    counts: dict[str, int] = {}
+    last = start["time"]
+    for name, doc in docs:
+        if name == "event":
+            s = stream_of.get(doc["descriptor"])
+            counts[s] = counts.get(s, 0) + 1
+        elif name == "event_page":
+            s = stream_of.get(doc["descriptor"])
+            counts[s] = counts.get(s, 0) + len(doc["seq_num"])
+        t = doc.get("time")
+        if isinstance(t, list):
+            t = max(t) if t else None
+        if isinstance(t, (int, float)):
+            last = max(last, t)
+    return {"uid": str(uuid.uuid4()), "time": last, "run_start": start["uid"], "exit_status": "abort",
+            "reason": "synthesized by espt replay: the backup ended without a stop document",
+            "num_events": {k: v for k, v in counts.items() if k is not None}}
+
+
 def replay(directory: str | os.PathLike, client: Any, *, batch_size: int = 1000) -> ReplayReport:
     """Send the runs backed up in ``directory`` to a Tiled catalog; safe to run any number of times.
 
@@ -107,6 +157,7 @@ def replay(directory: str | os.PathLike, client: Any, *, batch_size: int = 1000)
     if isinstance(client, LocalCatalog):
         client = client.client()
     report = ReplayReport()
+    manifest = _load_manifest(directory)
     for path in backup_files(directory):
         try:
             docs = list(_dedupe(read_backup_file(path)))
@@ -118,11 +169,15 @@ def replay(directory: str | os.PathLike, client: Any, *, batch_size: int = 1000)
             report.failed[str(path)] = f"expected one start document, found {len(starts)}"
             continue
         uid = starts[0]["uid"]
+        if not any(n == "stop" for n, _ in docs):
+            docs.append(("stop", synthesize_stop(docs)))  # flushes the writer; marks the run as cut short
+        stamp = {"uid": uid, "n_docs": len(docs), "size": path.stat().st_size}
         try:
             partial = False
             if uid in client:
                 node = client[uid]
-                if node.metadata.get("stop") is not None:
+                if node.metadata.get("stop") is not None or manifest.get(path.name) == stamp:
+                    # complete, or already replayed from this very file (a run that never got a stop)
                     report.skipped.append(uid)
                     continue
                 partial = True
@@ -133,6 +188,8 @@ def replay(directory: str | os.PathLike, client: Any, *, batch_size: int = 1000)
             report.written.append(uid)
             if partial:
                 report.replaced_partial.append(uid)
+            manifest[path.name] = stamp
+            _save_manifest(directory, manifest)
         except Exception as exc:  # noqa: BLE001
             logger.exception("replaying %s failed", path)
             report.failed[str(path)] = f"{type(exc).__name__}: {exc}"
