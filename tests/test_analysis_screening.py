@@ -12,8 +12,6 @@ import math
 
 import numpy as np
 import pytest
-import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 
 from espt_bluesky.analysis.screening import (
     cluster_spots, feature_matrix, group_statistics, screen_spots, spot_features,
@@ -22,29 +20,6 @@ from espt_bluesky.devices import make_sim_bench
 from espt_bluesky.errors import InvalidArgument
 
 CV = dict(e_start=3.0, e_vertex1=0.0, e_vertex2=3.0, scan_rate=1.0, n_cycles=2, n_samples=1500)
-
-
-def hop_cv_loop(bench, points, hop_height=2.0, step=0.1):
-    """Stock-stub hopping: descend until the droplet lands, run a 2-cycle CV, retract, move on."""
-    stage, pstat = bench.stage, bench.potentiostat
-
-    @bpp.run_decorator(md={"plan_name": "hop_cv_loop", "technique": "SECCM"})
-    def inner():
-        for x, y in points:
-            yield from bps.mv(stage.z, stage.z.position + hop_height)
-            yield from bps.mv(stage.x, x, stage.y, y)
-            pstat.technique.put("READ")
-            for _ in range(400):
-                yield from bps.mv(stage.z, stage.z.position - step)
-                yield from bps.trigger(pstat, wait=True)
-                if abs(pstat.substrate.current.get()) > 5e-13:
-                    break
-            pstat.configure_technique("CV", "substrate", **CV)
-            yield from bps.trigger_and_read([pstat, stage], name="hop")
-            pstat.technique.put("READ")
-        yield from bps.mv(stage.z, stage.z.position + hop_height)
-
-    return (yield from inner())
 
 
 def spread_points(n, rng, min_sep=3.0):
@@ -58,17 +33,26 @@ def spread_points(n, rng, min_sep=3.0):
 
 
 def _run_screen(pts, **options):
+    """The plans' hopping_scan over HOPG (device-mode hopper), a 2-cycle CV per spot; waveforms per spot."""
     from bluesky import RunEngine
+
+    from espt_bluesky.plans.hopping import hopping_scan
 
     RE = RunEngine({})
     docs = []
     RE.subscribe(lambda n, d: docs.append((n, d)))
     bench = make_sim_bench("SECCM", "hopg", seed=4, **options)
-    RE(hop_cv_loop(bench, pts))
-    descs = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "hop"}
+    RE(hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", points=pts, order="points",
+                    hop_height=2.0, measure=dict(technique="CV", **CV), mode="device", hopper=bench.hopper,
+                    context=bench.metadata()))
+    start = next(d for n, d in docs if n == "start")
+    xk, yk = start["map"]["x"], start["map"]["y"]
+    descs = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
     ev = [d["data"] for n, d in docs if n == "event" and d["descriptor"] in descs]
-    return bench, {k: np.array([e[k] for e in ev]) for k in ("pstat_wf_time", "pstat_wf_potential",
-                                                             "pstat_wf_current", "stage_x", "stage_y")}
+    out = {k: np.array([e[k] for e in ev]) for k in ("pstat_wf_time", "pstat_wf_potential", "pstat_wf_current")}
+    out["stage_x"] = np.array([e[xk] for e in ev])
+    out["stage_y"] = np.array([e[yk] for e in ev])
+    return bench, out
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +155,58 @@ def test_bad_input_is_named():
         group_statistics([1.0, 2.0, 3.0], ["a", "a", "a"])
     with pytest.raises(InvalidArgument, match="unknown feature"):
         feature_matrix(res, ["colour"])
+
+
+def _basal_points(sample, n, rng, r=2.0):
+    """Spots whose droplet footprint lies wholly on the basal plane (ground truth), 3 µm apart."""
+    pts = []
+    th = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    while len(pts) < n:
+        x, y = rng.uniform(5, 95, 2)
+        ok = np.all(sample.at("label", np.r_[x, x + r * np.cos(th)], np.r_[y, y + r * np.sin(th)]) == 0)
+        if ok and all(math.hypot(x - p[0], y - p[1]) >= 3.0 for p in pts):
+            pts.append((float(x), float(y)))
+    return pts
+
+
+def _sweep(pts, **options):
+    from bluesky import RunEngine
+
+    from espt_bluesky.plans.combinatorial import combinatorial_sweep
+
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    bench = make_sim_bench("SECCM", "hopg", seed=4, **options)
+    RE(combinatorial_sweep(bench.stage, bench.potentiostat, seed=3, points=pts, repeats=len(pts) // 2,
+                           parameters={"e_vertex1": [0.0, 0.6]},
+                           fixed=dict(e_start=3.0, e_vertex2=3.0, scan_rate=1.0, n_cycles=2, n_samples=600),
+                           mode="device", hopper=bench.hopper, context=bench.metadata()))
+    descs = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
+    ev = [d["data"] for n, d in docs if n == "event" and d["descriptor"] in descs]
+    return {k: np.array([e[k] for e in ev]) for k in ("pstat_wf_time", "pstat_wf_potential", "pstat_wf_current",
+                                                     "param_e_vertex1")}
+
+
+def test_combinatorial_sweep_group_statistics_match_truth():
+    """A sweep of the lower vertex (0.0 vs 0.6 V vs Li+/Li) on basal-plane spots: the deeper sweep drives more SEI
+    in cycle 1, so it passivates more (smaller Q_p2/Q_p1).  Group means agree with the noise-free sweep."""
+    bench = make_sim_bench("SECCM", "hopg", seed=4)
+    pts = _basal_points(bench.model.sample, 20, np.random.default_rng(5))
+    a = _sweep(pts)
+    clean = _sweep(pts, noise=0.0)
+    assert np.array_equal(a["param_e_vertex1"], clean["param_e_vertex1"])  # same seeded assignment
+    res = screen_spots(a["pstat_wf_time"], a["pstat_wf_potential"], a["pstat_wf_current"])
+    st = group_statistics(res.passivation_ratio, a["param_e_vertex1"])
+    truth = {}
+    for g in (0.0, 0.6):
+        m = clean["param_e_vertex1"] == g
+        truth[g] = np.mean([_true_ratio(bench, t, i)[0] for t, i in zip(clean["pstat_wf_time"][m],
+                                                                      clean["pstat_wf_current"][m])])
+    print(f"\nsweep: Qp2/Qp1 mean (sd) at E_v1 = 0.0 V: {st.groups[0.0]['mean']:.4f} ({st.groups[0.0]['std']:.4f}),"
+          f" truth {truth[0.0]:.4f}; at 0.6 V: {st.groups[0.6]['mean']:.4f} ({st.groups[0.6]['std']:.4f}), truth "
+          f"{truth[0.6]:.4f}; Welch p = {st.p_value:.2g}")
+    assert st.test == "welch" and st.p_value < 1e-3
+    assert st.groups[0.0]["mean"] < st.groups[0.6]["mean"]
+    for g in (0.0, 0.6):
+        assert abs(st.groups[g]["mean"] - truth[g]) < 4 * st.groups[g]["sem"] + 1e-3
