@@ -101,3 +101,35 @@ def test_wrong_technique_and_missing_metadata():
                     md={"technique": "SECM"}))
     with pytest.raises(InvalidArgument, match="lacks 'radius'"):
         kinetic_map_dataset(docs2)
+
+
+def test_modulus_map_dataset_from_force_volume_documents():
+    import bluesky.preprocessors as bpp
+
+    from espt_bluesky.callbacks.products import modulus_map_dataset
+
+    bench = make_sim_bench("EC-AFM", "hopg", seed=3)
+    bench.afm.configure_force_curve(travel=0.01, n_points=400)
+    stage, afm = bench.stage, bench.afm
+    md = {**bench.metadata(), "map": {"x": "stage_x", "y": "stage_y", "order": "points"}}
+
+    @bpp.run_decorator(md=md)
+    def force_volume():
+        for y in (30.0, 50.0, 70.0):
+            for x in (30.0, 50.0, 70.0):
+                yield from bps.mv(stage.z, stage.z.position + 0.3)
+                yield from bps.mv(stage.x, x, stage.y, y)
+                yield from bps.trigger(afm, wait=True)
+                yield from bps.mv(stage.z, afm.height.get() + 0.02)
+                yield from bps.trigger_and_read([afm, stage])
+
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    RE(force_volume())
+    ds = modulus_map_dataset(docs)
+    X, Y = np.meshgrid(ds["x"].values, ds["y"].values)
+    truth = bench.model.sample.at("modulus", X, Y)
+    assert ds["modulus"].shape == (3, 3)
+    assert np.all(np.abs(ds["modulus"].values / truth - 1) < 0.10)
+    assert ds.attrs["spring_constant"] == pytest.approx(bench.probe.spring_constant.get())
