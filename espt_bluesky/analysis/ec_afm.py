@@ -8,7 +8,7 @@ N/m, tip radius µm, modulus Pa.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

@@ -15,7 +15,7 @@ bounds κ there.  With a footprint of radius ≈ a + d the map is the κ of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 

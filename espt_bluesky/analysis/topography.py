@@ -14,12 +14,11 @@ pixels known not to move; rate = (z2 − z1)/(t2 − t1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InvalidArgument, check_finite, check_range
+from ..errors import InvalidArgument, check_finite
 
 __all__ = ["LevelResult", "level", "register_shift", "DeformationResult", "deformation_rate"]
 
