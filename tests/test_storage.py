@@ -257,3 +257,26 @@ def test_replay_of_a_backup_without_stop(catalog, tmp_path):
     ds = read_map(run)
     np.testing.assert_allclose(ds.y.values, 2 * ds.x.values)
     assert replay(tmp_path, catalog).skipped == [uid]
+
+
+def test_read_map_of_the_espt_hopping_plan(RE):
+    """The conventions the plans emit read back: a random-order grid as an image, explicit points as a list."""
+    from espt_bluesky.plans import hopping_scan
+
+    bench = make_sim_bench("SECCM", "patterned", seed=1)
+    cv = {"technique": "CV", "e_start": 0.0, "e_vertex1": -0.3, "e_vertex2": 0.3, "scan_rate": 0.5, "n_samples": 100}
+    RE(hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", order="random", seed=1, mode="plan",
+                    x_range=(10, 40, 4), y_range=(10, 30, 3), measure=cv))
+    ds = read_map(RE.collector.docs)
+    assert ds.sizes == {"y": 3, "x": 4, "sample": 100}
+    np.testing.assert_allclose(ds.x_measured.values, np.broadcast_to([10, 20, 30, 40], (3, 4)))
+    np.testing.assert_allclose(ds.y_measured.values, np.broadcast_to([[10], [20], [30]], (3, 4)))
+    assert sorted(ds.seq_num.values.ravel()) == list(range(1, 13))
+    RE.collector.docs.clear()
+    pts = [(12.0, 15.0), (33.0, 21.0), (25.0, 40.0)]
+    RE(hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", order="points", points=pts, mode="plan",
+                    measure=cv))
+    ds = read_map(RE.collector.docs)
+    assert ds["pstat_wf_current"].dims == ("spot", "sample")
+    np.testing.assert_allclose(np.c_[ds.x, ds.y], pts, atol=1e-6)
+    assert ds.attrs["technique"] == "SECCM"

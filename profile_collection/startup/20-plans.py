@@ -3,10 +3,10 @@ import bluesky.plans as bp
 import bluesky.plan_stubs as bps
 from bluesky.callbacks.best_effort import BestEffortCallback
 
-from espt_bluesky.plans import *  # noqa: F401,F403
-from espt_bluesky.storage import read_map, write_product
+from espt_bluesky.plans import (approach, combinatorial_sweep, constant_height_image, hopping_scan,  # noqa: F401
+                                measure_tilt, operando_imaging, sgtc)
+from espt_bluesky.storage import read_map, write_product  # noqa: F401
 
-# TODO: import the espt plans by name once espt_bluesky.plans exports them (hopping_scan, approach, ...).
 bec = BestEffortCallback()
 bec.disable_plots()
 RE.subscribe(bec)
