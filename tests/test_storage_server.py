@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -26,6 +32,7 @@ def test_server_killed_mid_run_nothing_lost(tmp_path, fast_client_retries, capsy
 
     data = tmp_path / "data"
     cat = LocalCatalog.start(data)
+    serve = None
     try:
         bench = seccm_bench(200)
         bench.potentiostat.asset_writer = HDF5WaveformWriter(cat.asset_dir)
@@ -45,13 +52,21 @@ def test_server_killed_mid_run_nothing_lost(tmp_path, fast_client_retries, capsy
         backups = list(cat.backup_dir.glob("*.jsonl"))
         assert len(backups) == 1
 
-        # restart on the same catalog: the run is there, partial (no stop)
-        cat = LocalCatalog.start(data)
+        # restart on the same catalog with `espt serve`: the run is there, partial (no stop)
+        serve = subprocess.Popen([sys.executable, "-m", "espt_bluesky.cli", "serve", "--data-dir", str(data),
+                                  "--port", "0"], stdout=subprocess.PIPE, text=True)
+        lines = []
+        while not any(line.lstrip().startswith("URI:") for line in lines):
+            line = serve.stdout.readline()
+            assert line, f"espt serve exited: {lines}"
+            lines.append(line)
+        cat = LocalCatalog.connect(data_dir=data)  # finds the server through DATA_DIR/server.json
+        tiled_pid = json.loads((data / "server.json").read_text())["pid"]
         client = cat.client()
         assert uid in client and client[uid].metadata.get("stop") is None
 
-        # replay through the command line
-        code = espt_main(["replay", str(cat.backup_dir), "--uri", cat.uri, "--api-key", cat.api_key])
+        # replay through the command line (server and key found from the data directory)
+        code = espt_main(["replay", str(data / "backup"), "--data-dir", str(data)])
         assert code == 0
         assert "written 1 run(s) (1 completing a partial copy)" in capsys.readouterr().out
 
@@ -73,8 +88,18 @@ def test_server_killed_mid_run_nothing_lost(tmp_path, fast_client_retries, capsy
         assert report.skipped == [uid] and not report.written and not report.failed
         assert list(client) == [uid]
         assert len(read_map(client[uid], waveforms=False).spot) == 60
+
+        # Ctrl-C stops `espt serve` and its tiled process
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(60) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(tiled_pid, 0)
+        serve = None
     finally:
         cat.stop()
+        if serve is not None and serve.poll() is None:
+            serve.kill()
+            serve.wait()
 
 
 def test_replay_of_a_run_the_server_never_saw(tmp_path, fast_client_retries):
