@@ -11,16 +11,17 @@ interpolation adds well under 0.1 % inside the tabulated range.
 
 Tabulated range and what happens outside it
 -------------------------------------------
-* 0.05 ≤ L ≤ 10, 1.1 ≤ RG ≤ 20, every κ in [0, ∞]: tricubic interpolation in (ln(RG − 0.9), ln L, log10 κ) for
-  1e-6 ≤ κ ≤ 1e4; below/above, a first-order (in κ, resp. 1/κ) blend to the κ = 0 / κ = ∞ tables.
-* Outside (L < 0.05, L > 10, RG < 1.1, RG > 20) the published analytical approximation
-  (:mod:`secm_analytical`) is used, multiplied by the exact/analytical ratio at the nearest tabulated point
-  (L and RG clamped).  For L > 10 the correction fades as 10/L (both forms tend to 1; the analytical forms are
-  within ~1 % there).  For RG > 20 the RG trend of the analytical form is trusted (its RG dependence between 20
-  and 100 is smooth and the correction ratio at RG = 20 is within ~2 % of 1); expect ≲ 1 % error.  For L < 0.05
-  the analytical L trend is used below the table edge: accuracy is a few % at L ≈ 0.02.
-* ``tip_current_inf`` is tabulated over RG ∈ [1.02, ∞] (uniform in arccos(1/RG)); below 1.02 the analytical
-  β(RG) trend is used, scaled to match at 1.02.
+* 0.05 ≤ L ≤ 10, 1.1 ≤ RG ≤ 101, every κ in [0, ∞]: tricubic interpolation in (ln(RG − 0.9), ln L, log10 κ)
+  for 1e-6 ≤ κ ≤ 1e4; below/above, a first-order (in κ, resp. 1/κ) blend to the κ = 0 / κ = ∞ tables.
+  Checked against direct solves at random off-grid points: max error 0.02 % (docs/secm_exact.md).
+* L outside [0.05, 10]: the analytical approximation's L trend (:func:`secm_analytical.kinetic`) times the
+  exact/analytical ratio at the table edge.  Above L = 10 that correction fades as 10/L (both tend to 1; they
+  differ by ≤ 1.3 % at L = 10).  Below L = 0.05 expect a few % (the approximation's own L trend).
+* RG outside [1.1, 101]: the table at the RG edge times the analytical insulator / conductor RG trends
+  (good to ~3 %), weighted by where the current lies between insulator and conductor.  Approximate (a few %);
+  the kinetic approximation itself is *not* used for the RG trend (it is off by tens of % at large RG).
+* ``tip_current_inf`` is tabulated over RG ∈ [1.02, ∞] (uniform in arccos(1/RG); exact to < 0.01 %); below
+  1.02 the analytical β(RG) trend is used, scaled to match at 1.02.
 """
 
 from __future__ import annotations
@@ -204,13 +205,35 @@ def feedback_current(L: ArrayLike, rg: ArrayLike, kappa: ArrayLike) -> np.ndarra
     out = T.eval_in_range(Lc, rgc, kappa)
     outside = (L < T.L_min) | (L > T.L_max) | (rg < T.rg_min) | (rg > T.rg_max)
     if np.any(outside):
-        o = outside
-        a_true = secm_analytical.kinetic(L[o], rg[o], kappa[o])
-        a_clamped = secm_analytical.kinetic(Lc[o], rgc[o], kappa[o])
-        ratio = out[o] / a_clamped
-        fade = np.where(L[o] > T.L_max, T.L_max / L[o], 1.0)
-        out[o] = a_true * (1.0 + (ratio - 1.0) * fade)
+        out[outside] = _outside(T, L[outside], rg[outside], kappa[outside], Lc[outside], rgc[outside],
+                                out[outside])
     return out.reshape(shape)
+
+
+def _outside(T, L, rg, kappa, Lc, rgc, val):
+    """Fallback outside the tabulated box; ``val`` is the table at the clamped point (Lc, rgc)."""
+    val = val.copy()
+    lo = L != Lc
+    if np.any(lo):
+        # L direction: analytical L trend times the exact/analytical ratio at the edge (fading as 10/L above)
+        a_true = secm_analytical.kinetic(L[lo], rgc[lo], kappa[lo])
+        a_edge = secm_analytical.kinetic(Lc[lo], rgc[lo], kappa[lo])
+        fade = np.where(L[lo] > T.L_max, T.L_max / L[lo], 1.0)
+        val[lo] = a_true * (1.0 + (val[lo] / a_edge - 1.0) * fade)
+    ro = rg != rgc
+    if np.any(ro):
+        # RG direction: the analytical insulator / conductor RG trends (good to ~3 %), weighted by where the
+        # current lies between the exact insulator and conductor values at the edge
+        Le, re_ = Lc[ro], rgc[ro]
+        ins = T.eval_in_range(Le, re_, np.zeros(Le.size))
+        cond = T.eval_in_range(Le, re_, np.full(Le.size, np.inf))
+        edge = T.eval_in_range(Le, re_, kappa[ro])
+        q = np.clip((edge - ins) / (cond - ins), 0.0, 1.0)
+        Lr = L[ro]
+        r_ins = secm_analytical.insulator(Lr, rg[ro]) / secm_analytical.insulator(Lr, re_)
+        r_cond = secm_analytical.conductor(Lr, rg[ro]) / secm_analytical.conductor(Lr, re_)
+        val[ro] = val[ro] * ((1.0 - q) * r_ins + q * r_cond)
+    return val
 
 
 def tip_current_inf(rg: ArrayLike) -> np.ndarray:

@@ -8,7 +8,7 @@ Usage::
 
 Table layout (all from :mod:`espt_bluesky.physics.secm_solver`, Richardson-extrapolated from two mesh levels):
 
-``x_rg``   uniform grid in x = ln(RG − 0.9), RG ∈ [1.1, 20]
+``x_rg``   uniform grid in x = ln(RG − 0.9), RG ∈ [1.1, 101.1] (12 points span [1.1, 20])
 ``x_L``    uniform grid in ln L, L ∈ [0.05, 10]
 ``w``      uniform grid in w = log10 κ, κ ∈ [1e-6, 1e4]
 ``logI``   ln I_T on that (RG, L, w) grid
@@ -35,7 +35,9 @@ from . import secm_solver
 
 DATA_PATH = Path(__file__).with_name("data") / "secm_tables.npz"
 
-RG_MIN, RG_MAX = 1.1, 20.0
+RG_MIN, RG_MAX = 1.1, 20.0  # the RG grid has 12 points on [1.1, 20] ...
+N_RG_CORE = 12
+N_RG = 16  # ... continued with the same spacing to RG = 101.1
 L_MIN, L_MAX = 0.05, 10.0
 RG_SHIFT = 0.9
 RG_INF_MIN = 1.02
@@ -53,9 +55,14 @@ def x_to_rg(x):
 W_MIN, W_MAX = -6.0, 4.0
 
 
-def default_grid(n_rg: int = 12, n_L: int = 17, n_w: int = 41, n_inf: int = 25):
-    """The default table grid (transformed coordinates)."""
-    x_rg = np.linspace(rg_to_x(RG_MIN), rg_to_x(RG_MAX), n_rg)
+def default_grid(n_rg: int = N_RG, n_L: int = 17, n_w: int = 41, n_inf: int = 25):
+    """The default table grid (transformed coordinates).
+
+    RG: uniform in ln(RG − 0.9) with the spacing that puts ``N_RG_CORE`` points on [1.1, 20], ``n_rg`` points in
+    all (16: up to RG = 101.1).
+    """
+    dx = (rg_to_x(RG_MAX) - rg_to_x(RG_MIN)) / (N_RG_CORE - 1)
+    x_rg = rg_to_x(RG_MIN) + dx * np.arange(n_rg)
     x_L = np.linspace(np.log(L_MIN), np.log(L_MAX), n_L)
     w = np.linspace(W_MIN, W_MAX, n_w)
     t_inf = np.linspace(np.arccos(1.0 / RG_INF_MIN), np.pi / 2, n_inf)
@@ -91,15 +98,20 @@ def _map(fn, jobs, processes):
 def generate(
     out: Path = DATA_PATH,
     *,
-    n_rg: int = 12,
+    n_rg: int = N_RG,
     n_L: int = 17,
     n_w: int = 41,
     n_inf: int = 25,
     levels: tuple[float, float] = (1.0, 1.5),
     processes: int = 2,
     verbose: bool = True,
+    reuse: Path | None = None,
 ) -> dict:
-    """Solve on the whole grid and write the ``.npz``; returns the arrays written."""
+    """Solve on the whole grid and write the ``.npz``; returns the arrays written.
+
+    ``reuse``: an earlier table file; RG rows present there with the same L, κ grid and mesh levels are copied
+    instead of re-solved (every (RG, L) solve is independent and deterministic, so the result is the same).
+    """
     t0 = time.time()
     x_rg, x_L, w, t_inf = default_grid(n_rg, n_L, n_w, n_inf)
     kap = np.concatenate([[0.0], 10.0**w, [np.inf]])
@@ -108,21 +120,49 @@ def generate(
     L_vals = np.exp(x_L)
     rg_inf = 1.0 / np.cos(t_inf)
     rg_inf[-1] = np.inf
+    old_rows: dict[int, int] = {}
+    old = None
+    if reuse is not None:
+        old = np.load(reuse)
+        if (old["x_L"].shape == x_L.shape and np.allclose(old["x_L"], x_L) and old["w"].shape == w.shape
+                and np.allclose(old["w"], w) and np.allclose(old["levels"], levels)):
+            for i, x in enumerate(x_rg):
+                j = np.nonzero(np.isclose(old["x_rg"], x, rtol=0, atol=1e-9))[0]
+                if j.size:
+                    old_rows[i] = int(j[0])
+    new = [i for i in range(n_rg) if i not in old_rows]
+    if verbose:
+        print(f"reusing {len(old_rows)} RG rows, solving {len(new)}", flush=True)
     # i_inf on the 3-D grid RG values (for normalisation) and on its own 1-D grid
-    res = _map(_iinf_job, [(r, levels) for r in rg_vals], processes)
-    iinf_grid = np.array([r[0] for r in res])
-    iinf_grid_lv = np.array([r[1] for r in res])  # (n_rg, 2)
-    res = _map(_iinf_job, [(r, levels) for r in rg_inf], processes)
-    iinf = np.array([r[0] for r in res])
+    iinf_grid = np.empty(n_rg)
+    res = _map(_iinf_job, [(rg_vals[i], levels) for i in new], processes)
+    iinf_grid[new] = [r[0] for r in res]
+    iinf_grid_lv = np.array([r[1] for r in res]).reshape(len(new), 2)
+    for i, j in old_rows.items():
+        iinf_grid[i] = old["iinf_on_rg_grid"][j]
+    if old is not None and old["t_inf"].shape == t_inf.shape and np.allclose(old["t_inf"], t_inf):
+        iinf = old["iinf"]
+    else:
+        res = _map(_iinf_job, [(r, levels) for r in rg_inf], processes)
+        iinf = np.array([r[0] for r in res])
     if verbose:
         print(f"i_inf done in {time.time() - t0:.0f} s", flush=True)
-    jobs = [(r, L, kap, levels) for r in rg_vals for L in L_vals]
+    jobs = [(rg_vals[i], L, kap, levels) for i in new for L in L_vals]
     res = _map(_pair_job, jobs, processes)
-    itip = np.array([r[0] for r in res]).reshape(n_rg, n_L, n_s)
-    itip_lv = np.array([r[1] for r in res]).reshape(n_rg, n_L, 2, n_s)
-    I = itip / iinf_grid[:, None, None]
-    # level-wise normalised currents, kept for the convergence record
+    I = np.empty((n_rg, n_L, n_s))
+    I[new] = np.array([r[0] for r in res]).reshape(len(new), n_L, n_s) / iinf_grid[new][:, None, None]
+    for i, j in old_rows.items():
+        I[i, :, 0] = np.exp(old["logI_ins"][j])
+        I[i, :, 1:-1] = np.exp(old["logI"][j])
+        I[i, :, -1] = np.exp(old["logI_cond"][j])
+    # level-wise normalised currents of the newly solved rows, kept for the convergence record
+    itip_lv = np.array([r[1] for r in res]).reshape(len(new), n_L, 2, n_s)
     I_lv = itip_lv / iinf_grid_lv[:, None, :, None]
+    max_change = float(np.max(np.abs(I_lv[:, :, 1, :] / I_lv[:, :, 0, :] - 1.0))) if new else 0.0
+    max_rich = float(np.max(np.abs(I[new] / I_lv[:, :, 1, :] - 1.0))) if new else 0.0
+    if old is not None and old_rows:
+        max_change = max(max_change, float(old["max_level_change"]))
+        max_rich = max(max_rich, float(old["max_richardson_correction"]))
     if verbose:
         print(f"3-D table done in {time.time() - t0:.0f} s", flush=True)
     data = dict(
@@ -135,8 +175,8 @@ def generate(
         t_inf=t_inf,
         iinf=iinf,
         iinf_on_rg_grid=iinf_grid,
-        max_level_change=np.array(np.max(np.abs(I_lv[:, :, 1, :] / I_lv[:, :, 0, :] - 1.0))),
-        max_richardson_correction=np.array(np.max(np.abs(I / I_lv[:, :, 1, :] - 1.0))),
+        max_level_change=np.array(max_change),
+        max_richardson_correction=np.array(max_rich),
         levels=np.array(levels),
         rg_shift=np.array(RG_SHIFT),
         info=np.array(
@@ -162,7 +202,7 @@ def validate(n: int = 20, seed: int = 1, levels=(1.0, 1.5), processes: int = 2, 
     from . import secm
 
     rng = np.random.default_rng(seed)
-    rgs = x_to_rg(rng.uniform(rg_to_x(RG_MIN), rg_to_x(RG_MAX), n))
+    rgs = x_to_rg(rng.uniform(rg_to_x(RG_MIN), default_grid()[0][-1], n))
     Ls = np.exp(rng.uniform(np.log(L_MIN), np.log(L_MAX), n))
     kaps = 10.0 ** rng.uniform(-3.0, 3.0, n)
     kaps[: max(n // 10, 1)] = 0.0
@@ -194,7 +234,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DATA_PATH, help="output .npz (default: the package data file)")
     p.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--n-rg", type=int, default=12)
+    p.add_argument("--n-rg", type=int, default=N_RG, help="RG points (12 span [1.1, 20]; 16 reach 101)")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="copy RG rows already solved in this earlier table file instead of re-solving them")
     p.add_argument("--n-L", type=int, default=17)
     p.add_argument("--n-w", type=int, default=41, help="points in log10(kappa) over [-6, 4]")
     p.add_argument("--n-inf", type=int, default=25)
@@ -207,6 +249,7 @@ def main(argv=None) -> int:
         validate(a.validate, a.seed, tuple(a.levels), a.processes)
         return 0
     generate(a.out, n_rg=a.n_rg, n_L=a.n_L, n_w=a.n_w, n_inf=a.n_inf, levels=tuple(a.levels),
+             reuse=a.reuse,
              processes=a.processes)
     return 0
 
