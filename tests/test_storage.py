@@ -213,19 +213,22 @@ def test_run_visible_while_running(catalog):
     assert seen["stop"] is None and 20 <= seen["n"] <= 30
 
 
-def test_session_from_config(tmp_path):
+def test_session_from_config(tmp_path, catalog, monkeypatch):
     from espt_bluesky.session import build_session
 
     cfg = tmp_path / "espt.toml"
-    cfg.write_text(f'[bench]\ntechnique = "SECCM"\nseed = 2\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
-                   'mode = "in_process"\n')
-    s = build_session(str(cfg))
+    cfg.write_text(f'[bench]\ntechnique = "SECCM"\nseed = 2\n[storage]\ndata_dir = "{catalog.data_dir.root}"\n'
+                   f'tiled_uri = "{catalog.uri}"\nbatch_size = 5\n')
+    monkeypatch.setenv("ESPT_CONFIG", str(cfg))
+    monkeypatch.setenv("ESPT_BENCH", "SECCM:hopg:4")  # the environment overrides the file
+    s = build_session()
     try:
-        assert s.bench.technique == "SECCM" and s.pstat is s.bench.potentiostat
+        assert s.bench.technique == "SECCM" and s.bench.model.sample.name == "hopg" and s.pstat is s.bench.potentiostat
         assert isinstance(s.pstat.asset_writer, HDF5WaveformWriter)
+        assert s.pstat.asset_writer.directory == catalog.asset_dir
         (uid,) = s.RE(bp.count([s.pstat], 2))
-        assert uid in s.client and s.catalog.data_dir.root == (tmp_path / "data").resolve()
-        assert (tmp_path / "data" / "api_key").read_text().strip() == s.catalog.api_key
+        assert uid in catalog.client() and s.writer.batch_size == 5
+        assert {"RE", "stage", "pstat", "probe", "catalog"} <= set(s.namespace())
     finally:
         s.close()
 

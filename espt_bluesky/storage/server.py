@@ -217,6 +217,9 @@ def _tiled_executable() -> list[str]:
     return [found] if found else [sys.executable, "-m", "tiled"]
 
 
+_IN_PROCESS: list["LocalCatalog"] = []
+
+
 class LocalCatalog:
     """A Tiled server over one data directory, and how to reach it.
 
@@ -295,14 +298,19 @@ class LocalCatalog:
         """Serve the data directory from a thread of this process (tests, the demo).
 
         The server shares the GIL with the RunEngine: use :meth:`start` for throughput.
-        Parameters as for :meth:`start`; ``port=0`` picks a free port.
+        Parameters as for :meth:`start`; ``port=0`` picks a free port.  Several in-process servers of one process
+        share one API key (Tiled keeps its settings per process): the first one's, see :attr:`api_key`.
         """
         import uvicorn
         from tiled.server.app import build_app_from_config
         from tiled.server.simple import ThreadedServer
 
         dd = _resolve_dir(data_dir)
+        # Tiled keeps its server settings (the API key among them) in one object per process: every in-process
+        # server of this process must share one key, or the last one started locks the others out.
+        live = [c for c in _IN_PROCESS if c._cm is not None]
         key = dd.api_key()
+        key = live[0].api_key if live else key
         cfg = tiled_config(dd, key, port=port, catalog_uri=catalog_uri, table_uri=table_uri,
                            readable=readable, public=public)
         cfg.pop("uvicorn")
@@ -316,7 +324,9 @@ class LocalCatalog:
         except BaseException:
             cm.__exit__(None, None, None)
             raise
-        return cls(f"{base}/api/v1", key, dd, thread_server=server, cm=cm)
+        self = cls(f"{base}/api/v1", key, dd, thread_server=server, cm=cm)
+        _IN_PROCESS.append(self)
+        return self
 
     @classmethod
     def connect(cls, uri: str | None = None, api_key: str | None = None,
@@ -396,6 +406,8 @@ class LocalCatalog:
         if self._cm is not None:
             self._cm.__exit__(None, None, None)
             self._cm = None
+            if self in _IN_PROCESS:
+                _IN_PROCESS.remove(self)
 
     def kill(self) -> None:
         """SIGKILL the server process (failure testing)."""
