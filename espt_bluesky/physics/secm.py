@@ -15,11 +15,12 @@ Tabulated range and what happens outside it
   for 1e-6 ≤ κ ≤ 1e4; below/above, a first-order (in κ, resp. 1/κ) blend to the κ = 0 / κ = ∞ tables.
   Checked against direct solves at random off-grid points: max error 0.02 % (docs/secm_exact.md).
 * L outside [0.05, 10]: the analytical approximation's L trend (:func:`secm_analytical.kinetic`) times the
-  exact/analytical ratio at the table edge.  Above L = 10 that correction fades as 10/L (both tend to 1; they
-  differ by ≤ 1.3 % at L = 10).  Below L = 0.05 expect a few % (the approximation's own L trend).
+  exact/analytical ratio at the table edge.  Above L = 10 that correction fades as 10/L (both tend to 1; at
+  L = 20 within 0.3 %).  Below L = 0.05 expect up to ~6 % with slow kinetics (insulator/conductor ≲ 0.3 %).
 * RG outside [1.1, 101]: the table at the RG edge times the analytical insulator / conductor RG trends
-  (good to ~3 %), weighted by where the current lies between insulator and conductor.  Approximate (a few %);
-  the kinetic approximation itself is *not* used for the RG trend (it is off by tens of % at large RG).
+  (good to ~3 %), weighted by where the current lies between insulator and conductor.  At RG = 150:
+  insulator/conductor within 0.7 %, finite κ up to 8 % off at L ≤ 0.5; RG = 1.05 within 0.3 %.  (The kinetic
+  approximation is not used for the RG trend: it is off by tens of % at large RG.)
 * ``tip_current_inf`` is tabulated over RG ∈ [1.02, ∞] (uniform in arccos(1/RG); exact to < 0.01 %); below
   1.02 the analytical β(RG) trend is used, scaled to match at 1.02.
 """
