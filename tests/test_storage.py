@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
 import bluesky.plans as bp
 
 from espt_bluesky.devices import make_sim_bench
