@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
@@ -83,8 +84,12 @@ class _Mesh:
     ztip: float  # z of the tip plane
 
 
-def build_mesh(L: float | None, rg: float, level: float = 1.0, r_far: float = R_FAR) -> _Mesh:
-    """Graded tensor mesh for a tip at height L above the substrate (L=None: isolated tip)."""
+def build_mesh(L: float | None, rg: float, level: float = 1.0, r_far: float | None = None) -> _Mesh:
+    """Graded tensor mesh for a tip at height L above the substrate (L=None: isolated tip).
+
+    Lengths in units of the disk radius a; ``r_far`` (default :data:`R_FAR`) is the outer boundary distance.
+    """
+    r_far = R_FAR if r_far is None else r_far
     g = G0 / level
     hmin = HMIN0 / level**2
     h_rg = 4.0 * hmin if np.isfinite(rg) else hmin
@@ -268,7 +273,7 @@ def isolated_tip_current(rg: float, level: float = 1.0) -> float:
     return float(sys_.solve_plain()[1])
 
 
-def tip_current(L: float, rg: float, kappas, level: float = 1.0) -> np.ndarray:
+def tip_current(L: float, rg: float, kappas: ArrayLike, level: float = 1.0) -> np.ndarray:
     """i_T / (n·F·D·c*·a) at distance L (units of a) over a substrate with rate constants ``kappas``.
 
     Parameters
@@ -292,7 +297,7 @@ def tip_current(L: float, rg: float, kappas, level: float = 1.0) -> np.ndarray:
 
 
 def feedback_current_exact(
-    L: float, rg: float, kappas, level: float = 1.0, richardson: bool = True
+    L: float, rg: float, kappas: ArrayLike, level: float = 1.0, richardson: bool = True
 ) -> np.ndarray:
     """Normalised feedback current I_T = i_T/i_T,∞ from direct solves (slow: about a second per call).
 

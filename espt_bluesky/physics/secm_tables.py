@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import secm_solver
 
@@ -43,19 +44,22 @@ RG_SHIFT = 0.9
 RG_INF_MIN = 1.02
 
 
-def rg_to_x(rg):
+def rg_to_x(rg: ArrayLike) -> np.ndarray:
     """Table coordinate of RG: ln(RG − 0.9)."""
     return np.log(np.asarray(rg, dtype=float) - RG_SHIFT)
 
 
-def x_to_rg(x):
+def x_to_rg(x: ArrayLike) -> np.ndarray:
+    """Inverse of :func:`rg_to_x`."""
     return np.exp(np.asarray(x, dtype=float)) + RG_SHIFT
 
 
 W_MIN, W_MAX = -6.0, 4.0
 
 
-def default_grid(n_rg: int = N_RG, n_L: int = 17, n_w: int = 41, n_inf: int = 25):
+def default_grid(
+    n_rg: int = N_RG, n_L: int = 17, n_w: int = 41, n_inf: int = 25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The default table grid (transformed coordinates).
 
     RG: uniform in ln(RG − 0.9) with the spacing that puts ``N_RG_CORE`` points on [1.1, 20], ``n_rg`` points in
@@ -193,7 +197,9 @@ def generate(
     return data
 
 
-def validate(n: int = 20, seed: int = 1, levels=(1.0, 1.5), processes: int = 2, verbose: bool = True) -> np.ndarray:
+def validate(
+    n: int = 20, seed: int = 1, levels: tuple[float, float] = (1.0, 1.5), processes: int = 2, verbose: bool = True
+) -> np.ndarray:
     """Relative error of the shipped tables against fresh direct solves at random off-grid points.
 
     Returns an array of rows (L, RG, κ, I_exact, I_table, rel_err) plus the i_inf check rows
@@ -230,7 +236,8 @@ def validate(n: int = 20, seed: int = 1, levels=(1.0, 1.5), processes: int = 2, 
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DATA_PATH, help="output .npz (default: the package data file)")
     p.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1))
