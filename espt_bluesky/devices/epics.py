@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,10 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.status import DeviceStatus
 
-from ..errors import EsptError, InvalidArgument, Overload, TipCrash
+from ..errors import EsptError, InvalidArgument, Overload, TipCrash, check_choice
 from ..physics.bench_model import ProbeGeometry
-from .potentiostat import WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat
+from .potentiostat import (TECHNIQUES, WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat,
+                           validate_technique)
 from .probes import Probe, probe_from_geometry
 
 logger = logging.getLogger(__name__)
@@ -152,6 +154,31 @@ class EpicsStageAxis(EpicsMotor):
         inner.add_callback(on_done)
         return outer
 
+    def _done_moving(self, success: bool = True, timestamp: float | None = None, value: Any = None,
+                     **kwargs) -> None:
+        """End of motion: run the one-shot "move done" callbacks, taking them out *before* running them.
+
+        ophyd's version runs them and then clears every such subscription.  With an IOC that answers within a
+        millisecond, the RunEngine (woken by the first callback) has often already started the next move and
+        subscribed its status in between, and that clearing drops it: the next move never finishes.
+        """
+        if success:
+            self._run_subs(sub_type=self.SUB_DONE, timestamp=timestamp, value=value)
+        sub_type = self._SUB_REQ_DONE
+        cids = [cid for cid, ev in list(self._cid_to_event_mapping.items()) if ev == sub_type]
+        callbacks = [self._callbacks[sub_type].get(cid) for cid in cids]
+        for cid in cids:
+            self.unsubscribe(cid)
+        kw = dict(success=success, timestamp=timestamp if timestamp is not None else time.time(),
+                  sub_type=sub_type, obj=self)
+        for cb in callbacks:
+            if cb is None:
+                continue
+            try:
+                cb(**kw)
+            except Exception:  # as ophyd's subscription wrapper: a callback must not break the monitor thread
+                logger.exception("%s: move-done callback failed", self.name)
+
     def move(self, position: float, wait: bool = True, timeout: float | None = None, **kwargs) -> DeviceStatus:
         """Move (interactive use); blocks until done when ``wait``."""
         st = self.set(position)
@@ -263,13 +290,38 @@ class EpicsBipotentiostat(Bipotentiostat):
 
         Also refuses ``n_samples`` above the IOC's waveform length (``Wf:MaxElements``).
         """
+        technique = check_choice("technique", technique, TECHNIQUES)
+        channel = check_choice("channel", channel, ("tip", "substrate"))
+        names = set(self.params.component_names)
+        for k in params:
+            if k not in names:
+                raise InvalidArgument(f"{k!r} is not a technique parameter; allowed: {sorted(names)}")
         n = params.get("n_samples")
         if n is not None:
             nmax = int(self.wf.max_elements.get())
             if isinstance(n, (int, np.integer)) and n > nmax:
                 raise InvalidArgument(f"n_samples={n!r} exceeds the waveform length of "
                                       f"{self.wf.max_elements.pvname} ({nmax})")
-        super().configure_technique(technique, channel, **params)
+        merged = {k: getattr(self.params, k).get() for k in names}
+        merged.update(params)
+        validate_technique(technique, merged, self.compliance)
+        # put with completion (about 1 ms each on loopback): the IOC has applied every value before a Start
+        todo = [(getattr(self.params, k), v) for k, v in params.items()]
+        todo += [(self.technique, technique), (self.working_channel, channel)]
+        changed = []
+        for sig, v in todo:
+            if sig.get() != v:
+                _require(sig, f"configure {self.name}")
+                sig.put(v, wait=True, timeout=self.trigger_timeout)
+                changed.append((sig, v))
+        # the put completes before its monitor update arrives: wait for it, describe()/read() use monitored values
+        deadline = time.monotonic() + 2.0
+        for sig, v in changed:
+            while sig.get() != v:
+                if time.monotonic() > deadline:
+                    raise PVTimeoutError(f"{sig.pvname} did not report {v!r} after it was written "
+                                         f"(it reads {sig.get()!r})")
+                time.sleep(0.0005)
 
     def open_circuit(self) -> None:
         """Open the cell (``CellOn`` = 0, technique READ).  If the IOC is unreachable, log an error, do not raise.
@@ -303,9 +355,13 @@ class EpicsBipotentiostat(Bipotentiostat):
             key = getattr(self.wf, f).name
             if key in out:
                 v = np.asarray(out[key]["value"], dtype=float)
-                if v.size < n:
-                    raise PotentiostatError(f"{getattr(self.wf, f).pvname} holds {v.size} samples, "
-                                            f"n_samples={n} were expected")
+                if v.size != n:  # not the monitored update of this acquisition yet: ask the IOC
+                    sig = getattr(self.wf, f)
+                    v = np.asarray(sig.get(use_monitor=False), dtype=float)
+                    if v.size < n:
+                        off = "" if self.cell_on.get() else f"; the cell is off ({self.cell_on.pvname}=0)"
+                        raise PotentiostatError(f"{sig.pvname} holds {v.size} samples, n_samples={n} were "
+                                                f"expected (technique {self.technique.get()}{off})")
                 out[key] = dict(out[key], value=v[:n])
         return out
 
@@ -400,21 +456,23 @@ class EpicsBench:
             out["mediator"] = dict(env["mediator"])
         return out
 
-    def destroy(self) -> None:
-        """Drop the CA channels of every device."""
-        for d in self.devices:
-            d.destroy()
+
+#: Devices made by :func:`make_epics_bench`, kept for the life of the process.  pyepics shares one channel per PV
+#: name in a process; when an ophyd signal is garbage-collected it releases that channel, which silently stops the
+#: monitors of every other live signal on the same PV.  So each PV set gets one ophyd device, reused.
+_DEVICES: dict[tuple, Any] = {}
 
 
 def _read_info(pvname: str, timeout: float) -> dict[str, Any]:
-    sig = EpicsSignalRO(pvname, name="info", string=True)
+    key = ("info", pvname)
+    if key not in _DEVICES:
+        _DEVICES[key] = EpicsSignalRO(pvname, name="info", string=True)
+    sig = _DEVICES[key]
     try:
         sig.wait_for_connection(timeout=timeout)
         return json.loads(sig.get() or "{}")
-    except Exception:
+    except Exception:  # a vendor IOC without the optional Info PV
         return {}
-    finally:
-        sig.destroy()
 
 
 def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, pstat_prefix: str | None = None,
@@ -441,6 +499,10 @@ def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, 
     ------
     PVConnectionError
         Naming every PV that did not connect.
+
+    Notes
+    -----
+    The ophyd devices are made once per PV prefix and process and reused by later calls (see ``_DEVICES``).
     """
     from ..physics.bench_model import default_probe
 
@@ -451,8 +513,15 @@ def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, 
     if probe is None:
         geom = ProbeGeometry(**info["probe"]) if info.get("probe") else default_probe(technique)
         probe = probe_from_geometry(geom)
-    stage = (EpicsXYZStage if crash_pvs else EpicsXYZStageBase)(stage_prefix, name="stage")
-    pstat = EpicsBipotentiostat(pstat_prefix, name="pstat", probe=probe, trigger_timeout=trigger_timeout)
+    skey = ("stage", stage_prefix, bool(crash_pvs))
+    if skey not in _DEVICES:
+        _DEVICES[skey] = (EpicsXYZStage if crash_pvs else EpicsXYZStageBase)(stage_prefix, name="stage")
+    pkey = ("pstat", pstat_prefix)
+    if pkey not in _DEVICES:
+        _DEVICES[pkey] = EpicsBipotentiostat(pstat_prefix, name="pstat", probe=probe, trigger_timeout=trigger_timeout)
+    stage, pstat = _DEVICES[skey], _DEVICES[pkey]
+    pstat.probe = probe
+    pstat.trigger_timeout = float(trigger_timeout)
     wait_connected(stage, connection_timeout)
     wait_connected(pstat, connection_timeout)
     return EpicsBench(technique, stage, pstat, probe, info, time_scale=float(pstat.time_scale.get()))

@@ -65,17 +65,20 @@ def ca_environment(server_ports: Sequence[int], repeater_port: int, host: str = 
 
 
 def configure_client_env(env: Mapping[str, str]) -> None:
-    """Put ``env`` into ``os.environ``; refuse if pyepics's libca is already initialised with other settings."""
+    """Put ``env`` into ``os.environ`` for this process's Channel Access client.
+
+    libca reads the address list when the first channel is created; refuse if channels already exist and the
+    environment would change (the change would silently not apply).
+    """
     try:
         import epics.ca as ca
 
-        initialised = ca.libca is not None
+        channels = any(bool(v) for v in getattr(ca, "_cache", {}).values())
     except Exception:  # pragma: no cover - pyepics not importable
-        initialised = False
-    if initialised and any(os.environ.get(k) != v for k, v in env.items() if k != "EPICS_CAS_INTF_ADDR_LIST"):
-        raise EsptError("pyepics's libca is already initialised with a different EPICS_CA_* environment; "
-                        "set the environment before the first PV is created (e.g. run EPICS tests in their "
-                        "own process)")
+        channels = False
+    if channels and any(os.environ.get(k) != v for k, v in env.items() if k != "EPICS_CAS_INTF_ADDR_LIST"):
+        raise EsptError("pyepics already created channels with a different EPICS_CA_* environment; set the "
+                        "environment before the first PV is created (e.g. run EPICS code in its own process)")
     os.environ.update(env)
 
 

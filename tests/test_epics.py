@@ -1,0 +1,254 @@
+"""The bench over EPICS: caproto IOCs as real processes on loopback, driven through pyepics by the same plans.
+
+Every IOC of this module gets its own ``EPICS_CA_SERVER_PORT`` (picked free by the OS); the client's
+``EPICS_CA_ADDR_LIST`` lists them all and is set at import, before this process creates any PV (libca reads it
+when the first channel is created).  Runs are written to a throwaway Tiled server and read back from it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+
+from espt_bluesky.ioc.launch import IOCProcess, ca_environment, configure_client_env, free_ports
+
+# bench SECM, bench SICM, split stage, split potentiostat, spare; then the repeater port
+PORTS = free_ports(6)
+ENV = ca_environment(PORTS[:5], PORTS[5])
+configure_client_env(ENV)
+
+import bluesky.plan_stubs as bps  # noqa: E402
+
+from espt_bluesky.devices import make_sim_bench  # noqa: E402
+from espt_bluesky.devices.epics import PVConnectionError, make_epics_bench  # noqa: E402
+from espt_bluesky.errors import TipCrash  # noqa: E402
+
+SEED = 2
+NOISE = 0.005  # the bench's relative current noise (1 sigma), default BenchOptions.noise
+FLOOR = 2e-14  # A, its additive noise floor (1 sigma), default BenchOptions.current_noise_floor
+
+
+def within_noise(a, b):
+    """|a - b| within 4 sigma of the difference of two independent noisy readings of the same current."""
+    sigma = np.sqrt(2.0) * (NOISE * np.abs(b) + FLOOR)
+    return np.all(np.abs(np.asarray(a) - np.asarray(b)) <= 4.0 * sigma)
+
+
+
+def _ioc(role, prefix, port, tmp_path_factory, **kw):
+    log = tmp_path_factory.mktemp("ioc") / f"{prefix.strip(':').replace(':', '_')}.log"
+    return IOCProcess(role, prefix, port, ENV, log_path=str(log), **kw).start()
+
+
+@pytest.fixture(scope="module")
+def secm_ioc(tmp_path_factory):
+    p = _ioc("bench", "E1:", PORTS[0], tmp_path_factory, technique="SECM", sample="patterned", seed=SEED)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def sicm_ioc(tmp_path_factory):
+    p = _ioc("bench", "E2:", PORTS[1], tmp_path_factory, technique="SICM", sample="composite_cathode", seed=SEED)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def split_iocs(tmp_path_factory):
+    """Stage and potentiostat in two processes; the potentiostat reads the tip position from the stage IOC."""
+    stage = _ioc("stage", "E3:stage:", PORTS[2], tmp_path_factory, technique="SECM", seed=SEED)
+    pstat = _ioc("potentiostat", "E3:pstat:", PORTS[3], tmp_path_factory, technique="SECM", seed=SEED,
+                 stage_prefix="E3:stage:")
+    yield stage, pstat
+    pstat.stop()
+    stage.stop()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    from espt_bluesky.storage import LocalCatalog
+
+    cat = LocalCatalog.in_process(tmp_path_factory.mktemp("tiled"))
+    yield cat
+    cat.stop()
+
+
+@pytest.fixture
+def RE_tiled(RE, catalog):
+    """The validating RunEngine of conftest, writing to Tiled (one event per write: nothing waits in a buffer)."""
+    from espt_bluesky.storage import make_writer
+
+    RE.subscribe(make_writer(catalog, batch_size=1))
+    RE.catalog = catalog.client()
+    return RE
+
+
+def _primary(RE, uid):
+    return RE.catalog[uid]["primary"].read()
+
+
+def _run_uids(RE):
+    return [d["uid"] for d in RE.collector.of("start")]
+
+
+# ------------------------------------------------------------------------------------------ connection
+def test_missing_ioc_names_the_pv(secm_ioc):
+    with pytest.raises(PVConnectionError, match=r"NOPE:stage:x"):
+        make_epics_bench("NOPE:", connection_timeout=0.5)
+
+
+def test_epics_bench_mirrors_the_simulated_one(secm_ioc):
+    eb = make_epics_bench("E1:")
+    sb = make_sim_bench("SECM", "patterned", seed=SEED)
+    assert eb.technique == "SECM" and eb.metadata() == {**sb.metadata(), "probe": eb.probe.metadata()}
+    assert eb.probe.metadata() == sb.probe.metadata()
+    for dev_e, dev_s in ((eb.potentiostat, sb.potentiostat), (eb.stage, sb.stage)):
+        assert set(dev_s.component_names) <= set(dev_e.component_names)
+    for sub in ("tip", "substrate", "params", "wf"):
+        assert set(getattr(sb.potentiostat, sub).component_names) <= set(getattr(eb.potentiostat, sub).component_names)
+    assert eb.potentiostat.compliance == pytest.approx(sb.potentiostat.compliance)
+    assert eb.stage.z.limits == pytest.approx(sb.stage.z.limits)
+    assert [eb.stage.x.name, eb.stage.y.name, eb.stage.z.name] == ["stage_x", "stage_y", "stage_z"]
+    assert set(eb.stage.x.read()) >= {"stage_x"}
+
+
+# ------------------------------------------------------------------------------------ same plans, same map
+def _approach_and_image(RE, bench):
+    from espt_bluesky.plans.approach import approach
+    from espt_bluesky.plans.imaging import constant_height_image
+
+    RE(bps.mv(bench.stage.z, 60.0))
+    z_s = RE(approach(bench.stage, bench.potentiostat, technique="SECM", feedback="positive",
+                      working_distance=1.0, context=bench.metadata())).plan_result
+    n0 = len(RE.collector.of("event"))
+    RE(constant_height_image(bench.stage, bench.potentiostat, x_range=(35, 65, 5), y_range=(35, 65, 5),
+                             height=5.0, plane=z_s, context=bench.metadata()))
+    ev = RE.collector.of("event")[n0:]
+    img = np.array([e["data"]["pstat_tip_current"] for e in ev]).reshape(5, 5)
+    return z_s, img, _run_uids(RE)[-1]
+
+
+def test_approach_and_constant_height_image_match_in_process(RE_tiled, secm_ioc):
+    RE = RE_tiled
+    sim = make_sim_bench("SECM", "patterned", seed=SEED)
+    z_sim, img_sim, _ = _approach_and_image(RE, sim)
+    eb = make_epics_bench("E1:")
+    z_epi, img_epi, uid = _approach_and_image(RE, eb)
+    # same sample, same physics: the surface found agrees within a small fraction of a tip radius ...
+    assert abs(z_epi - z_sim) < 0.05 * sim.model.probe.radius
+    # ... and the image agrees within the current noise (3 sigma, relative)
+    assert within_noise(img_epi, img_sim), (img_epi / img_sim)
+    # the image has contrast (Au discs vs SiO2), so the comparison is not trivially of a flat map
+    assert img_sim.max() / img_sim.min() > 1.5
+    # the EPICS run landed in Tiled: same values, positions in µm
+    ds = _primary(RE, uid)
+    assert np.allclose(ds["pstat_tip_current"].values, img_epi.ravel())
+    assert set(ds["stage_x"].values) == {35.0, 42.5, 50.0, 57.5, 65.0}
+    start = RE.catalog[uid].metadata["start"]
+    assert start["plan_name"] == "constant_height_image" and start["sample"]["name"] == "patterned"
+
+
+def test_hopping_scan_matches_in_process(RE_tiled, sicm_ioc):
+    from espt_bluesky.plans.hopping import hopping_scan
+
+    RE = RE_tiled
+    topo = {}
+    for kind, bench in (("sim", make_sim_bench("SICM", "composite_cathode", seed=SEED)),
+                        ("epics", make_epics_bench("E2:"))):
+        RE(bps.mv(bench.stage.z, 3.0))
+        topo[kind] = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=(20, 24, 3),
+                                     y_range=(20, 22, 2), hop_height=2.0, mode="plan",
+                                     context=bench.metadata())).plan_result
+    uid = _run_uids(RE)[-1]
+    # topography from the ion-current setpoint: equal within a fraction of the pipette radius (0.05 µm)
+    assert np.all(np.abs(topo["epics"] - topo["sim"]) < 0.02), (topo["epics"], topo["sim"])
+    ds = _primary(RE, uid)
+    assert np.allclose(ds["surface_z"].values, topo["epics"])
+    assert RE.catalog[uid].metadata["stop"]["exit_status"] == "success"
+
+
+def test_waveforms_over_epics_land_in_tiled(RE_tiled, secm_ioc):
+    import bluesky.plans as bp
+
+    RE = RE_tiled
+    cv = dict(e_start=0.0, e_vertex1=0.0, e_vertex2=0.5, scan_rate=1.0, n_samples=150)
+    waves = {}
+    for kind, bench in (("sim", make_sim_bench("SECM", "patterned", seed=SEED)), ("epics", make_epics_bench("E1:"))):
+        # the same place on both benches; an earlier plan's cleanup may have opened the cell
+        RE(bps.mv(bench.stage.z, 30.0, bench.stage.x, 50.0, bench.stage.y, 50.0, bench.potentiostat.cell_on, 1))
+        bench.potentiostat.configure_technique("CV", channel="tip", **cv)
+        RE(bp.count([bench.potentiostat], 2))
+        waves[kind] = np.array([e["data"]["pstat_wf_current"] for e in RE.collector.of("event")[-2:]])
+        bench.potentiostat.configure_technique("READ", channel="tip")
+    uid = _run_uids(RE)[-1]
+    desc = RE.collector.of("descriptor")[-1]["data_keys"]["pstat_wf_current"]
+    assert desc["shape"] == [150] and desc["dims"] == ["waveform_index"] and desc["units"] == "A"
+    assert desc["source"] == "PV:E1:pstat:Wf:Current"
+    assert waves["epics"].shape == (2, 150)
+    assert np.abs(waves["sim"]).max() > 1e-10  # a real wave (limiting current ~ nA), not the noise floor
+    assert within_noise(waves["epics"], waves["sim"])
+    ds = _primary(RE, uid)
+    sim_ds = _primary(RE, _run_uids(RE)[-2])
+    # read back like the in-process bench's run (Tiled 0.2.20 names the sample axis itself on read)
+    assert ds["pstat_wf_current"].dims == sim_ds["pstat_wf_current"].dims
+    assert ds["pstat_wf_current"].shape == (2, 150) and ds["pstat_wf_current"].dtype == np.float64
+    assert np.allclose(ds["pstat_wf_current"].values, waves["epics"])
+
+
+# ------------------------------------------------------------------------------------------- failures
+def test_tip_crash_over_epics_is_a_tipcrash_and_the_tip_retracts(RE_tiled, secm_ioc):
+    from espt_bluesky.plans.imaging import constant_height_image
+
+    RE = RE_tiled
+    eb = make_epics_bench("E1:")
+    RE(bps.mv(eb.stage.z, 20.0, eb.stage.x, 50.0, eb.stage.y, 50.0))
+    # a plane 10 µm below the real surface: the first move down to "5 µm above it" hits the sample
+    with pytest.raises(TipCrash, match="tip crash"):
+        RE(constant_height_image(eb.stage, eb.potentiostat, x_range=(45, 55, 2), y_range=(45, 55, 2),
+                                 height=5.0, plane=-10.0, retract=20.0))
+    stop = RE.collector.of("stop")[-1]
+    assert stop["exit_status"] == "fail" and "tip crash" in stop["reason"]
+    # the motor record reported the crash as an alarm; the cleanup's retract moved it up and cleared it
+    assert int(eb.stage.crash_count.get()) >= 1
+    assert eb.stage.z.position > 15.0
+    assert eb.stage.z.user_readback.alarm_severity == 0
+
+
+def test_kill_potentiostat_ioc_mid_run(RE_tiled, split_iocs):
+    from espt_bluesky.plans.imaging import constant_height_image
+
+    RE = RE_tiled
+    stage_ioc, pstat_ioc = split_iocs
+    eb = make_epics_bench(stage_prefix="E3:stage:", pstat_prefix="E3:pstat:")
+    RE(bps.mv(eb.stage.z, 20.0))
+    kill_after = 6
+    at_kill = {}
+
+    def killer(name, doc):
+        if name == "event" and "pstat_tip_current" in doc["data"] and doc["seq_num"] == kill_after:
+            at_kill["z"] = doc["data"]["stage_z"]
+            pstat_ioc.proc.send_signal(signal.SIGKILL)
+            pstat_ioc.proc.wait(10)
+
+    RE.subscribe(killer)
+    with pytest.raises(PVConnectionError) as info:
+        RE(constant_height_image(eb.stage, eb.potentiostat, x_range=(35, 65, 4), y_range=(35, 65, 4),
+                                 height=6.0, plane=0.1, retract=15.0))
+    # a clear error naming the lost PV of the potentiostat IOC
+    assert "E3:pstat:" in str(info.value), str(info.value)
+    # the stage IOC is alive and was told to retract: z ends above where it was when the IOC died
+    assert stage_ioc.alive and not pstat_ioc.alive
+    assert eb.stage.z.connected
+    assert eb.stage.z.position >= at_kill["z"] + 15.0 - 1e-6
+    # the run is closed as failed, and the events recorded before the loss are kept (also in Tiled)
+    uid = _run_uids(RE)[-1]
+    stop = RE.collector.of("stop")[-1]
+    assert stop["run_start"] == uid and stop["exit_status"] == "fail" and "E3:pstat:" in stop["reason"]
+    n_events = stop["num_events"]["primary"]
+    assert n_events >= kill_after
+    ds = _primary(RE, uid)
+    assert ds["pstat_tip_current"].shape == (n_events,)
+    assert np.all(np.isfinite(ds["pstat_tip_current"].values))
