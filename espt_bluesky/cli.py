@@ -131,12 +131,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_ioc(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ioc", help="serve the simulated bench over EPICS Channel Access (not yet)")
-    p.set_defaults(func=cmd_ioc)
+    from .ioc.cli import add_ioc_parser
+
+    add_ioc_parser(sub).set_defaults(func=cmd_ioc)
 
 
 def cmd_ioc(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`espt ioc` is not written yet (it belongs to espt_bluesky.ioc)")
+    """``espt ioc {bench,stage,potentiostat} ...``: see :mod:`espt_bluesky.ioc.cli`."""
+    from .ioc.cli import run_from_args
+
+    return run_from_args(args)
 
 
 # ====================================================================================================== registry
