@@ -30,9 +30,13 @@ NOISE = 0.005  # the bench's relative current noise (1 sigma), default BenchOpti
 FLOOR = 2e-14  # A, its additive noise floor (1 sigma), default BenchOptions.current_noise_floor
 
 
-def within_noise(a, b):
-    """|a - b| within 4 sigma of the difference of two independent noisy readings of the same current."""
-    sigma = np.sqrt(2.0) * (NOISE * np.abs(b) + FLOOR)
+def within_noise(a, b, scale: float = 0.0):
+    """|a - b| within 4 sigma of the difference of two independent noisy readings of the same current.
+
+    The bench's noise is ``NOISE`` times the current (or times ``scale``, A, for additive amplifier noise) plus
+    ``FLOOR``.
+    """
+    sigma = np.sqrt(2.0) * (NOISE * (np.abs(b) + scale) + FLOOR)
     return np.all(np.abs(np.asarray(a) - np.asarray(b)) <= 4.0 * sigma)
 
 
@@ -94,6 +98,31 @@ def _run_uids(RE):
     return [d["uid"] for d in RE.collector.of("start")]
 
 
+# ------------------------------------------------------------------------------- same physics, no network
+@pytest.mark.parametrize("technique,sample", [("SECM", "patterned"), ("SICM", "composite_cathode"),
+                                              ("SECCM", "hopg")])
+def test_ioc_reading_is_the_simulated_potentiostat_reading(technique, sample):
+    """The IOC's steady-state reading (READ) is the simulated potentiostat's, noise draw for noise draw."""
+    from espt_bluesky.ioc.bench_ioc import PotentiostatGroup, SharedModelPosition, build_model, pstat_defaults
+
+    sim = make_sim_bench(technique, sample, seed=SEED)
+    model = build_model(technique, sample, SEED)
+    group = PotentiostatGroup("X:", model=model, position=SharedModelPosition())
+    d = pstat_defaults(model)
+    assert (d["e_tip"], d["e_sub"]) == (sim.potentiostat.tip.potential.get(), sim.potentiostat.substrate.potential.get())
+    assert d["compliance"] == tuple(sim.potentiostat.compliance)
+    # the group's PVs hold the defaults once the IOC starts; here set them by hand (no event loop)
+    group.tip_potential._data["value"] = d["e_tip"]
+    group.sub_potential._data["value"] = d["e_sub"]
+    for z in (sim.model.position[2], sim.model.position[2] + 0.5):
+        sim.model.position[2] = model.position[2] = z
+        for _ in range(3):
+            sim.potentiostat.trigger().wait(1)
+            i_tip, i_sub = group._read_scalar()
+            assert i_tip == sim.potentiostat.tip.current.get()
+            assert i_sub == sim.potentiostat.substrate.current.get()
+
+
 # ------------------------------------------------------------------------------------------ connection
 def test_missing_ioc_names_the_pv(secm_ioc):
     with pytest.raises(PVConnectionError, match=r"NOPE:stage:x"):
@@ -140,7 +169,7 @@ def test_approach_and_constant_height_image_match_in_process(RE_tiled, secm_ioc)
     # same sample, same physics: the surface found agrees within a small fraction of a tip radius ...
     assert abs(z_epi - z_sim) < 0.05 * sim.model.probe.radius
     # ... and the image agrees within the current noise (3 sigma, relative)
-    assert within_noise(img_epi, img_sim), (img_epi / img_sim)
+    assert within_noise(img_epi, img_sim, scale=sim.model.i_tip_inf()), (img_epi / img_sim)
     # the image has contrast (Au discs vs SiO2), so the comparison is not trivially of a flat map
     assert img_sim.max() / img_sim.min() > 1.5
     # the EPICS run landed in Tiled: same values, positions in µm

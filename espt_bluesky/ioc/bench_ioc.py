@@ -495,7 +495,8 @@ class PotentiostatGroup(PVGroup):
         if model.technique == "SICM":
             i_tip = model.add_noise(model.sicm_current(e_tip))
         elif model.technique == "SECM":
-            i_tip = model.add_noise(model.secm_tip_current(e_tip))
+            # amplifier noise: additive, a fraction of the steady-state current whatever the feedback
+            i_tip = model.add_noise(model.secm_tip_current(e_tip), scale=model.i_tip_inf())
         else:
             i_tip = 0.0
         i_sub = model.add_noise(model.contact_current(e_sub)) if model.technique == "SECCM" else 0.0
