@@ -25,8 +25,6 @@ CP        galvanostatic: ``current_setpoint`` for ``duration``
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +35,7 @@ from ophyd.status import DeviceStatus
 from ..errors import InvalidArgument, Overload, check_choice, check_positive, check_range
 from ..physics.bench_model import BenchModel
 from .probes import Probe
+from .sim_status import complete_status
 
 TECHNIQUES = ("READ", "CA", "CV", "LSV", "OCP", "CP")
 WAVEFORM_FIELDS = ("time", "potential", "current", "collector_current")
@@ -297,17 +296,7 @@ class SimBipotentiostat(Bipotentiostat):
         except Exception as exc:  # reported through the status, as hardware would
             error = exc
 
-        def finish():
-            status.set_exception(error) if error is not None else status.set_finished()
-
-        if self._time_scale > 0 and duration > 0:
-            def later():
-                time.sleep(duration * self._time_scale)
-                finish()
-            threading.Thread(target=later, daemon=True).start()
-        else:
-            finish()
-        return status
+        return complete_status(status, error, duration, self._time_scale)
 
     def _read_scalar(self) -> tuple[float, float]:
         model = self._model

@@ -7,8 +7,6 @@ against one runs on the other.  Each axis reads back under the axis's own name (
 
 from __future__ import annotations
 
-import threading
-import time
 
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
@@ -17,6 +15,7 @@ from ophyd.utils import LimitError
 
 from ..errors import TipCrash
 from ..physics.bench_model import BenchModel
+from .sim_status import complete_status
 
 AXES = ("x", "y", "z")
 
@@ -85,20 +84,7 @@ class SimAxis(Device):
         for ax in (stage.x, stage.y, stage.z) if isinstance(stage, XYZStage) else (self,):
             ax.sync()
 
-        def finish():
-            if error is not None:
-                status.set_exception(error)
-            else:
-                status.set_finished()
-
-        if self._time_scale > 0 and duration > 0:
-            def later():
-                time.sleep(duration * self._time_scale)
-                finish()
-            threading.Thread(target=later, daemon=True).start()
-        else:
-            finish()
-        return status
+        return complete_status(status, error, duration, self._time_scale)
 
     def move(self, value: float, wait: bool = True, timeout: float | None = None) -> DeviceStatus:
         """Move (interactive use); blocks until done when ``wait``."""
