@@ -109,7 +109,8 @@ def test_ioc_reading_is_the_simulated_potentiostat_reading(technique, sample):
     model = build_model(technique, sample, SEED)
     group = PotentiostatGroup("X:", model=model, position=SharedModelPosition())
     d = pstat_defaults(model)
-    assert (d["e_tip"], d["e_sub"]) == (sim.potentiostat.tip.potential.get(), sim.potentiostat.substrate.potential.get())
+    pstat = sim.potentiostat
+    assert (d["e_tip"], d["e_sub"]) == (pstat.tip.potential.get(), pstat.substrate.potential.get())
     assert d["compliance"] == tuple(sim.potentiostat.compliance)
     # the group's PVs hold the defaults once the IOC starts; here set them by hand (no event loop)
     group.tip_potential._data["value"] = d["e_tip"]

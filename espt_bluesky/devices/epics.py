@@ -75,7 +75,7 @@ def wait_connected(device: Device, timeout: float) -> None:
 
 def _require(sig, what: str) -> None:
     if not sig.connected:
-        raise PVConnectionError(f"{sig.pvname} is disconnected: cannot {what}")
+        raise PVConnectionError(f"{sig.pvname} is disconnected (its IOC does not answer): cannot {what}")
 
 
 class _Once:
@@ -333,6 +333,14 @@ class EpicsBipotentiostat(Bipotentiostat):
             super().open_circuit()
         except Exception as exc:
             logger.error("%s: could not open the cell: %s", self.name, exc)
+
+    def stop(self, *, success: bool = False) -> None:
+        """Abort a running acquisition (``Abort`` = 1); called by the RunEngine on stop/abort/halt."""
+        try:
+            if self.abort.connected and int(self.busy.get()):
+                self.abort.put(1)
+        except Exception as exc:  # must not mask the reason the run is stopping
+            logger.error("%s: could not abort the acquisition: %s", self.name, exc)
 
     # ------------------------------------------------------------------ bluesky protocol
     def describe(self) -> dict[str, dict]:

@@ -545,5 +545,6 @@ def make_pvdb(role: str, prefix: str, model: BenchModel, time_scale: float = 0.0
     raise EsptError(f"role={role!r} is not one of ['bench', 'stage', 'potentiostat']")
 
 
-__all__ = ["BenchIOC", "enable_tcp_nodelay", "BenchMotor", "ChannelAccessPosition", "PotentiostatGroup", "SharedModelPosition",
-           "StageGroup", "WAVEFORM_MAX", "build_model", "make_pvdb", "model_info", "pstat_defaults"]
+__all__ = ["BenchIOC", "BenchMotor", "ChannelAccessPosition", "PotentiostatGroup", "SharedModelPosition",
+           "StageGroup", "WAVEFORM_MAX", "build_model", "enable_tcp_nodelay", "make_pvdb", "model_info",
+           "pstat_defaults"]

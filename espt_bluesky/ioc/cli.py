@@ -29,7 +29,8 @@ ROLES = ("bench", "stage", "potentiostat")
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("role", choices=ROLES, help="bench: stage+potentiostat in one process; stage; potentiostat")
     p.add_argument("--prefix", default=None,
-                   help="PV prefix (default: 'ESPT:' for bench, 'ESPT:stage:' for stage, 'ESPT:pstat:' for potentiostat)")
+                   help="PV prefix (default: 'ESPT:' for bench, 'ESPT:stage:' for stage, "
+                        "'ESPT:pstat:' for potentiostat)")
     p.add_argument("--stage-prefix", default="ESPT:stage:", help="potentiostat role: prefix of the stage IOC")
     p.add_argument("--technique", default="SECM", help="SECM | SICM | SECCM | EC-AFM")
     p.add_argument("--sample", default="patterned", help="sample preset (patterned, hopg, composite_cathode, si_film)")
