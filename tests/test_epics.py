@@ -282,3 +282,31 @@ def test_kill_potentiostat_ioc_mid_run(RE_tiled, split_iocs):
     ds = _primary(RE, uid)
     assert ds["pstat_tip_current"].shape == (n_events,)
     assert np.all(np.isfinite(ds["pstat_tip_current"].values))
+
+
+def test_real_time_ioc_stop_and_abort(tmp_path_factory):
+    """With a time scale, a STOP leaves the tip part-way and an Abort ends the acquisition as ABORTED."""
+    import time
+
+    from espt_bluesky.devices.epics import PotentiostatError
+
+    ioc = _ioc("bench", "E4:", PORTS[4], tmp_path_factory, technique="SECM", seed=SEED, time_scale=1.0)
+    try:
+        eb = make_epics_bench("E4:")
+        z = eb.stage.z
+        z0 = z.position
+        st = z.set(z0 + 40.0)  # 2 s at 20 µm/s in real time; stopped after ~0.1 s
+        time.sleep(0.1)
+        z.stop()
+        st.wait(10)
+        assert z0 < z.position < z0 + 40.0
+        p = eb.potentiostat
+        # 4 s in real time; aborted after ~0.1 s
+        p.configure_technique("CA", channel="tip", e_hold=0.6, duration=4.0, n_samples=50)
+        st = p.trigger()
+        time.sleep(0.1)
+        p.stop()
+        with pytest.raises(PotentiostatError, match="ABORTED"):
+            st.wait(10)
+    finally:
+        ioc.stop()

@@ -142,6 +142,14 @@ class BenchMotor(PVGroup):
         fields = instance.field_inst
         d = AXIS_DEFAULTS[self.axis]
         pos = float(self.stage.model.position[self.index])
+
+        async def stop_putter(field, value):
+            """``.STOP`` = 1 ends a move in progress where the tip is (only moves with a time scale > 0 last)."""
+            if int(value):
+                self._stop_requested = True
+            return 0
+
+        fields.stop.putter = stop_putter
         await fields.velocity.write(d["velocity"])
         await fields.user_low_limit.write(d["limits"][0])
         await fields.user_high_limit.write(d["limits"][1])
