@@ -299,16 +299,4 @@ class SimBipotentiostat(Bipotentiostat):
         return complete_status(status, error, duration, self._time_scale)
 
     def _read_scalar(self) -> tuple[float, float]:
-        model = self._model
-        e_tip = self.tip.potential.get()
-        e_sub = self.substrate.potential.get()
-        model._substrate_potential = e_sub
-        if model.technique == "SICM":
-            i_tip = model.add_noise(model.sicm_current(e_tip))
-        elif model.technique == "SECM":
-            # amplifier noise: additive, a fraction of the steady-state current whatever the feedback
-            i_tip = model.add_noise(model.secm_tip_current(e_tip), scale=model.i_tip_inf())
-        else:
-            i_tip = 0.0
-        i_sub = model.add_noise(model.contact_current(e_sub)) if model.technique == "SECCM" else 0.0
-        return float(i_tip), float(i_sub)
+        return self._model.read_currents(self.tip.potential.get(), self.substrate.potential.get())

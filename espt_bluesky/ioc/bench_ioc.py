@@ -495,20 +495,8 @@ class PotentiostatGroup(PVGroup):
         await self.acq_count.write(self.acq_count.value + 1)
 
     def _read_scalar(self) -> tuple[float, float]:
-        """Steady-state currents (A) of both channels, as :meth:`SimBipotentiostat._read_scalar`."""
-        model = self.model
-        e_tip = float(self.tip_potential.value)
-        e_sub = float(self.sub_potential.value)
-        model._substrate_potential = e_sub
-        if model.technique == "SICM":
-            i_tip = model.add_noise(model.sicm_current(e_tip))
-        elif model.technique == "SECM":
-            # amplifier noise: additive, a fraction of the steady-state current whatever the feedback
-            i_tip = model.add_noise(model.secm_tip_current(e_tip), scale=model.i_tip_inf())
-        else:
-            i_tip = 0.0
-        i_sub = model.add_noise(model.contact_current(e_sub)) if model.technique == "SECCM" else 0.0
-        return float(i_tip), float(i_sub)
+        """Steady-state currents (A) of both channels: the same model call as the simulated potentiostat."""
+        return self.model.read_currents(float(self.tip_potential.value), float(self.sub_potential.value))
 
 
 # -------------------------------------------------------------------------------------------- IOCs

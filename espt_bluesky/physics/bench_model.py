@@ -339,6 +339,23 @@ class BenchModel:
         i_sei = -area * rate * float(sei_drive(e_sub, self.sample.sei_onset, self.sample.sei_tafel))
         return i_dl + i_sei - 1e-12  # a 1 pA leakage makes the landing detectable at any bias
 
+    # ------------------------------------------------------------------ steady readings
+    def read_currents(self, e_tip: float, e_sub: float) -> tuple[float, float]:
+        """Steady-state (tip, substrate) currents in A at the set potentials, with noise.
+
+        SECM tip noise is additive (the amplifier floor, a fraction of i_T,inf whatever the feedback); SICM and
+        SECCM noise is relative to the reading.  The substrate current is the SECCM droplet's; 0 otherwise.
+        """
+        self._substrate_potential = float(e_sub)
+        if self.technique == "SICM":
+            i_tip = self.add_noise(self.sicm_current(e_tip))
+        elif self.technique == "SECM":
+            i_tip = self.add_noise(self.secm_tip_current(e_tip), scale=self.i_tip_inf())
+        else:
+            i_tip = 0.0
+        i_sub = self.add_noise(self.contact_current(e_sub)) if self.technique == "SECCM" else 0.0
+        return float(i_tip), float(i_sub)
+
     # ------------------------------------------------------------------ noise
     def add_noise(self, value, scale: float | None = None):
         """Add relative Gaussian noise and an additive floor (A) to current(s)."""
