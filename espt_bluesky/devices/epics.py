@@ -32,10 +32,9 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.status import DeviceStatus
 
-from ..errors import EsptError, InvalidArgument, Overload, TipCrash, check_choice
+from ..errors import EsptError, InvalidArgument, Overload, TipCrash
 from ..physics.bench_model import ProbeGeometry
-from .potentiostat import (TECHNIQUES, WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat,
-                           validate_technique)
+from .potentiostat import WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat
 from .probes import Probe, probe_from_geometry
 
 logger = logging.getLogger(__name__)
@@ -290,21 +289,13 @@ class EpicsBipotentiostat(Bipotentiostat):
 
         Also refuses ``n_samples`` above the IOC's waveform length (``Wf:MaxElements``).
         """
-        technique = check_choice("technique", technique, TECHNIQUES)
-        channel = check_choice("channel", channel, ("tip", "substrate"))
-        names = set(self.params.component_names)
-        for k in params:
-            if k not in names:
-                raise InvalidArgument(f"{k!r} is not a technique parameter; allowed: {sorted(names)}")
+        technique, channel = self.check_technique(technique, channel, **params)
         n = params.get("n_samples")
         if n is not None:
             nmax = int(self.wf.max_elements.get())
             if isinstance(n, (int, np.integer)) and n > nmax:
                 raise InvalidArgument(f"n_samples={n!r} exceeds the waveform length of "
                                       f"{self.wf.max_elements.pvname} ({nmax})")
-        merged = {k: getattr(self.params, k).get() for k in names}
-        merged.update(params)
-        validate_technique(technique, merged, self.compliance)
         # put with completion (about 1 ms each on loopback): the IOC has applied every value before a Start
         todo = [(getattr(self.params, k), v) for k, v in params.items()]
         todo += [(self.technique, technique), (self.working_channel, channel)]

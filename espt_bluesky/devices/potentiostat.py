@@ -108,6 +108,21 @@ class Bipotentiostat(Device):
         Raises :class:`~espt_bluesky.errors.InvalidArgument` naming the argument for an unknown technique or
         parameter, a non-positive scan rate or duration, equal CV vertices, or potentials beyond compliance.
         """
+        technique, channel = self.check_technique(technique, channel, **params)
+        for k, v in params.items():
+            getattr(self.params, k).put(v)
+        self.technique.put(technique)
+        self.working_channel.put(channel)
+
+    compliance: tuple[float, float] = (-10.0, 10.0)  # V, the potentials the instrument can apply
+
+    def check_technique(self, technique: str, channel: str = "substrate", **params: Any) -> tuple[str, str]:
+        """Validate a technique request against this potentiostat without applying it.
+
+        Unknown parameters, bad values and potentials beyond :attr:`compliance` raise
+        :class:`~espt_bluesky.errors.InvalidArgument` naming the argument; parameters not given keep their
+        present values.  Returns the canonical (technique, channel).
+        """
         technique = check_choice("technique", technique, TECHNIQUES)
         channel = check_choice("channel", channel, ("tip", "substrate"))
         names = set(self.params.component_names)
@@ -116,13 +131,8 @@ class Bipotentiostat(Device):
                 raise InvalidArgument(f"{k!r} is not a technique parameter; allowed: {sorted(names)}")
         merged = {k: getattr(self.params, k).get() for k in names}
         merged.update(params)
-        validate_technique(technique, merged, self.compliance)
-        for k, v in params.items():
-            getattr(self.params, k).put(v)
-        self.technique.put(technique)
-        self.working_channel.put(channel)
-
-    compliance: tuple[float, float] = (-10.0, 10.0)  # V, the potentials the instrument can apply
+        validate_technique(technique, merged, tuple(self.compliance))
+        return technique, channel
 
     # --------------------------------------------------------- bluesky protocol
     def _waveform_active(self) -> bool:

@@ -13,12 +13,12 @@ switched by their options (0 = off).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgument, TipCrash, check_choice, check_positive, check_range
+from ..errors import TipCrash, check_choice, check_positive, check_range
 from . import afm as afm_physics
 from . import secm, sicm
 from .constants import FARADAY, f_nernst

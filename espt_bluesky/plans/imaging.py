@@ -270,13 +270,4 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
 
 
 def _validate_technique_params(potentiostat, technique, params):
-    from ..devices.potentiostat import validate_technique
-
-    names = set(potentiostat.params.component_names)
-    for k in params:
-        if k not in names:
-            raise InvalidArgument(f"{k!r} is not a technique parameter; allowed: {sorted(names)}")
-    merged = {k: getattr(potentiostat.params, k).get() for k in names}
-    merged.update(params)
-    compliance = tuple(getattr(potentiostat, "compliance", (-math.inf, math.inf)))
-    validate_technique(technique, merged, compliance)
+    potentiostat.check_technique(technique, **params)
