@@ -133,3 +133,42 @@ def test_modulus_map_dataset_from_force_volume_documents():
     assert ds["modulus"].shape == (3, 3)
     assert np.all(np.abs(ds["modulus"].values / truth - 1) < 0.10)
     assert ds.attrs["spring_constant"] == pytest.approx(bench.probe.spring_constant.get())
+
+
+def test_topography_and_deconvolution_products(catalog):
+    """Levelled SICM topography and a deconvolved SECM image land next to their runs, true to the bench."""
+    from espt_bluesky.analysis.resolution import disc_edge
+    from espt_bluesky.callbacks.products import write_deconvolved_image, write_topography
+    from espt_bluesky.plans import constant_height_image, hopping_scan
+    from espt_bluesky.storage import read_product
+
+    client = catalog.client()
+    RE = _engine(catalog)
+    # SICM hopping grid over a tilted Si film: the levelled map is the true relief (pads 0.2 µm) minus a plane
+    bench = make_sim_bench("SICM", "si_film", seed=3, tilt=(0.3, 0.0), start=(10, 27.5))
+    RE(bps.mv(bench.stage.z, bench.stage.z.position + 3.0))
+    res = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=(10, 45, 8),
+                          y_range=(20, 35, 4), hop_height=2.0, drop=0.02, mode="device", hopper=bench.hopper,
+                          context=bench.metadata()))
+    node = client[res.run_start_uids[0]]
+    write_topography(node)
+    topo = read_product(node, "topography")
+    X, Y = np.meshgrid(topo["x"].values, topo["y"].values)
+    on_si = bench.model.sample.at("label", X, Y) == 1
+    lev = topo["levelled"].values
+    step = np.median(lev[on_si]) - np.median(lev[~on_si])
+    assert step == pytest.approx(0.2, abs=0.03)  # the 200 nm pads stand out once the tilt is removed
+    assert np.std(lev[~on_si]) < 0.02
+    # SECM image of a disc: the deconvolved edge is sharper than the measured one
+    bench = make_sim_bench("SECM", "patterned", seed=2)
+    RE(bps.mv(bench.stage.z, 30.0))
+    res = RE(constant_height_image(bench.stage, bench.potentiostat, x_range=(30, 70, 41), y_range=(30, 70, 41),
+                                   height=5.0, plane=0.0, context=bench.metadata()))
+    node = client[res.run_start_uids[0]]
+    write_deconvolved_image(node, n_iter=100)
+    dec = read_product(node, "deconvolved")
+    x, y = dec["x"].values, dec["y"].values
+    before = disc_edge(dec["image"].values, x, y, (50, 50), 18.0)
+    after = disc_edge(dec["deconvolved"].values, x, y, (50, 50), 18.0)
+    assert after.width < 0.7 * before.width
+    assert dec.attrs["distance_um"] == pytest.approx(5.0)

@@ -22,8 +22,9 @@ from bluesky.callbacks.core import CallbackBase
 
 from ..errors import InvalidArgument
 
-__all__ = ["kinetic_map_dataset", "screening_dataset", "modulus_map_dataset", "write_kinetic_map",
-           "write_screening", "write_modulus_map", "ProductCallback"]
+__all__ = ["kinetic_map_dataset", "screening_dataset", "modulus_map_dataset", "topography_dataset",
+           "deconvolved_image_dataset", "write_kinetic_map", "write_screening", "write_modulus_map",
+           "write_topography", "write_deconvolved_image", "ProductCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,59 @@ def modulus_map_dataset(run, *, stream: str = "primary", z_key: str = "afm_fc_z"
                    problems={str(k_): v for k_, v in fm.problems.items()}, **fm.parameters))
 
 
+# ------------------------------------------------------------------------------------------------ SICM topography
+def topography_dataset(run, *, order: int = 1, key: Optional[str] = None) -> xr.Dataset:
+    """Levelled topography of a hopping SICM/SECCM grid: the recorded surface height of every hop, with a robust
+    polynomial background (``order``) removed by :func:`espt_bluesky.analysis.topography.level`."""
+    from ..analysis.topography import level
+
+    md = _start_doc(run)
+    key = key or md.get("topography_key") or "surface_z"
+    ds = _read(run, variables=[key], waveforms=False)
+    if "x" not in ds.dims or "y" not in ds.dims:
+        raise InvalidArgument("the run is not a grid (no x/y grid dimensions); levelling needs a hopping grid")
+    z = _var(ds, key, "surface height").values
+    lv = level(z, ds["x"].values, ds["y"].values, order=order)
+    return xr.Dataset(
+        {"height": (("y", "x"), z, {"units": "um", "long_name": "recorded surface height"}),
+         "levelled": (("y", "x"), lv.levelled, {"units": "um"}),
+         "background": (("y", "x"), lv.background, {"units": "um"})},
+        coords={"x": ("x", ds["x"].values, {"units": "um"}), "y": ("y", ds["y"].values, {"units": "um"})},
+        attrs=dict(source_uid=ds.attrs.get("uid"), analysis="espt_bluesky.analysis.topography.level",
+                   order=int(order), height_key=key))
+
+
+# ------------------------------------------------------------------------------------------------ SECM resolution
+def deconvolved_image_dataset(run, *, field: str = "pstat_tip_current", distance: Optional[float] = None,
+                              n_iter: int = 100, a: Optional[float] = None) -> xr.Dataset:
+    """Richardson–Lucy deconvolution of an SECM image with the probe's footprint PSF (radius a, distance d).
+
+    ``distance`` (µm) defaults to the start document's ``height``; ``a`` to the probe radius in the metadata.
+    """
+    from ..analysis.resolution import deconvolve_image
+    from .live_map import probe_radius_from_metadata
+
+    ds = _read(run, variables=[field], waveforms=False)
+    _require_technique(ds, "SECM")
+    if "x" not in ds.dims or "y" not in ds.dims:
+        raise InvalidArgument("the run is not a grid image (no x/y grid dimensions); deconvolution needs one")
+    md = _start_doc(run)
+    a = a if a is not None else probe_radius_from_metadata(md.get("probe") or ds.attrs.get("probe"))
+    distance = distance if distance is not None else md.get("height")
+    if a is None or distance is None:
+        raise InvalidArgument(f"deconvolution needs the probe radius and the tip-sample distance: a={a!r}, "
+                              f"distance={distance!r} (pass a=..., distance=...)")
+    img = _var(ds, field, "tip current").values
+    out, psf = deconvolve_image(img, ds["x"].values, ds["y"].values, radius=float(a), distance=float(distance),
+                                n_iter=n_iter)
+    return xr.Dataset(
+        {"image": (("y", "x"), img, {"units": "A"}), "deconvolved": (("y", "x"), out, {"units": "A"}),
+         "psf": (("psf_y", "psf_x"), psf)},
+        coords={"x": ("x", ds["x"].values, {"units": "um"}), "y": ("y", ds["y"].values, {"units": "um"})},
+        attrs=dict(source_uid=ds.attrs.get("uid"), analysis="espt_bluesky.analysis.resolution.deconvolve_image",
+                   radius_um=float(a), distance_um=float(distance), n_iter=int(n_iter)))
+
+
 # ------------------------------------------------------------------------------------------------ writing
 def _write(run, name: str, ds: xr.Dataset, overwrite: bool):
     from ..storage import write_product
@@ -226,6 +280,16 @@ def write_screening(run, *, name: str = "screening", overwrite: bool = False, **
 def write_modulus_map(run, *, name: str = "modulus_map", overwrite: bool = False, **kwargs):
     """Compute :func:`modulus_map_dataset` and store it next to ``run``."""
     return _write(run, name, modulus_map_dataset(run, **kwargs), overwrite)
+
+
+def write_topography(run, *, name: str = "topography", overwrite: bool = False, **kwargs):
+    """Compute :func:`topography_dataset` and store it next to ``run``."""
+    return _write(run, name, topography_dataset(run, **kwargs), overwrite)
+
+
+def write_deconvolved_image(run, *, name: str = "deconvolved", overwrite: bool = False, **kwargs):
+    """Compute :func:`deconvolved_image_dataset` and store it next to ``run``."""
+    return _write(run, name, deconvolved_image_dataset(run, **kwargs), overwrite)
 
 
 _PRODUCERS: dict[str, Callable[..., Any]] = {"SECM": write_kinetic_map, "SECCM": write_screening,
