@@ -33,6 +33,7 @@ from ophyd.status import DeviceStatus
 
 from ..errors import InvalidArgument, TipCrash, check_choice
 from ..physics.bench_model import BenchModel
+from .sim_status import complete_status
 
 CRITERIA = ("current_drop", "contact")
 
@@ -63,6 +64,7 @@ class SimHopController(Device):
         self._target = (0.0, 0.0)
         self._last_contact: float | None = None
         self.device_time = 0.0
+        self._measured_time = 0.0
 
     def attach(self, model: BenchModel, time_scale: float = 0.0) -> None:
         self._model = model
@@ -169,13 +171,17 @@ class SimHopController(Device):
         self.reference_current.put(ref)
         self.n_steps.put(n)
         if self.measure.get():
-            st = self.potentiostat.trigger()
+            c0 = m.clock
+            st = self.potentiostat.trigger()  # sleeps its own scaled instrument time
             st.wait()
+            self._measured_time += m.clock - c0
         self._vertical(z + hop)
 
     def trigger(self) -> DeviceStatus:
         status = DeviceStatus(self)
         t0 = time.perf_counter()
+        clock0 = self._model.clock
+        self._measured_time = 0.0
         error = None
         try:
             self._hop()
@@ -186,8 +192,6 @@ class SimHopController(Device):
                 for ax in (self.stage.x, self.stage.y, self.stage.z):
                     ax.sync()
         self.device_time += time.perf_counter() - t0
-        if error is not None:
-            status.set_exception(error)
-        else:
-            status.set_finished()
-        return status
+        # moves and approach steps take instrument time too (the measurement already waited for its own)
+        motion_time = self._model.clock - clock0 - self._measured_time
+        return complete_status(status, error, motion_time, self._time_scale)
