@@ -196,6 +196,15 @@ def _window_mask(E: np.ndarray, e_window) -> Optional[np.ndarray]:
     return (E >= lo) & (E <= hi)
 
 
+def _cycle_inputs(t, E, i, e_window, cycles, include_partial):
+    """Validated arrays, the cycles (split unless given) and the potential-window mask of a CV record."""
+    t, E, i = _arrays(t=t, E=E, i=i)
+    _check_time(t)
+    if cycles is None:
+        cycles = split_cycles(t, E, include_partial=include_partial)
+    return t, E, i, cycles, _window_mask(E, e_window)
+
+
 def cycle_charges(
     t: np.ndarray,
     E: np.ndarray,
@@ -222,11 +231,7 @@ def cycle_charges(
     -------
     CycleCharges
     """
-    t, E, i = _arrays(t=t, E=E, i=i)
-    _check_time(t)
-    if cycles is None:
-        cycles = split_cycles(t, E, include_partial=include_partial)
-    mask = _window_mask(E, e_window)
+    t, E, i, cycles, mask = _cycle_inputs(t, E, i, e_window, cycles, include_partial)
     y = i if mask is None else np.where(mask, i, 0.0)
     qc, qa = [], []
     for sl in cycles:
@@ -329,11 +334,7 @@ def peak_currents_and_potentials(
     -------
     CyclePeaks
     """
-    t, E, i = _arrays(t=t, E=E, i=i)
-    _check_time(t)
-    if cycles is None:
-        cycles = split_cycles(t, E, include_partial=include_partial)
-    mask = _window_mask(E, e_window)
+    t, E, i, cycles, mask = _cycle_inputs(t, E, i, e_window, cycles, include_partial)
     out = {k: [] for k in ("ipc", "ipa", "Epc", "Epa")}
     for sl in cycles:
         Ec, ic = E[sl], i[sl]
