@@ -138,30 +138,20 @@ class _System:
         diag = np.zeros(n)
         rhs = np.zeros(n)
 
-        # radial internal faces between (i, j) and (i+1, j)
-        a = idx[:-1, :]
-        b = idx[1:, :]
-        ok = (a >= 0) & (b >= 0)
-        t = (rf[1:-1][:, None] * dz[None, :]) / (rc[1:] - rc[:-1])[:, None]
-        t = np.broadcast_to(t, a.shape)[ok]
-        a, b = a[ok], b[ok]
-        rows += [a, b]
-        cols += [b, a]
-        vals += [-t, -t]
-        np.add.at(diag, a, t)
-        np.add.at(diag, b, t)
-        # axial internal faces between (i, j) and (i, j+1)
-        a = idx[:, :-1]
-        b = idx[:, 1:]
-        ok = (a >= 0) & (b >= 0)
-        t = axial_area[:, None] / (zc[1:] - zc[:-1])[None, :]
-        t = np.broadcast_to(t, a.shape)[ok]
-        a, b = a[ok], b[ok]
-        rows += [a, b]
-        cols += [b, a]
-        vals += [-t, -t]
-        np.add.at(diag, a, t)
-        np.add.at(diag, b, t)
+        def couple(a, b, t):
+            """Internal faces between cells a and b with transmissibility t (both cells in the domain)."""
+            ok = (a >= 0) & (b >= 0)
+            t = np.broadcast_to(t, a.shape)[ok]
+            a, b = a[ok], b[ok]
+            rows.extend([a, b])
+            cols.extend([b, a])
+            vals.extend([-t, -t])
+            np.add.at(diag, a, t)
+            np.add.at(diag, b, t)
+
+        # radial internal faces between (i, j) and (i+1, j); axial ones between (i, j) and (i, j+1)
+        couple(idx[:-1, :], idx[1:, :], (rf[1:-1][:, None] * dz[None, :]) / (rc[1:] - rc[:-1])[:, None])
+        couple(idx[:, :-1], idx[:, 1:], axial_area[:, None] / (zc[1:] - zc[:-1])[None, :])
 
         # far-field Robin faces: outer r face and top z face (and bottom for the isolated tip)
         x0, z0 = 0.0, mesh.ztip
