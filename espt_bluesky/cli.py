@@ -67,8 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="send backed-up runs to Tiled (idempotent)",
-                       description="Write every run backed up in DIR to Tiled: complete runs already there are "
-                                   "skipped, partial copies are replaced by the full backup.")
+                       description="Write every run backed up in DIR to Tiled: runs complete in Tiled are skipped, a "
+                                   "partial copy is replaced only by a backup that holds strictly more; every "
+                                   "run's events per stream, exit status and any damage found are printed. "
+                                   "Backup files are never changed.")
     p.add_argument("dir", help="backup directory (the data directory's backup/)")
     p.add_argument("--uri", help="Tiled URI (default: $ESPT_TILED_URI or the server `espt serve` started)")
     p.add_argument("--api-key", help="API key (default: from the URI, $ESPT_TILED_API_KEY or the data dir)")
@@ -83,12 +85,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cat = LocalCatalog.connect(args.uri, args.api_key, args.data_dir)
     report = replay(args.dir, cat.client())
     print(report)
-    for uid in report.written:
-        print(f"  written  {uid}")
-    for uid in report.skipped:
-        print(f"  skipped  {uid} (already complete)")
-    for path, err in report.failed.items():
-        print(f"  FAILED   {path}: {err}", file=sys.stderr)
+    for entry in report.runs:
+        print(f"  {entry}", file=sys.stderr if entry.action == "failed" else sys.stdout)
     return 1 if report.failed else 0
 
 

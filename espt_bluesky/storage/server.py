@@ -190,6 +190,20 @@ def tiled_config(dd: DataDir, api_key: str, *, host: str = "127.0.0.1", port: in
     }
 
 
+def server_alive(uri: str, timeout: float = 1.0) -> bool:
+    """True if the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) answers its
+    health check within ``timeout`` s."""
+    import httpx
+
+    base = uri.split("?", 1)[0].split("/api/v1")[0].rstrip("/")
+    url = base if base.endswith("/healthz") else f"{base}/healthz"
+    try:
+        with httpx.Client(trust_env=False) as http:
+            return http.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     import httpx
 
