@@ -100,3 +100,144 @@ def test_server_killed_mid_run_nothing_lost(tmp_path, fast_client_retries, capsy
         if serve is not None and serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+# ------------------------------------------------------------------------ orphans, a second server, secrets
+def _espt_serve(data, *extra):
+    """`espt serve --port 0` on ``data`` as a process of its own; returns (process, lines printed until URI)."""
+    proc = subprocess.Popen([sys.executable, "-m", "espt_bluesky.cli", "serve", "--data-dir", str(data),
+                             "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not any(line.lstrip().startswith("Ctrl-C") for line in lines):
+        line = proc.stdout.readline()
+        assert line, f"espt serve exited: {lines} {proc.stderr.read()}"
+        lines.append(line)
+    return proc, lines
+
+
+def _port_of(uri: str) -> int:
+    return int(uri.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
+def _gone(pid: int, timeout: float = 60.0) -> bool:
+    import time
+
+    from espt_bluesky.child_process import pid_alive
+
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+def test_a_second_serve_refuses_and_sigkill_leaves_no_server(tmp_path):
+    import socket
+
+    data = tmp_path / "data"
+    first, lines = _espt_serve(data)
+    try:
+        info = json.loads((data / "server.json").read_text())
+        before = (data / "server.json").read_bytes()
+        key = (data / "api_key").read_text().strip()
+        assert not any(key in line for line in lines)  # the key is never printed
+        assert any(str(data / "api_key") in line for line in lines)  # ... but where it is, is
+
+        # a second server on the same data directory: refused, naming the running one; server.json untouched
+        second = subprocess.run([sys.executable, "-m", "espt_bluesky.cli", "serve", "--data-dir", str(data),
+                                 "--port", "0"], capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        assert "already running" in second.stderr and str(info["pid"]) in second.stderr
+        assert info["uri"] in second.stderr
+        assert (data / "server.json").read_bytes() == before
+
+        # SIGKILL `espt serve`: its Tiled process follows it and the port is free again
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        assert _gone(info["pid"]), "the Tiled server outlived `espt serve`"
+        port = _port_of(info["uri"])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # nobody holds it
+
+        # the server.json left behind is stale: connect says so, a new server replaces it
+        with pytest.raises(Exception, match="stale"):
+            LocalCatalog.connect(data_dir=data)
+        cat = LocalCatalog.start(data)
+        try:
+            assert json.loads((data / "server.json").read_text())["pid"] == cat.process.pid != info["pid"]
+        finally:
+            cat.stop()
+        assert not (data / "server.json").exists()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+@pytest.mark.slow
+def test_secrets_stay_secret_after_a_browser_session(tmp_path):
+    """Modes of everything in the data directory, and no key in any log, after the browser URL was opened."""
+    import httpx
+    from bluesky import RunEngine
+
+    import bluesky.plans as bp
+
+    from espt_bluesky.devices import make_sim_bench
+
+    data = tmp_path / "data"
+    cat = LocalCatalog.start(data)
+    try:
+        RE = RunEngine({})
+        writer = make_writer(cat)
+        RE.subscribe(writer)
+        bench = make_sim_bench("SECCM", "patterned", seed=1)
+        (uid,) = RE(bp.count([bench.potentiostat], 3))
+        # what a browser does: open the login URL (key in the query: the server sets a cookie), then browse
+        with httpx.Client(trust_env=False, follow_redirects=True) as browser:
+            assert browser.get(cat.login_url(), timeout=30).status_code == 200
+            assert "tiled_api_key" in browser.cookies or browser.cookies
+            r = browser.get(f"{cat.uri}/search/", timeout=30)
+            assert r.status_code == 200 and uid in r.text
+        assert uid in cat.client()
+    finally:
+        cat.stop()
+    key = cat.api_key
+    log = (data / "logs" / "server.log").read_text()
+    assert "/ui/browse/?api_key=***" in log  # the request was logged, the key was not
+    for p in [data, *data.rglob("*")]:
+        mode = p.stat().st_mode & 0o777
+        assert mode & 0o077 == 0, f"{p} is mode {mode:o}"
+        if p.is_file() and p.name not in ("api_key", "config.yml"):
+            assert key.encode() not in p.read_bytes(), f"the API key is in {p}"
+    assert (data / "api_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_in_process_server_logs_are_redacted(tmp_path):
+    """The in-process server's uvicorn access logger redacts the key, whatever handler a user attaches."""
+    import logging
+
+    class Keep(logging.Handler):
+        lines: list = []
+
+        def emit(self, record):
+            self.lines.append(self.format(record))
+
+    cat = LocalCatalog.in_process(tmp_path / "data")
+    access = logging.getLogger("uvicorn.access")
+    handler, level = Keep(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", f"/ui/browse/?api_key={cat.api_key}",
+                    "1.1", 200)
+        (line,) = handler.lines
+        assert "api_key=***" in line and cat.api_key not in line
+        assert cat.api_key not in cat.browse_url and cat.api_key in cat.login_url()
+        for p in (tmp_path / "data", tmp_path / "data" / "catalog.db", tmp_path / "data" / "api_key"):
+            assert p.stat().st_mode & 0o077 == 0, p
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+        cat.stop()

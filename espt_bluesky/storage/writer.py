@@ -20,11 +20,13 @@ neither the journal nor Tiled holds a run's documents) and shown in :attr:`Resil
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -67,6 +69,17 @@ class RunRecord:
     done: threading.Event = field(default_factory=threading.Event, repr=False)
     _journal: Journal | None = field(default=None, repr=False)
     _tw: Any = field(default=None, repr=False)
+
+
+_LIVE: "weakref.WeakSet[ResilientTiledWriter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Give each writer up to its ``max_wait`` to send what is queued before the interpreter (and an in-process
+    server, stopped by an earlier-registered, later-run exit handler) goes; the journals hold the rest."""
+    for w in list(_LIVE):
+        w.flush(w.max_wait)
 
 
 def _copy_doc(o: Any) -> Any:
@@ -134,6 +147,7 @@ class ResilientTiledWriter:
         self._busy = 0  # items queued or being written
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ RunEngine thread
     def __call__(self, name: str, doc: dict) -> None:
