@@ -220,7 +220,8 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     Parameters
     ----------
     run : Tiled BlueskyRun node, list of (name, doc) pairs, or RunData
-        The run.  Documents may also be ``{"name": ..., "doc": ...}`` records (a backup file's lines).
+        The run.  Documents may also be ``{"name": ..., "doc": ...}`` records (a backup file's lines).  A Tiled
+        ``xarray_dataset`` node (an imported instrument file, ``espt import``) is read back as its Dataset.
     stream : str
         The event stream holding the map (``"primary"``).
     variables : iterable of str, optional
@@ -242,6 +243,11 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     InvalidArgument
         If the run has no map convention, or the position keys it names are not in the stream.
     """
+    from .datasets import is_dataset_node, read_dataset_node
+
+    if is_dataset_node(run):  # an imported file or a stored dataset: already a map in µm
+        ds = read_dataset_node(run)
+        return ds if variables is None else ds[[v for v in ds.data_vars if v in set(variables)]]
     if not isinstance(run, RunData) and hasattr(run, "metadata") and hasattr(run, "context"):
         start = dict(run.metadata["start"])
         x_key, y_key, order = map_keys(start)
