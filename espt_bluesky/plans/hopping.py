@@ -8,6 +8,7 @@ import numpy as np
 import bluesky.plan_stubs as bps
 
 from ..errors import InvalidArgument, check_choice
+from ._detectors import check_detectors
 from ._common import (cell_on, check_step, check_xy, grid_points, managed_run, probe_of, put_values,
                       soft_signals)
 from .approach import approach_stub, make_approach_spec
@@ -75,7 +76,7 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
                  approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
                  contact_current: float = 5e-13, stop_offset: float = 0.0, measure: Mapping | None = None,
                  mode: str = "device", hopper: Any = None, probe: Any = None, retract: float | None = None,
-                 context: Any = None, sample_md: dict | None = None,
+                 context: Any = None, sample_md: dict | None = None, detectors: Sequence[Any] | None = None,
                  md: dict | None = None) -> Generator[Any, Any, np.ndarray]:
     """Hopping SICM/SECCM map: at each point approach to the setpoint/contact, measure, retract, move on.
 
@@ -103,6 +104,9 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
         ``"device"``: the hop is one triggered action of ``hopper`` (a controller that hops in firmware, e.g.
         ``bench.hopper``); ``"plan"``: approach/measure/retract driven step by step from the plan (any hardware);
         its approach curves go to the ``approach`` stream.
+    detectors : list of devices, optional
+        Extra detectors triggered and read at every spot after the measurement (e.g. ``[xrf]``: one XRF
+        spectrum per spot in the same run and stream as the CV).
 
     Returns
     -------
@@ -121,6 +125,7 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
     pts = scan_points(stage, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake, seed=seed)
     hop_height = check_step("hop_height", hop_height)
     meas = _measure_spec(potentiostat, technique, measure)
+    dets = check_detectors(detectors)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
                               contact_current=contact_current, working_distance=None, fine_step=approach_step,
                               coarse_step=approach_step, max_travel=max_travel, stop_offset=stop_offset)
@@ -138,7 +143,8 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
         topo_key = "surface_z"
     args = dict(technique=technique, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake,
                 seed=seed, hop_height=hop_height, approach_step=spec.fine_step, max_travel=max_travel, drop=drop,
-                contact_current=contact_current, stop_offset=stop_offset, measure=measure, mode=mode)
+                contact_current=contact_current, stop_offset=stop_offset, measure=measure, mode=mode,
+                detectors=[d.name for d in dets])
     start_md = build_start_md("hopping_scan", args, technique=technique, mode="hopping", probe=pr, context=context,
                               sample_md=sample_md, md=md, map_keys=keys, order=pts["map_order"],
                               shape=pts.get("shape"), extents=pts.get("extents"), snaking=pts.get("snaking"),
@@ -164,7 +170,7 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
         for x, y in zip(xs, ys):
             yield from bps.checkpoint()
             yield from bps.mv(hopper, (float(x), float(y)))
-            r = yield from bps.trigger_and_read([hopper])
+            r = yield from bps.trigger_and_read([hopper, *dets])
             topo.append(r[hopper.surface_z.name]["value"])
         return np.asarray(topo)
 
@@ -182,11 +188,11 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
             last = res["stop_z"]
             put_values(sigs, surface_z=res["surface_z"], contact_z=res["stop_z"])
             configure_measure()
-            yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values()])
+            yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values(), *dets])
             topo.append(res["surface_z"])
             yield from bps.mv(stage.z, last + hop_height)
         return np.asarray(topo)
 
     body = device_body() if mode == "device" else plan_body()
     return (yield from managed_run(body, md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                                   stage_devices=[potentiostat]))
+                                   stage_devices=[potentiostat, *dets]))

@@ -311,6 +311,9 @@ def _extra_dims(key: str, a: np.ndarray, data_keys: dict) -> tuple[str, ...]:
     if a.ndim == 1:
         return ()
     if a.ndim == 2:
+        described = data_keys.get(key, {}).get("dims") or []
+        if len(described) == 1 and described[0] not in ("waveform_index", WAVEFORM_DIM):
+            return (str(described[0]),)  # e.g. an MCA spectrum's "channel": not a time waveform
         return (WAVEFORM_DIM,) if a.shape[1] > 0 else (f"{key}_dim_0",)
     dims = data_keys.get(key, {}).get("dims")
     if dims and len(dims) == a.ndim - 1:
