@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..storage.datasets import jsonable
 
 #: attrs key under which a dataset (and its Tiled node) keeps its transforms
 TRANSFORMS_KEY = "transforms"
@@ -196,7 +197,7 @@ class AffineTransform:
         if self.residual_rms is not None:
             d["residual_rms"] = float(self.residual_rms)
         if self.provenance:
-            d["provenance"] = _jsonable(self.provenance)
+            d["provenance"] = jsonable(self.provenance)
         return d
 
     @classmethod
@@ -218,22 +219,6 @@ class AffineTransform:
                 and self.target == other.target and np.allclose(self.matrix, other.matrix))
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
 
 
 # ---------------------------------------------------------------------- transforms on datasets

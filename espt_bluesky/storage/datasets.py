@@ -18,16 +18,20 @@ import xarray as xr
 DATASET_SPEC = "xarray_dataset"
 
 
-def jsonable(obj: Any) -> Any:
-    """JSON-friendly copy for Tiled metadata (numpy made plain, non-finite floats None, big arrays summarised)."""
+def jsonable(obj: Any, max_items: int = 1000) -> Any:
+    """JSON-friendly copy for Tiled metadata: numpy made plain, bytes decoded, non-finite floats None, arrays and
+    lists longer than ``max_items`` summarised."""
     if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
+        return {(k.decode(errors="replace") if isinstance(k, bytes) else str(k)): jsonable(v, max_items)
+                for k, v in obj.items()}
+    if isinstance(obj, bytes):
+        return obj.decode(errors="replace").rstrip("\x00")
     if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
+        return [jsonable(v, max_items) for v in obj] if len(obj) <= max_items else f"<list of {len(obj)}>"
     if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist()) if obj.size <= 1000 else f"<array shape={obj.shape}>"
+        return jsonable(obj.tolist(), max_items) if obj.size <= max_items else f"<array shape={list(obj.shape)}>"
     if isinstance(obj, np.generic):
-        return jsonable(obj.item())
+        return jsonable(obj.item(), max_items)
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if obj is None or isinstance(obj, (str, int, float, bool)):

@@ -412,19 +412,9 @@ def _axis_centres(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- products
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 1000 else f"<array shape={obj.shape}>"
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
+    from .datasets import jsonable
+
+    return jsonable(obj)
 
 
 def products_node(run: Any, *, create: bool = True):

@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from ...errors import InvalidArgument
+from ...storage.datasets import jsonable
 from ..frames import FRAME_KEY, TRANSFORMS_KEY, AffineTransform
 
 POSITION_UNITS = "µm"
@@ -98,26 +99,6 @@ def damaged(path: Path, fmt: str, exc: BaseException) -> UnreadableFile:
         detail = detail[:300] + " ..."
     return UnreadableFile(f"file={path.name!r} looks like {fmt} but could not be read; it may be truncated, "
                           f"damaged or from a vendor version this reader does not know ({detail})")
-
-
-def jsonable(obj: Any, max_items: int = 2000) -> Any:
-    """A JSON-friendly copy of instrument metadata (bytes decoded, numpy made plain, big arrays summarised)."""
-    if isinstance(obj, Mapping):
-        return {(k.decode(errors="replace") if isinstance(k, bytes) else str(k)): jsonable(v, max_items)
-                for k, v in obj.items()}
-    if isinstance(obj, bytes):
-        return obj.decode(errors="replace").rstrip("\x00")
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist(), max_items) if obj.size <= max_items else f"<array shape={list(obj.shape)}>"
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v, max_items) for v in obj] if len(obj) <= max_items else f"<list of {len(obj)}>"
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item(), max_items)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
 
 
 def source_info(path: Path, fmt: str, reader: str, reader_dist: str | None = None,
