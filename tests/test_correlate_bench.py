@@ -159,3 +159,26 @@ def test_region_on_an_xrf_map_becomes_a_hopping_scan(screen):
     assert start["region"]["transform"]["source"] == "seccm:stage" and start["region"]["n_points"] == run.sizes["spot"]
     # the points land where the region is rich in Ni, Mn and Co
     assert float(run.xrf_rois_roi0_count.min() + run.xrf_rois_roi1_count.min()) > 0
+
+
+def test_xrf_spectra_are_external_assets(tmp_path, RE):
+    from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
+
+    bench = make_sim_bench("SECCM", "composite_cathode", seed=0, meniscus_height=3.0)
+    xrf = SimXRFDetector(name="xrf")
+    xrf.attach(bench.model)
+    xrf.asset_writer = HDF5WaveformWriter(tmp_path)
+    RE(bps.mv(bench.stage.z, 8.0))
+    docs = _run(RE, hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", x_range=(30, 60, 3),
+                                 y_range=(30, 60, 3), hop_height=7.0, hopper=bench.hopper, detectors=[xrf]))
+    resources = [d for n, d in docs if n == "stream_resource"]
+    assert [r["data_key"] for r in resources] == ["xrf_spectrum"]
+    assert sum(1 for n, _ in docs if n == "stream_datum") == 9
+    events = [d for n, d in docs if n == "event"]
+    assert all("xrf_spectrum" not in e["data"] and "xrf_rois_roi0_count" in e["data"] for e in events)
+    m = read_map(docs)  # spectra read back from the HDF5 file
+    assert m.xrf_spectrum.dims == ("y", "x", "channel")
+    lo, hi = xrf.rois.roi0.lo_chan.get(), xrf.rois.roi0.hi_chan.get()
+    # the file's spectra and the events' ROI counts are two records of the same measurement
+    assert np.allclose(m.xrf_spectrum[..., lo:hi + 1].sum("channel"), m.xrf_rois_roi0_count)
+    assert float(m.xrf_rois_roi0_count.sum()) > 0
