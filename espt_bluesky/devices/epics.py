@@ -284,27 +284,24 @@ class EpicsBipotentiostat(Bipotentiostat):
         """Potentials (V) the instrument can apply, from ``ComplianceLow``/``ComplianceHigh``."""
         return (float(self.compliance_low.get()), float(self.compliance_high.get()))
 
-    def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
-        """Validate and set technique, channel and parameters (see :meth:`Bipotentiostat.configure_technique`).
-
-        Also refuses ``n_samples`` above the IOC's waveform length (``Wf:MaxElements``).
-        """
-        technique, channel = self.check_technique(technique, channel, **params)
+    def technique_settings(self, technique: str, channel: str = "substrate", **params: Any) -> list[tuple[Any, Any]]:
+        """As :meth:`Bipotentiostat.technique_settings`; also refuses ``n_samples`` above the IOC's waveform
+        length (``Wf:MaxElements``)."""
         n = params.get("n_samples")
         if n is not None:
             nmax = int(self.wf.max_elements.get())
             if isinstance(n, (int, np.integer)) and n > nmax:
                 raise InvalidArgument(f"n_samples={n!r} exceeds the waveform length of "
                                       f"{self.wf.max_elements.pvname} ({nmax})")
+        return super().technique_settings(technique, channel, **params)
+
+    def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
+        """Validate and set technique, channel and parameters (see :meth:`Bipotentiostat.configure_technique`)."""
         # put with completion (about 1 ms each on loopback): the IOC has applied every value before a Start
-        todo = [(getattr(self.params, k), v) for k, v in params.items()]
-        todo += [(self.technique, technique), (self.working_channel, channel)]
-        changed = []
-        for sig, v in todo:
-            if sig.get() != v:
-                _require(sig, f"configure {self.name}")
-                sig.put(v, wait=True, timeout=self.trigger_timeout)
-                changed.append((sig, v))
+        changed = self.technique_settings(technique, channel, **params)
+        for sig, v in changed:
+            _require(sig, f"configure {self.name}")
+            sig.put(v, wait=True, timeout=self.trigger_timeout)
         # the put completes before its monitor update arrives: wait for it, describe()/read() use monitored values
         deadline = time.monotonic() + 2.0
         for sig, v in changed:
@@ -313,6 +310,13 @@ class EpicsBipotentiostat(Bipotentiostat):
                     raise PVTimeoutError(f"{sig.pvname} did not report {v!r} after it was written "
                                          f"(it reads {sig.get()!r})")
                 time.sleep(0.0005)
+
+    def open_circuit_settings(self) -> list[tuple[Any, Any]]:
+        """As :meth:`Bipotentiostat.open_circuit_settings`; none (and an error logged) if the IOC is unreachable."""
+        if not self.cell_on.connected:
+            logger.error("%s: could not open the cell: %s is disconnected", self.name, self.cell_on.pvname)
+            return []
+        return super().open_circuit_settings()
 
     def open_circuit(self) -> None:
         """Open the cell (``CellOn`` = 0, technique READ).  If the IOC is unreachable, log an error, do not raise.

@@ -25,6 +25,7 @@ time, on the bench the simulation's; benchmarks subtract it to get the software 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
@@ -65,6 +66,12 @@ class SimHopController(Device):
         self._last_contact: float | None = None
         self.device_time = 0.0
         self._measured_time = 0.0
+        for sig in (self.criterion, self.setpoint, self.hop_height, self.approach_step, self.max_travel,
+                    self.stop_offset, self.measure):
+            sig.subscribe(self._forget_contact, run=False)
+
+    def _forget_contact(self, **kwargs) -> None:
+        self._last_contact = None
 
     def attach(self, model: BenchModel, time_scale: float = 0.0) -> None:
         self._model = model
@@ -74,27 +81,39 @@ class SimHopController(Device):
     def configure_hop(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
                       max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> None:
         """Load the hop programme (validated)."""
+        for sig, v in self.hop_settings(criterion=criterion, setpoint=setpoint, hop_height=hop_height,
+                                        approach_step=approach_step, max_travel=max_travel, stop_offset=stop_offset,
+                                        measure=measure):
+            sig.put(v)
+
+    def hop_settings(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
+                     max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` writes of a hop programme, validated, without writing anything.
+
+        Plans apply them as messages (``bps.mv``) so that ``summarize_plan`` changes nothing.  Writing any of
+        them makes the controller forget the last contact height (a new programme starts from where the tip is).
+        """
         criterion = check_choice("criterion", criterion, CRITERIA)
         for name, v in (("setpoint", setpoint), ("hop_height", hop_height), ("approach_step", approach_step),
                         ("max_travel", max_travel)):
             if not np.isfinite(v) or v <= 0:
                 raise InvalidArgument(f"{name}={v!r} must be a finite number > 0")
-        self.criterion.put(criterion)
-        self.setpoint.put(float(setpoint))
-        self.hop_height.put(float(hop_height))
-        self.approach_step.put(float(approach_step))
-        self.max_travel.put(float(max_travel))
-        self.stop_offset.put(float(stop_offset))
-        self.measure.put(int(bool(measure)))
-        self._last_contact = None
+        return [(self.criterion, criterion), (self.setpoint, float(setpoint)), (self.hop_height, float(hop_height)),
+                (self.approach_step, float(approach_step)), (self.max_travel, float(max_travel)),
+                (self.stop_offset, float(stop_offset)), (self.measure, int(bool(measure)))]
 
-    # ------------------------------------------------------------ bluesky protocol
-    def set(self, value):
-        """Load the lateral position (x, y) in µm of the next hop; nothing moves until ``trigger()``."""
+    def check_value(self, value) -> None:
+        """Raise if the hop position (x, y) µm lies outside the stage's soft limits (``check_limits`` calls it)."""
         x, y = (float(v) for v in value)
         if self.stage is not None:
             self.stage.x.check_value(x)
             self.stage.y.check_value(y)
+
+    # ------------------------------------------------------------ bluesky protocol
+    def set(self, value):
+        """Load the lateral position (x, y) in µm of the next hop; nothing moves until ``trigger()``."""
+        self.check_value(value)
+        x, y = (float(v) for v in value)
         self._target = (x, y)
         st = DeviceStatus(self)
         st.set_finished()

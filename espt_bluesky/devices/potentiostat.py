@@ -108,11 +108,24 @@ class Bipotentiostat(Device):
         Raises :class:`~espt_bluesky.errors.InvalidArgument` naming the argument for an unknown technique or
         parameter, a non-positive scan rate or duration, equal CV vertices, or potentials beyond compliance.
         """
+        for sig, v in self.technique_settings(technique, channel, **params):
+            sig.put(v)
+
+    def technique_settings(self, technique: str, channel: str = "substrate", **params: Any) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` writes that configure a technique, validated, without writing anything.
+
+        Only values that differ from the present ones are listed.  Plans apply them as messages
+        (:func:`espt_bluesky.plans._common.configure_technique`), so a plan previewed with ``summarize_plan``
+        changes nothing; :meth:`configure_technique` applies them at once (interactive use).
+        """
         technique, channel = self.check_technique(technique, channel, **params)
-        for k, v in params.items():
-            getattr(self.params, k).put(v)
-        self.technique.put(technique)
-        self.working_channel.put(channel)
+        todo = [(getattr(self.params, k), v) for k, v in params.items()]
+        todo += [(self.technique, technique), (self.working_channel, channel)]
+        return [(sig, v) for sig, v in todo if sig.get() != v]
+
+    def open_circuit_settings(self) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` writes that put the cell at open circuit (see :meth:`open_circuit`)."""
+        return [(self.cell_on, 0), (self.technique, "READ")]
 
     compliance: tuple[float, float] = (-10.0, 10.0)  # V, the potentials the instrument can apply
 
@@ -203,8 +216,8 @@ class Bipotentiostat(Device):
 
     def open_circuit(self) -> None:
         """Disconnect the cell (open circuit): no current flows until ``cell_on`` is set again."""
-        self.cell_on.put(0)
-        self.technique.put("READ")
+        for sig, v in self.open_circuit_settings():
+            sig.put(v)
 
 
 def validate_technique(technique: str, p: dict[str, Any], compliance: tuple[float, float]) -> None:

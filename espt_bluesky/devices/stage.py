@@ -15,7 +15,7 @@ from ophyd.utils import LimitError
 
 from ..errors import TipCrash
 from ..physics.bench_model import BenchModel
-from .sim_status import complete_status
+from .sim_status import SimMoveStatus, complete_status
 
 AXES = ("x", "y", "z")
 
@@ -71,7 +71,7 @@ class SimAxis(Device):
         value = float(value)
         self.check_value(value)
         self.user_setpoint.put(value)
-        status = DeviceStatus(self)
+        status = SimMoveStatus(self, initial=self.position, target=value, unit=self.egu)
         model = self._model
         target = model.position.copy()
         target[self._axis] = value

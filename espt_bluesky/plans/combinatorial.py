@@ -9,7 +9,8 @@ import numpy as np
 import bluesky.plan_stubs as bps
 
 from ..errors import InvalidArgument, check_choice
-from ._common import cell_on, check_int, check_step, managed_run, probe_of, put_values, soft_signals
+from ._common import (apply_settings, cell_on, check_int, check_step, configure_technique, managed_run, probe_of,
+                      put_values, soft_signals)
 from .approach import approach_stub, make_approach_spec
 from .hopping import scan_points
 from .imaging import _validate_technique_params
@@ -191,16 +192,17 @@ def combinatorial_sweep(stage: Any, potentiostat: Any, *, parameters: Mapping[st
         yield from cell_on(potentiostat)
         sigs = row_signals()
         if mode == "device":
-            hopper.configure_hop(criterion="current_drop" if technique == "SICM" else "contact",
-                                 setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
-                                 approach_step=spec.fine_step, max_travel=max_travel,
-                                 stop_offset=spec.stop_distance if technique == "SICM" else 0.0, measure=True)
+            yield from apply_settings(hopper.hop_settings(
+                criterion="current_drop" if technique == "SICM" else "contact",
+                setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
+                approach_step=spec.fine_step, max_travel=max_travel,
+                stop_offset=spec.stop_distance if technique == "SICM" else 0.0, measure=True))
         last = None
         for row, p, x, y in zip(rows, prepared, xs, ys):
             yield from bps.checkpoint()
             fill(sigs, row)
             if mode == "device":
-                potentiostat.configure_technique(mtech, channel="substrate", **p)
+                yield from configure_technique(potentiostat, mtech, channel="substrate", **p)
                 yield from bps.mv(hopper, (float(x), float(y)))
                 yield from bps.trigger_and_read([hopper, *sigs.values()])
                 continue
@@ -209,7 +211,7 @@ def combinatorial_sweep(stage: Any, potentiostat: Any, *, parameters: Mapping[st
             yield from bps.mv(stage.x, float(x), stage.y, float(y))
             res = yield from approach_stub(stage, potentiostat, spec, stream="approach", park=False)
             last = res["stop_z"]
-            potentiostat.configure_technique(mtech, channel="substrate", **p)
+            yield from configure_technique(potentiostat, mtech, channel="substrate", **p)
             yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values()])
             yield from bps.mv(stage.z, last + hop_height)
         return rows

@@ -8,8 +8,8 @@ import numpy as np
 import bluesky.plan_stubs as bps
 
 from ..errors import InvalidArgument, check_choice
-from ._common import (cell_on, check_step, check_xy, grid_points, managed_run, probe_of, put_values,
-                      soft_signals)
+from ._common import (apply_settings, cell_on, check_step, check_xy, configure_technique, grid_points,
+                      managed_run, probe_of, put_values, soft_signals, value_of)
 from .approach import approach_stub, make_approach_spec
 from .imaging import _validate_technique_params
 from .metadata import build_start_md
@@ -148,24 +148,25 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
 
     def configure_measure():
         if meas is not None:
-            potentiostat.configure_technique(meas["technique"], channel=meas["channel"], **meas["params"])
+            yield from configure_technique(potentiostat, meas["technique"], channel=meas["channel"],
+                                           **meas["params"])
         else:
-            potentiostat.configure_technique("READ", channel="tip")
+            yield from configure_technique(potentiostat, "READ", channel="tip")
 
     def device_body():
-        hopper.configure_hop(criterion="current_drop" if technique == "SICM" else "contact",
-                             setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
-                             approach_step=spec.fine_step, max_travel=max_travel,
-                             stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset,
-                             measure=meas is not None)
+        yield from apply_settings(hopper.hop_settings(
+            criterion="current_drop" if technique == "SICM" else "contact",
+            setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
+            approach_step=spec.fine_step, max_travel=max_travel,
+            stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset, measure=meas is not None))
         yield from cell_on(potentiostat)
-        configure_measure()
+        yield from configure_measure()
         topo = []
         for x, y in zip(xs, ys):
             yield from bps.checkpoint()
             yield from bps.mv(hopper, (float(x), float(y)))
             r = yield from bps.trigger_and_read([hopper])
-            topo.append(r[hopper.surface_z.name]["value"])
+            topo.append(value_of(r, hopper.surface_z))
         return np.asarray(topo)
 
     def plan_body():
@@ -181,7 +182,7 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
             res = yield from approach_stub(stage, potentiostat, spec, stream="approach", park=False)
             last = res["stop_z"]
             put_values(sigs, surface_z=res["surface_z"], contact_z=res["stop_z"])
-            configure_measure()
+            yield from configure_measure()
             yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values()])
             topo.append(res["surface_z"])
             yield from bps.mv(stage.z, last + hop_height)

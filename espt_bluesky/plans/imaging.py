@@ -12,8 +12,8 @@ import bluesky.plan_stubs as bps
 from ..analysis.plane import PlaneFit, fit_plane, flat_plane
 from ..analysis.voltammetry import charge_passed
 from ..errors import InvalidArgument, check_choice, check_positive, check_range
-from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, grid_points,
-                      managed_run, probe_of, put_values, soft_signals)
+from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, configure_technique,
+                      grid_points, managed_run, probe_of, put_values, set_potential, simulated, soft_signals)
 from .approach import approach_stub, make_approach_spec
 from .metadata import build_start_md
 
@@ -136,9 +136,9 @@ def _image(stage, potentiostat, xs, ys, zs, extra=()):
 
 
 def _prepare_read(potentiostat, tip_potential):
-    potentiostat.configure_technique("READ", channel="tip")
+    yield from configure_technique(potentiostat, "READ", channel="tip")
     if tip_potential is not None:
-        potentiostat.tip.potential.put(tip_potential)
+        yield from set_potential(potentiostat.tip, tip_potential)
     yield from cell_on(potentiostat)
 
 
@@ -256,9 +256,11 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
             yield from _image(stage, potentiostat, xs, ys, zs, extra=list(sigs.values()))
             if k == n_images - 1:
                 break
-            potentiostat.configure_technique(cyc_tech, channel="substrate", **cyc_params)
+            yield from configure_technique(potentiostat, cyc_tech, channel="substrate", **cyc_params)
             put_values(csig, cycle_index=k)
             r = yield from bps.trigger_and_read([potentiostat, *csig.values()], name="cycle")
+            if simulated(r):  # a preview (summarize_plan): no waveform to integrate
+                continue
             t = np.asarray(r[potentiostat.wf.time.name]["value"])
             i = np.asarray(r[potentiostat.wf.current.name]["value"])
             e = np.asarray(r[potentiostat.wf.potential.name]["value"])
