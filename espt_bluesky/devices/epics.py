@@ -277,6 +277,12 @@ class EpicsBipotentiostat(Bipotentiostat):
                  **kwargs):
         super().__init__(prefix, name=name, probe=probe, **kwargs)
         self.trigger_timeout = float(trigger_timeout)
+        # ``online`` follows the Channel Access connection of the acquisition counter (a suspender watches it)
+        self.acq_count.subscribe(self._on_connection, event_type="meta", run=True)
+
+    def _on_connection(self, *, connected: bool = False, **kwargs) -> None:
+        if int(bool(connected)) != self.online.get():
+            self.online.put(int(bool(connected)))
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -518,10 +524,12 @@ def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, 
         probe = probe_from_geometry(geom)
     skey = ("stage", stage_prefix, bool(crash_pvs))
     if skey not in _DEVICES:
-        _DEVICES[skey] = (EpicsXYZStage if crash_pvs else EpicsXYZStageBase)(stage_prefix, name="stage")
+        _DEVICES[skey] = (EpicsXYZStage if crash_pvs else EpicsXYZStageBase)(stage_prefix, name="stage",
+                                                                                labels={"motors"})
     pkey = ("pstat", pstat_prefix)
     if pkey not in _DEVICES:
-        _DEVICES[pkey] = EpicsBipotentiostat(pstat_prefix, name="pstat", probe=probe, trigger_timeout=trigger_timeout)
+        _DEVICES[pkey] = EpicsBipotentiostat(pstat_prefix, name="pstat", probe=probe, trigger_timeout=trigger_timeout,
+                                             labels={"detectors"})
     stage, pstat = _DEVICES[skey], _DEVICES[pkey]
     pstat.probe = probe
     pstat.trigger_timeout = float(trigger_timeout)

@@ -32,7 +32,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import InvalidArgument, Overload, check_choice, check_positive, check_range
+from ..errors import EsptError, InvalidArgument, Overload, check_choice, check_positive, check_range
 from ..physics.bench_model import BenchModel
 from .probes import Probe
 from .sim_status import complete_status
@@ -41,6 +41,10 @@ TECHNIQUES = ("READ", "CA", "CV", "LSV", "OCP", "CP")
 WAVEFORM_FIELDS = ("time", "potential", "current", "collector_current")
 WAVEFORM_UNITS = {"time": "s", "potential": "V", "current": "A", "collector_current": "A"}
 WAVEFORM_DIM = "waveform_index"
+
+
+class InstrumentOffline(EsptError, ConnectionError):
+    """The instrument does not answer (its ``online`` signal is 0)."""
 
 
 class AssetWriter(Protocol):
@@ -94,12 +98,23 @@ class Bipotentiostat(Device):
     cell_on = Cpt(Signal, value=1, kind="config")
     params = Cpt(TechniqueParameters, "")
     wf = Cpt(WaveformSignals, "")
+    # the instrument's status flags, watched by suspenders (espt_bluesky.suspenders): a run pauses while the
+    # instrument does not answer or flags an overload.  (A reading beyond the current range fails its trigger
+    # with Overload instead: that run ends in a known state.)  On the bench both are fault-injection points.
+    online = Cpt(Signal, value=1, kind="omitted")
+    overload = Cpt(Signal, value=0, kind="omitted")
 
     def __init__(self, *args, probe: Probe | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.probe = probe
         self.asset_writer: AssetWriter | None = None
         self._asset_docs: list[tuple[str, dict]] = []
+        for ch in (self.tip, self.substrate):  # a new current range clears a latched overload
+            ch.current_range.subscribe(self._clear_overload, run=False)
+
+    def _clear_overload(self, **kwargs) -> None:
+        if self.overload.get():
+            self.overload.put(0)
 
     # --------------------------------------------------------- configuration helpers
     def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
@@ -292,6 +307,8 @@ class SimBipotentiostat(Bipotentiostat):
         duration = 0.0
         error = None
         try:
+            if not self.online.get():
+                raise InstrumentOffline(f"{self.online.name}=0: the potentiostat does not answer")
             if not self.cell_on.get():
                 i_tip = i_sub = 0.0
                 duration = self.params.integration_time.get()

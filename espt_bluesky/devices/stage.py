@@ -29,6 +29,7 @@ class SimAxis(Device):
     low_limit_travel = Cpt(Signal, value=-25.0, kind="config", metadata={"units": "um"})
     high_limit_travel = Cpt(Signal, value=125.0, kind="config", metadata={"units": "um"})
     motor_egu = Cpt(Signal, value="um", kind="config")
+    user_offset = Cpt(Signal, value=0.0, kind="config", metadata={"units": "um"})  # as EpicsMotor (%wa shows it)
 
     def __init__(self, *args, axis: str = "x", **kwargs):
         super().__init__(*args, **kwargs)
