@@ -42,7 +42,7 @@ CASES = {
     "sgtc": [("SECM", lambda b: plans.sgtc(b.stage, b.potentiostat, tip_potential=0.1, steps=[0.1, 0.2],
                                            locations=[(50, 50)], height=5.0, plane=0.0))],
 }
-STUBS = {"approach_stub"}  # run inside an open run, not on their own
+STUBS = {"approach_stub", "hop_stub"}  # run inside an open run, not on their own
 
 
 def _state(bench) -> dict:
