@@ -17,6 +17,7 @@ from ophyd.status import DeviceStatus
 from ..errors import check_choice, check_positive
 from ..physics.bench_model import BenchModel
 from .probes import Probe
+from .signals import QuantitySignal
 
 FC_FIELDS = {"z": "um", "deflection": "m", "force": "N"}
 
@@ -24,11 +25,11 @@ FC_FIELDS = {"z": "um", "deflection": "m", "force": "N"}
 class ECAFMHead(Device):
     """AFM head over the electrochemical cell; the cantilever is its probe configuration."""
 
-    height = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    deflection = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "m"})
-    setpoint = Cpt(Signal, value=1e-9, kind="config", metadata={"units": "m"})
+    height = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    deflection = Cpt(QuantitySignal, value=0.0, kind="normal", units="m")
+    setpoint = Cpt(QuantitySignal, value=1e-9, kind="config", units="m")
     mode = Cpt(Signal, value="contact", kind="config")
-    fc_travel = Cpt(Signal, value=0.05, kind="config", metadata={"units": "um"})
+    fc_travel = Cpt(QuantitySignal, value=0.05, kind="config", units="um")
     fc_points = Cpt(Signal, value=500, kind="config")
     fc_z = Cpt(Signal, value=np.zeros(0), kind="normal")
     fc_deflection = Cpt(Signal, value=np.zeros(0), kind="normal")

@@ -34,8 +34,10 @@ from ophyd.status import DeviceStatus
 
 from ..errors import EsptError, InvalidArgument, Overload, TipCrash
 from ..physics.bench_model import ProbeGeometry
-from .potentiostat import WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat
+from .potentiostat import (WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat, compliance_limits,
+                           setpoint_limits)
 from .probes import Probe, probe_from_geometry
+from .signals import CURRENT_PRECISION, LimitViolation, QuantityEpicsSignal, QuantityEpicsSignalRO
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,14 @@ class EpicsStageAxis(EpicsMotor):
         inner.add_callback(on_done)
         return outer
 
+    def check_value(self, value: float) -> None:
+        """Raise :class:`~espt_bluesky.devices.signals.LimitViolation` (an ophyd ``LimitError``) outside the motor
+        record's soft limits (none when both are 0, as for ``EpicsMotor``); nothing moves."""
+        low, high = self.limits
+        if low < high and not (low <= value <= high):
+            raise LimitViolation(f"{self.name}={value!r} {self.egu} is outside its soft limits [{low:g}, {high:g}] "
+                                 f"{self.egu}; nothing moved")
+
     def _done_moving(self, success: bool = True, timestamp: float | None = None, value: Any = None,
                      **kwargs) -> None:
         """End of motion: run the one-shot "move done" callbacks, taking them out *before* running them.
@@ -206,28 +216,35 @@ def _pv(cls, suffix: str, kind: str = "config", **kw) -> Cpt:
     return Cpt(cls, suffix, kind=kind, auto_monitor=True, **kw)
 
 
+def _volts(suffix: str) -> Cpt:
+    """A potential PV (V) checked against the potentiostat's compliance before it is written."""
+    return _pv(QuantityEpicsSignal, suffix, units="V", precision=4, limits=compliance_limits,
+               limits_name="potentiostat compliance")
+
+
 class EpicsPotentiostatChannel(Device):
     """One working electrode: ``Potential`` (V), ``Current`` (A, read only), ``CurrentRange`` (A)."""
 
-    potential = _pv(EpicsSignal, "Potential")
-    current = _pv(EpicsSignalRO, "Current", kind="hinted")
-    current_range = _pv(EpicsSignal, "CurrentRange")
+    potential = _volts("Potential")
+    current = _pv(QuantityEpicsSignalRO, "Current", kind="hinted", units="A", precision=CURRENT_PRECISION)
+    current_range = _pv(QuantityEpicsSignal, "CurrentRange", units="A", precision=CURRENT_PRECISION)
 
 
 class EpicsTechniqueParameters(Device):
     """Technique parameters (V, V/s, s, A) under ``{P}Par:``."""
 
-    e_start = _pv(EpicsSignal, "EStart")
-    e_vertex1 = _pv(EpicsSignal, "EVertex1")
-    e_vertex2 = _pv(EpicsSignal, "EVertex2")
-    e_end = _pv(EpicsSignal, "EEnd")
-    e_hold = _pv(EpicsSignal, "EHold")
-    scan_rate = _pv(EpicsSignal, "ScanRate")
+    e_start = _volts("EStart")
+    e_vertex1 = _volts("EVertex1")
+    e_vertex2 = _volts("EVertex2")
+    e_end = _volts("EEnd")
+    e_hold = _volts("EHold")
+    scan_rate = _pv(QuantityEpicsSignal, "ScanRate", units="V/s")
     n_cycles = _pv(EpicsSignal, "NCycles")
-    duration = _pv(EpicsSignal, "Duration")
-    current_setpoint = _pv(EpicsSignal, "CurrentSetpoint")
+    duration = _pv(QuantityEpicsSignal, "Duration", units="s")
+    current_setpoint = _pv(QuantityEpicsSignal, "CurrentSetpoint", units="A", precision=CURRENT_PRECISION,
+                           limits=setpoint_limits, limits_name="working channel's current range")
     n_samples = _pv(EpicsSignal, "NSamples")
-    integration_time = _pv(EpicsSignal, "IntegrationTime")
+    integration_time = _pv(QuantityEpicsSignal, "IntegrationTime", units="s")
 
 
 class EpicsWaveformSignals(Device):

@@ -41,6 +41,7 @@ from ophyd.status import DeviceStatus
 from ..errors import ApproachLimitReached, InvalidArgument, check_choice, fault_reason
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
+from .signals import CURRENT_PRECISION, QuantitySignal
 
 CRITERIA = ("current_drop", "contact")
 
@@ -48,20 +49,21 @@ CRITERIA = ("current_drop", "contact")
 class SimHopController(Device):
     """Simulated hopping controller coupled to a bench model, a stage and a potentiostat."""
 
-    x = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    y = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    surface_z = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    contact_z = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "um"})
-    reference_current = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "A"})
+    x = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    y = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    surface_z = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    contact_z = Cpt(QuantitySignal, value=0.0, kind="normal", units="um")
+    reference_current = Cpt(QuantitySignal, value=0.0, kind="normal", units="A", precision=CURRENT_PRECISION)
     n_steps = Cpt(Signal, value=0, kind="normal")
     valid = Cpt(Signal, value=1, kind="normal")
     fault = Cpt(Signal, value="", kind="normal")
     criterion = Cpt(Signal, value="current_drop", kind="config")
-    setpoint = Cpt(Signal, value=0.01, kind="config")
-    hop_height = Cpt(Signal, value=2.0, kind="config", metadata={"units": "um"})
-    approach_step = Cpt(Signal, value=0.02, kind="config", metadata={"units": "um"})
-    max_travel = Cpt(Signal, value=20.0, kind="config", metadata={"units": "um"})
-    stop_offset = Cpt(Signal, value=0.0, kind="config", metadata={"units": "um"})
+    setpoint = Cpt(QuantitySignal, value=0.01, kind="config",  # a fraction (current_drop) or A (contact)
+                   units=lambda sig: "A" if sig.parent.criterion.get() == "contact" else "1")
+    hop_height = Cpt(QuantitySignal, value=2.0, kind="config", units="um")
+    approach_step = Cpt(QuantitySignal, value=0.02, kind="config", units="um")
+    max_travel = Cpt(QuantitySignal, value=20.0, kind="config", units="um")
+    stop_offset = Cpt(QuantitySignal, value=0.0, kind="config", units="um")
     measure = Cpt(Signal, value=0, kind="config")
 
     def __init__(self, *args, stage=None, potentiostat=None, **kwargs):

@@ -25,6 +25,7 @@ CP        galvanostatic: ``current_setpoint`` for ``duration``
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..errors import EsptError, InvalidArgument, Overload, check_choice, check_p
 from ..physics.bench_model import BenchModel
 from .probes import Probe
 from .sim_status import complete_status
+from .signals import CURRENT_PRECISION, QuantitySignal
 
 TECHNIQUES = ("READ", "CA", "CV", "LSV", "OCP", "CP")
 WAVEFORM_FIELDS = ("time", "potential", "current", "collector_current")
@@ -55,28 +57,53 @@ class AssetWriter(Protocol):
     def unstage(self) -> None: ...
 
 
-class PotentiostatChannel(Device):
-    """One working electrode: potential setpoint (V) and measured current (A)."""
+def compliance_limits(signal: Any) -> tuple[float, float]:
+    """The potentials (V) the potentiostat carrying ``signal`` can apply (its ``compliance``)."""
+    return tuple(signal.root.compliance)
 
-    potential = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
-    current = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "A"})
-    current_range = Cpt(Signal, value=1e-6, kind="config", metadata={"units": "A"})
+
+def setpoint_limits(signal: Any) -> tuple[float, float]:
+    """± the current range (A) of the potentiostat's working channel: the currents it can impose."""
+    root = signal.root
+    channel = root.tip if root.working_channel.get() == "tip" else root.substrate
+    r = abs(float(channel.current_range.get()))
+    return (-r, r)
+
+
+def _potential(value: float) -> Cpt:
+    return Cpt(QuantitySignal, value=value, kind="config", units="V", precision=4, limits=compliance_limits,
+               limits_name="potentiostat compliance")
+
+
+def _positive(value: float, units: str, *, kind: str = "config", precision: int | None = None) -> Cpt:
+    return Cpt(QuantitySignal, value=value, kind=kind, units=units, precision=precision, limits=(0.0, math.inf),
+               limits_name="allowed range")
+
+
+class PotentiostatChannel(Device):
+    """One working electrode: potential setpoint (V, within compliance) and measured current (A)."""
+
+    potential = _potential(0.0)
+    current = Cpt(QuantitySignal, value=0.0, kind="hinted", units="A", precision=CURRENT_PRECISION)
+    current_range = _positive(1e-6, "A", precision=CURRENT_PRECISION)
 
 
 class TechniqueParameters(Device):
-    """Parameters of the technique run on each trigger (V, V/s, s, A)."""
+    """Parameters of the technique run on each trigger (V, V/s, s, A); potentials within compliance, the current
+    setpoint within the working channel's range."""
 
-    e_start = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
-    e_vertex1 = Cpt(Signal, value=-0.5, kind="config", metadata={"units": "V"})
-    e_vertex2 = Cpt(Signal, value=0.5, kind="config", metadata={"units": "V"})
-    e_end = Cpt(Signal, value=0.5, kind="config", metadata={"units": "V"})
-    e_hold = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
-    scan_rate = Cpt(Signal, value=0.1, kind="config", metadata={"units": "V/s"})
+    e_start = _potential(0.0)
+    e_vertex1 = _potential(-0.5)
+    e_vertex2 = _potential(0.5)
+    e_end = _potential(0.5)
+    e_hold = _potential(0.0)
+    scan_rate = _positive(0.1, "V/s")
     n_cycles = Cpt(Signal, value=1, kind="config")
-    duration = Cpt(Signal, value=1.0, kind="config", metadata={"units": "s"})
-    current_setpoint = Cpt(Signal, value=0.0, kind="config", metadata={"units": "A"})
+    duration = _positive(1.0, "s")
+    current_setpoint = Cpt(QuantitySignal, value=0.0, kind="config", units="A", precision=CURRENT_PRECISION,
+                           limits=setpoint_limits, limits_name="working channel's current range")
     n_samples = Cpt(Signal, value=1000, kind="config")
-    integration_time = Cpt(Signal, value=0.01, kind="config", metadata={"units": "s"})
+    integration_time = _positive(0.01, "s")
 
 
 class WaveformSignals(Device):

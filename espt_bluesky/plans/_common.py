@@ -122,9 +122,12 @@ def grid_points(x_range: Sequence, y_range: Sequence, snake: bool = True, name: 
 # ----------------------------------------------------------------- plan stubs
 def soft_signals(**values: Any) -> dict[str, Signal]:
     """Soft ophyd signals to record plan-level quantities (e.g. the surface height found by an approach)."""
+    from ..devices.signals import CURRENT_PRECISION, QuantitySignal
+
     out = {}
     for name, (value, units) in values.items():
-        out[name] = Signal(name=name, value=value, kind="hinted", metadata={"units": units} if units else {})
+        out[name] = QuantitySignal(name=name, value=value, kind="hinted", units=units or None,
+                                   precision=CURRENT_PRECISION if units == "A" else (4 if units else None))
     return out
 
 
