@@ -5,14 +5,13 @@
 an :class:`ApproachSpec` before anything moves (:func:`make_approach_spec`).
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Generator
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Readable
 import bluesky.preprocessors as bpp
 
 from ..analysis import approach_criteria as crit
@@ -284,7 +283,7 @@ def _afm_approach(stage, afm, spec: ApproachSpec, *, stream: str, park: bool):
                 reference_current=math.nan)
 
 
-def approach(stage: Any, potentiostat: Any, *, technique: str, probe: Any = None, afm: Any = None,
+def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: Configurable | None = None, afm: Readable | None = None,
              feedback: str = "negative", threshold: float | None = None, drop: float = 0.01,
              contact_current: float = 5e-13, deflection_setpoint: float | None = None,
              working_distance: float = 1.0, distance_units: str = "radius", coarse_step: float | None = None,

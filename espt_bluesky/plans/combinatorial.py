@@ -1,12 +1,11 @@
 """Combinatorial parameter sweeps over spots (SECCM screens): a seeded random assignment of parameters to spots."""
 
-from __future__ import annotations
-
 import itertools
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Movable, Readable
 
 from ..errors import InvalidArgument, check_choice
 from ._common import (apply_settings, cell_on, check_int, check_step, configure_technique, managed_run, probe_of,
@@ -70,13 +69,13 @@ def _technique_params(technique: str, row: Mapping[str, Any], fixed: Mapping[str
     return p
 
 
-def combinatorial_sweep(stage: Any, potentiostat: Any, *, parameters: Mapping[str, Sequence], seed: int,
+def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: Mapping[str, Sequence], seed: int,
                         technique: str = "SECCM", measure_technique: str = "CV", repeats: int = 1,
                         fixed: Mapping[str, Any] | None = None, x_range: tuple | None = None,
                         y_range: tuple | None = None, points: Sequence | None = None, snake: bool = True,
                         hop_height: float = 2.0, approach_step: float | None = None, max_travel: float = 20.0,
                         contact_current: float = 5e-13, drop: float = 0.01, mode: str = "plan",
-                        hopper: Any = None, probe: Any = None, retract: float | None = None, context: Any = None,
+                        hopper: Movable | None = None, probe: Configurable | None = None, retract: float | None = None, context: Any = None,
                         sample_md: dict | None = None, md: dict | None = None
                         ) -> Generator[Any, Any, list[dict[str, Any]]]:
     """A grid of measurement parameters with repeats, spread over spots in a seeded random order.

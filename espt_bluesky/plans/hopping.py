@@ -1,11 +1,10 @@
 """Hopping scans (SICM, SECCM): approach at each point, measure, retract by the hop height, move on."""
 
-from __future__ import annotations
-
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Movable, Readable
 
 from ..errors import FaultLimitReached, InvalidArgument, check_choice, fault_reason
 from ._common import (apply_settings, cell_on, check_int, check_step, check_xy, configure_technique, device_error,
@@ -177,13 +176,13 @@ class _FaultLog:
                 f"with valid=0 and in the 'faults' stream")
 
 
-def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tuple | None = None,
+def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_range: tuple | None = None,
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
                  snake: bool = True, seed: int | None = None, hop_height: float = 2.0,
                  approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
                  contact_current: float = 5e-13, stop_offset: float = 0.0, measure: Mapping | None = None,
-                 mode: str = "device", hopper: Any = None, on_fault: str = "skip",
-                 max_consecutive_faults: int = 5, probe: Any = None, retract: float | None = None,
+                 mode: str = "device", hopper: Movable | None = None, on_fault: str = "skip",
+                 max_consecutive_faults: int = 5, probe: Configurable | None = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None,
                  md: dict | None = None) -> Generator[Any, Any, np.ndarray]:
     """Hopping SICM/SECCM map: at each point approach to the setpoint/contact, measure, retract, move on.

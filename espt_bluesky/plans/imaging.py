@@ -1,13 +1,12 @@
 """Tilt measurement, constant-height (tilt-corrected) imaging and operando imaging."""
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Readable
 
 from ..analysis.plane import PlaneFit, fit_plane, flat_plane
 from ..analysis.voltammetry import charge_passed
@@ -33,8 +32,8 @@ def _as_plane(name: str, plane: Any) -> PlaneFit:
     raise InvalidArgument(f"{name}={plane!r} must be a PlaneFit (from measure_tilt), its dict, or a height in µm")
 
 
-def measure_tilt(stage: Any, potentiostat: Any, points: Sequence[tuple[float, float]], *, technique: str,
-                 lift: float | None = None, probe: Any = None, afm: Any = None, retract: float | None = None,
+def measure_tilt(stage: Readable, potentiostat: Readable, points: Sequence[tuple[float, float]], *, technique: str,
+                 lift: float | None = None, probe: Configurable | None = None, afm: Readable | None = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None, md: dict | None = None,
                  **approach_kwargs: Any) -> Generator[Any, Any, PlaneFit]:
     """Approach at three or more points and fit the sample plane.
@@ -142,10 +141,10 @@ def _prepare_read(potentiostat, tip_potential):
     yield from cell_on(potentiostat)
 
 
-def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float, float, int],
+def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                           y_range: tuple[float, float, int], height: float, plane: Any,
                           tip_potential: float | None = None, snake: bool = True, technique: str = "SECM",
-                          probe: Any = None, retract: float = 20.0, context: Any = None,
+                          probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
                           sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Raster at a fixed distance above the sample plane (tilt-corrected), reading the tip current per point.
 
@@ -195,10 +194,10 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
 CYCLE_TECHNIQUES = ("CV", "CP", "CA", "LSV")
 
 
-def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, float, int],
+def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                      y_range: tuple[float, float, int], height: float, plane: Any, n_images: int,
                      cycle: Mapping[str, Any], tip_potential: float | None = None, snake: bool = True,
-                     technique: str = "SECM", probe: Any = None, retract: float = 20.0, context: Any = None,
+                     technique: str = "SECM", probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
                      sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Image the same region again and again while the substrate is cycled between images.
 

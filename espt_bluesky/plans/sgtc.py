@@ -1,12 +1,11 @@
 """Substrate generation / tip collection (SG/TC)."""
 
-from __future__ import annotations
-
 import math
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Readable
 
 from ..errors import InvalidArgument, check_choice, check_positive
 from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, configure_technique,
@@ -15,10 +14,10 @@ from .imaging import _as_plane, _move_xyz, _validate_technique_params
 from .metadata import build_start_md
 
 
-def sgtc(stage: Any, potentiostat: Any, *, tip_potential: float, sweep: Mapping[str, Any] | None = None,
+def sgtc(stage: Readable, potentiostat: Readable, *, tip_potential: float, sweep: Mapping[str, Any] | None = None,
          steps: Sequence[float] | None = None, hold_time: float = 5.0, locations: Sequence | None = None,
          height: float | None = None, plane: Any = None, n_samples: int = 300, technique: str = "SECM",
-         probe: Any = None, retract: float = 20.0, context: Any = None, sample_md: dict | None = None,
+         probe: Configurable | None = None, retract: float = 20.0, context: Any = None, sample_md: dict | None = None,
          md: dict | None = None) -> Generator[Any, Any, None]:
     """Tip held at its collection potential while the substrate potential is swept or stepped.
 

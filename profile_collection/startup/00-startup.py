@@ -6,10 +6,11 @@ $ESPT_CONFIG (a TOML file: [bench] or [epics], [storage], [session]), $ESPT_BENC
 """
 import bluesky.plan_stubs as bps  # noqa: F401
 import bluesky.plans as bp  # noqa: F401
-from bluesky.plans import (count, grid_scan, list_grid_scan, list_scan, log_scan, rel_grid_scan,  # noqa: F401
-                           rel_list_scan, rel_scan, scan, spiral, spiral_fermat)
+from bluesky.plans import (count, grid_scan, list_grid_scan, log_scan, rel_grid_scan, rel_list_scan,  # noqa: F401
+                           rel_scan, scan, spiral, spiral_fermat)
 from bluesky.simulators import check_limits, summarize_plan  # noqa: F401
 
+from espt_bluesky.plans.standard import list_scan  # noqa: F401  (a signature the queue server understands)
 from espt_bluesky.plans import (approach, combinatorial_sweep, constant_height_image, hopping_scan,  # noqa: F401
                                 measure_tilt, operando_imaging, sgtc)
 from espt_bluesky.profile import start_session, wh_pos  # noqa: F401
