@@ -25,6 +25,7 @@ CP        galvanostatic: ``current_setpoint`` for ``duration``
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,15 +33,20 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import InvalidArgument, Overload, check_choice, check_positive, check_range
+from ..errors import EsptError, InvalidArgument, Overload, check_choice, check_positive, check_range
 from ..physics.bench_model import BenchModel
 from .probes import Probe
 from .sim_status import complete_status
+from .signals import CURRENT_PRECISION, QuantitySignal
 
 TECHNIQUES = ("READ", "CA", "CV", "LSV", "OCP", "CP")
 WAVEFORM_FIELDS = ("time", "potential", "current", "collector_current")
 WAVEFORM_UNITS = {"time": "s", "potential": "V", "current": "A", "collector_current": "A"}
 WAVEFORM_DIM = "waveform_index"
+
+
+class InstrumentOffline(EsptError, ConnectionError):
+    """The instrument does not answer (its ``online`` signal is 0)."""
 
 
 class AssetWriter(Protocol):
@@ -51,28 +57,53 @@ class AssetWriter(Protocol):
     def unstage(self) -> None: ...
 
 
-class PotentiostatChannel(Device):
-    """One working electrode: potential setpoint (V) and measured current (A)."""
+def compliance_limits(signal: Any) -> tuple[float, float]:
+    """The potentials (V) the potentiostat carrying ``signal`` can apply (its ``compliance``)."""
+    return tuple(signal.root.compliance)
 
-    potential = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
-    current = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "A"})
-    current_range = Cpt(Signal, value=1e-6, kind="config", metadata={"units": "A"})
+
+def setpoint_limits(signal: Any) -> tuple[float, float]:
+    """± the current range (A) of the potentiostat's working channel: the currents it can impose."""
+    root = signal.root
+    channel = root.tip if root.working_channel.get() == "tip" else root.substrate
+    r = abs(float(channel.current_range.get()))
+    return (-r, r)
+
+
+def _potential(value: float) -> Cpt:
+    return Cpt(QuantitySignal, value=value, kind="config", units="V", precision=4, limits=compliance_limits,
+               limits_name="potentiostat compliance")
+
+
+def _positive(value: float, units: str, *, kind: str = "config", precision: int | None = None) -> Cpt:
+    return Cpt(QuantitySignal, value=value, kind=kind, units=units, precision=precision, limits=(0.0, math.inf),
+               limits_name="allowed range")
+
+
+class PotentiostatChannel(Device):
+    """One working electrode: potential setpoint (V, within compliance) and measured current (A)."""
+
+    potential = _potential(0.0)
+    current = Cpt(QuantitySignal, value=0.0, kind="hinted", units="A", precision=CURRENT_PRECISION)
+    current_range = _positive(1e-6, "A", precision=CURRENT_PRECISION)
 
 
 class TechniqueParameters(Device):
-    """Parameters of the technique run on each trigger (V, V/s, s, A)."""
+    """Parameters of the technique run on each trigger (V, V/s, s, A); potentials within compliance, the current
+    setpoint within the working channel's range."""
 
-    e_start = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
-    e_vertex1 = Cpt(Signal, value=-0.5, kind="config", metadata={"units": "V"})
-    e_vertex2 = Cpt(Signal, value=0.5, kind="config", metadata={"units": "V"})
-    e_end = Cpt(Signal, value=0.5, kind="config", metadata={"units": "V"})
-    e_hold = Cpt(Signal, value=0.0, kind="config", metadata={"units": "V"})
-    scan_rate = Cpt(Signal, value=0.1, kind="config", metadata={"units": "V/s"})
+    e_start = _potential(0.0)
+    e_vertex1 = _potential(-0.5)
+    e_vertex2 = _potential(0.5)
+    e_end = _potential(0.5)
+    e_hold = _potential(0.0)
+    scan_rate = _positive(0.1, "V/s")
     n_cycles = Cpt(Signal, value=1, kind="config")
-    duration = Cpt(Signal, value=1.0, kind="config", metadata={"units": "s"})
-    current_setpoint = Cpt(Signal, value=0.0, kind="config", metadata={"units": "A"})
+    duration = _positive(1.0, "s")
+    current_setpoint = Cpt(QuantitySignal, value=0.0, kind="config", units="A", precision=CURRENT_PRECISION,
+                           limits=setpoint_limits, limits_name="working channel's current range")
     n_samples = Cpt(Signal, value=1000, kind="config")
-    integration_time = Cpt(Signal, value=0.01, kind="config", metadata={"units": "s"})
+    integration_time = _positive(0.01, "s")
 
 
 class WaveformSignals(Device):
@@ -94,6 +125,11 @@ class Bipotentiostat(Device):
     cell_on = Cpt(Signal, value=1, kind="config")
     params = Cpt(TechniqueParameters, "")
     wf = Cpt(WaveformSignals, "")
+    # the instrument's status flags, watched by suspenders (espt_bluesky.suspenders): a run pauses while the
+    # instrument does not answer or flags an overload.  (A reading beyond the current range fails its trigger
+    # with Overload instead: that run ends in a known state.)  On the bench both are fault-injection points.
+    online = Cpt(Signal, value=1, kind="omitted")
+    overload = Cpt(Signal, value=0, kind="omitted")
 
     def __init__(self, *args, probe: Probe | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -101,6 +137,12 @@ class Bipotentiostat(Device):
         self.asset_writer: AssetWriter | None = None
         self._asset_docs: list[tuple[str, dict]] = []
         self._not_measured = False
+        for ch in (self.tip, self.substrate):  # a new current range clears a latched overload
+            ch.current_range.subscribe(self._clear_overload, run=False)
+
+    def _clear_overload(self, **kwargs) -> None:
+        if self.overload.get():
+            self.overload.put(0)
 
     # --------------------------------------------------------- configuration helpers
     def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
@@ -109,11 +151,24 @@ class Bipotentiostat(Device):
         Raises :class:`~espt_bluesky.errors.InvalidArgument` naming the argument for an unknown technique or
         parameter, a non-positive scan rate or duration, equal CV vertices, or potentials beyond compliance.
         """
+        for sig, v in self.technique_settings(technique, channel, **params):
+            sig.put(v)
+
+    def technique_settings(self, technique: str, channel: str = "substrate", **params: Any) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` writes that configure a technique, validated, without writing anything.
+
+        Only values that differ from the present ones are listed.  Plans apply them as messages
+        (:func:`espt_bluesky.plans._common.configure_technique`), so a plan previewed with ``summarize_plan``
+        changes nothing; :meth:`configure_technique` applies them at once (interactive use).
+        """
         technique, channel = self.check_technique(technique, channel, **params)
-        for k, v in params.items():
-            getattr(self.params, k).put(v)
-        self.technique.put(technique)
-        self.working_channel.put(channel)
+        todo = [(getattr(self.params, k), v) for k, v in params.items()]
+        todo += [(self.technique, technique), (self.working_channel, channel)]
+        return [(sig, v) for sig, v in todo if sig.get() != v]
+
+    def open_circuit_settings(self) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` writes that put the cell at open circuit (see :meth:`open_circuit`)."""
+        return [(self.cell_on, 0), (self.technique, "READ")]
 
     compliance: tuple[float, float] = (-10.0, 10.0)  # V, the potentials the instrument can apply
 
@@ -223,8 +278,8 @@ class Bipotentiostat(Device):
 
     def open_circuit(self) -> None:
         """Disconnect the cell (open circuit): no current flows until ``cell_on`` is set again."""
-        self.cell_on.put(0)
-        self.technique.put("READ")
+        for sig, v in self.open_circuit_settings():
+            sig.put(v)
 
 
 def validate_technique(technique: str, p: dict[str, Any], compliance: tuple[float, float]) -> None:
@@ -299,6 +354,8 @@ class SimBipotentiostat(Bipotentiostat):
         duration = 0.0
         error = None
         try:
+            if not self.online.get():
+                raise InstrumentOffline(f"{self.online.name}=0: the potentiostat does not answer")
             if not self.cell_on.get():
                 i_tip = i_sub = 0.0
                 duration = self.params.integration_time.get()
