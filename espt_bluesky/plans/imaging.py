@@ -258,10 +258,11 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
                 break
             potentiostat.configure_technique(cyc_tech, channel="substrate", **cyc_params)
             put_values(csig, cycle_index=k)
-            r = yield from bps.trigger_and_read([potentiostat, *csig.values()], name="cycle")
-            t = np.asarray(r[potentiostat.wf.time.name]["value"])
-            i = np.asarray(r[potentiostat.wf.current.name]["value"])
-            e = np.asarray(r[potentiostat.wf.potential.name]["value"])
+            yield from bps.trigger_and_read([potentiostat, *csig.values()], name="cycle")
+            # the waveform just recorded (not in the reading when it went to an external asset)
+            t = np.asarray((yield from bps.rd(potentiostat.wf.time)))
+            i = np.asarray((yield from bps.rd(potentiostat.wf.current)))
+            e = np.asarray((yield from bps.rd(potentiostat.wf.potential)))
             charge += charge_passed(t, i)  # substrate charge of this segment (C)
             put_values(sigs, substrate_potential_state=float(e[-1]))
 
