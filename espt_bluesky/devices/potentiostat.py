@@ -111,6 +111,7 @@ class Bipotentiostat(Device):
         self.asset_writer: AssetWriter | None = None
         self._acquired = False  # triggered since the last collect_asset_docs()
         self._pending_wave: dict[str, np.ndarray] | None = None  # read, not yet written
+        self._not_measured = False
 
     # --------------------------------------------------------- configuration helpers
     def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
@@ -197,12 +198,41 @@ class Bipotentiostat(Device):
         if not self._waveform_active():
             for k in wf_keys:
                 out.pop(k, None)
-        out = self._checked_waveforms(out)
+        if self._not_measured:  # see mark_not_measured: NaN of the usual shapes, once
+            self._not_measured = False
+            n = int(self.params.n_samples.get())
+            for k in set(wf_keys) | {self.tip.current.name, self.substrate.current.name}:
+                if k in out:
+                    out[k] = dict(out[k], value=np.full(n, np.nan) if k in wf_keys else float("nan"))
+        else:
+            out = self._checked_waveforms(out)
         if self.asset_writer is not None:
             wave = {k: out.pop(k)["value"] for k in wf_keys if k in out}
             if self._acquired:
                 self._pending_wave = wave
         return out
+
+    def mark_not_measured(self) -> None:
+        """Make the next ``read()`` say that nothing was measured (e.g. a hop that was skipped after a fault).
+
+        Both currents and, with a waveform technique configured, the waveform (``n_samples`` long, also written
+        to the asset writer if there is one) read as NaN, so the event recording the skipped point keeps the
+        stream's data keys and shapes instead of repeating the previous measurement.
+        """
+        self._not_measured = True
+        self._acquired = True  # an acquisition that measured nothing: its NaN row is written like any other
+
+    def read_configuration(self) -> dict[str, dict]:
+        cfg = super().read_configuration()
+        if self.probe is not None:
+            cfg.update(self.probe.read_configuration())
+        return cfg
+
+    def describe_configuration(self) -> dict[str, dict]:
+        cfg = super().describe_configuration()
+        if self.probe is not None:
+            cfg.update(self.probe.describe_configuration())
+        return cfg
 
     def stage(self):
         self._acquired = False
