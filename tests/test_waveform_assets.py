@@ -131,6 +131,28 @@ def test_hopping_scan_cv_per_spot(RE_tiled, catalog, mode):
         assert "approach" in run and not any(k in run["approach"] for k in WF)
 
 
+@pytest.mark.parametrize("mode", ["device", "plan"])
+def test_skipped_hop_keeps_its_row(RE_tiled, catalog, mode):
+    """A hop over a pit deeper than max_travel is skipped: its CV row is NaN in Tiled, every other row is the
+    bench's draw (nothing shifted)."""
+    bench = seccm_bench()
+    s = bench.model.sample
+    xx, yy = np.meshgrid(s.x, s.y)
+    s.topography = s.topography - 30.0 * (np.hypot(xx - 20.0, yy - 10.0) <= 1.0)
+    bench.model.invalidate()
+    draws = with_assets(bench, catalog)
+    RE_tiled(hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", x_range=(10, 30, 3),
+                          y_range=(10, 30, 2), measure=seccm_cv(bench, 40), mode=mode, hopper=bench.hopper,
+                          max_travel=8.0))
+    run = last_run(RE_tiled, catalog)
+    ds = read_map(run, valid_only=False)
+    cur = by_seq(ds, "pstat_wf_current")
+    valid = by_seq(ds, run.metadata["start"]["valid_key"]).astype(bool)
+    assert cur.shape == (6, 40) and valid.sum() == 5 and not valid[1]
+    assert np.all(np.isnan(cur[~valid]))
+    np.testing.assert_array_equal(cur[valid], draws.array("current"))
+
+
 @pytest.mark.parametrize("mode", ["plan", "device"])
 def test_combinatorial_sweep(RE_tiled, catalog, mode):
     bench = make_sim_bench("SECCM", "hopg", start=(10, 10))
