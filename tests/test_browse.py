@@ -13,7 +13,7 @@ import pytest
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 
-from espt_bluesky.callbacks.products import write_kinetic_map
+from espt_bluesky.callbacks.products import write_kinetic_map, write_screening
 from espt_bluesky.devices import make_sim_bench
 from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
 from espt_bluesky.plans import constant_height_image, hopping_scan
@@ -39,12 +39,13 @@ def site(tmp_path_factory):
     (hop,) = RE(hopping_scan(seccm.stage, seccm.potentiostat, technique="SECCM", x_range=(10, 40, 3),
                              y_range=(10, 40, 3), hopper=seccm.hopper, context=seccm.metadata(),
                              measure=dict(technique="CV", e_start=0.0, e_vertex1=0.5, e_vertex2=-0.1,
-                                          scan_rate=1.0, n_samples=80)))
+                                          scan_rate=1.0, n_cycles=2, n_samples=80)))
     secm = make_sim_bench("SECM", "patterned")
     RE(bps.mv(secm.stage.z, 10.0))
     (img,) = RE(constant_height_image(secm.stage, secm.potentiostat, x_range=(0, 100, 11), y_range=(0, 100, 11),
                                       height=3.0, plane=0.0, tip_potential=0.6, context=secm.metadata()))
     write_kinetic_map(cat.client()[img])
+    write_screening(cat.client()[hop])
     (count,) = RE(bp.count([secm.potentiostat], 2))
     yield dict(cat=cat, hop=hop, img=img, count=count)
     cat.stop()
@@ -113,6 +114,26 @@ def test_run_page_draws_the_map_and_a_product(site, browser):
     assert colours(kappa) > 50
     assert "pstat_wf_current" not in page.content()  # a READ image has no waveforms
     page.close()
+
+
+def test_products_are_maps_on_physical_axes(site):
+    """κ map and screening maps are 2-D arrays that carry their extent in µm; the products sit apart from runs."""
+    from tiled.queries import Key
+
+    client = site["cat"].client()
+    prods = client["products"]
+    assert "espt_products" in [s.name for s in prods.specs]
+    kappa = prods[site["img"]]["kappa_map"]["kappa"]
+    assert kappa.shape == (11, 11) and kappa.metadata["dims"] == ["y", "x"] and kappa.metadata["image"]
+    assert kappa.metadata["extent"] == {"y": [0.0, 100.0], "x": [0.0, 100.0]}
+    assert kappa.metadata["extent_units"] == {"y": "um", "x": "um"}
+    screen = prods[site["hop"]]["screening"]
+    ratio = screen["passivation_ratio_map"]
+    assert ratio.shape == (3, 3) and ratio.metadata["extent"] == {"grid_y": [10.0, 40.0], "grid_x": [10.0, 40.0]}
+    spots = screen["passivation_ratio"].read()
+    np.testing.assert_array_equal(np.sort(ratio.read().ravel()), np.sort(spots))  # every spot in one cell
+    # a search for runs of a technique finds runs, never the products container
+    assert set(client.search(Key("start.technique") == "SECCM")) == {site["hop"]}
 
 
 def test_run_page_draws_a_spots_cv(site, browser):
