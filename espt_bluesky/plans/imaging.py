@@ -267,9 +267,10 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
             r = yield from bps.trigger_and_read([potentiostat, *csig.values()], name="cycle")
             if simulated(r):  # a preview (summarize_plan): no waveform to integrate
                 continue
-            t = np.asarray(r[potentiostat.wf.time.name]["value"])
-            i = np.asarray(r[potentiostat.wf.current.name]["value"])
-            e = np.asarray(r[potentiostat.wf.potential.name]["value"])
+            # the waveform just recorded (not in the reading when it went to an external asset)
+            t = np.asarray((yield from bps.rd(potentiostat.wf.time)))
+            i = np.asarray((yield from bps.rd(potentiostat.wf.current)))
+            e = np.asarray((yield from bps.rd(potentiostat.wf.potential)))
             charge += charge_passed(t, i)  # substrate charge of this segment (C)
             put_values(sigs, substrate_potential_state=float(e[-1]))
 
