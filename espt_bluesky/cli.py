@@ -20,6 +20,8 @@ import signal
 import sys
 from typing import Callable
 
+from .correlate.cli import add_import
+
 # ====================================================================================================== storage
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the local Tiled server (own process) and print its URI",
@@ -157,23 +159,36 @@ def cmd_ioc(args: argparse.Namespace) -> int:
 
 
 # ====================================================================================================== registry
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc]
+def add_qserver(sub: argparse._SubParsersAction) -> None:
+    from .qserver import add_qserver as add
+
+    add(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc, add_import,
+                                                               add_qserver]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``espt`` argument parser with every registered subcommand."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="espt", description="Electrochemical scanning-probe experiments "
                                                               "with Bluesky and Tiled")
+    parser.add_argument("--version", action="version", version=f"espt_bluesky {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
     for add in COMMANDS:
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``espt``."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``espt`` (no command: print the help)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
     return int(args.func(args) or 0)
 
 

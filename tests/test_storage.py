@@ -227,7 +227,7 @@ def test_session_from_config(tmp_path, catalog, monkeypatch):
         assert s.bench.technique == "SECCM" and s.bench.model.sample.name == "hopg" and s.pstat is s.bench.potentiostat
         assert isinstance(s.pstat.asset_writer, HDF5WaveformWriter)
         assert s.pstat.asset_writer.directory == catalog.asset_dir
-        (uid,) = s.RE(bp.count([s.pstat], 2))
+        (uid,) = s.RE(bp.count([s.pstat], 2)).run_start_uids
         assert uid in catalog.client() and s.writer.batch_size == 5
         assert {"RE", "stage", "pstat", "probe", "catalog"} <= set(s.namespace())
     finally:

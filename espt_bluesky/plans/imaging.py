@@ -1,20 +1,20 @@
 """Tilt measurement, constant-height (tilt-corrected) imaging and operando imaging."""
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Readable
 
 from ..analysis.plane import PlaneFit, fit_plane, flat_plane
 from ..analysis.voltammetry import charge_passed
 from ..errors import InvalidArgument, check_choice, check_positive, check_range
-from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, grid_points,
-                      managed_run, probe_of, put_values, soft_signals)
+from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, configure_technique,
+                      grid_points, managed_run, probe_of, put_values, set_potential, simulated, soft_signals)
 from .approach import approach_stub, make_approach_spec
+from ._detectors import check_detectors
 from .metadata import build_start_md
 
 
@@ -33,8 +33,8 @@ def _as_plane(name: str, plane: Any) -> PlaneFit:
     raise InvalidArgument(f"{name}={plane!r} must be a PlaneFit (from measure_tilt), its dict, or a height in µm")
 
 
-def measure_tilt(stage: Any, potentiostat: Any, points: Sequence[tuple[float, float]], *, technique: str,
-                 lift: float | None = None, probe: Any = None, afm: Any = None, retract: float | None = None,
+def measure_tilt(stage: Readable, potentiostat: Readable, points: Sequence[tuple[float, float]], *, technique: str,
+                 lift: float | None = None, probe: Configurable | None = None, afm: Readable | None = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None, md: dict | None = None,
                  **approach_kwargs: Any) -> Generator[Any, Any, PlaneFit]:
     """Approach at three or more points and fit the sample plane.
@@ -136,17 +136,17 @@ def _image(stage, potentiostat, xs, ys, zs, extra=()):
 
 
 def _prepare_read(potentiostat, tip_potential):
-    potentiostat.configure_technique("READ", channel="tip")
+    yield from configure_technique(potentiostat, "READ", channel="tip")
     if tip_potential is not None:
-        potentiostat.tip.potential.put(tip_potential)
+        yield from set_potential(potentiostat.tip, tip_potential)
     yield from cell_on(potentiostat)
 
 
-def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float, float, int],
+def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                           y_range: tuple[float, float, int], height: float, plane: Any,
                           tip_potential: float | None = None, snake: bool = True, technique: str = "SECM",
-                          probe: Any = None, retract: float = 20.0, context: Any = None,
-                          sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
+                          probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
+                          sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Raster at a fixed distance above the sample plane (tilt-corrected), reading the tip current per point.
 
     Parameters
@@ -161,6 +161,8 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
         Tip potential for the reading (within the potentiostat's compliance); default: as set.
     snake : bool
         Snake (boustrophedon) or raster order.
+    detectors : list of devices, optional
+        Extra detectors (e.g. ``[xrf]``) read at every point.
 
     Notes
     -----
@@ -175,8 +177,9 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
     xs, ys, zs, shape, extents, pl, tip_potential = _validate_image(stage, potentiostat, x_range, y_range,
                                                                     height, plane, snake, tip_potential)
     check_step("retract", retract)
+    dets = check_detectors(detectors)
     args = dict(x_range=x_range, y_range=y_range, height=height, plane=pl, tip_potential=tip_potential,
-                snake=snake)
+                snake=snake, detectors=[d.name for d in dets])
     start_md = build_start_md("constant_height_image", args, technique=technique, mode="constant_height",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
                               map_keys=(stage.x.name, stage.y.name), order="snake" if snake else "raster",
@@ -186,20 +189,20 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
 
     def body():
         yield from _prepare_read(potentiostat, tip_potential)
-        yield from _image(stage, potentiostat, xs, ys, zs)
+        yield from _image(stage, potentiostat, xs, ys, zs, extra=dets)
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                           stage_devices=[potentiostat])
+                           stage_devices=[potentiostat, *dets])
 
 
 CYCLE_TECHNIQUES = ("CV", "CP", "CA", "LSV")
 
 
-def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, float, int],
+def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                      y_range: tuple[float, float, int], height: float, plane: Any, n_images: int,
                      cycle: Mapping[str, Any], tip_potential: float | None = None, snake: bool = True,
-                     technique: str = "SECM", probe: Any = None, retract: float = 20.0, context: Any = None,
-                     sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
+                     technique: str = "SECM", probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
+                     sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Image the same region again and again while the substrate is cycled between images.
 
     After every image but the last, the substrate channel runs ``cycle`` once (e.g. a CV into the SEI region or a
@@ -217,6 +220,8 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
         ``technique`` ("CV", "CP", "CA" or "LSV") plus potentiostat technique parameters (``e_start``,
         ``e_vertex1``, ``e_vertex2``, ``scan_rate``, ``n_cycles``, ``current_setpoint``, ``duration``,
         ``n_samples`` ...), validated against the potentiostat's compliance before anything moves.
+    detectors : list of devices, optional
+        Extra detectors (e.g. ``[raman]``) read at every point of every image.
 
     Examples
     --------
@@ -228,6 +233,7 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
                                                                     height, plane, snake, tip_potential)
     n_images = check_int("n_images", n_images, 1, 10000)
     check_step("retract", retract)
+    dets = check_detectors(detectors)
     if not isinstance(cycle, Mapping) or "technique" not in cycle:
         raise InvalidArgument(f"cycle={cycle!r} must be a dict with a 'technique' in {list(CYCLE_TECHNIQUES)}")
     cyc_tech = check_choice("cycle technique", cycle["technique"], CYCLE_TECHNIQUES)
@@ -235,7 +241,7 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
     cyc_params.setdefault("n_samples", 500)
     _validate_technique_params(potentiostat, cyc_tech, cyc_params)
     args = dict(x_range=x_range, y_range=y_range, height=height, plane=pl, n_images=n_images, cycle=dict(cycle),
-                tip_potential=tip_potential, snake=snake)
+                tip_potential=tip_potential, snake=snake, detectors=[d.name for d in dets])
     start_md = build_start_md("operando_imaging", args, technique=technique, mode="operando",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
                               map_keys=(stage.x.name, stage.y.name), order="snake" if snake else "raster",
@@ -253,20 +259,23 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
         for k in range(n_images):
             put_values(sigs, image_index=k, cycles_done=k, charge_passed=charge)
             yield from _prepare_read(potentiostat, tip_potential)
-            yield from _image(stage, potentiostat, xs, ys, zs, extra=list(sigs.values()))
+            yield from _image(stage, potentiostat, xs, ys, zs, extra=[*sigs.values(), *dets])
             if k == n_images - 1:
                 break
-            potentiostat.configure_technique(cyc_tech, channel="substrate", **cyc_params)
+            yield from configure_technique(potentiostat, cyc_tech, channel="substrate", **cyc_params)
             put_values(csig, cycle_index=k)
             r = yield from bps.trigger_and_read([potentiostat, *csig.values()], name="cycle")
-            t = np.asarray(r[potentiostat.wf.time.name]["value"])
-            i = np.asarray(r[potentiostat.wf.current.name]["value"])
-            e = np.asarray(r[potentiostat.wf.potential.name]["value"])
+            if simulated(r):  # a preview (summarize_plan): no waveform to integrate
+                continue
+            # the waveform just recorded (not in the reading when it went to an external asset)
+            t = np.asarray((yield from bps.rd(potentiostat.wf.time)))
+            i = np.asarray((yield from bps.rd(potentiostat.wf.current)))
+            e = np.asarray((yield from bps.rd(potentiostat.wf.potential)))
             charge += charge_passed(t, i)  # substrate charge of this segment (C)
             put_values(sigs, substrate_potential_state=float(e[-1]))
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                           stage_devices=[potentiostat])
+                           stage_devices=[potentiostat, *dets])
 
 
 def _validate_technique_params(potentiostat, technique, params):

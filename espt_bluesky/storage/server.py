@@ -49,6 +49,7 @@ ENV_API_KEY = "ESPT_TILED_API_KEY"
 ENV_URI = "ESPT_TILED_URI"
 
 JSON_SEQ_EXPORTER = "bluesky_tiled_plugins.exporters:json_seq_exporter"
+BROWSE_ROUTER = "espt_bluesky.storage.browse:router"
 
 
 class ServerError(EsptError, RuntimeError):
@@ -310,6 +311,7 @@ def tiled_config(dd: DataDir, api_key: str, *, host: str = "127.0.0.1", port: in
             "init_if_not_exists": True,
         },
         "media_types": {"BlueskyRun": {"application/json-seq": JSON_SEQ_EXPORTER}},
+        "routers": [BROWSE_ROUTER],  # our run-browsing page at /custom/espt/ (storage/browse.py)
         "uvicorn": {"host": host, "port": int(port)},
     }
 
