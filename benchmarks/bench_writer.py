@@ -23,23 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def hopping(bench, points):
-    import bluesky.plan_stubs as bps
-    import bluesky.preprocessors as bpp
-
-    st, ps, model = bench.stage, bench.potentiostat, bench.model
-    r = model.probe.radius
-
-    @bpp.run_decorator(md=dict(bench.metadata(), plan_name="bench_writer"))
-    def inner():
-        for x, y in points:
-            yield from bps.mv(st.z, st.z.position + 5.0)
-            yield from bps.mv(st.x, float(x), st.y, float(y))
-            yield from bps.mv(st.z, float(model.surface_z(x, y)) + 0.25 * r)
-            yield from bps.trigger_and_read([ps, st.x, st.y])
-
-    return (yield from inner())
+from bench_storage import hopping  # the same hopping run (this directory is on sys.path when run as a script)
 
 
 def main() -> None:

@@ -97,23 +97,20 @@ class _NamesLostPV:
         _require(self, "describe it")
         return super().describe()
 
-    def get(self, *args, **kwargs):
-        _require(self, "read it")
+    def _named(self, what: str, call, *args, **kwargs):
+        _require(self, what)
         try:
-            return super().get(*args, **kwargs)
+            return call(*args, **kwargs)
         except (TimeoutError, DisconnectedError) as exc:
             if self.connected:
                 raise PVTimeoutError(f"{self.pvname}: {exc}") from exc
             raise PVConnectionError(f"{self.pvname} is disconnected (its IOC does not answer): {exc}") from exc
 
+    def get(self, *args, **kwargs):
+        return self._named("read it", super().get, *args, **kwargs)
+
     def put(self, *args, **kwargs):
-        _require(self, "write it")
-        try:
-            return super().put(*args, **kwargs)
-        except (TimeoutError, DisconnectedError) as exc:
-            if self.connected:
-                raise PVTimeoutError(f"{self.pvname}: {exc}") from exc
-            raise PVConnectionError(f"{self.pvname} is disconnected (its IOC does not answer): {exc}") from exc
+        return self._named("write it", super().put, *args, **kwargs)
 
 
 class PVSignal(_NamesLostPV, EpicsSignal):
