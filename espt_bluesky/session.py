@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InvalidArgument, check_choice
+from .errors import InvalidArgument, check_bool, check_choice, check_int, check_keys
 
 ENV_CONFIG = "ESPT_CONFIG"
 ENV_BENCH = "ESPT_BENCH"
@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
                 "waveform_assets": True},
 }
 STORAGE_MODES = ("auto", "connect", "in_process", "none")
+#: keys a section may have beyond those in DEFAULTS
+EXTRA_KEYS = {"bench": ("start",)}
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -65,18 +67,26 @@ def read_config_file(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise InvalidArgument(f"config file {str(path)!r} does not exist")
+    if p.suffix not in (".toml", ".yml", ".yaml", ".json"):
+        raise InvalidArgument(f"config file {str(path)!r}: use .toml, .yml/.yaml or .json")
     text = p.read_text()
-    if p.suffix == ".toml":
-        import tomllib
+    try:
+        if p.suffix == ".toml":
+            import tomllib
 
-        return tomllib.loads(text)
-    if p.suffix in (".yml", ".yaml"):
-        import yaml
+            cfg = tomllib.loads(text)
+        elif p.suffix == ".json":
+            cfg = json.loads(text)
+        else:
+            import yaml
 
-        return yaml.safe_load(text) or {}
-    if p.suffix == ".json":
-        return json.loads(text)
-    raise InvalidArgument(f"config file {str(path)!r}: use .toml, .yml/.yaml or .json")
+            cfg = yaml.safe_load(text) or {}
+    except Exception as exc:  # the parsers' own errors (TOMLDecodeError, JSONDecodeError, YAMLError) give the line
+        raise InvalidArgument(f"config file {str(path)!r} is not valid {p.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(cfg, Mapping):
+        raise InvalidArgument(f"config file {str(path)!r} must hold a table of sections ([bench], [storage] ...), "
+                              f"not a {type(cfg).__name__}")
+    return cfg
 
 
 def _env_config() -> dict:
@@ -84,10 +94,17 @@ def _env_config() -> dict:
     bench = os.environ.get(ENV_BENCH)
     if bench:
         parts = bench.split(":")
-        b: dict[str, Any] = {"technique": parts[0]}
+        from .physics.bench_model import TECHNIQUES
+        from .physics.sample import PRESETS
+
+        if len(parts) > 3:
+            raise InvalidArgument(f"{ENV_BENCH}={bench!r} must be TECHNIQUE[:SAMPLE[:SEED]]")
+        b: dict[str, Any] = {"technique": check_choice(f"{ENV_BENCH} technique", parts[0], TECHNIQUES)}
         if len(parts) > 1 and parts[1]:
-            b["sample"] = parts[1]
+            b["sample"] = check_choice(f"{ENV_BENCH} sample", parts[1], PRESETS)
         if len(parts) > 2 and parts[2]:
+            if not parts[2].isdigit():
+                raise InvalidArgument(f"{ENV_BENCH}={bench!r}: the seed {parts[2]!r} is not a non-negative integer")
             b["seed"] = int(parts[2])
         cfg["bench"] = b
     st = {}
@@ -95,6 +112,8 @@ def _env_config() -> dict:
                      ("ESPT_TILED_API_KEY", "api_key"), ("ESPT_STORAGE_MODE", "mode")):
         if os.environ.get(env):
             st[key] = os.environ[env]
+    if "mode" in st:
+        st["mode"] = check_choice("ESPT_STORAGE_MODE", st["mode"], STORAGE_MODES)
     if st:
         cfg["storage"] = st
     return cfg
@@ -108,14 +127,52 @@ def load_config(config: Mapping | str | os.PathLike | None = None) -> dict:
     config : dict or path, optional
         A dict (highest precedence) or the path of a config file (replacing ``$ESPT_CONFIG``).
     """
+    if config is not None and not isinstance(config, (Mapping, str, os.PathLike)):
+        raise InvalidArgument(f"config={config!r} must be a dict, the path of a config file, or None")
     cfg = copy.deepcopy(DEFAULTS)
-    path = config if isinstance(config, (str, os.PathLike)) else os.environ.get(ENV_CONFIG)
+    from_env = not isinstance(config, (str, os.PathLike))
+    path = os.environ.get(ENV_CONFIG) if from_env else config
     if path:
-        cfg = _merge(cfg, read_config_file(path))
+        try:
+            cfg = _merge(cfg, check_config(read_config_file(path), partial=True))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{exc} (from ${ENV_CONFIG})" if from_env else str(exc)) from None
     cfg = _merge(cfg, _env_config())
     if isinstance(config, Mapping):
-        cfg = _merge(cfg, config)
-    cfg["storage"]["mode"] = check_choice("storage.mode", cfg["storage"]["mode"], STORAGE_MODES)
+        cfg = _merge(cfg, check_config(config, partial=True))
+    return check_config(cfg)
+
+
+def check_config(cfg: Mapping, *, partial: bool = False) -> dict:
+    """Validate a configuration: known sections and keys, and values the session can use.
+
+    ``partial`` checks only the sections and keys (a file or dict to be merged over the defaults); otherwise every
+    value is checked too (the bench through :func:`espt_bluesky.devices.sim_bench.check_bench_arguments`).
+    """
+    cfg = check_keys("config", cfg, optional=DEFAULTS)
+    for section in ("bench", "storage"):
+        if section in cfg:
+            check_keys(section, cfg[section], optional=[*DEFAULTS[section], *EXTRA_KEYS.get(section, ())])
+    if cfg.get("epics") is not None and not isinstance(cfg["epics"], Mapping):
+        raise InvalidArgument(f"epics={cfg['epics']!r} must be a table of EPICS settings or absent")
+    if partial:
+        return cfg
+    st = cfg["storage"]
+    st["mode"] = check_choice("storage.mode", st["mode"], STORAGE_MODES)
+    st["batch_size"] = check_int("storage.batch_size", st["batch_size"], 1, 100_000)
+    st["waveform_assets"] = check_bool("storage.waveform_assets", st["waveform_assets"])
+    for k in ("data_dir", "tiled_uri", "api_key"):
+        if st[k] is not None and not isinstance(st[k], (str, os.PathLike)):
+            raise InvalidArgument(f"storage.{k}={st[k]!r} must be a string (or absent)")
+    if not cfg.get("epics"):
+        from .devices.sim_bench import check_bench_arguments
+
+        b = cfg["bench"]
+        try:
+            check_bench_arguments(b["technique"], b["sample"], b["seed"], b["time_scale"],
+                                  b.get("start", (50.0, 50.0)), b["options"] or {})
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"[bench] {exc}") from None
     return cfg
 
 

@@ -12,7 +12,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import check_choice, check_positive
+from ..errors import check_choice, check_positive, check_samples_cap
 from ..physics.bench_model import BenchModel
 from .probes import Probe
 
@@ -44,7 +44,7 @@ class ECAFMHead(Device):
     def configure_force_curve(self, travel: float = 0.05, n_points: int = 500) -> None:
         """Switch to force-curve mode: ``travel`` µm of piezo extension beyond the tip's present height."""
         check_positive("travel", travel, units="µm")
-        check_positive("n_points", n_points)
+        check_samples_cap("n_points", n_points)
         self.fc_travel.put(float(travel))
         self.fc_points.put(int(n_points))
         self.mode.put("force_curve")

@@ -31,7 +31,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import InvalidArgument, TipCrash, check_choice
+from ..errors import InvalidArgument, TipCrash, check_bool, check_choice, check_number, check_positive, check_vector
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
 
@@ -75,10 +75,13 @@ class SimHopController(Device):
                       max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> None:
         """Load the hop programme (validated)."""
         criterion = check_choice("criterion", criterion, CRITERIA)
+        if criterion == "current_drop":  # a fraction of the current at the top of the hop
+            check_number("setpoint", setpoint, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         for name, v in (("setpoint", setpoint), ("hop_height", hop_height), ("approach_step", approach_step),
                         ("max_travel", max_travel)):
-            if not np.isfinite(v) or v <= 0:
-                raise InvalidArgument(f"{name}={v!r} must be a finite number > 0")
+            check_positive(name, v)
+        check_number("stop_offset", stop_offset, units="µm")
+        measure = check_bool("measure", measure)
         self.criterion.put(criterion)
         self.setpoint.put(float(setpoint))
         self.hop_height.put(float(hop_height))
@@ -91,10 +94,13 @@ class SimHopController(Device):
     # ------------------------------------------------------------ bluesky protocol
     def set(self, value):
         """Load the lateral position (x, y) in µm of the next hop; nothing moves until ``trigger()``."""
-        x, y = (float(v) for v in value)
+        x, y = check_vector(f"{self.name} target (x, y)", value, 2, units="µm")
         if self.stage is not None:
-            self.stage.x.check_value(x)
-            self.stage.y.check_value(y)
+            for ax, v in ((self.stage.x, x), (self.stage.y, y)):
+                try:
+                    ax.check_value(v)
+                except InvalidArgument as exc:
+                    raise type(exc)(f"{self.name} target (x, y)={tuple(value)!r}: {exc}") from None
         self._target = (x, y)
         st = DeviceStatus(self)
         st.set_finished()

@@ -32,7 +32,8 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import InvalidArgument, Overload, check_choice, check_positive, check_range
+from ..errors import (InvalidArgument, Overload, check_choice, check_int, check_number, check_positive, check_range,
+                      check_samples_cap)
 from ..physics.bench_model import BenchModel
 from .probes import Probe
 from .sim_status import complete_status
@@ -126,9 +127,10 @@ class Bipotentiostat(Device):
         technique = check_choice("technique", technique, TECHNIQUES)
         channel = check_choice("channel", channel, ("tip", "substrate"))
         names = set(self.params.component_names)
-        for k in params:
+        for k, v in params.items():
             if k not in names:
                 raise InvalidArgument(f"{k!r} is not a technique parameter; allowed: {sorted(names)}")
+            check_parameter(k, v)
         merged = {k: getattr(self.params, k).get() for k in names}
         merged.update(params)
         validate_technique(technique, merged, tuple(self.compliance))
@@ -207,6 +209,17 @@ class Bipotentiostat(Device):
         self.technique.put("READ")
 
 
+def check_parameter(name: str, value: Any) -> None:
+    """One technique parameter given by the caller: counts are integers (``n_samples`` within
+    :data:`espt_bluesky.errors.LIMITS`), everything else a finite number."""
+    if name == "n_samples":
+        check_samples_cap(name, value)
+    elif name == "n_cycles":
+        check_int(name, value, 1, 10_000)
+    else:
+        check_number(name, value)
+
+
 def validate_technique(technique: str, p: dict[str, Any], compliance: tuple[float, float]) -> None:
     """Check a technique's parameters; raise InvalidArgument naming the first bad one."""
     lo, hi = compliance
@@ -233,6 +246,8 @@ def validate_technique(technique: str, p: dict[str, Any], compliance: tuple[floa
         check_positive("duration", p["duration"], units="s")
     if technique == "CA":
         check_range("e_hold", p["e_hold"], lo, hi, units="V")
+    if technique == "CP":
+        check_number("current_setpoint", p["current_setpoint"], units="A")
 
 
 def technique_program(technique: str, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -13,11 +13,18 @@ from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 from ophyd.utils import LimitError
 
-from ..errors import TipCrash
+from ..errors import InvalidArgument, TipCrash, check_number
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
 
 AXES = ("x", "y", "z")
+#: Default soft limits of the simulated stage (µm).
+XY_LIMITS = (-25.0, 125.0)
+Z_LIMITS = (-20.0, 2000.0)
+
+
+class SoftLimitError(InvalidArgument, LimitError):
+    """A move target outside an axis's soft limits (both the project's error and ophyd's ``LimitError``)."""
 
 
 class SimAxis(Device):
@@ -62,14 +69,16 @@ class SimAxis(Device):
         return self.motor_egu.get()
 
     def check_value(self, value: float) -> None:
-        """Raise :class:`ophyd.utils.LimitError` if ``value`` is outside the soft limits (nothing moves)."""
+        """Raise :class:`SoftLimitError` (an ophyd ``LimitError``) if ``value`` is not a number inside the soft
+        limits (nothing moves)."""
+        value = check_number(f"{self.name} target", value)
         low, high = self.limits
         if not (low <= value <= high):
-            raise LimitError(f"{self.name}: target {value!r} um is outside the soft limits [{low}, {high}] um")
+            raise SoftLimitError(f"{self.name}: target {value!r} um is outside the soft limits [{low}, {high}] um")
 
     def set(self, value: float, **kwargs) -> DeviceStatus:
-        value = float(value)
         self.check_value(value)
+        value = float(value)
         self.user_setpoint.put(value)
         status = DeviceStatus(self)
         model = self._model
@@ -104,8 +113,8 @@ class XYZStage(Device):
     y = Cpt(SimAxis, "", axis="y")
     z = Cpt(SimAxis, "", axis="z")
 
-    def attach(self, model: BenchModel, time_scale: float = 0.0, z_limits: tuple[float, float] = (-20.0, 2000.0),
-               xy_limits: tuple[float, float] = (-25.0, 125.0), xy_velocity: float = 100.0,
+    def attach(self, model: BenchModel, time_scale: float = 0.0, z_limits: tuple[float, float] = Z_LIMITS,
+               xy_limits: tuple[float, float] = XY_LIMITS, xy_velocity: float = 100.0,
                z_velocity: float = 20.0) -> None:
         """Couple every axis to ``model`` and set limits (µm) and velocities (µm/s)."""
         for ax in (self.x, self.y):
