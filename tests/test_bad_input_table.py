@@ -517,6 +517,18 @@ def benches():
 
 
 @pytest.fixture(scope="module")
+def RE():
+    """One RunEngine for the table (a refused call must not reach it), with conftest's validating collector."""
+    from bluesky import RunEngine
+    from conftest import DocumentCollector
+
+    engine = RunEngine({}, call_returns_result=True)
+    engine.collector = DocumentCollector()
+    engine.subscribe(engine.collector)
+    return engine
+
+
+@pytest.fixture(scope="module")
 def grid_docs():
     from bluesky import RunEngine
 
