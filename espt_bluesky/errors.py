@@ -49,8 +49,8 @@ class Limits:
     max_points : int
         Points (hops, pixels, spots) of one run, images of an operando stack included.  Time: the RunEngine alone
         spends about 2.5 ms per point on set/trigger round trips (measured with ophyd.sim), so 10^6 points are
-        40 min of pure overhead before any instrument time (a hop takes 0.1-1 s: 1-12 days); the plan also holds the positions in
-        memory.  A grid of 10^7 or more points is far more often a step typed as a count.
+        40 min of pure overhead before any instrument time (a hop takes 0.1-1 s: 1-12 days); the plan also holds
+        the positions in memory.  A grid of 10^7 or more points is far more often a step typed as a count.
     max_waveform_samples : int
         Samples of one waveform (a CV per hop, a force curve).  Memory: a potentiostat event holds 4 float64
         waveforms (32 bytes a sample): 10^5 samples are 3.2 MB per event, 80 MB in the Tiled writer's 25-event batch;

@@ -17,8 +17,8 @@ import bluesky.plan_stubs as bps
 from ..analysis import approach_criteria as crit
 from ..errors import InvalidArgument, check_choice, check_number, check_positive, check_range
 from ._common import (ApproachLimitReached, cell_on, check_int, check_potential, check_step, check_technique,
-                      checked_plan, managed_run, pipette_geometry, probe_of, probe_radius, probe_rg, put_values, soft_signals,
-                      value_of)
+                      checked_plan, managed_run, pipette_geometry, probe_of, probe_radius, probe_rg, put_values,
+                      soft_signals, value_of)
 from .metadata import build_start_md
 
 FEEDBACK = ("negative", "positive")
