@@ -65,6 +65,34 @@ class Limits:
 LIMITS = Limits()
 
 
+class ApproachLimitReached(EsptError, RuntimeError):
+    """An approach travelled its hard limit without meeting its criterion.
+
+    ``reason`` says which: ``"no_contact"`` (SECCM: the meniscus never landed) or ``"criterion_not_met"``
+    (SECM/SICM: the current never crossed its threshold).
+    """
+
+    def __init__(self, message: str = "", reason: str = "no_contact"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class FaultLimitReached(EsptError, RuntimeError):
+    """A map skipped more consecutive points after faults than it was allowed to (tip or sample lost?)."""
+
+
+def fault_reason(exc: BaseException) -> str | None:
+    """The reason a map may skip a point for after ``exc`` ("crash", "overload", "no_contact",
+    "criterion_not_met"), or None for an error that must end the run (bad input, lost connection, ...)."""
+    if isinstance(exc, TipCrash):
+        return "crash"
+    if isinstance(exc, Overload):
+        return "overload"
+    if isinstance(exc, ApproachLimitReached) and exc.reason in ("no_contact", "criterion_not_met"):
+        return exc.reason
+    return None
+
+
 def _fmt(value: Any) -> str:
     try:
         arr = np.asarray(value) if not isinstance(value, (str, bytes)) else None

@@ -316,13 +316,15 @@ def test_overload_ends_in_known_state(RE):
 
 
 def test_hopping_crash_keeps_hops_so_far(RE):
-    """Hop height below the topography: the lateral move runs into a particle."""
+    """Hop height below the topography: the lateral move runs into a particle (``on_fault="stop"``: the crash ends
+    the run; the default, "skip", is tested in test_hop_faults.py)."""
     bench = make_sim_bench("SICM", "composite_cathode", seed=2, start=(45.0, 56.7))
     model = bench.model
     RE(bps.mv(bench.stage.z, float(model.surface_z(45.0, 56.7)) + 0.5))
     with pytest.raises(TipCrash):
         RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=(45.0, 60.0, 6),
-                        y_range=(56.7, 56.7, 1), hop_height=0.3, drop=0.02, hopper=bench.hopper))
+                        y_range=(56.7, 56.7, 1), hop_height=0.3, drop=0.02, hopper=bench.hopper,
+                        on_fault="stop"))
     assert model.clearance() > 0 and bench.potentiostat.cell_on.get() == 0
     stop = _stop(RE)
     assert stop["exit_status"] == "fail" and stop["num_events"].get("primary", 0) == len(_events(RE)) >= 1

@@ -7,8 +7,14 @@ the potentiostat's configured technique at the contact position, retracts by ``h
 
 Readings (µm): ``hopper_x``, ``hopper_y`` (lateral position of the hop), ``hopper_surface_z`` (contact height minus
 ``stop_offset``), ``hopper_contact_z`` (tip height where the criterion was met), ``hopper_reference_current`` (A,
-the reading at the top of the hop) and ``hopper_n_steps``; when ``measure`` is on, the potentiostat's own reading
-(currents and waveform keys) is merged into the hopper's.
+the reading at the top of the hop), ``hopper_n_steps``, ``hopper_valid`` (1, or 0 for a hop that faulted) and
+``hopper_fault`` (the reason: "" or "crash", "overload", "no_contact", "criterion_not_met"); when ``measure`` is on,
+the potentiostat's own reading (currents and waveform keys) is merged into the hopper's.
+
+Faults: a hop that crashes, overloads or travels ``max_travel`` without meeting its criterion retracts by
+``hop_height`` (straight up, which cannot touch), sets ``valid`` to 0, the heights to NaN, the measurement to "not
+measured" (NaN) and fails its status with the error, as a controller reports a fault; reading the hopper then
+records the faulted hop, and the next ``trigger()`` hops again (``hopping_scan(on_fault="skip")`` does this).
 
 Criteria (``criterion`` config signal):
 
@@ -31,7 +37,8 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import InvalidArgument, TipCrash, check_bool, check_choice, check_number, check_positive, check_vector
+from ..errors import (ApproachLimitReached, InvalidArgument, check_bool, check_choice, check_number, check_positive,
+                      check_vector, fault_reason)
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
 
@@ -47,6 +54,8 @@ class SimHopController(Device):
     contact_z = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "um"})
     reference_current = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "A"})
     n_steps = Cpt(Signal, value=0, kind="normal")
+    valid = Cpt(Signal, value=1, kind="normal")
+    fault = Cpt(Signal, value="", kind="normal")
     criterion = Cpt(Signal, value="current_drop", kind="config")
     setpoint = Cpt(Signal, value=0.01, kind="config")
     hop_height = Cpt(Signal, value=2.0, kind="config", metadata={"units": "um"})
@@ -155,8 +164,9 @@ class SimHopController(Device):
         max_steps = int(np.ceil(float(self.max_travel.get()) / step))
         while True:
             if n >= max_steps:
-                raise TipCrash(f"hop at x={x:.3f}, y={y:.3f} µm: criterion {crit!r} not met within max_travel="
-                               f"{self.max_travel.get()} µm")
+                raise ApproachLimitReached(
+                    f"hop at x={x:.3f}, y={y:.3f} µm: criterion {crit!r} not met within max_travel="
+                    f"{self.max_travel.get()} µm", reason="no_contact" if crit == "contact" else "criterion_not_met")
             z -= step
             n += 1
             self._vertical(z)
@@ -176,12 +186,31 @@ class SimHopController(Device):
         self.surface_z.put(z - float(self.stop_offset.get()))
         self.reference_current.put(ref)
         self.n_steps.put(n)
+        self.valid.put(1)
+        self.fault.put("")
         if self.measure.get():
             c0 = m.clock
             st = self.potentiostat.trigger()  # sleeps its own scaled instrument time
             st.wait()
             self._measured_time += m.clock - c0
         self._vertical(z + hop)
+
+    def _fault(self, exc: BaseException) -> None:
+        """After a fault: retract straight up by the hop height and record the hop as invalid."""
+        m = self._model
+        x, y, z = m.position
+        z_top = z + float(self.hop_height.get())
+        if self.stage is not None:
+            z_top = min(z_top, self.stage.z.limits[1])
+        self._vertical(max(z_top, z))
+        self.x.put(self._target[0])
+        self.y.put(self._target[1])
+        for sig in (self.surface_z, self.contact_z):
+            sig.put(float("nan"))
+        self.valid.put(0)
+        self.fault.put(fault_reason(exc) or type(exc).__name__)
+        if self.measure.get() and self.potentiostat is not None:
+            self.potentiostat.mark_not_measured()
 
     def trigger(self) -> DeviceStatus:
         status = DeviceStatus(self)
@@ -193,6 +222,11 @@ class SimHopController(Device):
             self._hop()
         except Exception as exc:  # reported through the status, as a controller would
             error = exc
+            try:
+                self._fault(exc)
+            except Exception as exc2:  # the retract itself failed: that is what the plan must hear about
+                exc2.__cause__ = exc
+                error = exc2
         finally:
             if self.stage is not None:
                 for ax in (self.stage.x, self.stage.y, self.stage.z):

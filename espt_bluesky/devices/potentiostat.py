@@ -101,6 +101,7 @@ class Bipotentiostat(Device):
         self.probe = probe
         self.asset_writer: AssetWriter | None = None
         self._asset_docs: list[tuple[str, dict]] = []
+        self._not_measured = False
 
     # --------------------------------------------------------- configuration helpers
     def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
@@ -167,7 +168,26 @@ class Bipotentiostat(Device):
         if not self._waveform_active() or self.asset_writer is not None:
             for k in wf_keys:
                 out.pop(k, None)
+        if self._not_measured:  # see mark_not_measured: NaN of the usual shapes, once
+            self._not_measured = False
+            n = int(self.params.n_samples.get())
+            for k in wf_keys | {self.tip.current.name, self.substrate.current.name}:
+                if k in out:
+                    out[k] = dict(out[k], value=np.full(n, np.nan) if k in wf_keys else float("nan"))
         return out
+
+    def mark_not_measured(self) -> None:
+        """Make the next ``read()`` say that nothing was measured (e.g. a hop that was skipped after a fault).
+
+        Both currents and, with a waveform technique configured, the waveform (``n_samples`` long, also written
+        to the asset writer if there is one) read as NaN, so the event recording the skipped point keeps the
+        stream's data keys and shapes instead of repeating the previous measurement.
+        """
+        self._not_measured = True
+        if self.asset_writer is not None and self._waveform_active():
+            n = int(self.params.n_samples.get())
+            self._asset_docs.extend(self.asset_writer.write({k: np.full(n, np.nan)
+                                                             for k in self._wf_keys().values()}))
 
     def read_configuration(self) -> dict[str, dict]:
         cfg = super().read_configuration()

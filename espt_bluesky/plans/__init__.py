@@ -9,11 +9,11 @@ See docs/plans.md.
 from ._common import ApproachLimitReached
 from .approach import approach, approach_stub, make_approach_spec
 from .combinatorial import combinatorial_sweep, parameter_table
-from .hopping import hopping_scan
+from .hopping import hop_signals, hop_stub, hopping_scan
 from .imaging import constant_height_image, measure_tilt, operando_imaging
 from .metadata import ExperimentContext, build_start_md
 from .sgtc import sgtc
 
 __all__ = ["ApproachLimitReached", "ExperimentContext", "approach", "approach_stub", "build_start_md",
-           "combinatorial_sweep", "constant_height_image", "hopping_scan", "make_approach_spec", "measure_tilt",
+           "combinatorial_sweep", "constant_height_image", "hop_signals", "hop_stub", "hopping_scan", "make_approach_spec", "measure_tilt",
            "operando_imaging", "parameter_table", "sgtc"]

@@ -10,18 +10,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.utils import FailedStatus
+from bluesky.utils import FailedStatus, RunEngineControlException
 from ophyd import Signal
 
 from ..devices.probes import PROBE_KIND
-from ..errors import (EsptError, InvalidArgument, check_bool, check_choice, check_int, check_number,
-                      check_points_cap, check_positive, check_range)
+from ..errors import ApproachLimitReached  # noqa: F401  (defined below the devices, re-exported for plans)
+from ..errors import (InvalidArgument, check_bool, check_choice, check_int, check_number, check_points_cap,
+                      check_positive, check_range)
 
 TECHNIQUES = ("SECM", "SICM", "SECCM", "EC-AFM")
-
-
-class ApproachLimitReached(EsptError, RuntimeError):
-    """The approach travelled its hard limit without meeting its criterion."""
 
 
 # ----------------------------------------------------------------- probes
@@ -273,29 +270,39 @@ def safe_cleanup(stage: Any, potentiostat: Any | None, retract: float):
         raise errors[0]
 
 
+def device_error(exc: BaseException) -> BaseException:
+    """The device's own error (TipCrash, Overload, ...) behind bluesky's FailedStatus; ``exc`` itself otherwise."""
+    if not isinstance(exc, FailedStatus):
+        return exc
+    cause = exc.__cause__
+    if cause is None and exc.args and hasattr(exc.args[0], "exception"):
+        try:
+            cause = exc.args[0].exception()
+        except Exception:
+            cause = None
+    return cause if isinstance(cause, Exception) else exc
+
+
 def translate_failures(plan):
     """Re-raise the device's own error (TipCrash, Overload, ...) in place of bluesky's FailedStatus."""
     try:
         return (yield from plan)
     except FailedStatus as exc:
-        cause = exc.__cause__
-        if cause is None and exc.args and hasattr(exc.args[0], "exception"):
-            try:
-                cause = exc.args[0].exception()
-            except Exception:
-                cause = None
-        if isinstance(cause, Exception):
+        cause = device_error(exc)
+        if cause is not exc:
             raise cause from exc
         raise
 
 
 def managed_run(body, *, md: dict, stage: Any, potentiostat: Any | None, retract: float,
-                stage_devices: Iterable = (), retract_on_success: bool = True):
+                stage_devices: Iterable = (), retract_on_success: bool = True,
+                stop_reason: Callable[[], str] | None = None):
     """Open a run around ``body`` with staging, failure translation and the cleanup that always runs.
 
     The cleanup (``finalize_wrapper``) puts the cell at open circuit and raises the tip by ``retract`` µm; after
     a successful ``body`` the retract is skipped when ``retract_on_success`` is False (an approach leaves the tip
-    at its working distance).
+    at its working distance).  ``stop_reason`` (called when the run ends successfully) gives the stop document's
+    ``reason``, e.g. how many hops a map skipped.
     """
     devices = [d for d in stage_devices if d is not None]
     state = {"ok": False}
@@ -312,5 +319,21 @@ def managed_run(body, *, md: dict, stage: Any, potentiostat: Any | None, retract
         r = 0.0 if (state["ok"] and not retract_on_success) else retract
         yield from safe_cleanup(stage, potentiostat, r)
 
-    yield from bpp.run_wrapper(bpp.finalize_wrapper(inner(), cleanup), md=md)
+    if stop_reason is None:
+        yield from bpp.run_wrapper(bpp.finalize_wrapper(inner(), cleanup), md=md)
+        return state.get("ret")
+
+    # run_wrapper with a reason on success (bluesky's closes a successful run without one)
+    def closing():
+        yield from bps.close_run(exit_status="success", reason=stop_reason() or None)
+
+    def failing(exc):
+        if isinstance(exc, RunEngineControlException):
+            yield from bps.close_run(exit_status=exc.exit_status)
+        else:
+            yield from bps.close_run(exit_status="fail", reason=str(exc))
+
+    yield from bps.open_run(md)
+    yield from bpp.contingency_wrapper(bpp.finalize_wrapper(inner(), cleanup), except_plan=failing,
+                                       else_plan=closing)
     return state.get("ret")

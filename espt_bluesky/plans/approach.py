@@ -163,7 +163,8 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
             yield from measure()
         ref = float(np.mean(vals[-n_ref:]))
         if ref == 0:
-            raise ApproachLimitReached("the far current is zero: is the cell connected and the probe immersed?")
+            raise ApproachLimitReached("the far current is zero: is the cell connected and the probe immersed?",
+                                           reason="no_current")
 
     def norm(v):
         return v / ref if ref else abs(v)
@@ -208,7 +209,8 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
         if z0 - z_next > spec.max_travel + 1e-9 or z_next < stage.z.limits[0]:
             raise ApproachLimitReached(
                 f"{spec.technique} approach: criterion not met after {z0 - z:.3f} µm of travel (max_travel="
-                f"{spec.max_travel} µm, z low limit {stage.z.limits[0]} µm)")
+                f"{spec.max_travel} µm, z low limit {stage.z.limits[0]} µm)",
+                reason="no_contact" if spec.technique == "SECCM" else "criterion_not_met")
         yield from bps.checkpoint()
         yield from bps.mv(stage.z, z_next)
         z = z_next

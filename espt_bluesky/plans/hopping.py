@@ -7,15 +7,16 @@ from typing import Any, Generator, Mapping, Sequence
 import numpy as np
 import bluesky.plan_stubs as bps
 
-from ..errors import InvalidArgument, check_bool, check_choice, check_int, check_keys
-from ._common import (cell_on, check_points, check_step, check_xy, checked_plan, grid_points, managed_run, probe_of,
-                      put_values, soft_signals)
+from ..errors import FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, fault_reason
+from ._common import (cell_on, check_points, check_step, check_xy, checked_plan, device_error, grid_points,
+                      managed_run, probe_of, put_values, soft_signals)
 from .approach import approach_stub, make_approach_spec
 from .imaging import _validate_technique_params
 from .metadata import build_start_md
 
 MEASURE_TECHNIQUES = ("CV", "CA", "LSV", "READ")
 ORDERS = ("grid", "points", "random")
+FAULT_POLICIES = ("skip", "stop")
 
 
 def scan_points(stage: Any, *, x_range=None, y_range=None, points=None, order: str = "grid", snake: bool = True,
@@ -66,13 +67,120 @@ def _measure_spec(potentiostat, technique, measure):
     return dict(technique=tech, channel=channel, params=params)
 
 
+def configure_measure(potentiostat: Any, meas: Mapping | None) -> None:
+    """Set the potentiostat up for the per-hop measurement (``_measure_spec`` output; None: a tip READ)."""
+    if meas is not None:
+        potentiostat.configure_technique(meas["technique"], channel=meas["channel"], **meas["params"])
+    else:
+        potentiostat.configure_technique("READ", channel="tip")
+
+
+def hop_signals() -> dict[str, Any]:
+    """Soft signals a plan-driven hop records beside the potentiostat and the stage: ``surface_z``,
+    ``surface_z_err``, ``contact_z`` (µm), ``hop_valid`` (1, or 0 after a fault) and ``hop_fault`` (its reason)."""
+    return soft_signals(surface_z=(np.nan, "um"), surface_z_err=(np.nan, "um"), contact_z=(np.nan, "um"),
+                        hop_valid=(1, None), hop_fault=("", None))
+
+
+def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, hop_height: float,
+             signals: Mapping[str, Any], top: float | None = None, measure: Mapping | None = None,
+             on_fault: str = "skip", stream: str = "primary",
+             approach_stream: str = "approach") -> Generator[Any, Any, dict]:
+    """Plan stub (inside an open run): one plan-driven hop at (x, y) µm.
+
+    Raise the tip to ``top`` (if it is lower), move laterally, approach with ``spec`` (the curve goes to
+    ``approach_stream``), record one event in ``stream`` (the potentiostat after the per-hop ``measure``, the stage
+    x/y and ``signals`` from :func:`hop_signals`), and retract ``hop_height`` above the contact.
+
+    A fault (:func:`espt_bluesky.errors.fault_reason`: crash, overload, no contact, criterion never met) retracts
+    the tip straight up by ``hop_height`` and records the hop with ``hop_valid=0``, ``hop_fault=<reason>``, NaN
+    heights and a NaN measurement; with ``on_fault="stop"`` the error is then re-raised.  Any other error (bad
+    input, lost connection, a RunEngine stop) propagates at once.
+
+    Returns
+    -------
+    dict
+        ``valid``, ``surface_z``, ``surface_z_err``, ``contact_z`` (µm, NaN when invalid), ``fault`` (reason or
+        ""), ``message`` (the error text), ``x``, ``y``.
+    """
+    out = dict(x=float(x), y=float(y), valid=False, surface_z=np.nan, surface_z_err=np.nan, contact_z=np.nan,
+               fault="", message="")
+    devices = [potentiostat, stage.x, stage.y, *signals.values()]
+    try:
+        if top is not None and top > float(stage.z.position):
+            yield from bps.mv(stage.z, float(top))
+        yield from bps.mv(stage.x, float(x), stage.y, float(y))
+        res = yield from approach_stub(stage, potentiostat, spec, stream=approach_stream, park=False)
+        configure_measure(potentiostat, measure)
+        put_values(signals, surface_z=res["surface_z"], surface_z_err=res["surface_z_err"],
+                   contact_z=res["stop_z"], hop_valid=1, hop_fault="")
+        yield from bps.trigger_and_read(devices, name=stream)
+        out.update(valid=True, surface_z=res["surface_z"], surface_z_err=res["surface_z_err"],
+                   contact_z=res["stop_z"])
+        yield from bps.mv(stage.z, res["stop_z"] + hop_height)
+        return out
+    except Exception as exc:
+        err = device_error(exc)
+        reason = fault_reason(err)
+        if reason is None:
+            raise
+    # the fault: retract straight up (cannot touch), then record the hop as invalid with a NaN measurement
+    z = float(stage.z.position)
+    yield from bps.mv(stage.z, min(z + hop_height, stage.z.limits[1]))
+    configure_measure(potentiostat, measure)
+    potentiostat.mark_not_measured()
+    put_values(signals, surface_z=np.nan, surface_z_err=np.nan, contact_z=np.nan, hop_valid=0, hop_fault=reason)
+    yield from bps.create(stream)
+    for d in devices:
+        yield from bps.read(d)
+    yield from bps.save()
+    out.update(fault=reason, message=str(err))
+    if on_fault == "stop":
+        raise err
+    return out
+
+
+class _FaultLog:
+    """Counts a map's faults, records each in the ``faults`` stream and enforces the consecutive limit."""
+
+    def __init__(self, n_points: int, max_consecutive: int):
+        self.n_points = n_points
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.reasons: list[str] = []
+        self.signals = soft_signals(fault_hop=(0, None), fault_x=(0.0, "um"), fault_y=(0.0, "um"),
+                                    fault_reason=("", None), fault_message=("", None))
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    def record(self, i: int, x: float, y: float, reason: str, message: str):
+        """Plan stub: one event in the ``faults`` stream; raises FaultLimitReached past the limit."""
+        self.reasons.append(reason)
+        self.consecutive += 1
+        put_values(self.signals, fault_hop=int(i), fault_x=float(x), fault_y=float(y), fault_reason=reason,
+                   fault_message=message[:500])
+        yield from bps.trigger_and_read(list(self.signals.values()), name="faults")
+        if self.consecutive >= self.max_consecutive:
+            raise FaultLimitReached(f"{self.consecutive} consecutive hops faulted (max_consecutive_faults="
+                                    f"{self.max_consecutive}); last at x={x:.3f}, y={y:.3f} µm: {message}")
+
+    def summary(self) -> str:
+        if not self.reasons:
+            return ""
+        counts = ", ".join(f"{self.reasons.count(r)} {r}" for r in dict.fromkeys(self.reasons))
+        return (f"{len(self.reasons)} of {self.n_points} hops skipped after faults ({counts}); they are recorded "
+                f"with valid=0 and in the 'faults' stream")
+
+
 @checked_plan(("SICM", "SECCM"))
 def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tuple | None = None,
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
                  snake: bool = True, seed: int | None = None, hop_height: float = 2.0,
                  approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
                  contact_current: float = 5e-13, stop_offset: float = 0.0, measure: Mapping | None = None,
-                 mode: str = "device", hopper: Any = None, probe: Any = None, retract: float | None = None,
+                 mode: str = "device", hopper: Any = None, on_fault: str = "skip",
+                 max_consecutive_faults: int = 5, probe: Any = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None,
                  md: dict | None = None) -> Generator[Any, Any, np.ndarray]:
     """Hopping SICM/SECCM map: at each point approach to the setpoint/contact, measure, retract, move on.
@@ -101,12 +209,23 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
         ``"device"``: the hop is one triggered action of ``hopper`` (a controller that hops in firmware, e.g.
         ``bench.hopper``); ``"plan"``: approach/measure/retract driven step by step from the plan (any hardware);
         its approach curves go to the ``approach`` stream.
+    on_fault : {"skip", "stop"}
+        What a fault at one hop does (a crash, an overload, no contact within ``max_travel``, the criterion never
+        met).  ``"skip"`` (default): the tip retracts straight up by ``hop_height``, the hop is recorded with
+        ``valid`` 0 and its reason (``hopper_valid``/``hopper_fault`` in device mode, ``hop_valid``/``hop_fault``
+        in plan mode; NaN heights and measurement) and in the ``faults`` stream, and the map goes on; the run
+        ends with exit_status "success" and its stop document's ``reason`` says how many hops were skipped.
+        ``"stop"``: the faulted hop is recorded, then the error ends the run (exit_status "fail").
+    max_consecutive_faults : int
+        With ``on_fault="skip"``, this many faults in a row end the run (:class:`~espt_bluesky.errors.
+        FaultLimitReached`): a broken tip or a lost sample should not be mapped blind.
 
     Returns
     -------
     numpy.ndarray
-        Surface height (µm) of every hop, in visiting order (also recorded per event: ``hopper_surface_z`` in
-        device mode, ``surface_z`` in plan mode; ``map`` in the start document names the x/y keys).
+        Surface height (µm) of every hop, in visiting order, NaN for skipped hops (also recorded per event:
+        ``hopper_surface_z`` in device mode, ``surface_z`` in plan mode; ``map`` in the start document names the
+        x/y keys, ``valid_key`` the validity flag).
 
     Examples
     --------
@@ -116,6 +235,8 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
     """
     technique = check_choice("technique", technique, ("SICM", "SECCM"))
     mode = check_choice("mode", mode, ("device", "plan"))
+    on_fault = check_choice("on_fault", on_fault, FAULT_POLICIES)
+    max_consecutive_faults = check_int("max_consecutive_faults", max_consecutive_faults, 1, 10**6)
     pts = scan_points(stage, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake, seed=seed)
     hop_height = check_step("hop_height", hop_height)
     if approach_step is not None:
@@ -130,27 +251,24 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
     retract = check_step("retract", max(hop_height, 2.0) if retract is None else retract)
     pr = probe_of(potentiostat, probe)
     xs, ys = pts["x"], pts["y"]
+    sigs = hop_signals()
     if mode == "device":
         keys = (hopper.x.name, hopper.y.name)
-        topo_key = hopper.surface_z.name
+        topo_key, valid_key = hopper.surface_z.name, hopper.valid.name
     else:
         keys = (stage.x.name, stage.y.name)
-        topo_key = "surface_z"
+        topo_key, valid_key = sigs["surface_z"].name, sigs["hop_valid"].name
     args = dict(technique=technique, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake,
                 seed=seed, hop_height=hop_height, approach_step=spec.fine_step, max_travel=max_travel, drop=drop,
-                contact_current=contact_current, stop_offset=stop_offset, measure=measure, mode=mode)
+                contact_current=contact_current, stop_offset=stop_offset, measure=measure, mode=mode,
+                on_fault=on_fault, max_consecutive_faults=max_consecutive_faults)
     start_md = build_start_md("hopping_scan", args, technique=technique, mode="hopping", probe=pr, context=context,
                               sample_md=sample_md, md=md, map_keys=keys, order=pts["map_order"],
                               shape=pts.get("shape"), extents=pts.get("extents"), snaking=pts.get("snaking"),
                               hints={"dimensions": [[[keys[1]], "primary"], [[keys[0]], "primary"]]},
-                              extra={"topography_key": topo_key, "hop_mode": mode,
+                              extra={"topography_key": topo_key, "valid_key": valid_key, "hop_mode": mode,
                                      "setpoint_distance": spec.stop_distance, "num_points": int(xs.size)})
-
-    def configure_measure():
-        if meas is not None:
-            potentiostat.configure_technique(meas["technique"], channel=meas["channel"], **meas["params"])
-        else:
-            potentiostat.configure_technique("READ", channel="tip")
+    faults = _FaultLog(int(xs.size), max_consecutive_faults)
 
     def device_body():
         hopper.configure_hop(criterion="current_drop" if technique == "SICM" else "contact",
@@ -159,34 +277,47 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
                              stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset,
                              measure=meas is not None)
         yield from cell_on(potentiostat)
-        configure_measure()
+        configure_measure(potentiostat, meas)
         topo = []
-        for x, y in zip(xs, ys):
+        for i, (x, y) in enumerate(zip(xs, ys)):
             yield from bps.checkpoint()
             yield from bps.mv(hopper, (float(x), float(y)))
-            r = yield from bps.trigger_and_read([hopper])
+            try:
+                r = yield from bps.trigger_and_read([hopper])
+            except Exception as exc:
+                err = device_error(exc)
+                if fault_reason(err) is None:
+                    raise
+                # the controller retracted and marked the hop invalid: record it, then skip or stop
+                yield from bps.create("primary")
+                yield from bps.read(hopper)
+                yield from bps.save()
+                topo.append(np.nan)
+                if on_fault == "stop":
+                    raise err
+                yield from faults.record(i, x, y, hopper.fault.get(), str(err))
+                continue
+            faults.ok()
             topo.append(r[hopper.surface_z.name]["value"])
-        return np.asarray(topo)
+        return np.asarray(topo, float)
 
     def plan_body():
         yield from cell_on(potentiostat)
-        sigs = soft_signals(surface_z=(0.0, "um"), contact_z=(0.0, "um"))
         topo = []
         last = None
-        for x, y in zip(xs, ys):
+        for i, (x, y) in enumerate(zip(xs, ys)):
             yield from bps.checkpoint()
-            if last is not None:
-                yield from bps.mv(stage.z, max(last + hop_height, float(stage.z.position)))
-            yield from bps.mv(stage.x, float(x), stage.y, float(y))
-            res = yield from approach_stub(stage, potentiostat, spec, stream="approach", park=False)
-            last = res["stop_z"]
-            put_values(sigs, surface_z=res["surface_z"], contact_z=res["stop_z"])
-            configure_measure()
-            yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values()])
+            res = yield from hop_stub(stage, potentiostat, spec, x, y, hop_height=hop_height, signals=sigs,
+                                      top=None if last is None else last + hop_height, measure=meas,
+                                      on_fault=on_fault)
             topo.append(res["surface_z"])
-            yield from bps.mv(stage.z, last + hop_height)
-        return np.asarray(topo)
+            if res["valid"]:
+                last = res["contact_z"]
+                faults.ok()
+            else:
+                yield from faults.record(i, x, y, res["fault"], res["message"])
+        return np.asarray(topo, float)
 
     body = device_body() if mode == "device" else plan_body()
     return (yield from managed_run(body, md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                                   stage_devices=[potentiostat]))
+                                   stage_devices=[potentiostat], stop_reason=faults.summary))

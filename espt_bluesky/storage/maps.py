@@ -218,7 +218,7 @@ def _to_um(values: np.ndarray, units: str | None, key: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- read_map
 def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | None = None,
-             waveforms: bool = True) -> xr.Dataset:
+             waveforms: bool = True, valid_only: bool = True) -> xr.Dataset:
     """A map run as an xarray Dataset with ``x``/``y`` coordinates in µm.
 
     Parameters
@@ -231,6 +231,10 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
         Data keys to read (positions are always read).  Default: all.
     waveforms : bool
         Read array-valued keys (waveforms).  False reads only the scalars (fast for big runs).
+    valid_only : bool
+        Leave out the points the run marked invalid (a hop skipped after a fault: the start document's
+        ``valid_key`` is 0 there); they stay in the raw run.  ``attrs["n_invalid"]`` counts them.  False returns
+        every event, with the validity flag as a variable.
 
     Returns
     -------
@@ -253,6 +257,7 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
             raise InvalidArgument(f"variables={variables!r} must be a list of data keys (e.g. [{variables!r}])")
         variables = list(variables)
     waveforms = check_bool("waveforms", waveforms)
+    valid_only = check_bool("valid_only", valid_only)
     if not isinstance(run, RunData) and hasattr(run, "metadata") and hasattr(run, "context"):
         start = dict(run.metadata["start"])
         x_key, y_key, order = map_keys(start)
@@ -261,7 +266,8 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
             dks = run[stream].metadata.get("data_keys", {}) if stream in run else {}
             keys = [k for k in (variables if variables is not None else dks)
                     if k in dks and (waveforms or not dks[k].get("shape"))]
-            keys = list(dict.fromkeys([x_key, y_key] + keys))
+            keys = list(dict.fromkeys([x_key, y_key] + ([start["valid_key"]] if start.get("valid_key") else [])
+                                      + keys))
         rd = RunData.from_tiled(run, stream, keys)
     else:
         rd = as_run_data(run, stream)
@@ -277,10 +283,20 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     if unknown:
         raise InvalidArgument(f"variables: {unknown} are not data keys of stream {stream!r}; its keys: "
                               f"{sorted(rd.data_keys)}")
+    valid_key = start.get("valid_key")
+    n_invalid = 0
+    if valid_key and valid_key in rd.arrays:
+        keep = np.asarray(rd.arrays[valid_key], float) != 0
+        n_invalid = int((~keep).sum())
+        if valid_only and n_invalid:
+            rd = RunData(start, rd.data_keys, {k: v[keep] for k, v in rd.arrays.items()}, rd.seq_num[keep],
+                         rd.stop)
     n = len(rd.seq_num)
     xs = _to_um(rd.arrays.get(x_key, np.zeros(0)), rd.data_keys[x_key].get("units"), x_key)
     ys = _to_um(rd.arrays.get(y_key, np.zeros(0)), rd.data_keys[y_key].get("units"), y_key)
     names = [k for k in rd.arrays if k not in (x_key, y_key)]
+    if valid_only and valid_key:
+        names = [k for k in names if k != valid_key]
     if variables is not None:
         wanted = set(variables)
         names = [k for k in names if k in wanted]
@@ -289,7 +305,7 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
 
     attrs = {k: start[k] for k in METADATA_KEYS if k in start}
     attrs.update(map_order=order, x_key=x_key, y_key=y_key, position_units="µm", stream=stream,
-                 n_spots=n, exit_status=(rd.stop or {}).get("exit_status"))
+                 n_spots=n, n_invalid=n_invalid, exit_status=(rd.stop or {}).get("exit_status"))
 
     grid = _grid_cells(start, order, x_key, xs, ys, rd.seq_num)
     if grid is not None:

@@ -20,6 +20,8 @@ the demo).  :meth:`LocalCatalog.connect` attaches to a server that is already ru
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -28,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +223,36 @@ def _tiled_executable() -> list[str]:
 _IN_PROCESS: list["LocalCatalog"] = []
 
 
+@contextlib.contextmanager
+def _serve_in_daemon_thread(server: Any, timeout: float):
+    """Run a uvicorn server (signal handlers off) in a daemon thread; yield its ``http://host:port``.
+
+    Tiled's own ``ThreadedServer.run_in_thread`` uses a non-daemon thread, which keeps the interpreter alive after
+    the last line of a script or an IPython ``exit``; a daemon thread plus :func:`_stop_in_process_servers` at
+    exit lets the process end while still shutting the server down cleanly.
+    """
+    thread = threading.Thread(target=server.run, daemon=True, name="espt-tiled-server")
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServerError(f"the in-process Tiled server did not start within {timeout} s")
+            time.sleep(0.05)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
+
+
+@atexit.register
+def _stop_in_process_servers() -> None:
+    """Stop the in-process servers still running when the interpreter exits."""
+    for cat in list(_IN_PROCESS):
+        cat.stop()
+
+
 class LocalCatalog:
     """A Tiled server over one data directory, and how to reach it.
 
@@ -317,7 +350,7 @@ class LocalCatalog:
         app = build_app_from_config(cfg)
         server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio",
                                                log_level="warning", access_log=False))
-        cm = server.run_in_thread()
+        cm = _serve_in_daemon_thread(server, timeout)
         base = cm.__enter__()
         try:
             _wait_healthy(base, timeout)

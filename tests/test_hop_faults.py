@@ -1,0 +1,104 @@
+"""Hop fault policy: a map with injected faults (a spike higher than the hop height, a pit deeper than the travel)
+finishes, marks the faulty hops invalid with their reason and keeps every other hop's data intact.
+
+The spike (3 µm, hop height 1 µm) is hit on the lateral move towards it; the hop after it moves across the spike
+again from the retracted height (1 µm above the crash point, still below its top) and may crash too: a controller
+cannot see an obstacle before touching it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import bluesky.plan_stubs as bps
+
+from espt_bluesky.devices import make_sim_bench
+from espt_bluesky.errors import FaultLimitReached, TipCrash
+from espt_bluesky.plans import hopping_scan
+from espt_bluesky.storage import read_map
+
+SPIKE, PIT = (32.0, 31.0), (33.0, 33.0)
+XR, YR = (30.0, 34.0, 5), (30.0, 34.0, 5)
+
+
+def _bench_with_faults(seed=3):
+    """SICM over SiO2 of the patterned sample, with a 3 µm spike and a 10 µm deep pit on two grid points."""
+    bench = make_sim_bench("SICM", "patterned", seed=seed, start=(30.0, 30.0))
+    s = bench.model.sample
+    xx, yy = np.meshgrid(s.x, s.y)
+    s.topography = s.topography + 3.0 * (np.hypot(xx - SPIKE[0], yy - SPIKE[1]) <= 0.4)
+    s.topography = s.topography - 10.0 * (np.hypot(xx - PIT[0], yy - PIT[1]) <= 0.6)
+    bench.model.invalidate()
+    return bench
+
+
+def _events(RE, stream="primary"):
+    return RE.collector.events(stream)
+
+
+@pytest.mark.parametrize("mode", ["device", "plan"])
+def test_faulty_hops_are_skipped_and_marked_invalid(RE, mode):
+    bench = _bench_with_faults()
+    model = bench.model
+    RE(bps.mv(bench.stage.z, float(model.surface_z(30, 30)) + 1.0))
+    res = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=XR, y_range=YR,
+                          hop_height=1.0, max_travel=4.0, drop=0.02, mode=mode, hopper=bench.hopper,
+                          measure=dict(technique="READ")))
+    stop = RE.collector.of("stop")[-1]
+    start = RE.collector.of("start")[-1]
+    assert res.exit_status == "success" and stop["exit_status"] == "success"
+    ev = _events(RE)
+    assert len(ev) == 25 and stop["num_events"]["primary"] == 25
+    valid_key, topo_key = start["valid_key"], start["topography_key"]
+    xk, yk = start["map"]["x"], start["map"]["y"]
+    valid = np.array([e["data"][valid_key] for e in ev])
+    fault_key = valid_key.replace("valid", "fault")
+    reasons = [e["data"][fault_key] for e in ev]
+    topo = np.array([e["data"][topo_key] for e in ev])
+    # visiting order (snake): the spike is hop 7 (row 1 runs 34 -> 30), the pit hop 16 (row 3 runs 34 -> 30)
+    assert reasons[7] == "crash" and reasons[16] == "criterion_not_met"
+    assert set(np.flatnonzero(valid == 0)) <= {7, 8, 16} and reasons[8] in ("", "crash")
+    n_bad = int((valid == 0).sum())
+    assert f"{n_bad} of 25 hops skipped" in stop["reason"] and "1 criterion_not_met" in stop["reason"]
+    assert np.all(np.isnan(topo[valid == 0])) and np.all(np.isnan(res.plan_result[valid == 0]))
+    # the faults stream names each skipped hop and where it was aimed
+    faults = _events(RE, "faults")
+    assert [f["data"]["fault_reason"] for f in faults] == [r for r in reasons if r]
+    assert [f["data"]["fault_hop"] for f in faults] == list(np.flatnonzero(valid == 0))
+    assert (faults[0]["data"]["fault_x"], faults[0]["data"]["fault_y"]) == SPIKE
+    assert (faults[-1]["data"]["fault_x"], faults[-1]["data"]["fault_y"]) == PIT
+    # every other hop's data intact: heights on the true surface, the measurement recorded
+    x, y = np.array([e["data"][xk] for e in ev]), np.array([e["data"][yk] for e in ev])
+    ok = valid == 1
+    err = topo[ok] - model.surface_z(x[ok], y[ok])
+    assert np.abs(err).max() < 0.1, err
+    assert np.all(np.isfinite([e["data"]["pstat_tip_current"] for e, v in zip(ev, valid) if v]))
+    assert all(np.isnan(e["data"]["pstat_tip_current"]) for e, v in zip(ev, valid) if not v)
+    assert model.clearance() > 0 and bench.potentiostat.cell_on.get() == 0
+    # read_map leaves the invalid hops out of the map (NaN cells) and counts them; the raw run keeps them
+    ds = read_map(RE.collector.docs)
+    assert ds.attrs["n_invalid"] == n_bad and ds.sizes == {"y": 5, "x": 5}
+    z = ds[topo_key].values
+    assert np.isnan(z).sum() == n_bad and np.isnan(z[1, 2]) and np.isnan(z[3, 3])
+    everything = read_map(RE.collector.docs, valid_only=False)
+    assert int((everything[valid_key] == 0).sum()) == n_bad
+
+
+def test_stop_policy_and_consecutive_limit(RE):
+    bench = _bench_with_faults()
+    RE(bps.mv(bench.stage.z, float(bench.model.surface_z(30, 30)) + 1.0))
+    with pytest.raises(TipCrash):
+        RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=XR, y_range=YR,
+                        hop_height=1.0, max_travel=4.0, drop=0.02, hopper=bench.hopper, on_fault="stop"))
+    stop = RE.collector.of("stop")[-1]
+    ev = _events(RE)
+    assert stop["exit_status"] == "fail" and "crash" in stop["reason"]
+    assert ev[-1]["data"]["hopper_valid"] == 0 and stop["num_events"]["primary"] == len(ev) == 8
+    RE.collector.docs.clear()
+    bench = _bench_with_faults()
+    RE(bps.mv(bench.stage.z, float(bench.model.surface_z(30, 30)) + 1.0))
+    with pytest.raises(FaultLimitReached, match="max_consecutive_faults=1"):
+        RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=XR, y_range=YR,
+                        hop_height=1.0, max_travel=4.0, drop=0.02, hopper=bench.hopper, max_consecutive_faults=1))
+    assert RE.collector.of("stop")[-1]["exit_status"] == "fail"
+    assert len(_events(RE, "faults")) == 1 and bench.model.clearance() > 0
