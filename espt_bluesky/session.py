@@ -8,6 +8,7 @@ defaults, file, environment, explicit dict)::
     sample = "patterned"
     seed = 0
     time_scale = 0.0
+    start = [50.0, 50.0]    # optional: lateral start position (µm)
     options = {}            # BenchOptions fields (noise, drift, tilt ...)
 
     [epics]                 # EPICS hardware (later): prefix = "ESPT:"
@@ -20,7 +21,9 @@ defaults, file, environment, explicit dict)::
     batch_size = 25         # rows per write (a reader sees the run while it runs)
     waveform_assets = true  # CVs as HDF5 external assets in the data directory's asset dir
 
-``ESPT_CONFIG`` names the file.  Example::
+``ESPT_CONFIG`` names the file.  :func:`load_config` checks everything before any server starts or device is built
+(:func:`check_config`): an unknown section or key, a bad value, or a malformed file (named, with the parser's line)
+raises :class:`~espt_bluesky.errors.InvalidArgument`.  Example::
 
     >>> from espt_bluesky.session import build_session
     >>> s = build_session({"bench": {"technique": "SECCM"}, "storage": {"data_dir": "/tmp/espt"}})
