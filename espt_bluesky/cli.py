@@ -20,6 +20,8 @@ import signal
 import sys
 from typing import Callable
 
+from .correlate.cli import add_import
+
 # ====================================================================================================== storage
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the local Tiled server (own process) and print its URI",
@@ -144,7 +146,7 @@ def cmd_ioc(args: argparse.Namespace) -> int:
 
 
 # ====================================================================================================== registry
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc, add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

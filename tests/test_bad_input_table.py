@@ -199,6 +199,7 @@ CASES = [
     Case("image-snake-str", "snake", secm(lambda s, p, b: _ch(s, p, snake="no"))),
     Case("image-retract-zero", "retract", secm(lambda s, p, b: _ch(s, p, retract=0.0))),
     Case("image-md-list", "md", secm(lambda s, p, b: _ch(s, p, md=[1]))),
+    Case("image-detectors-str", "detectors", secm(lambda s, p, b: _ch(s, p, detectors="raman"))),
     # ------------------------------------------------------------------ operando_imaging
     Case("operando-technique-unknown", "technique", secm(lambda s, p, b: _op(s, p, technique="STM"))),
     Case("operando-technique-afm", "technique", secm(lambda s, p, b: _op(s, p, technique="EC-AFM"))),
@@ -224,6 +225,7 @@ CASES = [
                                                               y_range=(0, 100, 1000), n_images=100))),
     Case("operando-height-neg", "height", secm(lambda s, p, b: _op(s, p, height=-5.0))),
     Case("operando-plane-foo", "plane", secm(lambda s, p, b: _op(s, p, plane={"foo": 1}))),
+    Case("operando-detectors", "detectors", secm(lambda s, p, b: _op(s, p, detectors=[None]))),
     # ------------------------------------------------------------------ sgtc
     Case("sgtc-technique-unknown", "technique", secm(lambda s, p, b: _sg(s, p, technique="STM"))),
     Case("sgtc-technique-sicm", "technique", secm(lambda s, p, b: _sg(s, p, technique="SICM"))),
@@ -290,6 +292,11 @@ CASES = [
     Case("hop-seccm-contact", "contact_current", seccm(lambda s, p, b: _hop(s, p, b, technique="SECCM",
                                                                             contact_current=0.0))),
     Case("hop-retract", "retract", sicm(lambda s, p, b: _hop(s, p, b, retract="far"))),
+    Case("hop-detectors-str", "detectors", sicm(lambda s, p, b: _hop(s, p, b, detectors="xrf"))),
+    Case("hop-detectors-not-device", "detectors", sicm(lambda s, p, b: _hop(s, p, b, detectors=[5]))),
+    Case("hop-detectors-duplicate", "detectors", sicm(lambda s, p, b: _hop(s, p, b, detectors=[p, p]))),
+    Case("hop-on-fault", "on_fault", sicm(lambda s, p, b: _hop(s, p, b, on_fault="ignore"))),
+    Case("hop-max-faults", "max_consecutive_faults", sicm(lambda s, p, b: _hop(s, p, b, max_consecutive_faults=2.5))),
     # ------------------------------------------------------------------ combinatorial_sweep
     Case("comb-technique", "technique", seccm(lambda s, p, b: _comb(s, p, technique="SECM"))),
     Case("comb-seed-float", "seed", seccm(lambda s, p, b: _comb(s, p, seed=1.5))),
@@ -315,6 +322,7 @@ CASES = [
     Case("comb-hop-height", "hop_height", seccm(lambda s, p, b: _comb(s, p, hop_height=-1.0))),
     Case("comb-approach-step", "approach_step", seccm(lambda s, p, b: _comb(s, p, approach_step=0.0))),
     Case("comb-grid-1e10", "x_range", seccm(lambda s, p, b: _comb(s, p, **HUGE))),
+    Case("comb-detectors", "detectors", seccm(lambda s, p, b: _comb(s, p, detectors=3))),
     # ------------------------------------------------------------------ make_sim_bench
     Case("bench-technique", "technique", lambda c: make_sim_bench("STM")),
     Case("bench-technique-none", "technique", lambda c: make_sim_bench(None)),

@@ -16,6 +16,7 @@ from ..errors import InvalidArgument, check_choice, check_int, check_keys, check
 from ._common import (cell_on, check_points, check_potential, check_step, check_xy, check_z, checked_plan,
                       grid_points, managed_run, probe_of, put_values, soft_signals)
 from .approach import approach_stub, make_approach_spec
+from ._detectors import check_detectors
 
 #: Keys of a plane given as a dict (``PlaneFit.as_dict()`` has them all): the geometry is required.
 PLANE_KEYS = ("z0", "slope_x", "slope_y", "x0", "y0")
@@ -165,7 +166,8 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
                           y_range: tuple[float, float, int], height: float, plane: Any,
                           tip_potential: float | None = None, snake: bool = True, technique: str = "SECM",
                           probe: Any = None, retract: float = 20.0, context: Any = None,
-                          sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
+                          sample_md: dict | None = None, detectors: Sequence[Any] | None = None,
+                          md: dict | None = None) -> Generator[Any, Any, None]:
     """Raster at a fixed distance above the sample plane (tilt-corrected), reading the tip current per point.
 
     Parameters
@@ -180,6 +182,8 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
         Tip potential for the reading (within the potentiostat's compliance); default: as set.
     snake : bool
         Snake (boustrophedon) or raster order.
+    detectors : list of devices, optional
+        Extra detectors (e.g. ``[xrf]``) read at every point.
 
     Notes
     -----
@@ -194,8 +198,9 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
     xs, ys, zs, shape, extents, pl, tip_potential = _validate_image(stage, potentiostat, x_range, y_range,
                                                                     height, plane, snake, tip_potential)
     check_step("retract", retract)
+    dets = check_detectors(detectors)
     args = dict(x_range=x_range, y_range=y_range, height=height, plane=pl, tip_potential=tip_potential,
-                snake=snake)
+                snake=snake, detectors=[d.name for d in dets])
     start_md = build_start_md("constant_height_image", args, technique=technique, mode="constant_height",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
                               map_keys=(stage.x.name, stage.y.name), order="snake" if snake else "raster",
@@ -205,10 +210,10 @@ def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float
 
     def body():
         yield from _prepare_read(potentiostat, tip_potential)
-        yield from _image(stage, potentiostat, xs, ys, zs)
+        yield from _image(stage, potentiostat, xs, ys, zs, extra=dets)
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                           stage_devices=[potentiostat])
+                           stage_devices=[potentiostat, *dets])
 
 
 CYCLE_TECHNIQUES = ("CV", "CP", "CA", "LSV")
@@ -219,7 +224,8 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
                      y_range: tuple[float, float, int], height: float, plane: Any, n_images: int,
                      cycle: Mapping[str, Any], tip_potential: float | None = None, snake: bool = True,
                      technique: str = "SECM", probe: Any = None, retract: float = 20.0, context: Any = None,
-                     sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
+                     sample_md: dict | None = None, detectors: Sequence[Any] | None = None,
+                     md: dict | None = None) -> Generator[Any, Any, None]:
     """Image the same region again and again while the substrate is cycled between images.
 
     After every image but the last, the substrate channel runs ``cycle`` once (e.g. a CV into the SEI region or a
@@ -237,6 +243,8 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
         ``technique`` ("CV", "CP", "CA" or "LSV") plus potentiostat technique parameters (``e_start``,
         ``e_vertex1``, ``e_vertex2``, ``scan_rate``, ``n_cycles``, ``current_setpoint``, ``duration``,
         ``n_samples`` ...), validated against the potentiostat's compliance before anything moves.
+    detectors : list of devices, optional
+        Extra detectors (e.g. ``[raman]``) read at every point of every image.
 
     Examples
     --------
@@ -249,13 +257,14 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
     n_images = check_int("n_images", n_images, 1, 10000)
     check_points_cap(f"n_images={n_images} × {xs.size} points per image", n_images * xs.size)
     check_step("retract", retract)
+    dets = check_detectors(detectors)
     cycle = check_keys("cycle", cycle, required=["technique"], optional=potentiostat.params.component_names)
     cyc_tech = check_choice("cycle['technique']", cycle["technique"], CYCLE_TECHNIQUES)
     cyc_params = {k: v for k, v in cycle.items() if k != "technique"}
     cyc_params.setdefault("n_samples", 500)
     _validate_technique_params(potentiostat, cyc_tech, cyc_params, "cycle")
     args = dict(x_range=x_range, y_range=y_range, height=height, plane=pl, n_images=n_images, cycle=dict(cycle),
-                tip_potential=tip_potential, snake=snake)
+                tip_potential=tip_potential, snake=snake, detectors=[d.name for d in dets])
     start_md = build_start_md("operando_imaging", args, technique=technique, mode="operando",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
                               map_keys=(stage.x.name, stage.y.name), order="snake" if snake else "raster",
@@ -273,7 +282,7 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
         for k in range(n_images):
             put_values(sigs, image_index=k, cycles_done=k, charge_passed=charge)
             yield from _prepare_read(potentiostat, tip_potential)
-            yield from _image(stage, potentiostat, xs, ys, zs, extra=list(sigs.values()))
+            yield from _image(stage, potentiostat, xs, ys, zs, extra=[*sigs.values(), *dets])
             if k == n_images - 1:
                 break
             potentiostat.configure_technique(cyc_tech, channel="substrate", **cyc_params)
@@ -286,7 +295,7 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
             put_values(sigs, substrate_potential_state=float(e[-1]))
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                           stage_devices=[potentiostat])
+                           stage_devices=[potentiostat, *dets])
 
 
 def _validate_technique_params(potentiostat, technique, params, name):

@@ -224,7 +224,8 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     Parameters
     ----------
     run : Tiled BlueskyRun node, list of (name, doc) pairs, or RunData
-        The run.  Documents may also be ``{"name": ..., "doc": ...}`` records (a backup file's lines).
+        The run.  Documents may also be ``{"name": ..., "doc": ...}`` records (a backup file's lines).  A Tiled
+        ``xarray_dataset`` node (an imported instrument file, ``espt import``) is read back as its Dataset.
     stream : str
         The event stream holding the map (``"primary"``).
     variables : iterable of str, optional
@@ -258,6 +259,15 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
         variables = list(variables)
     waveforms = check_bool("waveforms", waveforms)
     valid_only = check_bool("valid_only", valid_only)
+    from .datasets import is_dataset_node, read_dataset_node
+
+    if is_dataset_node(run):  # an imported file or a stored dataset: already a map in µm
+        ds = read_dataset_node(run)
+        unknown = [v for v in variables or () if v not in ds.data_vars]
+        if unknown:
+            raise InvalidArgument(f"variables: {unknown} are not in this dataset; its variables: "
+                                  f"{sorted(ds.data_vars)}")
+        return ds if variables is None else ds[variables]
     if not isinstance(run, RunData) and hasattr(run, "metadata") and hasattr(run, "context"):
         start = dict(run.metadata["start"])
         x_key, y_key, order = map_keys(start)
@@ -338,6 +348,9 @@ def _extra_dims(key: str, a: np.ndarray, data_keys: dict) -> tuple[str, ...]:
     if a.ndim == 1:
         return ()
     if a.ndim == 2:
+        described = data_keys.get(key, {}).get("dims") or []
+        if len(described) == 1 and described[0] not in ("waveform_index", WAVEFORM_DIM):
+            return (str(described[0]),)  # e.g. an MCA spectrum's "channel": not a time waveform
         return (WAVEFORM_DIM,) if a.shape[1] > 0 else (f"{key}_dim_0",)
     dims = data_keys.get(key, {}).get("dims")
     if dims and len(dims) == a.ndim - 1:
@@ -421,19 +434,9 @@ def _axis_centres(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- products
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 1000 else f"<array shape={obj.shape}>"
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
+    from .datasets import jsonable
+
+    return jsonable(obj)
 
 
 def _check_node(run: Any, what: str) -> None:
