@@ -126,10 +126,10 @@ def run_demo(data_dir: str | os.PathLike | None = None, output_dir: str | os.Pat
         _say(f"  figure: {f}")
     if own:
         dd = f" --data-dir {result.data_dir}" if data_dir is not None else ""
-        key = getattr(catalog, "api_key", "")
-        _say(f"browse the runs: run `espt serve{dd}` and open http://127.0.0.1:8000/ui/browse/?api_key={key}")
+        _say(f"browse the runs: run `espt serve{dd}` and open the Browse address it prints "
+             f"(once with ?api_key=<the key in {catalog.key_hint}>)")
     else:
-        _say(f"browse the runs: {result.browse_url}")
+        _say(f"browse the runs: {result.browse_url} (once with ?api_key=<the key in {catalog.key_hint}>)")
     return result
 
 

@@ -11,7 +11,12 @@ defaults, file, environment, explicit dict)::
     start = [50.0, 50.0]    # optional: lateral start position (µm)
     options = {}            # BenchOptions fields (noise, drift, tilt ...)
 
-    [epics]                 # EPICS hardware (later): prefix = "ESPT:"
+    [epics]                 # EPICS hardware instead of the bench: prefix = "ESPT:" (see make_epics_bench)
+
+    [session]
+    md_dir = "..."          # RE.md persisted here (scan_id survives restarts); default DATA_DIR/runengine_md;
+                            # "" keeps RE.md in memory
+    suspenders = true       # pause runs while the potentiostat is offline or overloaded
 
     [storage]
     data_dir = "..."        # ESPT_DATA_DIR; default the per-user data directory
@@ -23,11 +28,15 @@ defaults, file, environment, explicit dict)::
 
 ``ESPT_CONFIG`` names the file.  :func:`load_config` checks everything before any server starts or device is built
 (:func:`check_config`): an unknown section or key, a bad value, or a malformed file (named, with the parser's line)
-raises :class:`~espt_bluesky.errors.InvalidArgument`.  Example::
+raises :class:`~espt_bluesky.errors.InvalidArgument`.  A session's RunEngine returns plan results
+(``call_returns_result=True``), keeps ``RE.md`` on disk, records a ``baseline`` stream (stage positions, potentials,
+current ranges, cell state, probe) in every run, and has suspenders on the potentiostat's ``online``/``overload``
+flags.  Example::
 
     >>> from espt_bluesky.session import build_session
     >>> s = build_session({"bench": {"technique": "SECCM"}, "storage": {"data_dir": "/tmp/espt"}})
     >>> s.RE(bp.count([s.pstat]))
+    >>> s.close()
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "epics": None,
     "storage": {"data_dir": None, "tiled_uri": None, "api_key": None, "mode": "auto", "batch_size": 25,
                 "waveform_assets": True},
+    "session": {"md_dir": None, "suspenders": True},
 }
 STORAGE_MODES = ("auto", "connect", "in_process", "none")
 #: keys a section may have beyond those in DEFAULTS
@@ -153,9 +163,9 @@ def check_config(cfg: Mapping, *, partial: bool = False) -> dict:
     value is checked too (the bench through :func:`espt_bluesky.devices.sim_bench.check_bench_arguments`).
     """
     cfg = check_keys("config", cfg, optional=DEFAULTS)
-    for section in ("bench", "storage"):
-        if section in cfg:
-            check_keys(section, cfg[section], optional=[*DEFAULTS[section], *EXTRA_KEYS.get(section, ())])
+    for section, defaults in DEFAULTS.items():
+        if isinstance(defaults, dict) and section in cfg:
+            check_keys(section, cfg[section], optional=[*defaults, *EXTRA_KEYS.get(section, ())])
     if cfg.get("epics") is not None and not isinstance(cfg["epics"], Mapping):
         raise InvalidArgument(f"epics={cfg['epics']!r} must be a table of EPICS settings or absent")
     if partial:
@@ -167,6 +177,10 @@ def check_config(cfg: Mapping, *, partial: bool = False) -> dict:
     for k in ("data_dir", "tiled_uri", "api_key"):
         if st[k] is not None and not isinstance(st[k], (str, os.PathLike)):
             raise InvalidArgument(f"storage.{k}={st[k]!r} must be a string (or absent)")
+    se = cfg["session"]
+    se["suspenders"] = check_bool("session.suspenders", se["suspenders"])
+    if se["md_dir"] is not None and not isinstance(se["md_dir"], (str, os.PathLike)):
+        raise InvalidArgument(f"session.md_dir={se['md_dir']!r} must be a path (\"\" keeps RE.md in memory) or absent")
     if not cfg.get("epics"):
         from .devices.sim_bench import check_bench_arguments
 
@@ -204,6 +218,9 @@ class Session:
     writer_token: int | None = None
     bench: Any = None
     devices: dict[str, Any] = field(default_factory=dict)
+    #: the baseline preprocessor (``sd.baseline`` lists what is read at the start and end of every run)
+    sd: Any = None
+    suspenders: list = field(default_factory=list)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -212,9 +229,15 @@ class Session:
         from bluesky import RunEngine
 
         cfg = load_config(config)
-        RE = RunEngine({})
+        RE = RunEngine({}, call_returns_result=True)
         self = cls(RE=RE, config=cfg)
         self.catalog = _open_storage(cfg["storage"])
+        md_dir = self.md_dir
+        if md_dir is not None:
+            from bluesky.utils import PersistentDict
+
+            md_dir.mkdir(parents=True, exist_ok=True)
+            RE.md = PersistentDict(str(md_dir))
         if self.catalog is not None:
             from .storage.writer import make_writer
 
@@ -238,12 +261,80 @@ class Session:
             from .devices.waveform_assets import HDF5WaveformWriter
 
             self.bench.potentiostat.asset_writer = HDF5WaveformWriter(self.catalog.asset_dir)
-        self.devices = {"stage": self.bench.stage, "pstat": self.bench.potentiostat, "probe": self.bench.probe}
-        if self.bench.afm is not None:
-            self.devices["afm"] = self.bench.afm
+        self._add_bench_devices()
         return self.bench
 
+    def _add_bench_devices(self) -> None:
+        """Name the bench's devices, record the baseline and install the suspenders."""
+        from bluesky.preprocessors import SupplementalData
+
+        b = self.bench
+        self.devices = {"stage": b.stage, "pstat": b.potentiostat, "probe": b.probe}
+        for name in ("hopper", "afm"):
+            if getattr(b, name, None) is not None:
+                self.devices[name] = getattr(b, name)
+        if self.sd is not None and self.sd in self.RE.preprocessors:
+            self.RE.preprocessors.remove(self.sd)
+        self.sd = SupplementalData(baseline=baseline_of(b))
+        self.RE.preprocessors.append(self.sd)
+        for sus in self.suspenders:
+            self.RE.remove_suspender(sus)
+        self.suspenders = []
+        if self.config["session"].get("suspenders", True):
+            from .suspenders import install_suspenders, potentiostat_suspenders
+
+            self.suspenders = install_suspenders(self.RE, potentiostat_suspenders(b.potentiostat))
+
     # ------------------------------------------------------------------ use
+    @property
+    def data_dir(self) -> Path:
+        """The data directory (catalog, assets, backup, RE.md)."""
+        if self.catalog is not None and self.catalog.data_dir is not None:
+            return self.catalog.data_dir.root
+        from .storage.server import default_data_dir
+
+        d = self.config["storage"].get("data_dir")
+        return Path(d).expanduser().resolve() if d else default_data_dir()
+
+    @property
+    def md_dir(self) -> Path | None:
+        """Where ``RE.md`` is kept (None: in memory)."""
+        d = self.config["session"].get("md_dir")
+        if d == "":
+            return None
+        return Path(d).expanduser().resolve() if d else self.data_dir / "runengine_md"
+
+    def instrument(self) -> str:
+        """One line naming the instrument: the simulated bench's technique and sample, or the EPICS prefix."""
+        b = self.bench
+        if b is None:
+            return "no devices yet (Session.make_bench())"
+        epics = self.config.get("epics")
+        if epics:
+            return f"EPICS {b.technique} instrument, prefix {epics.get('prefix', '?')!r}"
+        m = b.model
+        return (f"simulated {b.technique} bench, sample {m.sample.name!r} (seed {self.config['bench']['seed']}, "
+                f"time_scale {b.time_scale:g})")
+
+    def banner(self) -> str:
+        """A short description of the session: instrument, catalog, data directory, RE.md."""
+        from . import __version__
+
+        if self.catalog is None:
+            where = "none (storage.mode = 'none'): runs are not saved"
+        else:
+            how = "in-process" if self.catalog._cm is not None else "server"
+            where = f"{self.catalog.uri} ({how})"
+        md = self.md_dir
+        lines = [f"espt_bluesky {__version__}",
+                 f"  instrument: {self.instrument()}",
+                 f"  catalog:    {where}",
+                 f"  data dir:   {self.data_dir}",
+                 f"  RE.md:      {md if md is not None else 'in memory'} (next scan_id "
+                 f"{int(self.RE.md.get('scan_id', 0)) + 1})",
+                 f"  devices:    {', '.join(self.devices) or '-'}"]
+        return "\n".join(lines)
+
     @property
     def client(self):
         """A Tiled client of the catalog (None without storage)."""
@@ -262,27 +353,34 @@ class Session:
         return ns
 
     def close(self) -> None:
-        """Unsubscribe the writer and stop an in-process server this session started."""
+        """Unsubscribe the writer, release ``RE.md``'s directory and stop an in-process server this session
+        started (idempotent)."""
+        md = self.RE.md
+        if hasattr(md, "flush"):  # a PersistentDict: write it, then let it go (one owner per directory)
+            md.flush()
+            self.RE.md = dict(md)
         if self.writer_token is not None:
             self.RE.unsubscribe(self.writer_token)
             self.writer_token = None
+        if hasattr(self.writer, "close"):  # send what is queued before the server goes (journals keep the rest)
+            self.writer.close(timeout=30.0)
         if self.catalog is not None and self.catalog._cm is not None:
             self.catalog.stop()
 
 
-def _server_alive(uri: str) -> bool:
-    import httpx
-
-    base = uri.split("/api/v1")[0]
-    try:
-        with httpx.Client(trust_env=False) as http:
-            return http.get(f"{base}/healthz", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+def baseline_of(bench: Any) -> list:
+    """What the baseline stream records at the start and end of every run: the stage, the potentiostat's
+    potentials, current ranges, cell state and technique, and the probe geometry."""
+    p = bench.potentiostat
+    out = [bench.stage, p.tip.potential, p.substrate.potential, p.tip.current_range, p.substrate.current_range,
+           p.cell_on, p.technique, p.working_channel]
+    if bench.probe is not None:
+        out += [getattr(bench.probe, c) for c in bench.probe.component_names]
+    return out
 
 
 def _open_storage(st: Mapping[str, Any]):
-    from .storage.server import DataDir, LocalCatalog, _resolve_dir
+    from .storage.server import DataDir, LocalCatalog, _resolve_dir, server_alive
 
     mode = st["mode"]
     if mode == "none":
@@ -292,7 +390,7 @@ def _open_storage(st: Mapping[str, Any]):
     dd: DataDir = _resolve_dir(st.get("data_dir"))
     if mode == "auto" and dd.state.exists():
         uri = json.loads(dd.state.read_text()).get("uri", "")
-        if uri and _server_alive(uri):
+        if uri and server_alive(uri):
             return LocalCatalog.connect(uri, st.get("api_key"), dd.root)
     if st.get("api_key"):
         os.environ.setdefault("ESPT_TILED_API_KEY", st["api_key"])

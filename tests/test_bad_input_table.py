@@ -458,6 +458,8 @@ CASES = [
     Case("config-option-tilt", "tilt", lambda c: load_config({"bench": {"options": {"tilt": [99, 0]}}})),
     Case("config-bench-str", "bench", lambda c: load_config({"bench": "SECM"})),
     Case("config-start", "start", lambda c: load_config({"bench": {"start": [500, 50]}})),
+    Case("config-session-key", "suspender", lambda c: load_config({"session": {"suspender": False}})),
+    Case("config-suspenders-str", "suspenders", lambda c: load_config({"session": {"suspenders": "off"}})),
     Case("config-toml-malformed", "bad.toml", lambda c: _cfg(c, "bad.toml", "[bench\ntechnique = 'SECM'\n")),
     Case("config-json-malformed", "bad.json", lambda c: _cfg(c, "bad.json", "{\"bench\": }")),
     Case("config-yaml-malformed", "bad.yaml", lambda c: _cfg(c, "bad.yaml", "bench: [SECM\n")),

@@ -56,30 +56,44 @@ def test_points_without_grid_and_explicit_i_inf(RE, tmp_path):
     assert live.saved
 
 
-def test_bad_input_messages(RE):
+def test_runs_it_cannot_draw_are_skipped_not_aborted(RE):
+    """A live view never aborts a run: wrong technique, no positions, no i_T,inf -> the run completes."""
     bench = make_sim_bench("SECM", "patterned")
-    # wrong technique
     live = LiveFeedbackMap()
-    RE.subscribe(live)
-    with pytest.raises(InvalidArgument, match="technique='SICM'"):
-        RE(bp.count([bench.potentiostat], md={"technique": "SICM"}))
-    # no positions at all
-    live2 = LiveFeedbackMap(technique=None)
-    tok = RE.subscribe(live2)
-    with pytest.raises(InvalidArgument, match="no map position keys"):
-        RE(bp.count([bench.potentiostat]))
+    tok = RE.subscribe(live)
+    uid, = RE(bp.count([bench.potentiostat], md={"technique": "SICM"})).run_start_uids
+    assert "technique='SICM'" in live.skipped
     RE.unsubscribe(tok)
+    live2 = LiveFeedbackMap(technique=None)
+    RE.subscribe(live2)
+    RE(bp.count([bench.potentiostat]))
+    assert "no map position keys" in live2.skipped
+    stops = RE.collector.of("stop")
+    assert [d["exit_status"] for d in stops] == ["success", "success"]
+    # a later map run is drawn again
+    RE(bp.grid_scan([bench.potentiostat], bench.stage.y, 40, 60, 3, bench.stage.x, 40, 60, 3,
+                    md={"i_inf": 1e-9}))
+    assert live2.skipped is None and np.isfinite(live2.image).all()
+
+
+def test_bad_constructor_arguments_raise():
     with pytest.raises(InvalidArgument, match="i_inf"):
         LiveFeedbackMap(i_inf=float("nan"))
+    with pytest.raises(InvalidArgument, match="redraw_every"):
+        LiveFeedbackMap(redraw_every=0)
 
 
-def test_missing_metadata_and_field():
+def test_missing_metadata_and_field_skip_the_run():
     live = LiveFeedbackMap(technique=None)
     start = {"uid": "abcdef0123", "time": 0, "map": {"x": "sx", "y": "sy", "order": "points"}}
-    with pytest.raises(InvalidArgument, match="no i_T,inf"):
-        live("start", start)
+    live("start", start)
+    assert "no i_T,inf" in live.skipped
     live = LiveFeedbackMap(technique=None, i_inf=1e-9, field="tip")
     live("start", start)
-    with pytest.raises(InvalidArgument, match=r"lacks \['tip'\]"):
-        live("descriptor", {"uid": "d1", "run_start": "abcdef0123", "name": "primary", "time": 0,
-                            "data_keys": {"sx": {}, "sy": {}}})
+    assert live.skipped is None
+    live("descriptor", {"uid": "d1", "run_start": "abcdef0123", "name": "primary", "time": 0,
+                        "data_keys": {"sx": {}, "sy": {}}})
+    assert "lacks ['tip']" in live.skipped
+    live("event", {"uid": "e1", "descriptor": "d1", "seq_num": 1, "time": 0, "data": {"sx": 1, "sy": 2},
+                   "timestamps": {}})
+    assert live.n == 0

@@ -11,10 +11,14 @@ Cheap per event: one array assignment; the figure is redrawn (and, with ``direct
 ``redraw_every`` events and at the end of the run.  Headless: it draws on its own Agg canvas, never through
 pyplot.  The figure shows the probe footprint (a circle of radius a + d at the last tip position, a from the
 probe metadata, d from the start document's ``height`` or ``distance``) and a scale bar in µm.
+
+A run the map cannot show (another technique, no x/y positions, no i_T,inf, a stream without the current) is
+skipped with a log message: a live view never aborts a run it does not understand.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -29,6 +33,7 @@ from ..errors import InvalidArgument
 __all__ = ["LiveFeedbackMap", "probe_radius_from_metadata", "map_layout"]
 
 _IINF_KEYS = ("i_inf", "i_tip_inf", "i_T_inf", "reference_current")
+logger = logging.getLogger(__name__)
 
 
 def probe_radius_from_metadata(probe: Mapping[str, Any] | None) -> Optional[float]:
@@ -90,6 +95,8 @@ class LiveFeedbackMap(CallbackBase):
         Pixel-centre coordinates (µm) of the grid.
     saved : list of Path
         PNG files written.
+    skipped : str or None
+        Why the present run is not drawn (None while it is).
     """
 
     def __init__(self, field: str = "pstat_tip_current", *, i_inf: Optional[float] = None,
@@ -122,13 +129,29 @@ class LiveFeedbackMap(CallbackBase):
         self.x = self.y = np.zeros(0)
         self._descriptors: set[str] = set()
         self._artists: dict[str, Any] = {}
+        self.skipped: str | None = None
+        self.n = 0
 
     # ------------------------------------------------------------------ documents
+    def _skip(self, reason: str, level: int = logging.INFO) -> None:
+        self.skipped = reason
+        logger.log(level, "LiveFeedbackMap: %s", reason)
+
     def start(self, doc):
+        self._descriptors.clear()
+        self.n = 0
+        self.skipped = None
+        try:
+            self._start(doc)
+        except InvalidArgument as exc:
+            self._skip(f"run {doc['uid'][:8]} not drawn: {exc}")
+        return super().start(doc)
+
+    def _start(self, doc):
         tech = doc.get("technique")
         if self.technique is not None and tech is not None and str(tech).upper() != self.technique.upper():
-            raise InvalidArgument(f"LiveFeedbackMap: run {doc['uid'][:8]} has technique={tech!r}; this map shows "
-                                  f"{self.technique} feedback (pass technique=None to accept any run)")
+            raise InvalidArgument(f"run technique={tech!r}; this map shows {self.technique} feedback (pass "
+                                  f"technique=None to accept any run)")
         self.layout = map_layout(doc)  # raises InvalidArgument when the run has no positions
         self.uid = doc["uid"]
         self.i_inf = self._resolve_i_inf(doc)
@@ -152,9 +175,7 @@ class LiveFeedbackMap(CallbackBase):
             self.image = np.zeros((0, 0))
             self._pts: list[tuple[float, float, float]] = []
             self.redraw_every = self._redraw_arg or 50
-        self._descriptors.clear()
         self._setup_figure()
-        return super().start(doc)
 
     def _resolve_i_inf(self, doc) -> float:
         if self._i_inf_arg is not None:
@@ -167,17 +188,18 @@ class LiveFeedbackMap(CallbackBase):
             return theoretical_i_inf(doc.get("probe"), doc.get("mediator"))
         except InvalidArgument as exc:
             raise InvalidArgument(
-                f"LiveFeedbackMap: no i_T,inf for run {doc['uid'][:8]}: pass i_inf=..., or put one of "
+                f"no i_T,inf for run {doc['uid'][:8]}: pass i_inf=..., or put one of "
                 f"{list(_IINF_KEYS)} in the start document, or give probe and mediator metadata ({exc})") from None
 
     def descriptor(self, doc):
-        if doc.get("name", "primary") != self.stream:
+        if self.skipped is not None or doc.get("name", "primary") != self.stream:
             return super().descriptor(doc)
         keys = doc.get("data_keys", {})
         missing = [k for k in (self.field, self.layout["x"], self.layout["y"]) if k not in keys]
         if missing:
-            raise InvalidArgument(f"LiveFeedbackMap: the {self.stream!r} stream lacks {missing}; it has "
-                                  f"{sorted(keys)} (field={self.field!r}, positions from the start document)")
+            self._skip(f"the {self.stream!r} stream lacks {missing}; it has {sorted(keys)} (field={self.field!r}, "
+                       f"positions from the start document)", logging.WARNING)
+            return super().descriptor(doc)
         self._descriptors.add(doc["uid"])
         return super().descriptor(doc)
 
@@ -185,9 +207,13 @@ class LiveFeedbackMap(CallbackBase):
         if doc["descriptor"] not in self._descriptors:
             return super().event(doc)
         data = doc["data"]
-        x = float(data[self.layout["x"]])
-        y = float(data[self.layout["y"]])
-        v = float(data[self.field]) / self.i_inf
+        try:
+            x = float(data[self.layout["x"]])
+            y = float(data[self.layout["y"]])
+            v = float(data[self.field]) / self.i_inf
+        except (KeyError, TypeError, ValueError) as exc:  # a reading that is not a number: leave the pixel empty
+            logger.warning("LiveFeedbackMap: event %s not drawn: %r", doc.get("seq_num"), exc)
+            return super().event(doc)
         self._last = (x, y)
         if self.image.size:
             ix = int(round((x - self._x0) / self._dx))
@@ -203,7 +229,7 @@ class LiveFeedbackMap(CallbackBase):
         return super().event(doc)
 
     def stop(self, doc):
-        if self.n:
+        if self.n and self.skipped is None:
             self.redraw(final=True)
         return super().stop(doc)
 

@@ -7,6 +7,8 @@ shape ``(n_points,)`` with dimension ``force_curve_index``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
@@ -15,6 +17,7 @@ from ophyd.status import DeviceStatus
 from ..errors import check_choice, check_positive, check_samples_cap
 from ..physics.bench_model import BenchModel
 from .probes import Probe
+from .signals import QuantitySignal
 
 FC_FIELDS = {"z": "um", "deflection": "m", "force": "N"}
 
@@ -22,11 +25,11 @@ FC_FIELDS = {"z": "um", "deflection": "m", "force": "N"}
 class ECAFMHead(Device):
     """AFM head over the electrochemical cell; the cantilever is its probe configuration."""
 
-    height = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    deflection = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "m"})
-    setpoint = Cpt(Signal, value=1e-9, kind="config", metadata={"units": "m"})
+    height = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    deflection = Cpt(QuantitySignal, value=0.0, kind="normal", units="m")
+    setpoint = Cpt(QuantitySignal, value=1e-9, kind="config", units="m")
     mode = Cpt(Signal, value="contact", kind="config")
-    fc_travel = Cpt(Signal, value=0.05, kind="config", metadata={"units": "um"})
+    fc_travel = Cpt(QuantitySignal, value=0.05, kind="config", units="um")
     fc_points = Cpt(Signal, value=500, kind="config")
     fc_z = Cpt(Signal, value=np.zeros(0), kind="normal")
     fc_deflection = Cpt(Signal, value=np.zeros(0), kind="normal")
@@ -43,14 +46,22 @@ class ECAFMHead(Device):
 
     def configure_force_curve(self, travel: float = 0.05, n_points: int = 500) -> None:
         """Switch to force-curve mode: ``travel`` µm of piezo extension beyond the tip's present height."""
+        for sig, v in self.force_curve_settings(travel, n_points):
+            sig.put(v)
+
+    def force_curve_settings(self, travel: float = 0.05, n_points: int = 500) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` writes of :meth:`configure_force_curve`, validated, without writing anything."""
         check_positive("travel", travel, units="µm")
         check_samples_cap("n_points", n_points)
-        self.fc_travel.put(float(travel))
-        self.fc_points.put(int(n_points))
-        self.mode.put("force_curve")
+        return [(self.fc_travel, float(travel)), (self.fc_points, int(n_points)), (self.mode, "force_curve")]
 
     def set_mode(self, mode: str) -> None:
-        self.mode.put(check_choice("mode", mode, ("contact", "force_curve")))
+        for sig, v in self.mode_settings(mode):
+            sig.put(v)
+
+    def mode_settings(self, mode: str) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` write that selects ``mode`` ("contact" or "force_curve")."""
+        return [(self.mode, check_choice("mode", mode, ("contact", "force_curve")))]
 
     def _fc_keys(self):
         return {f: getattr(self, f"fc_{f}").name for f in FC_FIELDS}

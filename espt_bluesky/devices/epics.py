@@ -34,8 +34,10 @@ from ophyd.status import DeviceStatus
 
 from ..errors import EsptError, InvalidArgument, Overload, TipCrash
 from ..physics.bench_model import ProbeGeometry
-from .potentiostat import WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat
+from .potentiostat import (WAVEFORM_DIM, WAVEFORM_FIELDS, WAVEFORM_UNITS, Bipotentiostat, compliance_limits,
+                           setpoint_limits)
 from .probes import Probe, probe_from_geometry
+from .signals import CURRENT_PRECISION, LimitViolation, QuantityEpicsSignal, QuantityEpicsSignalRO
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,14 @@ class EpicsStageAxis(EpicsMotor):
         inner.add_callback(on_done)
         return outer
 
+    def check_value(self, value: float) -> None:
+        """Raise :class:`~espt_bluesky.devices.signals.LimitViolation` (an ophyd ``LimitError``) outside the motor
+        record's soft limits (none when both are 0, as for ``EpicsMotor``); nothing moves."""
+        low, high = self.limits
+        if low < high and not (low <= value <= high):
+            raise LimitViolation(f"{self.name}={value!r} {self.egu} is outside its soft limits [{low:g}, {high:g}] "
+                                 f"{self.egu}; nothing moved")
+
     def _done_moving(self, success: bool = True, timestamp: float | None = None, value: Any = None,
                      **kwargs) -> None:
         """End of motion: run the one-shot "move done" callbacks, taking them out *before* running them.
@@ -206,28 +216,35 @@ def _pv(cls, suffix: str, kind: str = "config", **kw) -> Cpt:
     return Cpt(cls, suffix, kind=kind, auto_monitor=True, **kw)
 
 
+def _volts(suffix: str) -> Cpt:
+    """A potential PV (V) checked against the potentiostat's compliance before it is written."""
+    return _pv(QuantityEpicsSignal, suffix, units="V", precision=4, limits=compliance_limits,
+               limits_name="potentiostat compliance")
+
+
 class EpicsPotentiostatChannel(Device):
     """One working electrode: ``Potential`` (V), ``Current`` (A, read only), ``CurrentRange`` (A)."""
 
-    potential = _pv(EpicsSignal, "Potential")
-    current = _pv(EpicsSignalRO, "Current", kind="hinted")
-    current_range = _pv(EpicsSignal, "CurrentRange")
+    potential = _volts("Potential")
+    current = _pv(QuantityEpicsSignalRO, "Current", kind="hinted", units="A", precision=CURRENT_PRECISION)
+    current_range = _pv(QuantityEpicsSignal, "CurrentRange", units="A", precision=CURRENT_PRECISION)
 
 
 class EpicsTechniqueParameters(Device):
     """Technique parameters (V, V/s, s, A) under ``{P}Par:``."""
 
-    e_start = _pv(EpicsSignal, "EStart")
-    e_vertex1 = _pv(EpicsSignal, "EVertex1")
-    e_vertex2 = _pv(EpicsSignal, "EVertex2")
-    e_end = _pv(EpicsSignal, "EEnd")
-    e_hold = _pv(EpicsSignal, "EHold")
-    scan_rate = _pv(EpicsSignal, "ScanRate")
+    e_start = _volts("EStart")
+    e_vertex1 = _volts("EVertex1")
+    e_vertex2 = _volts("EVertex2")
+    e_end = _volts("EEnd")
+    e_hold = _volts("EHold")
+    scan_rate = _pv(QuantityEpicsSignal, "ScanRate", units="V/s")
     n_cycles = _pv(EpicsSignal, "NCycles")
-    duration = _pv(EpicsSignal, "Duration")
-    current_setpoint = _pv(EpicsSignal, "CurrentSetpoint")
+    duration = _pv(QuantityEpicsSignal, "Duration", units="s")
+    current_setpoint = _pv(QuantityEpicsSignal, "CurrentSetpoint", units="A", precision=CURRENT_PRECISION,
+                           limits=setpoint_limits, limits_name="working channel's current range")
     n_samples = _pv(EpicsSignal, "NSamples")
-    integration_time = _pv(EpicsSignal, "IntegrationTime")
+    integration_time = _pv(QuantityEpicsSignal, "IntegrationTime", units="s")
 
 
 class EpicsWaveformSignals(Device):
@@ -277,6 +294,12 @@ class EpicsBipotentiostat(Bipotentiostat):
                  **kwargs):
         super().__init__(prefix, name=name, probe=probe, **kwargs)
         self.trigger_timeout = float(trigger_timeout)
+        # ``online`` follows the Channel Access connection of the acquisition counter (a suspender watches it)
+        self.acq_count.subscribe(self._on_connection, event_type="meta", run=True)
+
+    def _on_connection(self, *, connected: bool = False, **kwargs) -> None:
+        if int(bool(connected)) != self.online.get():
+            self.online.put(int(bool(connected)))
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -284,27 +307,24 @@ class EpicsBipotentiostat(Bipotentiostat):
         """Potentials (V) the instrument can apply, from ``ComplianceLow``/``ComplianceHigh``."""
         return (float(self.compliance_low.get()), float(self.compliance_high.get()))
 
-    def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
-        """Validate and set technique, channel and parameters (see :meth:`Bipotentiostat.configure_technique`).
-
-        Also refuses ``n_samples`` above the IOC's waveform length (``Wf:MaxElements``).
-        """
-        technique, channel = self.check_technique(technique, channel, **params)
+    def technique_settings(self, technique: str, channel: str = "substrate", **params: Any) -> list[tuple[Any, Any]]:
+        """As :meth:`Bipotentiostat.technique_settings`; also refuses ``n_samples`` above the IOC's waveform
+        length (``Wf:MaxElements``)."""
         n = params.get("n_samples")
         if n is not None:
             nmax = int(self.wf.max_elements.get())
             if isinstance(n, (int, np.integer)) and n > nmax:
                 raise InvalidArgument(f"n_samples={n!r} exceeds the waveform length of "
                                       f"{self.wf.max_elements.pvname} ({nmax})")
+        return super().technique_settings(technique, channel, **params)
+
+    def configure_technique(self, technique: str, channel: str = "substrate", **params: Any) -> None:
+        """Validate and set technique, channel and parameters (see :meth:`Bipotentiostat.configure_technique`)."""
         # put with completion (about 1 ms each on loopback): the IOC has applied every value before a Start
-        todo = [(getattr(self.params, k), v) for k, v in params.items()]
-        todo += [(self.technique, technique), (self.working_channel, channel)]
-        changed = []
-        for sig, v in todo:
-            if sig.get() != v:
-                _require(sig, f"configure {self.name}")
-                sig.put(v, wait=True, timeout=self.trigger_timeout)
-                changed.append((sig, v))
+        changed = self.technique_settings(technique, channel, **params)
+        for sig, v in changed:
+            _require(sig, f"configure {self.name}")
+            sig.put(v, wait=True, timeout=self.trigger_timeout)
         # the put completes before its monitor update arrives: wait for it, describe()/read() use monitored values
         deadline = time.monotonic() + 2.0
         for sig, v in changed:
@@ -313,6 +333,13 @@ class EpicsBipotentiostat(Bipotentiostat):
                     raise PVTimeoutError(f"{sig.pvname} did not report {v!r} after it was written "
                                          f"(it reads {sig.get()!r})")
                 time.sleep(0.0005)
+
+    def open_circuit_settings(self) -> list[tuple[Any, Any]]:
+        """As :meth:`Bipotentiostat.open_circuit_settings`; none (and an error logged) if the IOC is unreachable."""
+        if not self.cell_on.connected:
+            logger.error("%s: could not open the cell: %s is disconnected", self.name, self.cell_on.pvname)
+            return []
+        return super().open_circuit_settings()
 
     def open_circuit(self) -> None:
         """Open the cell (``CellOn`` = 0, technique READ).  If the IOC is unreachable, log an error, do not raise.
@@ -347,8 +374,8 @@ class EpicsBipotentiostat(Bipotentiostat):
                 desc[ch.current.name].update(units="A", dtype_numpy="<f8")
         return desc
 
-    def read(self) -> dict[str, dict]:
-        out = super().read()
+    def _checked_waveforms(self, out: dict[str, dict]) -> dict[str, dict]:
+        """Waveforms of exactly ``n_samples``, asked of the IOC if the monitor has not caught up yet."""
         n = int(self.params.n_samples.get())
         for f in WAVEFORM_FIELDS:
             key = getattr(self.wf, f).name
@@ -387,6 +414,7 @@ class EpicsBipotentiostat(Bipotentiostat):
             _require(sig, f"trigger {self.name}")
         status = DeviceStatus(self)
         finish = _Once(status)
+        self._note_acquisition()
         n0 = int(self.acq_count.get())
         acq = self.acq_count
 
@@ -514,10 +542,12 @@ def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, 
         probe = probe_from_geometry(geom)
     skey = ("stage", stage_prefix, bool(crash_pvs))
     if skey not in _DEVICES:
-        _DEVICES[skey] = (EpicsXYZStage if crash_pvs else EpicsXYZStageBase)(stage_prefix, name="stage")
+        _DEVICES[skey] = (EpicsXYZStage if crash_pvs else EpicsXYZStageBase)(stage_prefix, name="stage",
+                                                                                labels={"motors"})
     pkey = ("pstat", pstat_prefix)
     if pkey not in _DEVICES:
-        _DEVICES[pkey] = EpicsBipotentiostat(pstat_prefix, name="pstat", probe=probe, trigger_timeout=trigger_timeout)
+        _DEVICES[pkey] = EpicsBipotentiostat(pstat_prefix, name="pstat", probe=probe, trigger_timeout=trigger_timeout,
+                                             labels={"detectors"})
     stage, pstat = _DEVICES[skey], _DEVICES[pkey]
     pstat.probe = probe
     pstat.trigger_timeout = float(trigger_timeout)

@@ -31,6 +31,7 @@ time, on the bench the simulation's; benchmarks subtract it to get the software 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
@@ -41,6 +42,7 @@ from ..errors import (ApproachLimitReached, InvalidArgument, check_bool, check_c
                       check_vector, fault_reason)
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
+from .signals import CURRENT_PRECISION, QuantitySignal
 
 CRITERIA = ("current_drop", "contact")
 
@@ -48,20 +50,21 @@ CRITERIA = ("current_drop", "contact")
 class SimHopController(Device):
     """Simulated hopping controller coupled to a bench model, a stage and a potentiostat."""
 
-    x = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    y = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    surface_z = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    contact_z = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "um"})
-    reference_current = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "A"})
+    x = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    y = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    surface_z = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
+    contact_z = Cpt(QuantitySignal, value=0.0, kind="normal", units="um")
+    reference_current = Cpt(QuantitySignal, value=0.0, kind="normal", units="A", precision=CURRENT_PRECISION)
     n_steps = Cpt(Signal, value=0, kind="normal")
     valid = Cpt(Signal, value=1, kind="normal")
     fault = Cpt(Signal, value="", kind="normal")
     criterion = Cpt(Signal, value="current_drop", kind="config")
-    setpoint = Cpt(Signal, value=0.01, kind="config")
-    hop_height = Cpt(Signal, value=2.0, kind="config", metadata={"units": "um"})
-    approach_step = Cpt(Signal, value=0.02, kind="config", metadata={"units": "um"})
-    max_travel = Cpt(Signal, value=20.0, kind="config", metadata={"units": "um"})
-    stop_offset = Cpt(Signal, value=0.0, kind="config", metadata={"units": "um"})
+    setpoint = Cpt(QuantitySignal, value=0.01, kind="config",  # a fraction (current_drop) or A (contact)
+                   units=lambda sig: "A" if sig.parent.criterion.get() == "contact" else "1")
+    hop_height = Cpt(QuantitySignal, value=2.0, kind="config", units="um")
+    approach_step = Cpt(QuantitySignal, value=0.02, kind="config", units="um")
+    max_travel = Cpt(QuantitySignal, value=20.0, kind="config", units="um")
+    stop_offset = Cpt(QuantitySignal, value=0.0, kind="config", units="um")
     measure = Cpt(Signal, value=0, kind="config")
 
     def __init__(self, *args, stage=None, potentiostat=None, **kwargs):
@@ -74,6 +77,12 @@ class SimHopController(Device):
         self._last_contact: float | None = None
         self.device_time = 0.0
         self._measured_time = 0.0
+        for sig in (self.criterion, self.setpoint, self.hop_height, self.approach_step, self.max_travel,
+                    self.stop_offset, self.measure):
+            sig.subscribe(self._forget_contact, run=False)
+
+    def _forget_contact(self, **kwargs) -> None:
+        self._last_contact = None
 
     def attach(self, model: BenchModel, time_scale: float = 0.0) -> None:
         self._model = model
@@ -83,6 +92,18 @@ class SimHopController(Device):
     def configure_hop(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
                       max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> None:
         """Load the hop programme (validated)."""
+        for sig, v in self.hop_settings(criterion=criterion, setpoint=setpoint, hop_height=hop_height,
+                                        approach_step=approach_step, max_travel=max_travel, stop_offset=stop_offset,
+                                        measure=measure):
+            sig.put(v)
+
+    def hop_settings(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
+                     max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> list[tuple[Any, Any]]:
+        """The ``(signal, value)`` writes of a hop programme, validated, without writing anything.
+
+        Plans apply them as messages (``bps.mv``) so that ``summarize_plan`` changes nothing.  Writing any of
+        them makes the controller forget the last contact height (a new programme starts from where the tip is).
+        """
         criterion = check_choice("criterion", criterion, CRITERIA)
         if criterion == "current_drop":  # a fraction of the current at the top of the hop
             check_number("setpoint", setpoint, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
@@ -91,18 +112,12 @@ class SimHopController(Device):
             check_positive(name, v)
         check_number("stop_offset", stop_offset, units="µm")
         measure = check_bool("measure", measure)
-        self.criterion.put(criterion)
-        self.setpoint.put(float(setpoint))
-        self.hop_height.put(float(hop_height))
-        self.approach_step.put(float(approach_step))
-        self.max_travel.put(float(max_travel))
-        self.stop_offset.put(float(stop_offset))
-        self.measure.put(int(bool(measure)))
-        self._last_contact = None
+        return [(self.criterion, criterion), (self.setpoint, float(setpoint)), (self.hop_height, float(hop_height)),
+                (self.approach_step, float(approach_step)), (self.max_travel, float(max_travel)),
+                (self.stop_offset, float(stop_offset)), (self.measure, int(bool(measure)))]
 
-    # ------------------------------------------------------------ bluesky protocol
-    def set(self, value):
-        """Load the lateral position (x, y) in µm of the next hop; nothing moves until ``trigger()``."""
+    def check_value(self, value) -> None:
+        """Raise if the hop position (x, y) µm lies outside the stage's soft limits (``check_limits`` calls it)."""
         x, y = check_vector(f"{self.name} target (x, y)", value, 2, units="µm")
         if self.stage is not None:
             for ax, v in ((self.stage.x, x), (self.stage.y, y)):
@@ -110,6 +125,12 @@ class SimHopController(Device):
                     ax.check_value(v)
                 except InvalidArgument as exc:
                     raise type(exc)(f"{self.name} target (x, y)={tuple(value)!r}: {exc}") from None
+
+    # ------------------------------------------------------------ bluesky protocol
+    def set(self, value):
+        """Load the lateral position (x, y) in µm of the next hop; nothing moves until ``trigger()``."""
+        self.check_value(value)
+        x, y = (float(v) for v in value)
         self._target = (x, y)
         st = DeviceStatus(self)
         st.set_finished()

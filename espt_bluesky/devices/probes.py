@@ -14,6 +14,7 @@ from ophyd import Device, Signal
 
 from ..errors import InvalidArgument, check_int, check_positive, check_range
 from ..physics.bench_model import ProbeGeometry
+from .signals import QuantitySignal
 
 #: The probe each technique is measured with (``Probe.kind_name``).
 PROBE_KIND = {"SECM": "UME", "SICM": "Nanopipette", "SECCM": "Nanopipette", "EC-AFM": "AFMCantilever"}
@@ -50,8 +51,8 @@ class UME(Probe):
     """
 
     kind_name = "UME"
-    radius = Cpt(Signal, value=5.0, kind="config", metadata={"units": "um"})
-    rg = Cpt(Signal, value=10.0, kind="config")
+    radius = Cpt(QuantitySignal, value=5.0, kind="config", units="um")
+    rg = Cpt(QuantitySignal, value=10.0, kind="config", units="1")  # sheath/electrode radius ratio
 
     def __init__(self, radius: float = 5.0, rg: float = 10.0, material: str = "Pt", *, name: str = "probe", **kw):
         check_positive("radius", radius, units="µm")
@@ -79,9 +80,9 @@ class Nanopipette(Probe):
     """
 
     kind_name = "Nanopipette"
-    inner_radius = Cpt(Signal, value=0.05, kind="config", metadata={"units": "um"})
-    outer_radius = Cpt(Signal, value=0.075, kind="config", metadata={"units": "um"})
-    half_angle = Cpt(Signal, value=5.0, kind="config", metadata={"units": "deg"})
+    inner_radius = Cpt(QuantitySignal, value=0.05, kind="config", units="um")
+    outer_radius = Cpt(QuantitySignal, value=0.075, kind="config", units="um")
+    half_angle = Cpt(QuantitySignal, value=5.0, kind="config", units="deg")
     barrels = Cpt(Signal, value=1, kind="config")
 
     def __init__(self, inner_radius: float = 0.05, outer_radius: float | None = None, half_angle: float = 5.0,
@@ -118,8 +119,8 @@ class AFMCantilever(Probe):
     """
 
     kind_name = "AFMCantilever"
-    spring_constant = Cpt(Signal, value=2.0, kind="config", metadata={"units": "N/m"})
-    tip_radius = Cpt(Signal, value=0.02, kind="config", metadata={"units": "um"})
+    spring_constant = Cpt(QuantitySignal, value=2.0, kind="config", units="N/m")
+    tip_radius = Cpt(QuantitySignal, value=0.02, kind="config", units="um")
 
     def __init__(self, spring_constant: float = 2.0, tip_radius: float = 0.02, material: str = "Si3N4", *,
                  name: str = "probe", **kw):

@@ -135,13 +135,13 @@ def make_sim_bench(technique: str = "SECM", sample: str = "patterned", seed: int
         raise InvalidArgument(f"probe={geometry.kind} does not suit technique={technique!r}; use a {expected}")
     model = BenchModel(technique, sample, probe=geometry, seed=seed, options=opts, start=start)
     probe = probe if probe is not None else probe_from_geometry(geometry)
-    stage = XYZStage(name="stage")
+    stage = XYZStage(name="stage", labels={"motors"})
     stage.attach(model, time_scale)
-    pstat = SimBipotentiostat(name="pstat", probe=probe)
+    pstat = SimBipotentiostat(name="pstat", probe=probe, labels={"detectors"})
     pstat.attach(model, time_scale)
     afm = None
     if technique == "EC-AFM":
-        afm = ECAFMHead(name="afm", probe=probe)
+        afm = ECAFMHead(name="afm", probe=probe, labels={"detectors"})
         afm.attach(model, time_scale)
     hopper = None
     if technique in ("SICM", "SECCM"):

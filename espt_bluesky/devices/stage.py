@@ -11,11 +11,11 @@ from __future__ import annotations
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
-from ophyd.utils import LimitError
 
-from ..errors import InvalidArgument, TipCrash, check_number
+from ..errors import TipCrash, check_number
 from ..physics.bench_model import BenchModel
-from .sim_status import complete_status
+from .sim_status import SimMoveStatus, complete_status
+from .signals import LimitViolation, QuantitySignal
 
 AXES = ("x", "y", "z")
 #: Default soft limits of the simulated stage (µm).
@@ -23,19 +23,17 @@ XY_LIMITS = (-25.0, 125.0)
 Z_LIMITS = (-20.0, 2000.0)
 
 
-class SoftLimitError(InvalidArgument, LimitError):
-    """A move target outside an axis's soft limits (both the project's error and ophyd's ``LimitError``)."""
-
-
 class SimAxis(Device):
     """One simulated stage axis moving the bench's probe (or sample) along ``x``, ``y`` or ``z``."""
 
-    user_readback = Cpt(Signal, value=0.0, kind="hinted", metadata={"units": "um"})
-    user_setpoint = Cpt(Signal, value=0.0, kind="normal", metadata={"units": "um"})
-    velocity = Cpt(Signal, value=100.0, kind="config", metadata={"units": "um/s"})
-    low_limit_travel = Cpt(Signal, value=-25.0, kind="config", metadata={"units": "um"})
-    high_limit_travel = Cpt(Signal, value=125.0, kind="config", metadata={"units": "um"})
+    user_readback = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um", precision=4)
+    user_setpoint = Cpt(QuantitySignal, value=0.0, kind="normal", units="um", precision=4,
+                        limits=lambda sig: sig.parent.limits, limits_name="soft limits")
+    velocity = Cpt(QuantitySignal, value=100.0, kind="config", units="um/s")
+    low_limit_travel = Cpt(QuantitySignal, value=-25.0, kind="config", units="um")
+    high_limit_travel = Cpt(QuantitySignal, value=125.0, kind="config", units="um")
     motor_egu = Cpt(Signal, value="um", kind="config")
+    user_offset = Cpt(QuantitySignal, value=0.0, kind="config", units="um")  # as EpicsMotor (%wa shows it)
 
     def __init__(self, *args, axis: str = "x", **kwargs):
         super().__init__(*args, **kwargs)
@@ -69,18 +67,20 @@ class SimAxis(Device):
         return self.motor_egu.get()
 
     def check_value(self, value: float) -> None:
-        """Raise :class:`SoftLimitError` (an ophyd ``LimitError``) if ``value`` is not a number inside the soft
-        limits (nothing moves)."""
+        """Raise :class:`~espt_bluesky.devices.signals.LimitViolation` (an ophyd ``LimitError``) if ``value`` is
+        outside the soft limits, or :class:`~espt_bluesky.errors.InvalidArgument` if it is not a number (nothing
+        moves)."""
         value = check_number(f"{self.name} target", value)
         low, high = self.limits
         if not (low <= value <= high):
-            raise SoftLimitError(f"{self.name}: target {value!r} um is outside the soft limits [{low}, {high}] um")
+            raise LimitViolation(f"{self.name}={value!r} um is outside its soft limits [{low:g}, {high:g}] um; "
+                                 f"nothing moved")
 
     def set(self, value: float, **kwargs) -> DeviceStatus:
         self.check_value(value)
         value = float(value)
         self.user_setpoint.put(value)
-        status = DeviceStatus(self)
+        status = SimMoveStatus(self, initial=self.position, target=value, unit=self.egu)
         model = self._model
         target = model.position.copy()
         target[self._axis] = value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -19,6 +20,7 @@ from ..errors import (InvalidArgument, check_bool, check_choice, check_int, chec
                       check_positive, check_range)
 
 TECHNIQUES = ("SECM", "SICM", "SECCM", "EC-AFM")
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------- probes
@@ -228,9 +230,12 @@ def _empty(value: Any = None):
 # ----------------------------------------------------------------- plan stubs
 def soft_signals(**values: Any) -> dict[str, Signal]:
     """Soft ophyd signals to record plan-level quantities (e.g. the surface height found by an approach)."""
+    from ..devices.signals import CURRENT_PRECISION, QuantitySignal
+
     out = {}
     for name, (value, units) in values.items():
-        out[name] = Signal(name=name, value=value, kind="hinted", metadata={"units": units} if units else {})
+        out[name] = QuantitySignal(name=name, value=value, kind="hinted", units=units or None,
+                                   precision=CURRENT_PRECISION if units == "A" else (4 if units else None))
     return out
 
 
@@ -239,14 +244,50 @@ def put_values(signals: dict[str, Signal], **values: Any) -> None:
         signals[k].put(v)
 
 
-def value_of(reading: dict, obj: Any) -> float:
+def value_of(reading: dict | None, obj: Any) -> float:
+    """The value of ``obj`` in a ``trigger_and_read`` result; NaN when there is none (a simulated run)."""
+    if not reading or obj.name not in reading:
+        return math.nan
     return float(reading[obj.name]["value"])
 
 
+def simulated(reading: dict | None) -> bool:
+    """True for the empty reading a simulator gives (``summarize_plan``, ``check_limits``): a plan that decides
+    from readings then follows its nominal path (e.g. an approach stops at its first step)."""
+    return not reading
+
+
+# Every change a plan makes to a device is a message (``set``), never a direct ``put``: a plan previewed with
+# ``summarize_plan`` or ``check_limits`` then changes nothing, and the RunEngine knows what it touched.
+def apply_settings(settings: Iterable[tuple[Any, Any]]):
+    """Plan stub: write ``(signal, value)`` pairs (from a device's ``*_settings`` method) and wait for all."""
+    args = [x for pair in settings for x in pair]
+    if args:
+        yield from bps.mv(*args)
+
+
+def configure_technique(potentiostat: Any, technique: str, channel: str = "substrate", **params: Any):
+    """Plan stub: validate and set the potentiostat's technique, channel and parameters by messages."""
+    yield from apply_settings(potentiostat.technique_settings(technique, channel, **params))
+
+
+def set_potential(channel: Any, value: float):
+    """Plan stub: set a potentiostat channel's potential (V)."""
+    yield from bps.mv(channel.potential, float(value))
+
+
 def open_circuit(potentiostat: Any):
-    """Plan stub: put the cell at open circuit."""
-    potentiostat.open_circuit()
-    yield from bps.null()
+    """Plan stub: put the cell at open circuit (cell off, technique READ).
+
+    It runs in every plan's cleanup: a failure to reach the potentiostat is logged, not raised, so that it does
+    not hide the error that ended the run.
+    """
+    try:
+        yield from apply_settings(potentiostat.open_circuit_settings())
+    except RunEngineControlException:
+        raise
+    except Exception as exc:
+        logger.error("%s: could not open the cell: %s", getattr(potentiostat, "name", potentiostat), exc)
 
 
 def cell_on(potentiostat: Any):

@@ -5,20 +5,20 @@
 an :class:`ApproachSpec` before anything moves (:func:`make_approach_spec`).
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Generator
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Readable
+import bluesky.preprocessors as bpp
 
 from ..analysis import approach_criteria as crit
 from ..errors import InvalidArgument, check_choice, check_number, check_positive, check_range
-from ._common import (ApproachLimitReached, cell_on, check_int, check_potential, check_step, check_technique,
-                      checked_plan, managed_run, pipette_geometry, probe_of, probe_radius, probe_rg, put_values,
-                      soft_signals, value_of)
+from ._common import (ApproachLimitReached, apply_settings, cell_on, check_int, check_potential, check_step,
+                      check_technique, checked_plan, configure_technique, managed_run, pipette_geometry, probe_of,
+                      probe_radius, probe_rg, put_values, set_potential, simulated, soft_signals, value_of)
 from .metadata import build_start_md
 
 FEEDBACK = ("negative", "positive")
@@ -139,18 +139,23 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
     """
     if spec.technique == "EC-AFM":
         return (yield from _afm_approach(stage, afm, spec, stream=stream, park=park))
-    potentiostat.configure_technique("READ", channel="tip")
+    yield from configure_technique(potentiostat, "READ", channel="tip")
     if spec.tip_potential is not None:
-        potentiostat.tip.potential.put(spec.tip_potential)
+        yield from set_potential(potentiostat.tip, spec.tip_potential)
     if not potentiostat.cell_on.get():
         yield from cell_on(potentiostat)
     sig = _signal_key(spec, potentiostat)
     devices = [potentiostat, stage.z]
     zs: list[float] = []
     vals: list[float] = []
+    preview = False  # no readings (summarize_plan, check_limits): show the first step and stop there
 
     def measure():
+        nonlocal preview
         r = yield from bps.trigger_and_read(devices, name=stream)
+        if simulated(r):
+            preview = True
+            return math.nan
         zs.append(value_of(r, stage.z))
         vals.append(value_of(r, sig))
         return vals[-1]
@@ -161,7 +166,7 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
         n_ref = 5 if spec.technique == "SICM" else 3
         for _ in range(n_ref):
             yield from measure()
-        ref = float(np.mean(vals[-n_ref:]))
+        ref = float(np.mean(vals[-n_ref:])) if not preview else math.nan
         if ref == 0:
             raise ApproachLimitReached("the far current is zero: is the cell connected and the probe immersed?",
                                            reason="no_current")
@@ -216,6 +221,8 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
         z = z_next
         n += 1
         s = s_last = norm((yield from measure()))
+        if preview:
+            break
         zp.append(z)
         pp.append(progress(s))
         if met(s):
@@ -226,7 +233,9 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
                 if not met(s):
                     continue
             break
-    if spec.technique == "SECM":
+    if preview:
+        surface, err = z - spec.stop_distance - spec.stop_offset, math.nan
+    elif spec.technique == "SECM":
         s_all = np.asarray(vals) / ref
         surface, err = crit.surface_from_secm_curve(zs, s_all, spec.radius, spec.rg, spec.substrate, spec.threshold)
     elif spec.technique == "SICM":
@@ -241,17 +250,21 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
 
 def _afm_approach(stage, afm, spec: ApproachSpec, *, stream: str, park: bool):
     """EC-AFM: a force curve per step; stop when the deflection setpoint is reached within the piezo range."""
-    afm.configure_force_curve(travel=0.02, n_points=200)
     z0 = float(stage.z.position)
-    z = z0
-    n = 0
-    try:
+    state = dict(z=z0, n=0, t_hit=0.0, err=math.nan)
+
+    def steps():
+        yield from apply_settings(afm.force_curve_settings(travel=0.02, n_points=200))
+        z = z0
         while True:
             r = yield from bps.trigger_and_read([afm, stage.z], name=stream)
+            if simulated(r):  # a preview (summarize_plan): no force curve to decide from
+                break
             travel = np.asarray(r[afm.fc_z.name]["value"])
             defl = np.asarray(r[afm.fc_deflection.name]["value"])
             hit = np.flatnonzero(defl >= spec.threshold)
             t_hit = float(travel[hit[0]]) if hit.size else math.inf
+            state.update(t_hit=t_hit, err=float(travel[1] - travel[0]))
             if t_hit <= spec.piezo_range:
                 break
             step = min(spec.coarse_step, max(spec.fine_step, t_hit - 0.5 * spec.piezo_range))
@@ -261,18 +274,19 @@ def _afm_approach(stage, afm, spec: ApproachSpec, *, stream: str, park: bool):
             yield from bps.checkpoint()
             z -= step
             yield from bps.mv(stage.z, z)
-            n += 1
-    finally:
-        afm.set_mode("contact")
-    surface = z - t_hit
+            state.update(z=z, n=state["n"] + 1)
+
+    yield from bpp.finalize_wrapper(steps(), apply_settings(afm.mode_settings("contact")))
+    z = state["z"]
+    surface = z - state["t_hit"]
     if park and math.isfinite(spec.working_distance):
         yield from bps.mv(stage.z, surface + spec.working_distance)
-    return dict(surface_z=float(surface), surface_z_err=float(travel[1] - travel[0]), stop_z=float(z), n_steps=n,
+    return dict(surface_z=float(surface), surface_z_err=state["err"], stop_z=float(z), n_steps=state["n"],
                 reference_current=math.nan)
 
 
 @checked_plan()
-def approach(stage: Any, potentiostat: Any, *, technique: str, probe: Any = None, afm: Any = None,
+def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: Configurable | None = None, afm: Readable | None = None,
              feedback: str = "negative", threshold: float | None = None, drop: float = 0.01,
              contact_current: float = 5e-13, deflection_setpoint: float | None = None,
              working_distance: float = 1.0, distance_units: str = "radius", coarse_step: float | None = None,

@@ -1,16 +1,16 @@
 """Combinatorial parameter sweeps over spots (SECCM screens): a seeded random assignment of parameters to spots."""
 
-from __future__ import annotations
-
 import itertools
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Movable, Readable
 
 from ..errors import InvalidArgument, check_choice, check_keys, check_number
 from ._detectors import check_detectors
-from ._common import cell_on, check_int, check_step, checked_plan, managed_run, probe_of, put_values, soft_signals
+from ._common import (apply_settings, cell_on, check_int, check_step, checked_plan, configure_technique,
+                      managed_run, probe_of, put_values, soft_signals)
 from .approach import approach_stub, make_approach_spec
 from .hopping import scan_points
 from .imaging import _validate_technique_params
@@ -71,15 +71,15 @@ def _technique_params(technique: str, row: Mapping[str, Any], fixed: Mapping[str
 
 
 @checked_plan(("SECCM", "SICM"))
-def combinatorial_sweep(stage: Any, potentiostat: Any, *, parameters: Mapping[str, Sequence], seed: int,
+def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: Mapping[str, Sequence], seed: int,
                         technique: str = "SECCM", measure_technique: str = "CV", repeats: int = 1,
                         fixed: Mapping[str, Any] | None = None, x_range: tuple | None = None,
                         y_range: tuple | None = None, points: Sequence | None = None, snake: bool = True,
                         hop_height: float = 2.0, approach_step: float | None = None, max_travel: float = 20.0,
                         contact_current: float = 5e-13, drop: float = 0.01, mode: str = "plan",
-                        hopper: Any = None, probe: Any = None, retract: float | None = None, context: Any = None,
-                        sample_md: dict | None = None, detectors: Sequence[Any] | None = None,
-                        md: dict | None = None) -> Generator[Any, Any, list[dict[str, Any]]]:
+                        hopper: Movable | None = None, probe: Configurable | None = None, retract: float | None = None, context: Any = None,
+                        sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None
+                        ) -> Generator[Any, Any, list[dict[str, Any]]]:
     """A grid of measurement parameters with repeats, spread over spots in a seeded random order.
 
     Every combination of ``parameters`` is measured ``repeats`` times; the experiments are shuffled with
@@ -200,16 +200,17 @@ def combinatorial_sweep(stage: Any, potentiostat: Any, *, parameters: Mapping[st
         yield from cell_on(potentiostat)
         sigs = row_signals()
         if mode == "device":
-            hopper.configure_hop(criterion="current_drop" if technique == "SICM" else "contact",
-                                 setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
-                                 approach_step=spec.fine_step, max_travel=max_travel,
-                                 stop_offset=spec.stop_distance if technique == "SICM" else 0.0, measure=True)
+            yield from apply_settings(hopper.hop_settings(
+                criterion="current_drop" if technique == "SICM" else "contact",
+                setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
+                approach_step=spec.fine_step, max_travel=max_travel,
+                stop_offset=spec.stop_distance if technique == "SICM" else 0.0, measure=True))
         last = None
         for row, p, x, y in zip(rows, prepared, xs, ys):
             yield from bps.checkpoint()
             fill(sigs, row)
             if mode == "device":
-                potentiostat.configure_technique(mtech, channel="substrate", **p)
+                yield from configure_technique(potentiostat, mtech, channel="substrate", **p)
                 yield from bps.mv(hopper, (float(x), float(y)))
                 yield from bps.trigger_and_read([hopper, *sigs.values(), *dets])
                 continue
@@ -218,7 +219,7 @@ def combinatorial_sweep(stage: Any, potentiostat: Any, *, parameters: Mapping[st
             yield from bps.mv(stage.x, float(x), stage.y, float(y))
             res = yield from approach_stub(stage, potentiostat, spec, stream="approach", park=False)
             last = res["stop_z"]
-            potentiostat.configure_technique(mtech, channel="substrate", **p)
+            yield from configure_technique(potentiostat, mtech, channel="substrate", **p)
             yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values(), *dets])
             yield from bps.mv(stage.z, last + hop_height)
         return rows

@@ -1,16 +1,16 @@
 """Hopping scans (SICM, SECCM): approach at each point, measure, retract by the hop height, move on."""
 
-from __future__ import annotations
-
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Movable, Readable
 
 from ..errors import FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, fault_reason
 from ._detectors import check_detectors
-from ._common import (cell_on, check_points, check_step, check_xy, checked_plan, device_error, grid_points,
-                      managed_run, probe_of, put_values, soft_signals)
+from ._common import (apply_settings, cell_on, check_points, check_step, check_xy, checked_plan,
+                      configure_technique, device_error, grid_points, managed_run, probe_of, put_values,
+                      soft_signals, value_of)
 from .approach import approach_stub, make_approach_spec
 from .imaging import _validate_technique_params
 from .metadata import build_start_md
@@ -68,12 +68,13 @@ def _measure_spec(potentiostat, technique, measure):
     return dict(technique=tech, channel=channel, params=params)
 
 
-def configure_measure(potentiostat: Any, meas: Mapping | None) -> None:
-    """Set the potentiostat up for the per-hop measurement (``_measure_spec`` output; None: a tip READ)."""
+def configure_measure(potentiostat: Any, meas: Mapping | None):
+    """Plan stub: set the potentiostat up for the per-hop measurement (``_measure_spec`` output; None: a tip
+    READ)."""
     if meas is not None:
-        potentiostat.configure_technique(meas["technique"], channel=meas["channel"], **meas["params"])
+        yield from configure_technique(potentiostat, meas["technique"], channel=meas["channel"], **meas["params"])
     else:
-        potentiostat.configure_technique("READ", channel="tip")
+        yield from configure_technique(potentiostat, "READ", channel="tip")
 
 
 def hop_signals() -> dict[str, Any]:
@@ -112,7 +113,7 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
             yield from bps.mv(stage.z, float(top))
         yield from bps.mv(stage.x, float(x), stage.y, float(y))
         res = yield from approach_stub(stage, potentiostat, spec, stream=approach_stream, park=False)
-        configure_measure(potentiostat, measure)
+        yield from configure_measure(potentiostat, measure)
         put_values(signals, surface_z=res["surface_z"], surface_z_err=res["surface_z_err"],
                    contact_z=res["stop_z"], hop_valid=1, hop_fault="")
         yield from bps.trigger_and_read(devices, name=stream)
@@ -128,7 +129,7 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
     # the fault: retract straight up (cannot touch), then record the hop as invalid with a NaN measurement
     z = float(stage.z.position)
     yield from bps.mv(stage.z, min(z + hop_height, stage.z.limits[1]))
-    configure_measure(potentiostat, measure)
+    yield from configure_measure(potentiostat, measure)
     potentiostat.mark_not_measured()
     put_values(signals, surface_z=np.nan, surface_z_err=np.nan, contact_z=np.nan, hop_valid=0, hop_fault=reason)
     yield from bps.create(stream)
@@ -175,14 +176,14 @@ class _FaultLog:
 
 
 @checked_plan(("SICM", "SECCM"))
-def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tuple | None = None,
+def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_range: tuple | None = None,
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
                  snake: bool = True, seed: int | None = None, hop_height: float = 2.0,
                  approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
                  contact_current: float = 5e-13, stop_offset: float = 0.0, measure: Mapping | None = None,
-                 mode: str = "device", hopper: Any = None, on_fault: str = "skip",
-                 max_consecutive_faults: int = 5, probe: Any = None, retract: float | None = None,
-                 context: Any = None, sample_md: dict | None = None, detectors: Sequence[Any] | None = None,
+                 mode: str = "device", hopper: Movable | None = None, on_fault: str = "skip",
+                 max_consecutive_faults: int = 5, probe: Configurable | None = None, retract: float | None = None,
+                 context: Any = None, sample_md: dict | None = None, detectors: Sequence[Readable] | None = None,
                  md: dict | None = None) -> Generator[Any, Any, np.ndarray]:
     """Hopping SICM/SECCM map: at each point approach to the setpoint/contact, measure, retract, move on.
 
@@ -277,13 +278,13 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
     faults = _FaultLog(int(xs.size), max_consecutive_faults)
 
     def device_body():
-        hopper.configure_hop(criterion="current_drop" if technique == "SICM" else "contact",
-                             setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
-                             approach_step=spec.fine_step, max_travel=max_travel,
-                             stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset,
-                             measure=meas is not None)
+        yield from apply_settings(hopper.hop_settings(
+            criterion="current_drop" if technique == "SICM" else "contact",
+            setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
+            approach_step=spec.fine_step, max_travel=max_travel,
+            stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset, measure=meas is not None))
         yield from cell_on(potentiostat)
-        configure_measure(potentiostat, meas)
+        yield from configure_measure(potentiostat, meas)
         topo = []
         for i, (x, y) in enumerate(zip(xs, ys)):
             yield from bps.checkpoint()
@@ -305,7 +306,7 @@ def hopping_scan(stage: Any, potentiostat: Any, *, technique: str, x_range: tupl
                 yield from faults.record(i, x, y, hopper.fault.get(), str(err))
                 continue
             faults.ok()
-            topo.append(r[hopper.surface_z.name]["value"])
+            topo.append(value_of(r, hopper.surface_z))
         return np.asarray(topo, float)
 
     def plan_body():

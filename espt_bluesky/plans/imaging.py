@@ -1,7 +1,5 @@
 """Tilt measurement, constant-height (tilt-corrected) imaging and operando imaging."""
 
-from __future__ import annotations
-
 import dataclasses
 import inspect
 import math
@@ -9,12 +7,14 @@ from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Readable
 
 from ..analysis.plane import PlaneFit, fit_plane, flat_plane
 from ..analysis.voltammetry import charge_passed
 from ..errors import InvalidArgument, check_choice, check_int, check_keys, check_number, check_points_cap
 from ._common import (cell_on, check_points, check_potential, check_step, check_xy, check_z, checked_plan,
-                      grid_points, managed_run, probe_of, put_values, soft_signals)
+                      configure_technique, grid_points, managed_run, probe_of, put_values, set_potential, simulated,
+                      soft_signals)
 from .approach import approach_stub, make_approach_spec
 from ._detectors import check_detectors
 
@@ -49,8 +49,8 @@ _APPROACH_KWARGS = [n for n, p in inspect.signature(make_approach_spec).paramete
 
 
 @checked_plan()
-def measure_tilt(stage: Any, potentiostat: Any, points: Sequence[tuple[float, float]], *, technique: str,
-                 lift: float | None = None, probe: Any = None, afm: Any = None, retract: float | None = None,
+def measure_tilt(stage: Readable, potentiostat: Readable, points: Sequence[tuple[float, float]], *, technique: str,
+                 lift: float | None = None, probe: Configurable | None = None, afm: Readable | None = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None, md: dict | None = None,
                  **approach_kwargs: Any) -> Generator[Any, Any, PlaneFit]:
     """Approach at three or more points and fit the sample plane.
@@ -151,9 +151,9 @@ def _image(stage, potentiostat, xs, ys, zs, extra=()):
 
 
 def _prepare_read(potentiostat, tip_potential):
-    potentiostat.configure_technique("READ", channel="tip")
+    yield from configure_technique(potentiostat, "READ", channel="tip")
     if tip_potential is not None:
-        potentiostat.tip.potential.put(tip_potential)
+        yield from set_potential(potentiostat.tip, tip_potential)
     yield from cell_on(potentiostat)
 
 
@@ -162,12 +162,11 @@ IMAGING_TECHNIQUES = ("SECM", "SICM")
 
 
 @checked_plan(IMAGING_TECHNIQUES)
-def constant_height_image(stage: Any, potentiostat: Any, *, x_range: tuple[float, float, int],
+def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                           y_range: tuple[float, float, int], height: float, plane: Any,
                           tip_potential: float | None = None, snake: bool = True, technique: str = "SECM",
-                          probe: Any = None, retract: float = 20.0, context: Any = None,
-                          sample_md: dict | None = None, detectors: Sequence[Any] | None = None,
-                          md: dict | None = None) -> Generator[Any, Any, None]:
+                          probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
+                          sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Raster at a fixed distance above the sample plane (tilt-corrected), reading the tip current per point.
 
     Parameters
@@ -220,12 +219,11 @@ CYCLE_TECHNIQUES = ("CV", "CP", "CA", "LSV")
 
 
 @checked_plan(IMAGING_TECHNIQUES)
-def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, float, int],
+def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                      y_range: tuple[float, float, int], height: float, plane: Any, n_images: int,
                      cycle: Mapping[str, Any], tip_potential: float | None = None, snake: bool = True,
-                     technique: str = "SECM", probe: Any = None, retract: float = 20.0, context: Any = None,
-                     sample_md: dict | None = None, detectors: Sequence[Any] | None = None,
-                     md: dict | None = None) -> Generator[Any, Any, None]:
+                     technique: str = "SECM", probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
+                     sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Image the same region again and again while the substrate is cycled between images.
 
     After every image but the last, the substrate channel runs ``cycle`` once (e.g. a CV into the SEI region or a
@@ -285,12 +283,15 @@ def operando_imaging(stage: Any, potentiostat: Any, *, x_range: tuple[float, flo
             yield from _image(stage, potentiostat, xs, ys, zs, extra=[*sigs.values(), *dets])
             if k == n_images - 1:
                 break
-            potentiostat.configure_technique(cyc_tech, channel="substrate", **cyc_params)
+            yield from configure_technique(potentiostat, cyc_tech, channel="substrate", **cyc_params)
             put_values(csig, cycle_index=k)
             r = yield from bps.trigger_and_read([potentiostat, *csig.values()], name="cycle")
-            t = np.asarray(r[potentiostat.wf.time.name]["value"])
-            i = np.asarray(r[potentiostat.wf.current.name]["value"])
-            e = np.asarray(r[potentiostat.wf.potential.name]["value"])
+            if simulated(r):  # a preview (summarize_plan): no waveform to integrate
+                continue
+            # the waveform just recorded (not in the reading when it went to an external asset)
+            t = np.asarray((yield from bps.rd(potentiostat.wf.time)))
+            i = np.asarray((yield from bps.rd(potentiostat.wf.current)))
+            e = np.asarray((yield from bps.rd(potentiostat.wf.potential)))
             charge += charge_passed(t, i)  # substrate charge of this segment (C)
             put_values(sigs, substrate_potential_state=float(e[-1]))
 

@@ -1,24 +1,23 @@
 """Substrate generation / tip collection (SG/TC)."""
 
-from __future__ import annotations
-
 import math
 from typing import Any, Generator, Mapping, Sequence
 
 import bluesky.plan_stubs as bps
+from bluesky.protocols import Configurable, Readable
 
 from ..errors import InvalidArgument, check_choice, check_keys, check_number, check_samples_cap
-from ._common import (cell_on, check_points, check_potential, check_step, check_z, checked_plan, managed_run,
-                      probe_of, put_values, soft_signals)
+from ._common import (cell_on, check_points, check_potential, check_step, check_z, checked_plan,
+                      configure_technique, managed_run, probe_of, put_values, set_potential, soft_signals)
 from .imaging import _as_plane, _move_xyz, _validate_technique_params
 from .metadata import build_start_md
 
 
 @checked_plan(("SECM",))
-def sgtc(stage: Any, potentiostat: Any, *, tip_potential: float, sweep: Mapping[str, Any] | None = None,
+def sgtc(stage: Readable, potentiostat: Readable, *, tip_potential: float, sweep: Mapping[str, Any] | None = None,
          steps: Sequence[float] | None = None, hold_time: float = 5.0, locations: Sequence | None = None,
          height: float | None = None, plane: Any = None, n_samples: int = 300, technique: str = "SECM",
-         probe: Any = None, retract: float = 20.0, context: Any = None, sample_md: dict | None = None,
+         probe: Configurable | None = None, retract: float = 20.0, context: Any = None, sample_md: dict | None = None,
          md: dict | None = None) -> Generator[Any, Any, None]:
     """Tip held at its collection potential while the substrate potential is swept or stepped.
 
@@ -93,7 +92,7 @@ def sgtc(stage: Any, potentiostat: Any, *, tip_potential: float, sweep: Mapping[
 
     def body():
         yield from cell_on(potentiostat)
-        potentiostat.tip.potential.put(tip_potential)
+        yield from set_potential(potentiostat.tip, tip_potential)
         sigs = soft_signals(location_index=(0, ""), step_potential=(math.nan, "V"))
         locs = [(None, None, None)] if xs is None else list(zip(xs, ys, zs))
         for li, (x, y, z) in enumerate(locs):
@@ -101,7 +100,7 @@ def sgtc(stage: Any, potentiostat: Any, *, tip_potential: float, sweep: Mapping[
                 yield from _move_xyz(stage, float(x), float(y), float(z))
             for tech, p, e in programs:
                 yield from bps.checkpoint()
-                potentiostat.configure_technique(tech, channel="substrate", **p)
+                yield from configure_technique(potentiostat, tech, channel="substrate", **p)
                 put_values(sigs, location_index=li, step_potential=e)
                 yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, stage.z, *sigs.values()])
 

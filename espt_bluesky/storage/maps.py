@@ -41,6 +41,8 @@ METADATA_KEYS = ("uid", "scan_id", "time", "technique", "mode", "probe", "sample
 _TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "mm": 1e3, "nm": 1e-3, "m": 1e6}
 WAVEFORM_DIM = "sample"
 PRODUCTS = "products"
+#: Tiled spec of the products container (not a BlueskyRun).
+PRODUCTS_SPEC = "espt_products"
 
 
 # ---------------------------------------------------------------------------------------------------------- input
@@ -454,7 +456,12 @@ def products_node(run: Any, *, create: bool = True):
     if PRODUCTS not in parent:
         if not create:
             return None
-        parent.create_container(key=PRODUCTS, metadata={"description": "derived products of espt_bluesky runs"})
+        from tiled.structures.core import Spec
+
+        # one container for every run's products, marked so run lists (our browse page) leave it out
+        parent.create_container(key=PRODUCTS, specs=[Spec(PRODUCTS_SPEC)],
+                                metadata={"description": "derived products of espt_bluesky runs (maps, tables), "
+                                                         "one container per source run uid; not a run"})
     prod = parent[PRODUCTS]
     if uid not in prod:
         if not create:
@@ -463,12 +470,46 @@ def products_node(run: Any, *, create: bool = True):
     return prod[uid]
 
 
+def _array_metadata(da: xr.DataArray, data: xr.Dataset) -> dict[str, Any]:
+    """What a person (or a viewer) needs to show an array: units, name, dims and, for a 2-D array whose two dims
+    have 1-D coordinates, its physical ``extent`` (first and last coordinate per dim, in the coordinates' units)."""
+    md: dict[str, Any] = {"attrs": _jsonable(dict(da.attrs)), "dims": [str(d) for d in da.dims]}
+    for k in ("units", "long_name"):
+        if k in da.attrs:
+            md[k] = _jsonable(da.attrs[k])
+    if da.ndim == 2 and all(d in data.coords and data[d].ndim == 1 and data[d].size == n
+                            and data[d].dtype.kind in "fiu" for d, n in zip(da.dims, da.shape)):
+        md["extent"] = {str(d): [float(data[d].values[0]), float(data[d].values[-1])] for d in da.dims}
+        md["extent_units"] = {str(d): str(data[d].attrs.get("units", "")) for d in da.dims}
+        md["image"] = True
+    return md
+
+
+def grid_of_points(x: np.ndarray, y: np.ndarray, *, decimals: int = 6):
+    """Cells of a rectangular grid holding scattered points, if the points lie on one.
+
+    Returns ``(xc, yc, iy, ix)``: the sorted distinct x and y (µm) and each point's cell, or None when two points
+    share a cell or the grid would be mostly empty (more than twice as many cells as points).
+    """
+    x = np.round(np.asarray(x, float), decimals)
+    y = np.round(np.asarray(y, float), decimals)
+    if x.size == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return None
+    xc, ix = np.unique(x, return_inverse=True)
+    yc, iy = np.unique(y, return_inverse=True)
+    if xc.size * yc.size > 2 * x.size or len(set(zip(iy.tolist(), ix.tolist()))) != x.size:
+        return None
+    return xc, yc, iy, ix
+
+
 def write_product(run: Any, name: str, data: Any, metadata: Mapping[str, Any] | None = None, *,
                   overwrite: bool = False):
     """Store a derived map or table next to its source run, with the source uid recorded.
 
     The product goes to ``products/<source uid>/<name>`` in the container holding the run, with metadata
-    ``source_uid``, ``product``, ``created`` and ``metadata``.
+    ``source_uid``, ``product``, ``created`` and ``metadata``.  A Dataset becomes one array per variable and
+    coordinate, with its ``dims``, ``units`` and, for 2-D maps with 1-D coordinates (x/y in µm), the ``extent``
+    that lets a viewer draw it as an image on physical axes.
 
     Parameters
     ----------
@@ -516,7 +557,7 @@ def write_product(run: Any, name: str, data: Any, metadata: Mapping[str, Any] | 
                 if arr.dtype == object:
                     arr = arr.astype(str)
                 out.write_array(arr, key=str(v), dims=[str(d) for d in da.dims],
-                                metadata={"attrs": _jsonable(dict(da.attrs))}, specs=[Spec(kind)])
+                                metadata=_array_metadata(da, data), specs=[Spec(kind)])
         return out
     if isinstance(data, pd.DataFrame):
         return node.write_table(data, key=name, metadata=md)
