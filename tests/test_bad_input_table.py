@@ -483,13 +483,13 @@ CASES = [
 
 # ---------------------------------------------------------------------------------------------------- harness
 def _state(bench) -> dict[str, Any]:
-    """Everything a refused call must leave alone: true position and clock, every device reading/configuration."""
+    """Everything a refused call must leave alone: true position and clock, every signal of every device."""
     out = {"position": bench.model.position.copy(), "clock": bench.model.clock}
     for dev in (bench.stage, bench.potentiostat, bench.hopper, bench.afm, bench.probe):
         if dev is None:
             continue
-        for k, v in {**dev.read(), **dev.read_configuration()}.items():
-            out[k] = v["value"]
+        for walk in dev.walk_signals():
+            out[walk.item.name] = walk.item.get()
     return out
 
 
