@@ -20,6 +20,8 @@ import signal
 import sys
 from typing import Callable
 
+from .correlate.cli import add_import
+
 # ====================================================================================================== storage
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the local Tiled server (own process) and print its URI",
@@ -32,20 +34,28 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                                          "(default: SQLite in the data directory)")
     p.add_argument("--table-uri", help="writable table store (default: DuckDB in the data directory, or the "
                                        "PostgreSQL catalog database)")
-    p.add_argument("--public", action="store_true", help="allow reading without the API key")
+    p.add_argument("--public", action="store_true",
+                   help="let anyone who can reach the server read every run without the API key (writing still "
+                        "needs it); off by default -- an explicit opt-in, see docs/storage.md")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .storage.server import LocalCatalog
+    from .storage.server import LocalCatalog, ServerError
 
-    cat = LocalCatalog.start(args.data_dir, port=args.port or None, host=args.host,
-                             catalog_uri=args.catalog_uri, table_uri=args.table_uri, public=args.public)
+    try:
+        cat = LocalCatalog.start(args.data_dir, port=args.port or None, host=args.host,
+                                 catalog_uri=args.catalog_uri, table_uri=args.table_uri, public=args.public)
+    except ServerError as exc:
+        print(f"espt serve: {exc}", file=sys.stderr)
+        return 1
     dd = cat.data_dir
     print(f"Tiled server running (pid {cat.process.pid})")
     print(f"  URI:        {cat.uri}")
     print(f"  Browse:     {cat.browse_url}")
-    print(f"  API key:    stored in {dd.api_key_file} (or $ESPT_TILED_API_KEY)")
+    print(f"  API key:    in {cat.key_hint}; log a browser in once with {cat.browse_url}?api_key=<the key>")
+    if args.public:
+        print("  PUBLIC:     anyone who can reach this address may read every run without the key")
     print(f"  Data dir:   {dd.root}")
     print(f"  Assets:     {dd.assets}")
     print(f"  Backup:     {dd.backup}   (replay with: espt replay {dd.backup})")
@@ -58,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         code = cat.process.wait()
         print(f"the Tiled server exited with code {code}; see {dd.logs / 'server.log'}", file=sys.stderr)
+        cat.stop()
         return 1
     except KeyboardInterrupt:
         cat.stop()
@@ -67,8 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="send backed-up runs to Tiled (idempotent)",
-                       description="Write every run backed up in DIR to Tiled: complete runs already there are "
-                                   "skipped, partial copies are replaced by the full backup.")
+                       description="Write every run backed up in DIR to Tiled: runs complete in Tiled are skipped, a "
+                                   "partial copy is replaced only by a backup that holds strictly more; every "
+                                   "run's events per stream, exit status and any damage found are printed. "
+                                   "Backup files are never changed.")
     p.add_argument("dir", help="backup directory (the data directory's backup/)")
     p.add_argument("--uri", help="Tiled URI (default: $ESPT_TILED_URI or the server `espt serve` started)")
     p.add_argument("--api-key", help="API key (default: from the URI, $ESPT_TILED_API_KEY or the data dir)")
@@ -77,18 +90,20 @@ def add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .errors import InvalidArgument
     from .storage.replay import replay
-    from .storage.server import LocalCatalog
+    from .storage.server import LocalCatalog, ServerError
 
-    cat = LocalCatalog.connect(args.uri, args.api_key, args.data_dir)
-    report = replay(args.dir, cat.client())
+    try:
+        cat = LocalCatalog.connect(args.uri, args.api_key, args.data_dir)
+        client = cat.client()
+    except (ServerError, InvalidArgument) as exc:
+        print(f"espt replay: {exc}", file=sys.stderr)
+        return 1
+    report = replay(args.dir, client)
     print(report)
-    for uid in report.written:
-        print(f"  written  {uid}")
-    for uid in report.skipped:
-        print(f"  skipped  {uid} (already complete)")
-    for path, err in report.failed.items():
-        print(f"  FAILED   {path}: {err}", file=sys.stderr)
+    for entry in report.runs:
+        print(f"  {entry}", file=sys.stderr if entry.action == "failed" else sys.stdout)
     return 1 if report.failed else 0
 
 
@@ -150,7 +165,8 @@ def add_qserver(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc, add_qserver]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc, add_import,
+                                                               add_qserver]
 
 
 def build_parser() -> argparse.ArgumentParser:

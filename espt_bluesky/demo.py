@@ -130,9 +130,10 @@ def run_demo(data_dir: str | os.PathLike | None = None, output_dir: str | os.Pat
         _say(f"  figure: {f}")
     if own:  # the in-process server ended with the demo: a persistent one serves the same directory
         dd = f" --data-dir {result.data_dir}" if result.data_dir is not None else ""
-        _say(f"browse the runs: run `espt serve{dd}` (or `espt demo --serve`) and open the Browse link it prints")
+        _say(f"browse the runs: run `espt serve{dd}` (or `espt demo --serve`) and open the Browse address it "
+             f"prints (once with ?api_key=<the key in {catalog.key_hint}>)")
     else:
-        _say(f"browse the runs: {result.browse_url}")
+        _say(f"browse the runs: {result.browse_url} (once with ?api_key=<the key in {catalog.key_hint}>)")
     return result
 
 

@@ -316,6 +316,8 @@ class Session:
         if self.writer_token is not None:
             self.RE.unsubscribe(self.writer_token)
             self.writer_token = None
+        if hasattr(self.writer, "close"):  # send what is queued before the server goes (journals keep the rest)
+            self.writer.close(timeout=30.0)
         if self.catalog is not None and self.catalog._cm is not None:
             self.catalog.stop()
 
@@ -355,19 +357,8 @@ def baseline_of(bench: Any) -> list:
     return out
 
 
-def _server_alive(uri: str) -> bool:
-    import httpx
-
-    base = uri.split("/api/v1")[0]
-    try:
-        with httpx.Client(trust_env=False) as http:
-            return http.get(f"{base}/healthz", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _open_storage(st: Mapping[str, Any]):
-    from .storage.server import DataDir, LocalCatalog, _resolve_dir
+    from .storage.server import DataDir, LocalCatalog, _resolve_dir, server_alive
 
     mode = st["mode"]
     if mode == "none":
@@ -377,7 +368,7 @@ def _open_storage(st: Mapping[str, Any]):
     dd: DataDir = _resolve_dir(st.get("data_dir"))
     if mode == "auto" and dd.state.exists():
         uri = json.loads(dd.state.read_text()).get("uri", "")
-        if uri and _server_alive(uri):
+        if uri and server_alive(uri):
             return LocalCatalog.connect(uri, st.get("api_key"), dd.root)
     if st.get("api_key"):
         os.environ.setdefault("ESPT_TILED_API_KEY", st["api_key"])

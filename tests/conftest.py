@@ -44,3 +44,24 @@ def RE():
     yield engine
     if engine.state != "idle":
         engine.halt()
+
+
+def _shared_data_dir():
+    from pathlib import Path
+
+    env = os.environ.get("ESPT_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [Path("/work/shared/data"), Path(__file__).resolve().parents[1].parent / "shared" / "data"]
+    for c in candidates:
+        if (c / "MANIFEST.md").exists():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The real instrument files of ``shared/data`` (never copied into the repository)."""
+    d = _shared_data_dir()
+    if d is None:
+        pytest.fail("shared/data not found: set ESPT_SHARED_DATA to the folder holding MANIFEST.md")
+    return d

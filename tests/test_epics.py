@@ -228,6 +228,39 @@ def test_waveforms_over_epics_land_in_tiled(RE_tiled, secm_ioc):
     assert np.allclose(ds["pstat_wf_current"].values, waves["epics"])
 
 
+def test_epics_waveforms_as_hdf5_assets(RE_tiled, secm_ioc, catalog):
+    """The EPICS potentiostat with an asset writer: every CV the IOC drew lands in Tiled as an HDF5 asset, also
+    when an earlier plan left the cell open (the CV connects it)."""
+    import bluesky.plans as bp
+
+    from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
+
+    RE = RE_tiled
+    bench = make_epics_bench("E1:")
+    ps = bench.potentiostat
+    ps.asset_writer = HDF5WaveformWriter(catalog.asset_dir)
+    RE(bps.mv(bench.stage.z, 30.0, bench.stage.x, 50.0, bench.stage.y, 50.0))
+    ps.open_circuit()
+    ps.configure_technique("CV", channel="tip", e_start=0.0, e_vertex1=0.0, e_vertex2=0.5, scan_rate=1.0,
+                           n_samples=120)
+    drawn = []
+
+    def shot(dets):
+        yield from bps.trigger_and_read(dets)
+        drawn.append(np.asarray(ps.wf.current.get(use_monitor=False), dtype=float)[:120])  # the IOC's record
+
+    try:
+        RE(bp.count([ps], 3, per_shot=shot))
+    finally:
+        ps.configure_technique("READ", channel="tip")
+    uid = _run_uids(RE)[-1]
+    node = RE.catalog[uid]["primary"]["pstat_wf_current"]
+    assert node.data_sources()[0].mimetype == "application/x-hdf5"
+    np.testing.assert_array_equal(node.read(), np.array(drawn))
+    assert np.abs(np.array(drawn)).max() > 1e-10 and int(ps.cell_on.get()) == 1
+    assert not any("pstat_wf_current" in e["data"] for e in RE.collector.of("event")[-3:])
+
+
 # ------------------------------------------------------------------------------------------- failures
 def test_tip_crash_over_epics_is_a_tipcrash_and_the_tip_retracts(RE_tiled, secm_ioc):
     from espt_bluesky.plans.imaging import constant_height_image

@@ -197,13 +197,15 @@ def test_run_visible_while_running(catalog):
     bench = seccm_bench(50)
     bench.potentiostat.asset_writer = HDF5WaveformWriter(catalog.asset_dir)
     RE = RunEngine({})
-    RE.subscribe(make_writer(catalog, batch_size=5))
+    writer = make_writer(catalog, batch_size=5)
+    RE.subscribe(writer)
     seen = {}
     uid_box = {}
     RE.subscribe(lambda n, d: uid_box.setdefault("uid", d["uid"]) if n == "start" else None)
 
     def peek(i):
         if i == 30:
+            assert writer.flush(60)  # the writer thread has sent what it was given (full batches only)
             run = catalog.client()[uid_box["uid"]]
             seen["stop"] = run.metadata.get("stop")
             seen["n"] = read_map(run, waveforms=False).sizes["spot"]
@@ -233,7 +235,10 @@ def test_session_from_config(tmp_path, catalog, monkeypatch):
 
 
 def test_replay_of_a_backup_without_stop(catalog, tmp_path):
-    """The acquisition process died: the backup has no stop; replay closes the run as aborted, once."""
+    """The acquisition process died: an old-style JSON-lines backup without a stop, its last line cut.
+
+    Replay writes the five events, records the end as unknown (no stop is invented), reports the cut line, and
+    writes nothing the second time."""
     import json
     import time
 
@@ -254,11 +259,16 @@ def test_replay_of_a_backup_without_stop(catalog, tmp_path):
     uid = b.start_doc["uid"]
     first = replay(tmp_path, catalog)
     assert first.written == [uid] and not first.failed
+    (entry,) = first.runs
+    assert entry.events == {"primary": 5} and entry.exit_status == "unknown"
+    assert entry.damage == ["truncated: line 8"]
     run = catalog.client()[uid]
-    assert run.metadata["stop"]["exit_status"] == "abort" and run.metadata["stop"]["num_events"] == {"primary": 5}
+    assert run.metadata.get("stop") is None and run.metadata["espt_replay"]["end"] == "unknown"
     ds = read_map(run)
     np.testing.assert_allclose(ds.y.values, 2 * ds.x.values)
-    assert replay(tmp_path, catalog).skipped == [uid]
+    assert ds.sizes["spot"] == 5 and ds.attrs["exit_status"] is None
+    second = replay(tmp_path, catalog)
+    assert second.skipped == [uid] and second.runs[0].action == "kept" and not second.written
 
 
 def test_read_map_of_the_espt_hopping_plan(RE):

@@ -131,7 +131,7 @@ def test_web_ui_shows_runs(tmp_path):
         RE = RunEngine({})
         RE.subscribe(make_writer(cat))
         (uid,) = RE(hopping_plan(bench, random_points(5, seed=1)))
-        listing = _dump_dom(exe, cat.browse_url)
+        listing = _dump_dom(exe, cat.login_url())
         assert f'data-id="{uid}"' in listing
         page = _dump_dom(exe, f"{cat.base_url}/ui/browse/{uid}/?api_key={cat.api_key}")
         assert f'href="/ui/browse/{uid}/"' in page

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InvalidArgument
 
-__all__ = ["new_figure", "screening_figure", "edge_profile_figure"]
+__all__ = ["new_figure", "screening_figure", "edge_profile_figure", "map_figure", "waveform_figure"]
 
 
 def new_figure(figsize=(8.0, 4.0), layout: str | None = "constrained"):
@@ -90,4 +90,71 @@ def edge_profile_figure(distance, profiles: dict, fits: Optional[dict] = None, x
     ax.set_xlabel(xlabel)
     ax.set_ylabel("signal")
     ax.legend(fontsize=7)
+    return fig
+
+
+def _cell_edges(c: np.ndarray) -> tuple[float, float]:
+    """Outer edges of a row of cell centres (half a step beyond the first and last; ±0.5 for one cell)."""
+    c = np.asarray(c, float)
+    half = 0.5 * abs(c[-1] - c[0]) / (c.size - 1) if c.size > 1 else 0.5
+    lo, hi = (c[0], c[-1]) if c[-1] >= c[0] else (c[-1], c[0])
+    return lo - half, hi + half
+
+
+def map_figure(x, y, values, *, label: str = "", units: str = "", title: str = "", mark=None,
+               figsize=(5.6, 4.4)):
+    """A map on physical axes (µm) with a colour bar: an image for a grid, coloured dots for scattered points.
+
+    Parameters
+    ----------
+    x, y : array
+        µm.  1-D cell centres of a grid (``values`` of shape ``(y.size, x.size)``) or the positions of scattered
+        points (same shape as ``values``).
+    values : array
+        The mapped quantity (NaN cells are left blank).
+    label, units : str
+        Colour-bar label.
+    mark : (x, y), optional
+        A position to mark (µm), e.g. the spot whose waveform is shown next to the map.
+    """
+    x, y, v = (np.asarray(a, float) for a in (x, y, values))
+    fig = new_figure(figsize)
+    ax = fig.subplots()
+    grid = v.ndim == 2 and x.ndim == 1 and y.ndim == 1 and v.shape == (y.size, x.size)
+    if grid:
+        (x0, x1), (y0, y1) = _cell_edges(x), _cell_edges(y)
+        img = v[::-1] if y[-1] < y[0] else v
+        img = img[:, ::-1] if x[-1] < x[0] else img
+        art = ax.imshow(img, origin="lower", extent=(x0, x1, y0, y1), aspect="equal", interpolation="nearest",
+                        cmap="viridis")
+    elif v.shape == x.shape == y.shape:
+        span = max(np.ptp(x[np.isfinite(x)]) if np.isfinite(x).any() else 1.0, 1e-9)
+        art = ax.scatter(x, y, c=v, s=max(12.0, 4000.0 / max(v.size, 1)), cmap="viridis", marker="s")
+        ax.set_aspect("equal")
+        ax.set_xlim(np.nanmin(x) - 0.05 * span, np.nanmax(x) + 0.05 * span)
+    else:
+        raise InvalidArgument(f"values of shape {v.shape} fit neither a grid of x {x.shape} × y {y.shape} nor "
+                              "points at x, y")
+    cb = fig.colorbar(art, ax=ax)
+    cb.set_label(f"{label} ({units})" if units else label)
+    if mark is not None:
+        ax.plot([mark[0]], [mark[1]], "o", mfc="none", mec="red", ms=10, mew=1.5)
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("y (µm)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def waveform_figure(x, y, *, xlabel: str = "E (V)", ylabel: str = "i (A)", title: str = "",
+                    figsize=(5.6, 4.0)):
+    """One waveform (a CV: current against potential; or current against time), labelled with units."""
+    fig = new_figure(figsize)
+    ax = fig.subplots()
+    ax.plot(np.asarray(x, float), np.asarray(y, float), "-", lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if title:
+        ax.set_title(title, fontsize=9)
     return fig

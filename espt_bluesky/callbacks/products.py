@@ -135,6 +135,9 @@ def screening_dataset(run, *, stream: str = "primary", time_key: str = "pstat_wf
                       ) -> xr.Dataset:
     """Per-spot features and clusters of an SECCM screen (dimension ``spot``, coordinates x, y in µm).
 
+    When the spots lie on a grid, every numeric feature is also given as a map ``<feature>_map`` (dims
+    ``grid_y``, ``grid_x`` in µm; NaN where no spot landed).
+
     ``groups_key`` names a per-spot data key with the parameter of a combinatorial sweep; the per-group
     statistics of Q_p2/Q_p1 are then in ``attrs["group_statistics"]``.
     """
@@ -167,8 +170,29 @@ def screening_dataset(run, *, stream: str = "primary", time_key: str = "pstat_wf
         if g.size == res.n_spots:
             data[groups_key] = (("spot",), g)
             attrs["group_statistics"] = group_statistics(res.passivation_ratio, g).as_dict()
-    return xr.Dataset(data, coords={"x": ("spot", res.x, {"units": "um"}), "y": ("spot", res.y, {"units": "um"})},
-                      attrs=attrs)
+    out = xr.Dataset(data, coords={"x": ("spot", res.x, {"units": "um"}), "y": ("spot", res.y, {"units": "um"})},
+                     attrs=attrs)
+    return _with_grid_maps(out)
+
+
+def _with_grid_maps(ds: xr.Dataset) -> xr.Dataset:
+    """Add ``<var>_map`` images (dims ``grid_y``, ``grid_x``, coordinates in µm, NaN where no spot) of every
+    numeric per-spot variable when the spots lie on a rectangular grid, so the screen can be looked at as maps."""
+    from ..storage.maps import grid_of_points
+
+    cells = grid_of_points(ds["x"].values, ds["y"].values)
+    if cells is None:
+        return ds
+    xc, yc, iy, ix = cells
+    maps = {}
+    for k, v in ds.data_vars.items():
+        if v.dims != ("spot",) or v.dtype.kind not in "fiub":
+            continue
+        img = np.full((yc.size, xc.size), np.nan)
+        img[iy, ix] = v.values.astype(float)
+        maps[f"{k}_map"] = (("grid_y", "grid_x"), img, dict(v.attrs))
+    return ds.assign(maps).assign_coords(grid_x=("grid_x", xc, {"units": "um"}),
+                                         grid_y=("grid_y", yc, {"units": "um"}))
 
 
 # ------------------------------------------------------------------------------------------------ EC-AFM moduli

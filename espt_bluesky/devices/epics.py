@@ -383,8 +383,8 @@ class EpicsBipotentiostat(Bipotentiostat):
                 desc[ch.current.name].update(units="A", dtype_numpy="<f8")
         return desc
 
-    def read(self) -> dict[str, dict]:
-        out = super().read()
+    def _checked_waveforms(self, out: dict[str, dict]) -> dict[str, dict]:
+        """Waveforms of exactly ``n_samples``, asked of the IOC if the monitor has not caught up yet."""
         n = int(self.params.n_samples.get())
         for f in WAVEFORM_FIELDS:
             key = getattr(self.wf, f).name
@@ -423,6 +423,7 @@ class EpicsBipotentiostat(Bipotentiostat):
             _require(sig, f"trigger {self.name}")
         status = DeviceStatus(self)
         finish = _Once(status)
+        self._note_acquisition()
         n0 = int(self.acq_count.get())
         acq = self.acq_count
 

@@ -9,7 +9,16 @@ that every event of a stream has the same shape whatever the scan rate or durati
 
 Waveforms can instead be written by the device to files and announced as external assets
 (StreamResource/StreamDatum): give the potentiostat an ``asset_writer`` (see :class:`AssetWriter`) and the
-waveform keys are described with ``external="STREAM:"``.
+waveform keys are described with ``external="STREAM:"``.  This works under any plan that triggers and reads the
+device (stock ``bp.count``/``bp.scan`` as well as ours, staged or not, the technique set before or after
+staging): every stream that first reads the device opens a segment of assets of its own (at ``describe()``), and
+the waveform of each acquisition is written when the RunEngine collects the asset documents right after reading
+it.  A waveform that cannot be written as described (the technique or ``n_samples`` changed within a stream) stops
+the run with :class:`~espt_bluesky.devices.waveform_assets.WaveformWriteError`.
+
+A technique that drives the cell (CA/CV/LSV/CP) connects it (``cell_on`` = 1) when it is triggered, as a
+potentiostat does when it starts a technique; ``OCP`` records at open circuit; ``READ`` with the cell open reads
+zero currents.
 
 Techniques (on ``working_channel``; the other channel is held at its ``potential``):
 
@@ -50,11 +59,12 @@ class InstrumentOffline(EsptError, ConnectionError):
 
 
 class AssetWriter(Protocol):
-    """What the potentiostat needs from a writer of external waveform assets (see storage/devices docs)."""
+    """What the potentiostat needs from a writer of external waveform assets (e.g.
+    :class:`~espt_bluesky.devices.waveform_assets.HDF5WaveformWriter`)."""
 
-    def stage(self, data_keys: dict[str, dict]) -> list[tuple[str, dict]]: ...  # stream_resource docs
-    def write(self, arrays: dict[str, np.ndarray]) -> list[tuple[str, dict]]: ...  # stream_datum docs
-    def unstage(self) -> None: ...
+    def begin(self, data_keys: dict[str, dict]) -> None: ...  # a new stream (segment) with these waveform keys
+    def write(self, arrays: dict[str, np.ndarray]) -> list[tuple[str, dict]]: ...  # stream_resource/_datum docs
+    def close(self) -> None: ...
 
 
 def compliance_limits(signal: Any) -> tuple[float, float]:
@@ -135,7 +145,8 @@ class Bipotentiostat(Device):
         super().__init__(*args, **kwargs)
         self.probe = probe
         self.asset_writer: AssetWriter | None = None
-        self._asset_docs: list[tuple[str, dict]] = []
+        self._acquired = False  # triggered since the last collect_asset_docs()
+        self._pending_wave: dict[str, np.ndarray] | None = None  # read, not yet written
         self._not_measured = False
         for ch in (self.tip, self.substrate):  # a new current range clears a latched overload
             ch.current_range.subscribe(self._clear_overload, run=False)
@@ -198,6 +209,11 @@ class Bipotentiostat(Device):
         return {f: getattr(self.wf, f).name for f in WAVEFORM_FIELDS}
 
     def describe(self) -> dict[str, dict]:
+        """Data keys; the waveform keys only while a waveform technique is set (external with an asset writer).
+
+        With an asset writer, each call starts a new segment of it: the RunEngine describes the device once per
+        stream of a run, so every stream's waveforms go to assets of their own.
+        """
         desc = super().describe()
         wf_keys = self._wf_keys()
         n = int(self.params.n_samples.get())
@@ -205,28 +221,50 @@ class Bipotentiostat(Device):
             if not self._waveform_active():
                 desc.pop(key, None)
                 continue
-            desc[key] = dict(source=f"SIM:{key}", dtype="array", dtype_numpy="<f8", shape=[n],
-                             dims=[WAVEFORM_DIM], units=WAVEFORM_UNITS[field])
+            desc[key] = dict(desc.get(key, {}), source=desc.get(key, {}).get("source", f"SIM:{key}"),
+                             dtype="array", dtype_numpy="<f8", shape=[n], dims=[WAVEFORM_DIM],
+                             units=WAVEFORM_UNITS[field])
             if self.asset_writer is not None:
                 desc[key]["external"] = "STREAM:"
         for ch in (self.tip, self.substrate):
             k = ch.current.name
             if k in desc:
                 desc[k].update(units="A", dtype_numpy="<f8")
+        if self.asset_writer is not None:
+            self.asset_writer.begin({k: desc[k] for k in wf_keys.values() if k in desc})
         return desc
 
+    def _note_acquisition(self) -> None:
+        """Called by ``trigger()``: the next reading holds a new acquisition, to be written once."""
+        self._acquired = True
+
+    def _checked_waveforms(self, reading: dict[str, dict]) -> dict[str, dict]:
+        """Hook for hardware whose waveform signals may lag the acquisition (see the EPICS potentiostat)."""
+        return reading
+
     def read(self) -> dict[str, dict]:
+        """Currents; the last waveform while a waveform technique is set.
+
+        With an asset writer the waveform is not in the reading: the waveform of a new acquisition is written
+        by :meth:`collect_asset_docs`, which the RunEngine calls right after this read.
+        """
         out = super().read()
-        wf_keys = set(self._wf_keys().values())
-        if not self._waveform_active() or self.asset_writer is not None:
+        wf_keys = list(self._wf_keys().values())
+        if not self._waveform_active():
             for k in wf_keys:
                 out.pop(k, None)
         if self._not_measured:  # see mark_not_measured: NaN of the usual shapes, once
             self._not_measured = False
             n = int(self.params.n_samples.get())
-            for k in wf_keys | {self.tip.current.name, self.substrate.current.name}:
+            for k in set(wf_keys) | {self.tip.current.name, self.substrate.current.name}:
                 if k in out:
                     out[k] = dict(out[k], value=np.full(n, np.nan) if k in wf_keys else float("nan"))
+        else:
+            out = self._checked_waveforms(out)
+        if self.asset_writer is not None:
+            wave = {k: out.pop(k)["value"] for k in wf_keys if k in out}
+            if self._acquired:
+                self._pending_wave = wave
         return out
 
     def mark_not_measured(self) -> None:
@@ -237,10 +275,7 @@ class Bipotentiostat(Device):
         stream's data keys and shapes instead of repeating the previous measurement.
         """
         self._not_measured = True
-        if self.asset_writer is not None and self._waveform_active():
-            n = int(self.params.n_samples.get())
-            self._asset_docs.extend(self.asset_writer.write({k: np.full(n, np.nan)
-                                                             for k in self._wf_keys().values()}))
+        self._acquired = True  # an acquisition that measured nothing: its NaN row is written like any other
 
     def read_configuration(self) -> dict[str, dict]:
         cfg = super().read_configuration()
@@ -255,29 +290,29 @@ class Bipotentiostat(Device):
         return cfg
 
     def stage(self):
-        staged = super().stage()
-        if self.asset_writer is not None and self._waveform_active():
-            keys = {k: v for k, v in self.describe().items() if k in set(self._wf_keys().values())}
-            self._asset_docs.extend(self.asset_writer.stage(keys))
-        return staged
+        self._acquired = False
+        self._pending_wave = None
+        return super().stage()
 
     def unstage(self):
         if self.asset_writer is not None:
-            self.asset_writer.unstage()
+            self.asset_writer.close()
         return super().unstage()
 
     def collect_asset_docs(self):
-        docs, self._asset_docs = self._asset_docs, []
-        yield from docs
+        """The asset documents of the acquisition just read: its waveform written by the asset writer.
 
-    def _publish_waveform(self, wave: dict[str, np.ndarray]) -> None:
-        if self.asset_writer is not None:
-            self._asset_docs.extend(self.asset_writer.write({self._wf_keys()[f]: wave[f] for f in WAVEFORM_FIELDS}))
-        for f in WAVEFORM_FIELDS:
-            getattr(self.wf, f).put(np.asarray(wave[f], dtype=float))
+        Raises :class:`~espt_bluesky.devices.waveform_assets.WaveformWriteError` (through the writer) if the
+        waveform does not fit the stream it is read into -- the run stops rather than lose it.
+        """
+        wave, self._pending_wave = self._pending_wave, None
+        acquired, self._acquired = self._acquired, False
+        if self.asset_writer is None or not acquired or wave is None:
+            return
+        yield from self.asset_writer.write(wave)
 
     def open_circuit(self) -> None:
-        """Disconnect the cell (open circuit): no current flows until ``cell_on`` is set again."""
+        """Disconnect the cell (open circuit): no current flows until ``cell_on`` is set again or a technique runs."""
         for sig, v in self.open_circuit_settings():
             sig.put(v)
 
@@ -353,10 +388,13 @@ class SimBipotentiostat(Bipotentiostat):
         technique = self.technique.get()
         duration = 0.0
         error = None
+        self._note_acquisition()
         try:
             if not self.online.get():
                 raise InstrumentOffline(f"{self.online.name}=0: the potentiostat does not answer")
-            if not self.cell_on.get():
+            if technique not in ("READ", "OCP") and not self.cell_on.get():
+                self.cell_on.put(1)  # a technique connects the cell, as a potentiostat does when it starts one
+            if technique == "READ" and not self.cell_on.get():
                 i_tip = i_sub = 0.0
                 duration = self.params.integration_time.get()
                 model.clock += duration
@@ -371,7 +409,8 @@ class SimBipotentiostat(Bipotentiostat):
                 other = self.substrate if channel == "tip" else self.tip
                 wave = model.run_program(channel, technique, t, program, other.potential.get())
                 duration = float(t[-1] - t[0])
-                self._publish_waveform(wave)
+                for f in WAVEFORM_FIELDS:
+                    getattr(self.wf, f).put(np.asarray(wave[f], dtype=float))
                 i_drv, i_oth = float(wave["current"][-1]), float(wave["collector_current"][-1])
                 i_tip, i_sub = (i_drv, i_oth) if channel == "tip" else (i_oth, i_drv)
             self.tip.current.put(i_tip)

@@ -1,9 +1,21 @@
 """HDF5 writer of waveforms as external assets (StreamResource/StreamDatum), for the potentiostat's ``asset_writer``.
 
-Each staging opens one HDF5 file under a directory (use the Tiled catalog's readable asset directory, e.g.
-``LocalCatalog.asset_dir``) with one resizable dataset per waveform key, shape ``(0, n_samples)``; each trigger
-appends one row to every dataset and announces it with one ``stream_datum`` per key.  Tiled registers the file and
-serves the stacked ``(n_events, n_samples)`` array under the stream like any other array.
+A device gives the writer the ``describe()`` entries of its waveform keys whenever it is described
+(:meth:`HDF5WaveformWriter.begin`).  The RunEngine describes a device once per stream of a run, so each stream
+gets a *segment* of its own: one HDF5 file under ``directory`` (use the Tiled catalog's readable asset directory,
+e.g. ``LocalCatalog.asset_dir``), opened by the segment's first waveform, with one resizable dataset per key of shape
+``(0, *shape)`` and one ``stream_resource`` per key; every waveform appends one row to each dataset and returns one
+``stream_datum`` per key.  Tiled registers the file and serves the stacked ``(n_events, *shape)`` array under the
+stream like any other array.
+
+A device cannot know which stream it is being read into, so a waveform goes to the segment described with its
+keys and shapes: streams whose waveforms differ (a CV stream beside an approach stream without waveforms, CVs of
+200 samples beside cycles of 500) interleave freely.  Describing the same keys and shapes again (a new run, a new
+stream) starts a new segment for them; Tiled concatenates the files of one stream.  Two streams of one run that
+alternate waveforms of identical keys and shapes from the same device cannot be told apart -- give them different
+``n_samples`` or separate runs.  A waveform no segment was described for (the technique or ``n_samples`` changed
+within a stream) raises :class:`WaveformWriteError` instead of being written: a stream's descriptor is fixed, so
+such data could only be stored wrongly.
 
 Example
 -------
@@ -18,9 +30,36 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidArgument
+from ..errors import EsptError, InvalidArgument
 
 MIMETYPE = "application/x-hdf5"
+
+
+class WaveformWriteError(EsptError, RuntimeError):
+    """A waveform could not be written as it was described (the run must not go on without it)."""
+
+
+Signature = tuple  # ((key, shape), ...) sorted: what tells the segments apart
+
+
+def _signature(shapes: dict[str, tuple[int, ...]]) -> Signature:
+    return tuple(sorted((k, tuple(int(n) for n in v)) for k, v in shapes.items()))
+
+
+class _Segment:
+    """One stream's waveforms: the described keys, then (after the first row) a file and its resources."""
+
+    def __init__(self, keys: dict[str, tuple[tuple[int, ...], np.dtype]]):
+        self.keys = keys
+        self.file = None
+        self.path: Path | None = None
+        self.resources: dict[str, object] = {}  # data key -> ComposeStreamResourceBundle
+        self.n = 0
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class HDF5WaveformWriter:
@@ -36,90 +75,106 @@ class HDF5WaveformWriter:
         Rows per HDF5 chunk along the event axis.
     swmr : bool
         Open in single-writer/multiple-reader mode so Tiled can read a file while it grows.
+
+    Attributes
+    ----------
+    paths : list of Path
+        Every file written since this writer was made, oldest first.
     """
 
     def __init__(self, directory: str | os.PathLike, *, chunk_rows: int = 64, swmr: bool = True):
         self.directory = Path(directory).resolve()
-        if int(chunk_rows) < 1:
-            raise InvalidArgument(f"chunk_rows={chunk_rows!r} must be >= 1")
+        if isinstance(chunk_rows, bool) or int(chunk_rows) < 1:
+            raise InvalidArgument(f"chunk_rows={chunk_rows!r} must be an integer >= 1")
         self.chunk_rows = int(chunk_rows)
         self.swmr = bool(swmr)
-        self._file = None
-        self._resources: dict[str, object] = {}  # data key -> ComposeStreamResourceBundle
-        self._datasets: dict[str, str] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        self._n = 0
-        self.path: Path | None = None
+        self._segments: dict[Signature, _Segment] = {}
+        self.paths: list[Path] = []
 
-    def stage(self, data_keys: dict[str, dict]) -> list[tuple[str, dict]]:
-        """Open a new file with one dataset per key; return the ``stream_resource`` documents.
+    def begin(self, data_keys: dict[str, dict]) -> None:
+        """Start a segment for these ``describe()`` entries (``shape``, ``dtype_numpy``); its file opens lazily.
 
-        Parameters
-        ----------
-        data_keys : dict
-            ``describe()`` entries of the keys to write (``shape`` and ``dtype_numpy`` are used).
+        An empty dict (a stream without waveforms) starts nothing.
         """
+        keys = {}
+        for key, dk in data_keys.items():
+            shape = tuple(dk.get("shape") or ())
+            if any(s is None for s in shape):
+                raise InvalidArgument(f"data key {key!r} has a variable shape {list(shape)}; fixed shapes are "
+                                      "needed")
+            keys[key] = (tuple(int(s) for s in shape), np.dtype(dk.get("dtype_numpy") or "<f8"))
+        if not keys:
+            return
+        sig = _signature({k: v[0] for k, v in keys.items()})
+        old = self._segments.pop(sig, None)
+        if old is not None:
+            old.close()
+        self._segments[sig] = _Segment(keys)
+
+    def write(self, arrays: dict[str, np.ndarray]) -> list[tuple[str, dict]]:
+        """Append one row per key to the segment described with these keys and shapes; return its
+        ``stream_resource`` documents (first row only) and one ``stream_datum`` per key.
+
+        Raises
+        ------
+        WaveformWriteError
+            If no segment was described with these keys and shapes.
+        """
+        if not arrays:
+            return []
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        seg = self._segments.get(_signature({k: a.shape for k, a in arrays.items()}))
+        if seg is None:
+            described = [{k: list(s) for k, s in sig} for sig in self._segments] or "none"
+            raise WaveformWriteError(
+                f"waveform {({k: list(a.shape) for k, a in arrays.items()})} does not match any stream this device "
+                f"was described in (described: {described}): a stream's data keys and shapes are fixed when the "
+                "RunEngine first reads the device in it -- set the technique and n_samples before that first "
+                "reading, or read other waveforms into a stream of their own")
+        docs: list[tuple[str, dict]] = []
+        if seg.file is None:
+            docs.extend(self._open(seg))
+        i = seg.n
+        for key, a in arrays.items():
+            ds = seg.file[f"/{key}"]
+            ds.resize(i + 1, axis=0)
+            ds[i] = a.astype(seg.keys[key][1], copy=False)
+        seg.file.flush()
+        seg.n = i + 1
+        docs.extend(("stream_datum", seg.resources[k].compose_stream_datum(indices={"start": i, "stop": i + 1}))
+                    for k in seg.keys)
+        return docs
+
+    def _open(self, seg: _Segment) -> list[tuple[str, dict]]:
         import h5py
         from event_model import compose_stream_resource
 
-        if self._file is not None:
-            self.unstage()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"{uuid.uuid4()}.h5"
-        f = h5py.File(self.path, "w", libver="latest")
+        seg.path = self.directory / f"{uuid.uuid4()}.h5"
+        f = h5py.File(seg.path, "w", libver="latest")
         docs = []
-        self._resources.clear()
-        self._datasets.clear()
-        self._shapes.clear()
-        for key, dk in data_keys.items():
-            shape = tuple(int(s) for s in dk.get("shape", ()))
-            if any(s is None for s in shape):
-                raise InvalidArgument(f"data key {key!r} has a variable shape {shape}; fixed shapes are needed")
-            dtype = np.dtype(dk.get("dtype_numpy") or "<f8")
-            name = f"/{key}"
-            f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                             chunks=(self.chunk_rows, *shape) if shape else (max(self.chunk_rows, 64),))
-            self._datasets[key] = name
-            self._shapes[key] = shape
+        for key, (shape, dtype) in seg.keys.items():
+            chunks = (self.chunk_rows, *shape) if shape else (max(self.chunk_rows, 64),)
+            f.create_dataset(f"/{key}", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks)
             bundle = compose_stream_resource(
-                mimetype=MIMETYPE, uri=self.path.as_uri(), data_key=key,
-                parameters={"dataset": name, "chunk_shape": [self.chunk_rows, *shape], "swmr": self.swmr})
-            self._resources[key] = bundle
+                mimetype=MIMETYPE, uri=seg.path.as_uri(), data_key=key,
+                parameters={"dataset": f"/{key}", "chunk_shape": [self.chunk_rows, *shape], "swmr": self.swmr})
+            seg.resources[key] = bundle
             docs.append(("stream_resource", bundle.stream_resource_doc))
         if self.swmr:
             f.swmr_mode = True
-        self._file = f
-        self._n = 0
+        seg.file = f
+        seg.n = 0
+        self.paths.append(seg.path)
         return docs
 
-    def write(self, arrays: dict[str, np.ndarray]) -> list[tuple[str, dict]]:
-        """Append one row per key; return one ``stream_datum`` document per key."""
-        if self._file is None:
-            raise RuntimeError("HDF5WaveformWriter.write() before stage()")
-        missing = set(self._datasets) - set(arrays)
-        if missing:
-            raise InvalidArgument(f"arrays lacks the staged key(s) {sorted(missing)}")
-        i = self._n
-        for key, name in self._datasets.items():
-            a = np.asarray(arrays[key])
-            if a.shape != self._shapes[key]:
-                raise InvalidArgument(f"{key}: array of shape {a.shape} does not match the described "
-                                      f"shape {self._shapes[key]}")
-            ds = self._file[name]
-            ds.resize(i + 1, axis=0)
-            ds[i] = a
-        self._file.flush()
-        self._n = i + 1
-        return [("stream_datum", self._resources[k].compose_stream_datum(
-            indices={"start": i, "stop": i + 1})) for k in self._datasets]
-
-    def unstage(self) -> None:
-        """Close the file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def close(self) -> None:
+        """Close every segment (the next waveforms need a new description)."""
+        for seg in self._segments.values():
+            seg.close()
+        self._segments.clear()
 
     @property
-    def n_written(self) -> int:
-        """Rows written since the last :meth:`stage`."""
-        return self._n
+    def path(self) -> Path | None:
+        """The newest file written (None before the first waveform)."""
+        return self.paths[-1] if self.paths else None

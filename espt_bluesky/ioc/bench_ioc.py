@@ -446,7 +446,9 @@ class PotentiostatGroup(PVGroup):
             technique = self.technique.value
             p = self._params()
             model = self.model
-            if not self.cell_on.value:
+            if technique not in ("READ", "OCP") and not self.cell_on.value:
+                await self.cell_on.write(1)  # a technique connects the cell (as the simulated potentiostat does)
+            if technique == "READ" and not self.cell_on.value:
                 i_tip = i_sub = 0.0
                 duration = p["integration_time"]
                 model.clock += duration

@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
+from ..child_process import dying_with_parent
 from ..errors import EsptError
 
 
@@ -82,16 +83,6 @@ def configure_client_env(env: Mapping[str, str]) -> None:
     os.environ.update(env)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: SIGTERM the IOC when the process that started it dies (a killed test run leaves no IOC behind)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 class IOCProcess:
     """One bench IOC as a child process.
 
@@ -132,8 +123,9 @@ class IOCProcess:
     def start(self, timeout: float = 30.0) -> "IOCProcess":
         """Start the process and wait until its TCP port accepts connections."""
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        # SIGTERM the IOC when this process dies (a killed test run leaves no IOC behind)
+        self.proc = subprocess.Popen(dying_with_parent(self.args), env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:

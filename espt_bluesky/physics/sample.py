@@ -68,6 +68,10 @@ class VirtualSample:
     description: str = ""
     #: disk-shaped features as (x, y, radius) in µm: the O2 generators of a cathode, the discs of a pattern
     features: list[tuple[float, float, float]] = field(default_factory=list)
+    #: element -> areal density (µg/cm²) over the grid, and the phase map with its names (physics.composition)
+    composition: dict[str, np.ndarray] = field(default_factory=dict)
+    phase: np.ndarray | None = None
+    phase_names: dict[int, str] = field(default_factory=dict)
     sei_charge: np.ndarray = field(init=False)
     lithiation: np.ndarray = field(init=False)
 
@@ -340,4 +344,8 @@ def make_sample(name: str = "patterned", seed: int = 0, pixel: float = 0.25) -> 
     """Build a preset sample by name (one of :data:`PRESETS`); ``pixel`` is the grid spacing in µm."""
     name = check_choice("sample", name, PRESETS)
     check_positive("pixel", pixel, units="µm")
-    return _FACTORIES[name](seed=seed, pixel=pixel)
+    sample = _FACTORIES[name](seed=seed, pixel=pixel)
+    from .composition import composition_fields  # element fields for the bench's XRF (own random stream)
+
+    sample.composition, sample.phase, sample.phase_names = composition_fields(sample, seed)
+    return sample

@@ -8,6 +8,7 @@ import bluesky.plan_stubs as bps
 from bluesky.protocols import Configurable, Movable, Readable
 
 from ..errors import InvalidArgument, check_choice
+from ._detectors import check_detectors
 from ._common import (apply_settings, cell_on, check_int, check_step, configure_technique, managed_run, probe_of,
                       put_values, soft_signals)
 from .approach import approach_stub, make_approach_spec
@@ -76,7 +77,7 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
                         hop_height: float = 2.0, approach_step: float | None = None, max_travel: float = 20.0,
                         contact_current: float = 5e-13, drop: float = 0.01, mode: str = "plan",
                         hopper: Movable | None = None, probe: Configurable | None = None, retract: float | None = None, context: Any = None,
-                        sample_md: dict | None = None, md: dict | None = None
+                        sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None
                         ) -> Generator[Any, Any, list[dict[str, Any]]]:
     """A grid of measurement parameters with repeats, spread over spots in a seeded random order.
 
@@ -105,6 +106,8 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
         The spots (a grid or an explicit list, µm); at least as many as experiments.
     mode : {"plan", "device"}
         Landing driven by the plan or by a hopping controller (``hopper``).
+    detectors : list of devices, optional
+        Extra detectors (e.g. ``[xrf]``) read at every spot after its measurement.
 
     Returns
     -------
@@ -123,6 +126,7 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
     mode = check_choice("mode", mode, ("device", "plan"))
     repeats = check_int("repeats", repeats, 1, 10000)
     seed = check_int("seed", seed, 0, 2**63 - 1)
+    dets = check_detectors(detectors)
     if not isinstance(parameters, Mapping) or not parameters:
         raise InvalidArgument(f"parameters={parameters!r} must be a non-empty dict of name -> list of values")
     allowed = set(potentiostat.params.component_names) - {"n_samples"} | {"window"} | set(ALIASES)
@@ -161,7 +165,7 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
     args = dict(parameters=parameters, seed=seed, technique=technique, measure_technique=mtech, repeats=repeats,
                 fixed=fixed, x_range=x_range, y_range=y_range, points=points, snake=snake, hop_height=hop_height,
                 approach_step=spec.fine_step, max_travel=max_travel, contact_current=contact_current, drop=drop,
-                mode=mode)
+                mode=mode, detectors=[d.name for d in dets])
     start_md = build_start_md("combinatorial_sweep", args, technique=technique, mode="combinatorial",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
                               map_keys=keys, order="points" if points is not None else ("snake" if snake else "raster"),
@@ -203,7 +207,7 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
             if mode == "device":
                 yield from configure_technique(potentiostat, mtech, channel="substrate", **p)
                 yield from bps.mv(hopper, (float(x), float(y)))
-                yield from bps.trigger_and_read([hopper, *sigs.values()])
+                yield from bps.trigger_and_read([hopper, *sigs.values(), *dets])
                 continue
             if last is not None:
                 yield from bps.mv(stage.z, max(last + hop_height, float(stage.z.position)))
@@ -211,9 +215,9 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
             res = yield from approach_stub(stage, potentiostat, spec, stream="approach", park=False)
             last = res["stop_z"]
             yield from configure_technique(potentiostat, mtech, channel="substrate", **p)
-            yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values()])
+            yield from bps.trigger_and_read([potentiostat, stage.x, stage.y, *sigs.values(), *dets])
             yield from bps.mv(stage.z, last + hop_height)
         return rows
 
     return (yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                                   stage_devices=[potentiostat]))
+                                   stage_devices=[potentiostat, *dets]))

@@ -7,6 +7,7 @@ import bluesky.plan_stubs as bps
 from bluesky.protocols import Configurable, Movable, Readable
 
 from ..errors import FaultLimitReached, InvalidArgument, check_choice, fault_reason
+from ._detectors import check_detectors
 from ._common import (apply_settings, cell_on, check_int, check_step, check_xy, configure_technique, device_error,
                       grid_points, managed_run, probe_of, put_values, soft_signals, value_of)
 from .approach import approach_stub, make_approach_spec
@@ -87,8 +88,8 @@ def hop_signals() -> dict[str, Any]:
 
 def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, hop_height: float,
              signals: Mapping[str, Any], top: float | None = None, measure: Mapping | None = None,
-             on_fault: str = "skip", stream: str = "primary",
-             approach_stream: str = "approach") -> Generator[Any, Any, dict]:
+             on_fault: str = "skip", stream: str = "primary", approach_stream: str = "approach",
+             extra: Sequence[Any] = ()) -> Generator[Any, Any, dict]:
     """Plan stub (inside an open run): one plan-driven hop at (x, y) µm.
 
     Raise the tip to ``top`` (if it is lower), move laterally, approach with ``spec`` (the curve goes to
@@ -108,7 +109,7 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
     """
     out = dict(x=float(x), y=float(y), valid=False, surface_z=np.nan, surface_z_err=np.nan, contact_z=np.nan,
                fault="", message="")
-    devices = [potentiostat, stage.x, stage.y, *signals.values()]
+    devices = [potentiostat, stage.x, stage.y, *signals.values(), *extra]  # extra: detectors read per hop
     try:
         if top is not None and top > float(stage.z.position):
             yield from bps.mv(stage.z, float(top))
@@ -183,7 +184,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                  contact_current: float = 5e-13, stop_offset: float = 0.0, measure: Mapping | None = None,
                  mode: str = "device", hopper: Movable | None = None, on_fault: str = "skip",
                  max_consecutive_faults: int = 5, probe: Configurable | None = None, retract: float | None = None,
-                 context: Any = None, sample_md: dict | None = None,
+                 context: Any = None, sample_md: dict | None = None, detectors: Sequence[Readable] | None = None,
                  md: dict | None = None) -> Generator[Any, Any, np.ndarray]:
     """Hopping SICM/SECCM map: at each point approach to the setpoint/contact, measure, retract, move on.
 
@@ -211,6 +212,9 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         ``"device"``: the hop is one triggered action of ``hopper`` (a controller that hops in firmware, e.g.
         ``bench.hopper``); ``"plan"``: approach/measure/retract driven step by step from the plan (any hardware);
         its approach curves go to the ``approach`` stream.
+    detectors : list of devices, optional
+        Extra detectors triggered and read at every spot after the measurement (e.g. ``[xrf]``: one XRF
+        spectrum per spot in the same run and stream as the CV).
     on_fault : {"skip", "stop"}
         What a fault at one hop does (a crash, an overload, no contact within ``max_travel``, the criterion never
         met).  ``"skip"`` (default): the tip retracts straight up by ``hop_height``, the hop is recorded with
@@ -242,6 +246,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     pts = scan_points(stage, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake, seed=seed)
     hop_height = check_step("hop_height", hop_height)
     meas = _measure_spec(potentiostat, technique, measure)
+    dets = check_detectors(detectors)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
                               contact_current=contact_current, working_distance=None, fine_step=approach_step,
                               coarse_step=approach_step, max_travel=max_travel, stop_offset=stop_offset)
@@ -261,7 +266,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     args = dict(technique=technique, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake,
                 seed=seed, hop_height=hop_height, approach_step=spec.fine_step, max_travel=max_travel, drop=drop,
                 contact_current=contact_current, stop_offset=stop_offset, measure=measure, mode=mode,
-                on_fault=on_fault, max_consecutive_faults=max_consecutive_faults)
+                on_fault=on_fault, max_consecutive_faults=max_consecutive_faults,
+                detectors=[d.name for d in dets])
     start_md = build_start_md("hopping_scan", args, technique=technique, mode="hopping", probe=pr, context=context,
                               sample_md=sample_md, md=md, map_keys=keys, order=pts["map_order"],
                               shape=pts.get("shape"), extents=pts.get("extents"), snaking=pts.get("snaking"),
@@ -283,14 +289,15 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
             yield from bps.checkpoint()
             yield from bps.mv(hopper, (float(x), float(y)))
             try:
-                r = yield from bps.trigger_and_read([hopper])
+                r = yield from bps.trigger_and_read([hopper, *dets])
             except Exception as exc:
                 err = device_error(exc)
                 if fault_reason(err) is None:
                     raise
                 # the controller retracted and marked the hop invalid: record it, then skip or stop
                 yield from bps.create("primary")
-                yield from bps.read(hopper)
+                for dev in (hopper, *dets):
+                    yield from bps.read(dev)
                 yield from bps.save()
                 topo.append(np.nan)
                 if on_fault == "stop":
@@ -309,7 +316,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
             yield from bps.checkpoint()
             res = yield from hop_stub(stage, potentiostat, spec, x, y, hop_height=hop_height, signals=sigs,
                                       top=None if last is None else last + hop_height, measure=meas,
-                                      on_fault=on_fault)
+                                      on_fault=on_fault, extra=dets)
             topo.append(res["surface_z"])
             if res["valid"]:
                 last = res["contact_z"]
@@ -320,4 +327,4 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
 
     body = device_body() if mode == "device" else plan_body()
     return (yield from managed_run(body, md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                                   stage_devices=[potentiostat], stop_reason=faults.summary))
+                                   stage_devices=[potentiostat, *dets], stop_reason=faults.summary))

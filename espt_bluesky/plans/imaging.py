@@ -14,6 +14,7 @@ from ..errors import InvalidArgument, check_choice, check_positive, check_range
 from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, configure_technique,
                       grid_points, managed_run, probe_of, put_values, set_potential, simulated, soft_signals)
 from .approach import approach_stub, make_approach_spec
+from ._detectors import check_detectors
 from .metadata import build_start_md
 
 
@@ -145,7 +146,7 @@ def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: t
                           y_range: tuple[float, float, int], height: float, plane: Any,
                           tip_potential: float | None = None, snake: bool = True, technique: str = "SECM",
                           probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
-                          sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
+                          sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Raster at a fixed distance above the sample plane (tilt-corrected), reading the tip current per point.
 
     Parameters
@@ -160,6 +161,8 @@ def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: t
         Tip potential for the reading (within the potentiostat's compliance); default: as set.
     snake : bool
         Snake (boustrophedon) or raster order.
+    detectors : list of devices, optional
+        Extra detectors (e.g. ``[xrf]``) read at every point.
 
     Notes
     -----
@@ -174,8 +177,9 @@ def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: t
     xs, ys, zs, shape, extents, pl, tip_potential = _validate_image(stage, potentiostat, x_range, y_range,
                                                                     height, plane, snake, tip_potential)
     check_step("retract", retract)
+    dets = check_detectors(detectors)
     args = dict(x_range=x_range, y_range=y_range, height=height, plane=pl, tip_potential=tip_potential,
-                snake=snake)
+                snake=snake, detectors=[d.name for d in dets])
     start_md = build_start_md("constant_height_image", args, technique=technique, mode="constant_height",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
                               map_keys=(stage.x.name, stage.y.name), order="snake" if snake else "raster",
@@ -185,10 +189,10 @@ def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: t
 
     def body():
         yield from _prepare_read(potentiostat, tip_potential)
-        yield from _image(stage, potentiostat, xs, ys, zs)
+        yield from _image(stage, potentiostat, xs, ys, zs, extra=dets)
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                           stage_devices=[potentiostat])
+                           stage_devices=[potentiostat, *dets])
 
 
 CYCLE_TECHNIQUES = ("CV", "CP", "CA", "LSV")
@@ -198,7 +202,7 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
                      y_range: tuple[float, float, int], height: float, plane: Any, n_images: int,
                      cycle: Mapping[str, Any], tip_potential: float | None = None, snake: bool = True,
                      technique: str = "SECM", probe: Configurable | None = None, retract: float = 20.0, context: Any = None,
-                     sample_md: dict | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
+                     sample_md: dict | None = None, detectors: Sequence[Readable] | None = None, md: dict | None = None) -> Generator[Any, Any, None]:
     """Image the same region again and again while the substrate is cycled between images.
 
     After every image but the last, the substrate channel runs ``cycle`` once (e.g. a CV into the SEI region or a
@@ -216,6 +220,8 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
         ``technique`` ("CV", "CP", "CA" or "LSV") plus potentiostat technique parameters (``e_start``,
         ``e_vertex1``, ``e_vertex2``, ``scan_rate``, ``n_cycles``, ``current_setpoint``, ``duration``,
         ``n_samples`` ...), validated against the potentiostat's compliance before anything moves.
+    detectors : list of devices, optional
+        Extra detectors (e.g. ``[raman]``) read at every point of every image.
 
     Examples
     --------
@@ -227,6 +233,7 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
                                                                     height, plane, snake, tip_potential)
     n_images = check_int("n_images", n_images, 1, 10000)
     check_step("retract", retract)
+    dets = check_detectors(detectors)
     if not isinstance(cycle, Mapping) or "technique" not in cycle:
         raise InvalidArgument(f"cycle={cycle!r} must be a dict with a 'technique' in {list(CYCLE_TECHNIQUES)}")
     cyc_tech = check_choice("cycle technique", cycle["technique"], CYCLE_TECHNIQUES)
@@ -234,7 +241,7 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
     cyc_params.setdefault("n_samples", 500)
     _validate_technique_params(potentiostat, cyc_tech, cyc_params)
     args = dict(x_range=x_range, y_range=y_range, height=height, plane=pl, n_images=n_images, cycle=dict(cycle),
-                tip_potential=tip_potential, snake=snake)
+                tip_potential=tip_potential, snake=snake, detectors=[d.name for d in dets])
     start_md = build_start_md("operando_imaging", args, technique=technique, mode="operando",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
                               map_keys=(stage.x.name, stage.y.name), order="snake" if snake else "raster",
@@ -252,7 +259,7 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
         for k in range(n_images):
             put_values(sigs, image_index=k, cycles_done=k, charge_passed=charge)
             yield from _prepare_read(potentiostat, tip_potential)
-            yield from _image(stage, potentiostat, xs, ys, zs, extra=list(sigs.values()))
+            yield from _image(stage, potentiostat, xs, ys, zs, extra=[*sigs.values(), *dets])
             if k == n_images - 1:
                 break
             yield from configure_technique(potentiostat, cyc_tech, channel="substrate", **cyc_params)
@@ -260,14 +267,15 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
             r = yield from bps.trigger_and_read([potentiostat, *csig.values()], name="cycle")
             if simulated(r):  # a preview (summarize_plan): no waveform to integrate
                 continue
-            t = np.asarray(r[potentiostat.wf.time.name]["value"])
-            i = np.asarray(r[potentiostat.wf.current.name]["value"])
-            e = np.asarray(r[potentiostat.wf.potential.name]["value"])
+            # the waveform just recorded (not in the reading when it went to an external asset)
+            t = np.asarray((yield from bps.rd(potentiostat.wf.time)))
+            i = np.asarray((yield from bps.rd(potentiostat.wf.current)))
+            e = np.asarray((yield from bps.rd(potentiostat.wf.potential)))
             charge += charge_passed(t, i)  # substrate charge of this segment (C)
             put_values(sigs, substrate_potential_state=float(e[-1]))
 
     yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
-                           stage_devices=[potentiostat])
+                           stage_devices=[potentiostat, *dets])
 
 
 def _validate_technique_params(potentiostat, technique, params):

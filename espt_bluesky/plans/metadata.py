@@ -1,7 +1,8 @@
 """The one start-document builder every plan uses, and the experiment context hardware users pass in.
 
 Keys written (see docs/plans.md): ``technique``, ``mode``, ``probe``, ``sample``, ``electrolyte``, ``mediator``,
-``reference_electrode``, ``plan_name``, ``plan_args``, ``hints``; for maps also ``map`` = {"x": <data key>,
+``reference_electrode``, ``plan_name``, ``plan_args``, ``hints``, ``summary`` (one line for a person: plan,
+technique, sample, time); for maps also ``map`` = {"x": <data key>,
 "y": <data key>, "order": "snake" | "raster" | "hopping" | "random" | "points"} and, for grids, bluesky's
 ``shape``, ``extents`` and ``snaking``.
 """
@@ -9,12 +10,14 @@ Keys written (see docs/plans.md): ``technique``, ``mode``, ``probe``, ``sample``
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..summary import run_summary
 
 MAP_ORDERS = ("snake", "raster", "hopping", "random", "points")
 
@@ -147,4 +150,6 @@ def build_start_md(plan_name: str, plan_args: Mapping[str, Any], *, technique: s
         out.update(jsonable(dict(extra)))
     if md:
         out.update(dict(md))
+    if "summary" not in out:  # what a person reads in a run list
+        out["summary"] = run_summary(out, time=time.time())
     return out

@@ -41,6 +41,8 @@ METADATA_KEYS = ("uid", "scan_id", "time", "technique", "mode", "probe", "sample
 _TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "mm": 1e3, "nm": 1e-3, "m": 1e6}
 WAVEFORM_DIM = "sample"
 PRODUCTS = "products"
+#: Tiled spec of the products container (not a BlueskyRun).
+PRODUCTS_SPEC = "espt_products"
 
 
 # ---------------------------------------------------------------------------------------------------------- input
@@ -220,7 +222,8 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     Parameters
     ----------
     run : Tiled BlueskyRun node, list of (name, doc) pairs, or RunData
-        The run.  Documents may also be ``{"name": ..., "doc": ...}`` records (a backup file's lines).
+        The run.  Documents may also be ``{"name": ..., "doc": ...}`` records (a backup file's lines).  A Tiled
+        ``xarray_dataset`` node (an imported instrument file, ``espt import``) is read back as its Dataset.
     stream : str
         The event stream holding the map (``"primary"``).
     variables : iterable of str, optional
@@ -246,6 +249,11 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     InvalidArgument
         If the run has no map convention, or the position keys it names are not in the stream.
     """
+    from .datasets import is_dataset_node, read_dataset_node
+
+    if is_dataset_node(run):  # an imported file or a stored dataset: already a map in µm
+        ds = read_dataset_node(run)
+        return ds if variables is None else ds[[v for v in ds.data_vars if v in set(variables)]]
     if not isinstance(run, RunData) and hasattr(run, "metadata") and hasattr(run, "context"):
         start = dict(run.metadata["start"])
         x_key, y_key, order = map_keys(start)
@@ -320,6 +328,9 @@ def _extra_dims(key: str, a: np.ndarray, data_keys: dict) -> tuple[str, ...]:
     if a.ndim == 1:
         return ()
     if a.ndim == 2:
+        described = data_keys.get(key, {}).get("dims") or []
+        if len(described) == 1 and described[0] not in ("waveform_index", WAVEFORM_DIM):
+            return (str(described[0]),)  # e.g. an MCA spectrum's "channel": not a time waveform
         return (WAVEFORM_DIM,) if a.shape[1] > 0 else (f"{key}_dim_0",)
     dims = data_keys.get(key, {}).get("dims")
     if dims and len(dims) == a.ndim - 1:
@@ -403,19 +414,9 @@ def _axis_centres(values: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- products
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 1000 else f"<array shape={obj.shape}>"
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
+    from .datasets import jsonable
+
+    return jsonable(obj)
 
 
 def products_node(run: Any, *, create: bool = True):
@@ -428,7 +429,12 @@ def products_node(run: Any, *, create: bool = True):
     if PRODUCTS not in parent:
         if not create:
             return None
-        parent.create_container(key=PRODUCTS, metadata={"description": "derived products of espt_bluesky runs"})
+        from tiled.structures.core import Spec
+
+        # one container for every run's products, marked so run lists (our browse page) leave it out
+        parent.create_container(key=PRODUCTS, specs=[Spec(PRODUCTS_SPEC)],
+                                metadata={"description": "derived products of espt_bluesky runs (maps, tables), "
+                                                         "one container per source run uid; not a run"})
     prod = parent[PRODUCTS]
     if uid not in prod:
         if not create:
@@ -437,12 +443,46 @@ def products_node(run: Any, *, create: bool = True):
     return prod[uid]
 
 
+def _array_metadata(da: xr.DataArray, data: xr.Dataset) -> dict[str, Any]:
+    """What a person (or a viewer) needs to show an array: units, name, dims and, for a 2-D array whose two dims
+    have 1-D coordinates, its physical ``extent`` (first and last coordinate per dim, in the coordinates' units)."""
+    md: dict[str, Any] = {"attrs": _jsonable(dict(da.attrs)), "dims": [str(d) for d in da.dims]}
+    for k in ("units", "long_name"):
+        if k in da.attrs:
+            md[k] = _jsonable(da.attrs[k])
+    if da.ndim == 2 and all(d in data.coords and data[d].ndim == 1 and data[d].size == n
+                            and data[d].dtype.kind in "fiu" for d, n in zip(da.dims, da.shape)):
+        md["extent"] = {str(d): [float(data[d].values[0]), float(data[d].values[-1])] for d in da.dims}
+        md["extent_units"] = {str(d): str(data[d].attrs.get("units", "")) for d in da.dims}
+        md["image"] = True
+    return md
+
+
+def grid_of_points(x: np.ndarray, y: np.ndarray, *, decimals: int = 6):
+    """Cells of a rectangular grid holding scattered points, if the points lie on one.
+
+    Returns ``(xc, yc, iy, ix)``: the sorted distinct x and y (µm) and each point's cell, or None when two points
+    share a cell or the grid would be mostly empty (more than twice as many cells as points).
+    """
+    x = np.round(np.asarray(x, float), decimals)
+    y = np.round(np.asarray(y, float), decimals)
+    if x.size == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return None
+    xc, ix = np.unique(x, return_inverse=True)
+    yc, iy = np.unique(y, return_inverse=True)
+    if xc.size * yc.size > 2 * x.size or len(set(zip(iy.tolist(), ix.tolist()))) != x.size:
+        return None
+    return xc, yc, iy, ix
+
+
 def write_product(run: Any, name: str, data: Any, metadata: Mapping[str, Any] | None = None, *,
                   overwrite: bool = False):
     """Store a derived map or table next to its source run, with the source uid recorded.
 
     The product goes to ``products/<source uid>/<name>`` in the container holding the run, with metadata
-    ``source_uid``, ``product``, ``created`` and ``metadata``.
+    ``source_uid``, ``product``, ``created`` and ``metadata``.  A Dataset becomes one array per variable and
+    coordinate, with its ``dims``, ``units`` and, for 2-D maps with 1-D coordinates (x/y in µm), the ``extent``
+    that lets a viewer draw it as an image on physical axes.
 
     Parameters
     ----------
@@ -488,7 +528,7 @@ def write_product(run: Any, name: str, data: Any, metadata: Mapping[str, Any] | 
                 if arr.dtype == object:
                     arr = arr.astype(str)
                 out.write_array(arr, key=str(v), dims=[str(d) for d in da.dims],
-                                metadata={"attrs": _jsonable(dict(da.attrs))}, specs=[Spec(kind)])
+                                metadata=_array_metadata(da, data), specs=[Spec(kind)])
         return out
     if isinstance(data, pd.DataFrame):
         return node.write_table(data, key=name, metadata=md)

@@ -8,10 +8,15 @@ Layout of a data directory (``ESPT_DATA_DIR``, default the per-user data directo
       data/            writable array storage (zarr), written by TiledWriter
       tables.duckdb    writable table storage (event tables) -- or the PostgreSQL database
       assets/          readable asset directory: HDF5 waveform files written by devices live here
-      backup/          TiledWriter's backup of documents it could not send (``espt replay`` sends them)
-      config.yml       the ``tiled serve config`` file (generated; maps BlueskyRun to the json-seq exporter)
-      server.json      URI and process id of the running ``espt serve`` server
-      logs/            server logs
+      backup/          journals of runs Tiled does not hold completely yet (``espt replay`` sends them)
+      config.yml       the ``tiled serve config`` file (generated, mode 0600: it holds the key)
+      server.json      URI and process ids of the running ``espt serve`` server (mode 0600)
+      server.lock      held (``flock``) by the process that runs that server, for as long as it runs
+      logs/            server logs (API keys and database passwords redacted)
+
+The directory and everything in it is private to the user (0700 directories, 0600 files) unless it already
+existed with other permissions (then a warning says so).  Secrets are never printed or logged: the key is in
+``api_key``; ``espt serve`` prints where it is, not the key.
 
 The same directory serves both ways: :meth:`LocalCatalog.start` runs ``tiled serve config`` as its own process
 (``espt serve``), :meth:`LocalCatalog.in_process` runs the same configuration in a thread of this process (tests,
@@ -25,7 +30,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus, urlsplit
 
+from ..child_process import dying_with_parent, pid_alive
 from ..errors import EsptError, InvalidArgument
 
 ENV_DATA_DIR = "ESPT_DATA_DIR"
@@ -44,17 +49,41 @@ ENV_API_KEY = "ESPT_TILED_API_KEY"
 ENV_URI = "ESPT_TILED_URI"
 
 JSON_SEQ_EXPORTER = "bluesky_tiled_plugins.exporters:json_seq_exporter"
+BROWSE_ROUTER = "espt_bluesky.storage.browse:router"
 
 
 class ServerError(EsptError, RuntimeError):
     """The Tiled server could not be started or reached."""
 
 
-def default_data_dir() -> Path:
-    """The data directory: ``$ESPT_DATA_DIR``, else the per-user data directory (``~/.local/share/espt_bluesky``)."""
-    env = os.environ.get(ENV_DATA_DIR)
-    if env:
-        return Path(env).expanduser().resolve()
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    import logging
+
+    if msg not in _warned:
+        _warned.add(msg)
+        logging.getLogger(__name__).warning(msg)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the user only (0600)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def default_data_dir_default() -> Path:
+    """The per-user data directory (``~/.local/share/espt_bluesky``), whatever ``ESPT_DATA_DIR`` says."""
     try:
         import platformdirs
 
@@ -62,6 +91,14 @@ def default_data_dir() -> Path:
     except ImportError:  # pragma: no cover - platformdirs ships with tiled's dependencies
         base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return Path(base) / "espt_bluesky"
+
+
+def default_data_dir() -> Path:
+    """The data directory: ``$ESPT_DATA_DIR``, else the per-user data directory (``~/.local/share/espt_bluesky``)."""
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return default_data_dir_default()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,10 +150,27 @@ class DataDir:
     def api_key_file(self) -> Path:
         return self.root / "api_key"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / "server.lock"
+
     def create(self) -> "DataDir":
-        """Create the directories (idempotent)."""
-        for p in (self.root, self.arrays, self.assets, self.backup, self.logs):
-            p.mkdir(parents=True, exist_ok=True)
+        """Create the directories, private to the user (0700); idempotent.
+
+        A data directory that already exists with group or other permissions keeps them (a facility may share it
+        on purpose), with a warning -- except the per-user default directory, which is made private.
+        """
+        fresh = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        mode = self.root.stat().st_mode & 0o777
+        if mode & 0o077:
+            if fresh or self.root == default_data_dir_default():
+                os.chmod(self.root, PRIVATE_DIR)
+            else:
+                _warn_once(f"the data directory {self.root} is readable by other users (mode {mode:o}): "
+                           f"its catalog and tables are not protected by the API key (chmod 700 makes it private)")
+        for p in (self.arrays, self.assets, self.backup, self.logs):
+            p.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         return self
 
     def api_key(self) -> str:
@@ -130,11 +184,79 @@ class DataDir:
             if key:
                 return key
         key = secrets.token_hex(16)
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key + "\n")
+        self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        write_private(f, key + "\n")
         return key
+
+    def running_server(self, *, lock: bool = True) -> dict | None:
+        """The ``server.json`` record of a server that is running on this directory now, else None.
+
+        A server is running while its owner (the process that started it, e.g. ``espt serve``) holds
+        ``server.lock``; a ``server.json`` without that is stale (its owner died).  ``lock=False`` skips that
+        check (for the owner itself) and looks only for an orphan server.
+        """
+        if not self.state.exists():
+            return None
+        try:
+            info = json.loads(self.state.read_text())
+        except (OSError, ValueError):
+            return None
+        if lock and _lock_is_held(self.lock):
+            return info
+        # the owner is gone; a tiled process of an older version (no parent-death signal) may live on
+        pid = int(info.get("pid") or 0)
+        if pid_alive(pid) and server_alive(info.get("uri", ""), timeout=1.0):
+            return dict(info, orphan=True)
+        return None
+
+
+def _lock_is_held(path: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _take_lock(path: Path) -> int | None:
+    """An fd holding an exclusive ``flock`` on ``path``, or None if another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _make_private(dd: DataDir) -> None:
+    """Files a server creates in the data directory (SQLite catalog, DuckDB tables, logs): user-only."""
+    for p in (dd.catalog, dd.tables, dd.logs / "server.log", dd.config):
+        try:
+            if p.exists() and p.stat().st_mode & 0o077:
+                os.chmod(p, PRIVATE_FILE)
+        except OSError:
+            pass
 
 
 def _resolve_dir(data_dir: str | os.PathLike | None) -> DataDir:
@@ -189,8 +311,23 @@ def tiled_config(dd: DataDir, api_key: str, *, host: str = "127.0.0.1", port: in
             "init_if_not_exists": True,
         },
         "media_types": {"BlueskyRun": {"application/json-seq": JSON_SEQ_EXPORTER}},
+        "routers": [BROWSE_ROUTER],  # our run-browsing page at /custom/espt/ (storage/browse.py)
         "uvicorn": {"host": host, "port": int(port)},
     }
+
+
+def server_alive(uri: str, timeout: float = 1.0) -> bool:
+    """True if the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) answers its
+    health check within ``timeout`` s."""
+    import httpx
+
+    base = uri.split("?", 1)[0].split("/api/v1")[0].rstrip("/")
+    url = base if base.endswith("/healthz") else f"{base}/healthz"
+    try:
+        with httpx.Client(trust_env=False) as http:
+            return http.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -210,14 +347,6 @@ def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None =
             if time.monotonic() > deadline:
                 raise ServerError(f"the Tiled server at {base_url} did not answer within {timeout} s")
             time.sleep(0.1)
-
-
-def _tiled_executable() -> list[str]:
-    exe = Path(sys.executable).with_name("tiled")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("tiled")
-    return [found] if found else [sys.executable, "-m", "tiled"]
 
 
 _IN_PROCESS: list["LocalCatalog"] = []
@@ -269,13 +398,15 @@ class LocalCatalog:
     """
 
     def __init__(self, uri: str, api_key: str, data_dir: DataDir | None = None, *,
-                 process: subprocess.Popen | None = None, thread_server: Any = None, cm: Any = None):
+                 process: subprocess.Popen | None = None, thread_server: Any = None, cm: Any = None,
+                 lock_fd: int | None = None):
         self.uri = uri.split("?", 1)[0].rstrip("/")
         self.api_key = api_key
         self.data_dir = data_dir
         self.process = process
         self._thread_server = thread_server
         self._cm = cm
+        self._lock_fd = lock_fd
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -283,7 +414,11 @@ class LocalCatalog:
               host: str = "127.0.0.1", catalog_uri: str | None = None, table_uri: str | None = None,
               readable: list[str | os.PathLike] | None = None, public: bool = False,
               timeout: float = 60.0) -> "LocalCatalog":
-        """Start ``tiled serve config`` on the data directory as its own process and wait until it answers.
+        """Serve the data directory from a process of its own and wait until it answers.
+
+        The server process (:mod:`.tiled_process`: ``tiled serve config`` without the banner that prints the key,
+        with redacted logs) gets SIGTERM when this process dies, so it never outlives its owner.  This process
+        holds ``DATA_DIR/server.lock`` while the server runs and records it in ``server.json`` (0600).
 
         Parameters
         ----------
@@ -297,31 +432,56 @@ class LocalCatalog:
             See :func:`tiled_config`.
         timeout : float, s
             How long to wait for the server to answer.
+
+        Raises
+        ------
+        ServerError
+            A server already runs on this data directory (its pid and URI named; ``server.json`` left as it is),
+            the port is taken, or the server did not start.
         """
         dd = _resolve_dir(data_dir)
-        key = dd.api_key()
-        port = free_port(host) if not port else int(port)
-        cfg = tiled_config(dd, key, host=host, port=port, catalog_uri=catalog_uri, table_uri=table_uri,
-                           readable=readable, public=public)
-        fd = os.open(dd.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(cfg, fh, indent=2)  # JSON is YAML
-        log = open(dd.logs / "server.log", "ab")
-        env = dict(os.environ)
-        env.pop("TILED_CONFIG", None)
-        proc = subprocess.Popen(_tiled_executable() + ["serve", "config", str(dd.config)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
-        base = f"http://{host}:{port}"
+        lock_fd = _take_lock(dd.lock)
+        if lock_fd is None:
+            info = dd.running_server() or {}
+            raise ServerError(f"a Tiled server is already running on {dd.root} (pid {info.get('pid', '?')}, "
+                              f"{info.get('uri', 'URI in server.json')}); connect to it (LocalCatalog.connect, "
+                              f"ESPT_TILED_URI) or stop it first")
         try:
-            _wait_healthy(base, timeout, proc)
+            stale = dd.running_server(lock=False)  # only an orphan (of an older version) can answer now
+            if stale is not None:
+                raise ServerError(f"a Tiled server (pid {stale.get('pid')}, {stale.get('uri')}) still serves "
+                                  f"{dd.root} although the process that started it is gone; stop it "
+                                  f"(kill {stale.get('pid')}) and start again")
+            key = dd.api_key()
+            port = free_port(host) if not port else int(port)
+            if not _port_free(host, port):
+                raise ServerError(f"port={port} on {host} is in use by another program; choose another "
+                                  "(port=0 picks a free one)")
+            cfg = tiled_config(dd, key, host=host, port=port, catalog_uri=catalog_uri, table_uri=table_uri,
+                               readable=readable, public=public)
+            write_private(dd.config, json.dumps(cfg, indent=2))  # JSON is YAML
+            log_fd = os.open(dd.logs / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+            env = dict(os.environ)
+            env.pop("TILED_CONFIG", None)
+            cmd = [sys.executable, "-m", "espt_bluesky.storage.tiled_process", str(dd.config)]
+            proc = subprocess.Popen(dying_with_parent(cmd), stdout=log_fd, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, umask=0o077)
+            os.close(log_fd)
+            base = f"http://{host}:{port}"
+            try:
+                _wait_healthy(base, timeout, proc)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            _make_private(dd)  # files of data directories made by older versions
+            self = cls(f"{base}/api/v1", key, dd, process=proc, lock_fd=lock_fd)
+            write_private(dd.state, json.dumps({"uri": self.uri, "pid": proc.pid, "owner_pid": os.getpid(),
+                                                "browse": self.browse_url, "data_dir": str(dd.root)}))
+            return self
         except BaseException:
-            proc.kill()
-            proc.wait()
+            os.close(lock_fd)
             raise
-        self = cls(f"{base}/api/v1", key, dd, process=proc)
-        dd.state.write_text(json.dumps({"uri": self.uri, "pid": proc.pid, "browse": self.browse_url}))
-        return self
 
     @classmethod
     def in_process(cls, data_dir: str | os.PathLike | None = None, *, port: int = 0,
@@ -350,6 +510,9 @@ class LocalCatalog:
         app = build_app_from_config(cfg)
         server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio",
                                                log_level="warning", access_log=False))
+        from .redact import install
+
+        install()  # whatever logging the application sets up later: no API key in uvicorn's or Tiled's logs
         cm = _serve_in_daemon_thread(server, timeout)
         base = cm.__enter__()
         try:
@@ -357,6 +520,7 @@ class LocalCatalog:
         except BaseException:
             cm.__exit__(None, None, None)
             raise
+        _make_private(dd)  # made with this process's umask
         self = cls(f"{base}/api/v1", key, dd, thread_server=server, cm=cm)
         _IN_PROCESS.append(self)
         return self
@@ -379,7 +543,11 @@ class LocalCatalog:
         dd = _resolve_dir(data_dir) if (data_dir is not None or uri is None) else None
         uri = uri or os.environ.get(ENV_URI)
         if uri is None and dd is not None and dd.state.exists():
-            uri = json.loads(dd.state.read_text())["uri"]
+            running = dd.running_server()
+            if running is None:
+                raise ServerError(f"no Tiled server is running on {dd.root} (its server.json is stale: the "
+                                  "process that started it is gone); start one with `espt serve`")
+            uri = running["uri"]
         if not uri:
             raise InvalidArgument("uri=None: give a Tiled URI, set ESPT_TILED_URI, or run `espt serve` first")
         parts = urlsplit(uri)
@@ -402,12 +570,25 @@ class LocalCatalog:
 
     @property
     def browse_url(self) -> str:
-        """The web UI with the key (opening it once sets a cookie)."""
-        return f"{self.base_url}/ui/browse/?api_key={quote_plus(self.api_key)}"
+        """The web UI (without the key: see :meth:`login_url` and :attr:`key_hint`)."""
+        return f"{self.base_url}/ui/browse/"
+
+    def login_url(self) -> str:
+        """The web UI with the key: opening it once in a browser sets a cookie and logs the browser in.
+
+        For a program that opens the browser itself (``webbrowser.open(cat.login_url())``); never print it.
+        The server's logs show the key redacted.
+        """
+        return f"{self.browse_url}?api_key={quote_plus(self.api_key)}"
 
     @property
-    def uri_with_key(self) -> str:
-        return f"{self.uri}?api_key={quote_plus(self.api_key)}"
+    def key_hint(self) -> str:
+        """Where the API key is, in words (safe to print)."""
+        if os.environ.get(ENV_API_KEY) == self.api_key:
+            return f"${ENV_API_KEY}"
+        if self.data_dir is not None and self.data_dir.api_key_file.exists():
+            return f"the file {self.data_dir.api_key_file} (readable by you only)"
+        return "the API key you were given"
 
     def client(self, **kwargs: Any):
         """A Tiled client of the catalog root (a catalog of BlueskyRuns)."""
@@ -426,6 +607,7 @@ class LocalCatalog:
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the server this object started (nothing for :meth:`connect`)."""
         if self.process is not None:
+            pid = self.process.pid
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGINT)
                 try:
@@ -434,8 +616,7 @@ class LocalCatalog:
                     self.process.kill()
                     self.process.wait()
             self.process = None
-            if self.data_dir is not None:
-                self.data_dir.state.unlink(missing_ok=True)
+            self._forget(pid)
         if self._cm is not None:
             self._cm.__exit__(None, None, None)
             self._cm = None
@@ -443,11 +624,27 @@ class LocalCatalog:
                 _IN_PROCESS.remove(self)
 
     def kill(self) -> None:
-        """SIGKILL the server process (failure testing)."""
+        """SIGKILL the server process (failure testing); its ``server.json`` stays, stale, as after a crash."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _forget(self, pid: int) -> None:
+        """Remove ``server.json`` if it records our server, then release the lock."""
+        if self.data_dir is not None:
+            try:
+                if json.loads(self.data_dir.state.read_text()).get("pid") == pid:
+                    self.data_dir.state.unlink()
+            except (OSError, ValueError):
+                pass
+        self._release_lock()
 
     def __enter__(self) -> "LocalCatalog":
         return self

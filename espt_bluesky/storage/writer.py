@@ -1,115 +1,374 @@
-"""The one place that wires ``bluesky_tiled_plugins.TiledWriter``: a backup directory and a small batch size.
+"""The one place that wires ``bluesky_tiled_plugins.TiledWriter``: journal first, Tiled off the RunEngine's thread.
 
-``TiledWriter`` keeps every document of a run in memory until the run ends; if the server cannot be reached
-mid-run, the whole run (the documents seen so far and the rest) goes to JSON-lines files in ``backup_directory``
-and nothing more of that run is sent to the server.  :class:`ResilientTiledWriter` adds the case TiledWriter cannot
-handle itself: a server that is already down when a run starts (TiledWriter cannot even be built then) -- that
-run goes straight to the same backup directory, in the same format.  :func:`espt_bluesky.storage.replay.replay`
-sends backups later.
+:class:`ResilientTiledWriter` (what :func:`make_writer` returns for a catalog with a data directory) does, for every
+document the RunEngine emits:
+
+1. **journal** it (write-ahead): the document is appended to ``backup/<start uid>.journal`` (see :mod:`.journal`)
+   on the RunEngine's thread, before anything else sees it;
+2. **queue** it for a writer thread that sends it to Tiled through a ``TiledWriter``.
+
+The RunEngine therefore never waits for the server, except at most ``max_wait`` seconds for one document: at a
+``stop`` (so that a run is in Tiled when ``RE(...)`` returns, when the server is well), or when the queue for the
+writer thread is full (``max_queue_bytes``).  When Tiled is unreachable at the start of a run (a quick health
+probe), fails during a run, or does not finish within ``max_wait``, the run is left to its journal (it is already
+all there) and ``espt replay`` sends it later; the next run tries the server again.  A run written completely has
+its journal removed (``keep_journals=True`` keeps it).
+
+Nothing here raises into the RunEngine: a failure is logged (ERROR when the journal cannot be written, CRITICAL when
+neither the journal nor Tiled holds a run's documents) and shown in :attr:`ResilientTiledWriter.runs`.
 """
 
 from __future__ import annotations
 
-import json
+import atexit
 import logging
 import os
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from bluesky_tiled_plugins import TiledWriter
 
-from .server import LocalCatalog
+from ..errors import InvalidArgument
+from .journal import Journal, open_journal
+from .server import LocalCatalog, server_alive
 
 logger = logging.getLogger(__name__)
 
 #: Rows (events, or waveform frames of a stream resource) buffered before they are sent: small enough that a
 #: reader sees a running map fill in, large enough not to cost one HTTP request per point.
 LIVE_BATCH_SIZE = 25
+#: Seconds the RunEngine may wait on the writer for one document (see the module docstring).
+MAX_WAIT = 10.0
+#: Documents (bytes, as journaled) waiting for the writer thread before the RunEngine waits for it.
+MAX_QUEUE_BYTES = 256 * 2**20
+#: Seconds a health probe of the server may take.
+PROBE_TIMEOUT = 1.0
 
 
-class _JSONLinesBackup:
-    """One run's documents as JSON lines ``{"name": ..., "doc": ...}`` in ``<uid prefix>.jsonl`` (TiledWriter's
-    backup format)."""
+@dataclass
+class RunRecord:
+    """What became of one run.
 
-    def __init__(self, directory: Path, uid: str):
-        self.path = Path(directory) / f"{uid.split('-')[0]}.jsonl"
+    ``state`` is ``"writing"`` (documents still going to Tiled), ``"written"`` (complete in Tiled) or ``"backup"``
+    (Tiled does not have it all: its journal does; ``espt replay`` sends it).
+    """
 
-    def __call__(self, name: str, doc: dict) -> None:
-        with open(self.path, "a") as fh:
-            json.dump({"name": name, "doc": doc}, fh)
-            fh.write("\n")
+    uid: str
+    journal: Path | None = None
+    state: str = "writing"
+    error: str | None = None
+    journal_error: str | None = None
+    n_docs: int = 0
+    finished: bool = False  # its stop document is journaled
+    active: bool = False  # the writer thread is sending one of its documents
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _journal: Journal | None = field(default=None, repr=False)
+    _tw: Any = field(default=None, repr=False)
+
+
+_LIVE: "weakref.WeakSet[ResilientTiledWriter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Give each writer up to its ``max_wait`` to send what is queued before the interpreter (and an in-process
+    server, stopped by an earlier-registered, later-run exit handler) goes; the journals hold the rest."""
+    for w in list(_LIVE):
+        w.flush(w.max_wait)
+
+
+def _copy_doc(o: Any) -> Any:
+    """Copy the containers of a document (its arrays are shared): the writer thread reads it later, and
+    TiledWriter edits some documents in place."""
+    if isinstance(o, dict):
+        return {k: _copy_doc(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_copy_doc(v) for v in o]
+    return o
 
 
 class ResilientTiledWriter:
-    """A TiledWriter that is (re)built at the start of a run, with every run backed up if Tiled fails.
+    """Journal every document, then write it to Tiled from a background thread (see the module docstring).
 
-    Subscribe it to a RunEngine.  Runs are assumed not to interleave (one open run at a time, as the
-    RunEngine emits them).
+    Subscribe it to a RunEngine: ``RE.subscribe(writer)``.
 
     Parameters
     ----------
     client_factory : callable
-        Returns a Tiled client of the catalog (called when no working writer exists).
-    backup_directory : path or None
-        Where the documents of runs that could not be written go.
+        Returns a Tiled client of the catalog (called in the writer thread when it has none).
+    backup_directory : path
+        Where journals go (``espt replay`` reads them).
     batch_size : int
         See :func:`make_writer`.
+    max_wait : float, s
+        The longest the RunEngine waits on this callback for one document.
+    max_queue_bytes : int
+        Journaled bytes waiting for the writer thread before the RunEngine waits (at most ``max_wait``, then the
+        rest of that run stays in its journal only).
+    health_url : str, optional
+        ``http://host:port/healthz`` of the server, probed before each run and when a stop waits: an unreachable
+        server sends the run to its journal at once.  Without one, the writer finds out by trying.
+    fsync : {"group", "always", "close"}
+        When journal records reach the disk (see :func:`~espt_bluesky.storage.journal.open_journal`).
+    keep_journals : bool
+        Keep the journal of runs written completely (default: remove it).
     """
 
-    def __init__(self, client_factory: Callable[[], Any], backup_directory: str | os.PathLike | None,
-                 batch_size: int = LIVE_BATCH_SIZE):
+    def __init__(self, client_factory: Callable[[], Any], backup_directory: str | os.PathLike,
+                 batch_size: int = LIVE_BATCH_SIZE, *, max_wait: float = MAX_WAIT,
+                 max_queue_bytes: int = MAX_QUEUE_BYTES, health_url: str | None = None, fsync: str = "group",
+                 keep_journals: bool = False):
+        if not max_wait >= 0:
+            raise InvalidArgument(f"max_wait={max_wait!r}; a number of seconds >= 0 is required")
         self._client_factory = client_factory
-        self.backup_directory = Path(backup_directory) if backup_directory is not None else None
+        self.backup_directory = Path(backup_directory)
         self.batch_size = int(batch_size)
-        self.tiled_writer: TiledWriter | None = None
-        self._route: Callable[[str, dict], None] | None = None
+        self.max_wait = float(max_wait)
+        self.max_queue_bytes = int(max_queue_bytes)
+        self.health_url = health_url
+        self.fsync = fsync
+        self.keep_journals = bool(keep_journals)
+        #: start uid -> :class:`RunRecord`, every run this writer saw
+        self.runs: dict[str, RunRecord] = {}
+        #: True / False after the last probe or write, None before any
+        self.server_up: bool | None = None
+        self._open: dict[str, RunRecord] = {}  # runs between start and stop
+        self._route: dict[str, RunRecord] = {}  # descriptor / resource uid -> run
+        self._client: Any = None
+        self._queue: queue.Queue = queue.Queue()
+        self._queued_bytes = 0
+        self._space = threading.Condition()
+        self._idle = threading.Condition()
+        self._busy = 0  # items queued or being written
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        _LIVE.add(self)
 
-    def _build(self) -> TiledWriter:
-        return TiledWriter(self._client_factory(),
-                           backup_directory=str(self.backup_directory) if self.backup_directory else None,
-                           batch_size=self.batch_size)
-
+    # ------------------------------------------------------------------ RunEngine thread
     def __call__(self, name: str, doc: dict) -> None:
-        if name == "start":
-            self._route = None
-            if self.tiled_writer is None:
-                try:
-                    self.tiled_writer = self._build()
-                except Exception:  # noqa: BLE001 - server unreachable: back the run up instead
-                    if self.backup_directory is None:
-                        raise
-                    logger.exception("Tiled is unreachable at the start of run %s; the run is written to the "
-                                     "backup directory %s (send it later with `espt replay`)",
-                                     doc.get("uid"), self.backup_directory)
-            if self.tiled_writer is not None:
-                self._route = self.tiled_writer
-            else:
-                self.backup_directory.mkdir(parents=True, exist_ok=True)
-                self._route = _JSONLinesBackup(self.backup_directory, doc["uid"])
-        route = self._route
-        if route is None:  # documents outside a run (none in practice)
+        run = self._run_of(name, doc)
+        if run is None:
+            logger.warning("%s document outside any run (uid %s): not written", name, doc.get("uid"))
             return
-        route(name, doc)
+        nbytes = self._journal(run, name, doc)
+        if run.state == "writing":
+            self._enqueue(run, name, doc, nbytes)
         if name == "stop":
-            self._route = None
-            if route is not self.tiled_writer:
-                self.tiled_writer = None  # try the server again next run
+            self._open.pop(run.uid, None)
+            self._route = {k: r for k, r in self._route.items() if r is not run}
+            self._wait_stop(run)
+
+    def _run_of(self, name: str, doc: dict) -> RunRecord | None:
+        if name == "start":
+            run = RunRecord(doc["uid"])
+            self.runs[run.uid] = self._open[run.uid] = run
+            try:
+                run._journal = open_journal(self.backup_directory, run.uid, fsync=self.fsync)
+                run.journal = run._journal.path
+            except Exception as exc:  # noqa: BLE001 - the run goes on; say loudly that it has no backup
+                run.journal_error = f"{type(exc).__name__}: {exc}"
+                logger.error("run %s: cannot open its backup journal in %s (%s): its documents exist only in "
+                             "Tiled", run.uid, self.backup_directory, run.journal_error)
+            return run
+        key = doc.get("run_start")
+        if key is None:
+            key = doc.get("descriptor") or doc.get("resource") or doc.get("stream_resource")
+            run = self._route.get(key) if isinstance(key, str) else None
+        else:
+            run = self._open.get(key)
+        if run is None and len(self._open) == 1:
+            run = next(iter(self._open.values()))
+        if run is not None and name in ("descriptor", "resource", "stream_resource"):
+            self._route[doc["uid"]] = run
+        return run
+
+    def _journal(self, run: RunRecord, name: str, doc: dict) -> int:
+        run.n_docs += 1
+        j = run._journal
+        if j is None:
+            return 1024
+        try:
+            n = j.append(name, doc)
+            if name == "stop":
+                j.finish()
+                run.finished = True
+                self._release(run)
+            return n
+        except Exception as exc:  # noqa: BLE001
+            run.journal_error = f"{type(exc).__name__}: {exc}"
+            run._journal = None
+            logger.error("run %s: writing its backup journal %s failed (%s): the rest of the run exists only in "
+                         "Tiled", run.uid, run.journal, run.journal_error)
+            try:
+                j.close()
+            except Exception:  # noqa: BLE001
+                pass
+            return 1024
+
+    def _enqueue(self, run: RunRecord, name: str, doc: dict, nbytes: int) -> None:
+        deadline = time.monotonic() + self.max_wait
+        with self._space:
+            while self._queued_bytes and self._queued_bytes + nbytes > self.max_queue_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._give_up(run, f"the Tiled writer fell {self._queued_bytes} bytes behind for more than "
+                                       f"max_wait={self.max_wait} s")
+                    return
+                self._space.wait(left)
+            self._queued_bytes += nbytes
+        with self._idle:
+            self._busy += 1
+        self._ensure_thread()
+        self._queue.put((run, name, _copy_doc(doc), nbytes))
+
+    def _wait_stop(self, run: RunRecord) -> None:
+        if run.done.is_set():
+            return
+        deadline = time.monotonic() + self.max_wait
+        if run.done.wait(min(PROBE_TIMEOUT, self.max_wait)):
+            return
+        if self.health_url is not None and not server_alive(self.health_url, timeout=PROBE_TIMEOUT):
+            self.server_up = False
+            self._give_up(run, "the Tiled server stopped answering during the run")
+            return
+        if not run.done.wait(max(deadline - time.monotonic(), 0.0)):
+            logger.warning("run %s: not completely in Tiled after %.3g s; the RunEngine goes on while the writer "
+                           "keeps writing it in the background (journal %s)", run.uid, self.max_wait, run.journal)
+
+    def _give_up(self, run: RunRecord, why: str) -> None:
+        """Leave the rest of ``run`` to its journal (any thread)."""
+        with self._lock:
+            if run.state != "writing":
+                return
+            run.state, run.error, run._tw = "backup", why, None
+        if run.journal is not None and run.journal_error is None:
+            logger.warning("run %s: %s; the run is kept in the backup journal %s -- send it with `espt replay %s`",
+                           run.uid, why, run.journal, self.backup_directory)
+        else:
+            logger.critical("run %s: NOT SAVED COMPLETELY: %s, and its backup journal failed (%s)", run.uid, why,
+                            run.journal_error)
+        run.done.set()
+        self._release(run)
+
+    def _release(self, run: RunRecord) -> None:
+        """Close a run's journal once nothing will use it (its stop journaled, its writing over), removing it if
+        Tiled has the whole run.  Until then it stays locked: a replay leaves it alone."""
+        with self._lock:
+            j = run._journal
+            if j is None or not (run.finished and run.done.is_set() and not run.active):
+                return
+            run._journal = None
+        if run.state == "written" and not self.keep_journals:
+            j.path.unlink(missing_ok=True)
+        j.close()
+
+    # ------------------------------------------------------------------ writer thread
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="espt-tiled-writer", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            run, name, doc, nbytes = item
+            try:
+                if run.state == "writing":
+                    run.active = True
+                    try:
+                        self._write(run, name, doc)
+                    finally:
+                        run.active = False
+                self._release(run)
+            finally:
+                with self._space:
+                    self._queued_bytes -= nbytes
+                    self._space.notify_all()
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    def _write(self, run: RunRecord, name: str, doc: dict) -> None:
+        try:
+            if name == "start":
+                if self.health_url is not None and not server_alive(self.health_url, timeout=PROBE_TIMEOUT):
+                    self.server_up = False
+                    raise ConnectionError(f"the Tiled server does not answer at {self.health_url}")
+                if self._client is None:
+                    self._client = self._client_factory().include_data_sources()
+                run._tw = TiledWriter(self._client, batch_size=self.batch_size)
+            tw = run._tw
+            if tw is None:
+                return
+            tw(name, doc)
+            self.server_up = True
+        except Exception as exc:  # noqa: BLE001 - the journal has the run
+            self._client = None
+            self._give_up(run, f"writing to Tiled failed ({type(exc).__name__}: {exc})")
+            return
+        if name == "stop":
+            with self._lock:
+                if run.state != "writing":
+                    return
+                run.state, run._tw = "written", None
+            run.done.set()
+
+    # ------------------------------------------------------------------ use
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued document was handled (written, or left to its journal); True if so."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    @property
+    def pending(self) -> list[Path]:
+        """Journals of runs that Tiled does not hold completely (to send with ``espt replay``)."""
+        return [r.journal for r in self.runs.values() if r.state == "backup" and r.journal is not None]
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop the writer thread (idempotent).  Runs still open keep their journals."""
+        self.flush(timeout)
+        t = self._thread
+        if t is not None and t.is_alive():
+            self._queue.put(None)
+            t.join(timeout)
+        self._thread = None
+        for run in self.runs.values():
+            j, run._journal = run._journal, None
+            if j is not None:
+                j.close()
+
+    def __repr__(self) -> str:
+        states = [r.state for r in self.runs.values()]
+        return (f"<ResilientTiledWriter {self.backup_directory} runs={len(states)} "
+                f"written={states.count('written')} backup={states.count('backup')}>")
 
 
 def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = None,
-                batch_size: int = LIVE_BATCH_SIZE) -> ResilientTiledWriter | TiledWriter:
-    """The writer for a catalog, with a backup directory.
+                batch_size: int = LIVE_BATCH_SIZE, max_wait: float = MAX_WAIT,
+                **kwargs: Any) -> ResilientTiledWriter | TiledWriter:
+    """The writer for a catalog: every document journaled first, then written to Tiled without stalling the run.
 
     Parameters
     ----------
     target : LocalCatalog or tiled client
         Where runs are written.
     backup_directory : path, optional
-        Where documents go when the server fails (default: the catalog's ``backup/`` directory).  Without one
-        (and no catalog directory), a plain ``TiledWriter`` is returned and errors propagate.
+        Where the journals go (default: the catalog's ``backup/`` directory).  Without one (and no catalog
+        directory), a plain ``TiledWriter`` is returned: synchronous, and its errors propagate.
     batch_size : int
         Events (or stream-datum rows) per write; 1 shows every point at once, TiledWriter's own default
         (10,000) shows nothing until the end of most runs.
+    max_wait : float, s
+        The longest the RunEngine waits on the writer for one document (see :class:`ResilientTiledWriter`).
+    **kwargs
+        ``max_queue_bytes``, ``fsync``, ``keep_journals``: see :class:`ResilientTiledWriter`.
 
     Returns
     -------
@@ -118,11 +377,14 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
     """
     if isinstance(target, LocalCatalog):
         factory = target.client
+        health = f"{target.base_url}/healthz"
         if backup_directory is None and target.backup_dir is not None:
             backup_directory = target.backup_dir
     else:
         factory = lambda: target  # noqa: E731
+        api = str(getattr(getattr(target, "context", None), "api_uri", "") or "")
+        health = api.split("/api/v1")[0] + "/healthz" if "/api/v1" in api else None
     if backup_directory is None:
         return TiledWriter(factory(), batch_size=int(batch_size))
-    Path(backup_directory).mkdir(parents=True, exist_ok=True)
-    return ResilientTiledWriter(factory, backup_directory, batch_size)
+    return ResilientTiledWriter(factory, backup_directory, batch_size, max_wait=max_wait, health_url=health,
+                                **kwargs)

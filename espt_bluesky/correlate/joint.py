@@ -1,0 +1,76 @@
+"""Joint analysis of co-registered channels: a stacked Dataset, correlation with confidence intervals, 2-D
+histograms and clustering (scikit-learn)."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import xarray as xr
+
+from ..errors import InvalidArgument
+
+
+def stack(channels: Mapping[str, tuple[np.ndarray, np.ndarray | None, str]], coords: Mapping[str, tuple]
+          ) -> xr.Dataset:
+    """A Dataset of co-registered channels ``name -> (values, 1σ or None, units)`` on shared ``coords``."""
+    dims = tuple(next(iter(coords.values()))[0]) if coords else ("spot",)
+    dims = tuple(coords["x"][0]) if "x" in coords and isinstance(coords["x"][0], tuple) else dims
+    data = {}
+    for name, (v, err, units) in channels.items():
+        v = np.asarray(v, float)
+        d = dims if v.ndim == len(dims) else ("spot",) if v.ndim == 1 else tuple(f"d{i}" for i in range(v.ndim))
+        data[name] = (d, v, {"units": units})
+        if err is not None:
+            data[f"{name}_sigma"] = (d, np.asarray(err, float), {"units": units})
+    return xr.Dataset(data, coords=dict(coords))
+
+
+def correlation(a, b, *, method: str = "pearson", confidence: float = 0.95) -> dict[str, float]:
+    """Correlation of two channels (finite pairs) with a Fisher-z confidence interval and p-value."""
+    from scipy import stats
+
+    a = np.asarray(a, float).ravel()
+    b = np.asarray(b, float).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 4:
+        raise InvalidArgument(f"{n} finite pairs: a correlation needs at least 4")
+    if method == "pearson":
+        r, p = stats.pearsonr(a[ok], b[ok])
+    elif method == "spearman":
+        r, p = stats.spearmanr(a[ok], b[ok])
+    else:
+        raise InvalidArgument(f"method={method!r} is not one of ['pearson', 'spearman']")
+    z = math.atanh(max(min(float(r), 0.999999), -0.999999))
+    half = stats.norm.ppf(0.5 + confidence / 2) / math.sqrt(n - 3)
+    return dict(r=float(r), ci_low=math.tanh(z - half), ci_high=math.tanh(z + half), p=float(p), n=n,
+                method=method, confidence=confidence)
+
+
+def histogram2d(a, b, *, bins: int = 40, a_label: str = "a", b_label: str = "b") -> xr.DataArray:
+    """2-D histogram of two channels (finite pairs); edges in attrs."""
+    a = np.asarray(a, float).ravel()
+    b = np.asarray(b, float).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    h, xe, ye = np.histogram2d(a[ok], b[ok], bins=bins)
+    return xr.DataArray(h, dims=("a_bin", "b_bin"),
+                        coords={"a_bin": 0.5 * (xe[1:] + xe[:-1]), "b_bin": 0.5 * (ye[1:] + ye[:-1])},
+                        attrs={"x_edges": xe.tolist(), "y_edges": ye.tolist(), "x_label": a_label,
+                               "y_label": b_label, "units": "points"})
+
+
+def cluster(ds: xr.Dataset, channels, *, n_clusters: int = 2, seed: int = 0) -> np.ndarray:
+    """k-means labels (scikit-learn) of the standardised channels; -1 where any channel is not finite."""
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.stack([np.asarray(ds[c].values, float).ravel() for c in channels], axis=1)
+    ok = np.all(np.isfinite(X), axis=1)
+    if ok.sum() < n_clusters:
+        raise InvalidArgument(f"{int(ok.sum())} complete points cannot make {n_clusters} clusters")
+    labels = np.full(X.shape[0], -1)
+    labels[ok] = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(
+        StandardScaler().fit_transform(X[ok]))
+    return labels.reshape(np.asarray(ds[channels[0]].values).shape)

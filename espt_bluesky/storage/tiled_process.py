@@ -1,0 +1,36 @@
+"""The Tiled server process of :meth:`~espt_bluesky.storage.server.LocalCatalog.start`.
+
+``python -m espt_bluesky.storage.tiled_process CONFIG`` serves a ``tiled serve config`` file as ``tiled serve
+config`` does, with two differences: the start-up banner that prints the API key is not printed, and every log
+line goes through :class:`~espt_bluesky.storage.redact.RedactSecrets` (no ``?api_key=`` in the access log).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m espt_bluesky.storage.tiled_process CONFIG", file=sys.stderr)
+        return 2
+    import uvicorn
+    from tiled.config import parse_configs
+    from tiled.server.app import build_app_from_config
+
+    from .redact import install, server_log_config
+
+    config = parse_configs(argv[0])
+    kwargs = dict(config.uvicorn)
+    kwargs.setdefault("host", "127.0.0.1")
+    kwargs.setdefault("port", 8000)
+    kwargs["log_config"] = server_log_config()
+    app = build_app_from_config(config)
+    install()
+    uvicorn.run(app, **kwargs)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a process
+    sys.exit(main())
