@@ -11,7 +11,17 @@ defaults, file, environment, explicit dict)::
     start = [50.0, 50.0]    # optional: lateral start position (µm)
     options = {}            # BenchOptions fields (noise, drift, tilt ...)
 
-    [epics]                 # EPICS hardware instead of the bench: prefix = "ESPT:" (see make_epics_bench)
+    [epics]                 # EPICS hardware instead of the bench (ESPT_EPICS_PREFIX="ESPT:"); see make_epics_bench
+    prefix = "ESPT:"        # stage {prefix}stage:, potentiostat {prefix}pstat:
+    stage_prefix = "..."    # optional: another stage IOC (e.g. the beamline's motors)
+    pstat_prefix = "..."    # optional: another potentiostat IOC
+    technique = "SECM"      # optional: default from the potentiostat's Info PV
+    crash_pvs = true        # the stage IOC serves CrashCount/CrashMessage
+    connection_timeout = 5.0
+    trigger_timeout = 10.0
+    ca_addr_list = "10.0.0.5 10.0.0.6:5066"   # EPICS_CA_ADDR_LIST (else the environment's)
+    ca_auto_addr_list = false                 # EPICS_CA_AUTO_ADDR_LIST
+    ca_repeater_port = 5065                   # EPICS_CA_REPEATER_PORT
 
     [session]
     md_dir = "..."          # RE.md persisted here (scan_id survives restarts); default DATA_DIR/runengine_md;
@@ -52,6 +62,12 @@ from .errors import InvalidArgument, check_bool, check_choice, check_int, check_
 
 ENV_CONFIG = "ESPT_CONFIG"
 ENV_BENCH = "ESPT_BENCH"
+ENV_EPICS_PREFIX = "ESPT_EPICS_PREFIX"
+EPICS_KEYS = ("prefix", "stage_prefix", "pstat_prefix", "technique", "crash_pvs", "connection_timeout",
+              "trigger_timeout")
+CA_KEYS = {"ca_addr_list": "EPICS_CA_ADDR_LIST", "ca_auto_addr_list": "EPICS_CA_AUTO_ADDR_LIST",
+           "ca_repeater_port": "EPICS_CA_REPEATER_PORT", "ca_server_port": "EPICS_CA_SERVER_PORT",
+           "ca_max_array_bytes": "EPICS_CA_MAX_ARRAY_BYTES"}
 
 DEFAULTS: dict[str, Any] = {
     "bench": {"technique": "SECCM", "sample": "patterned", "seed": 0, "time_scale": 0.0, "options": {}},
@@ -120,6 +136,8 @@ def _env_config() -> dict:
                 raise InvalidArgument(f"{ENV_BENCH}={bench!r}: the seed {parts[2]!r} is not a non-negative integer")
             b["seed"] = int(parts[2])
         cfg["bench"] = b
+    if os.environ.get(ENV_EPICS_PREFIX):
+        cfg["epics"] = {"prefix": os.environ[ENV_EPICS_PREFIX]}
     st = {}
     for env, key in (("ESPT_DATA_DIR", "data_dir"), ("ESPT_TILED_URI", "tiled_uri"),
                      ("ESPT_TILED_API_KEY", "api_key"), ("ESPT_STORAGE_MODE", "mode")):
@@ -247,9 +265,10 @@ class Session:
 
     def make_bench(self):
         """Create the devices named by the configuration (the simulated bench unless ``epics`` is set)."""
-        if self.config.get("epics"):
-            raise NotImplementedError("EPICS devices are not wired into sessions yet; remove [epics] to use the "
-                                      "simulated bench")
+        if self.config.get("epics"):  # waveforms stay event arrays: the EPICS potentiostat writes no assets yet
+            self.bench = _make_epics_bench(self.config["epics"])
+            self._add_bench_devices()
+            return self.bench
         from .devices import make_sim_bench
 
         b = dict(self.config["bench"])
@@ -309,9 +328,9 @@ class Session:
         b = self.bench
         if b is None:
             return "no devices yet (Session.make_bench())"
-        epics = self.config.get("epics")
-        if epics:
-            return f"EPICS {b.technique} instrument, prefix {epics.get('prefix', '?')!r}"
+        if self.config.get("epics"):
+            return (f"EPICS {b.technique} instrument: stage {b.stage.prefix!r}, potentiostat "
+                    f"{b.potentiostat.prefix!r} ({os.environ.get('EPICS_CA_ADDR_LIST') or 'CA auto address list'})")
         m = b.model
         return (f"simulated {b.technique} bench, sample {m.sample.name!r} (seed {self.config['bench']['seed']}, "
                 f"time_scale {b.time_scale:g})")
@@ -366,6 +385,30 @@ class Session:
             self.writer.close(timeout=30.0)
         if self.catalog is not None and self.catalog._cm is not None:
             self.catalog.stop()
+
+
+def _make_epics_bench(epics: Mapping[str, Any]):
+    """The EPICS instrument of an ``[epics]`` section (Channel Access settings applied first)."""
+    unknown = set(epics) - set(EPICS_KEYS) - set(CA_KEYS)
+    if unknown:
+        raise InvalidArgument(f"[epics] has unknown key(s) {sorted(unknown)}; allowed: "
+                              f"{sorted(EPICS_KEYS + tuple(CA_KEYS))}")
+    if not epics.get("prefix") and not (epics.get("stage_prefix") and epics.get("pstat_prefix")):
+        raise InvalidArgument(f"[epics] prefix={epics.get('prefix')!r}: give the IOC prefix (e.g. \"ESPT:\") or "
+                              f"both stage_prefix and pstat_prefix")
+    env = {}
+    for key, var in CA_KEYS.items():
+        if epics.get(key) is not None:
+            v = epics[key]
+            env[var] = ("YES" if v else "NO") if isinstance(v, bool) else str(v)
+    if env:
+        from .ioc.launch import configure_client_env
+
+        configure_client_env(env)  # before the first PV: libca reads them then
+    from .devices.epics import make_epics_bench
+
+    kw = {k: epics[k] for k in EPICS_KEYS if epics.get(k) not in (None, "")}
+    return make_epics_bench(kw.pop("prefix", "ESPT:"), **kw)
 
 
 def baseline_of(bench: Any) -> list:
