@@ -14,9 +14,10 @@ import pytest
 
 from espt_bluesky.ioc.launch import IOCProcess, ca_environment, configure_client_env, free_ports
 
-# bench SECM, bench SICM, split stage, split potentiostat, spare; then the repeater port
-PORTS = free_ports(6)
-ENV = ca_environment(PORTS[:5], PORTS[5])
+# bench SECM, bench SICM, split stage, split potentiostat, spare, real-time split stage and potentiostat;
+# then the repeater port
+PORTS = free_ports(8)
+ENV = ca_environment(PORTS[:7], PORTS[7])
 configure_client_env(ENV)
 
 import bluesky.plan_stubs as bps  # noqa: E402
@@ -66,6 +67,17 @@ def split_iocs(tmp_path_factory):
     stage = _ioc("stage", "E3:stage:", PORTS[2], tmp_path_factory, technique="SECM", seed=SEED)
     pstat = _ioc("potentiostat", "E3:pstat:", PORTS[3], tmp_path_factory, technique="SECM", seed=SEED,
                  stage_prefix="E3:stage:")
+    yield stage, pstat
+    pstat.stop()
+    stage.stop()
+
+
+@pytest.fixture
+def realtime_split_iocs(tmp_path_factory):
+    """Split IOCs whose potentiostat runs in instrument time (time_scale=1): a 6 s CA takes 6 s."""
+    stage = _ioc("stage", "E5:stage:", PORTS[5], tmp_path_factory, technique="SECM", seed=SEED)
+    pstat = _ioc("potentiostat", "E5:pstat:", PORTS[6], tmp_path_factory, technique="SECM", seed=SEED,
+                 stage_prefix="E5:stage:", time_scale=1.0)
     yield stage, pstat
     pstat.stop()
     stage.stop()
@@ -334,6 +346,7 @@ def test_real_time_ioc_stop_and_abort(tmp_path_factory):
         st.wait(10)
         assert z0 < z.position < z0 + 40.0
         p = eb.potentiostat
+        p.cell_on.put(1, wait=True)  # the IOC starts with the cell off
         # 4 s in real time; aborted after ~0.1 s
         p.configure_technique("CA", channel="tip", e_hold=0.6, duration=4.0, n_samples=50)
         st = p.trigger()
@@ -343,3 +356,65 @@ def test_real_time_ioc_stop_and_abort(tmp_path_factory):
             st.wait(10)
     finally:
         ioc.stop()
+
+
+def test_kill_potentiostat_ioc_during_a_long_acquisition(RE_tiled, realtime_split_iocs):
+    """The IOC dies 1 s into a 6 s hold: the run ends at once (not after the acquisition or a timeout) with
+    PVConnectionError naming the PV; the tip is retracted, the run closed as failed, the first step's event kept."""
+    import threading
+    import time
+
+    from espt_bluesky.plans.sgtc import sgtc
+
+    RE = RE_tiled
+    stage_ioc, pstat_ioc = realtime_split_iocs
+    eb = make_epics_bench(stage_prefix="E5:stage:", pstat_prefix="E5:pstat:")
+    hold = 6.0  # s per potential step, in instrument time
+    killed = {}
+
+    def kill_during_second_step(msg):
+        if msg.command == "trigger" and msg.obj is eb.potentiostat and "t" not in killed and \
+                RE.collector.of("event"):
+            def kill():
+                pstat_ioc.proc.send_signal(signal.SIGKILL)
+                killed["t"] = time.time()
+            killed["timer"] = threading.Timer(1.0, kill)
+            killed["timer"].start()
+
+    RE.msg_hook = kill_during_second_step
+    e_tip = float(eb.potentiostat.tip.potential.get())
+    try:
+        with pytest.raises(PVConnectionError) as info:
+            RE(sgtc(eb.stage, eb.potentiostat, tip_potential=e_tip, steps=[0.0, 0.1], hold_time=hold,
+                    n_samples=50, locations=[(50.0, 50.0)], height=10.0, plane=0.0, retract=15.0))
+    finally:
+        RE.msg_hook = None
+        killed["timer"].join()
+    stop = RE.collector.of("stop")[-1]
+    # the run (cleanup included) ended long before the step would have (5 s left), let alone the trigger timeout
+    assert stop["time"] - killed["t"] < hold / 2, stop["time"] - killed["t"]
+    assert "E5:pstat:" in str(info.value), str(info.value)
+    assert not pstat_ioc.alive and stage_ioc.alive
+    # cleanup: tip retracted from 10 um above the plane
+    assert eb.stage.z.position >= 10.0 + 15.0 - 1e-6
+    assert stop["exit_status"] == "fail" and "E5:pstat:" in stop["reason"]
+    assert stop["num_events"]["primary"] == 1
+    assert _primary(RE, _run_uids(RE)[-1])["pstat_wf_current"].shape == (1, 50)
+
+    # between acquisitions (the IOC is still gone): our error, naming the PV, not ophyd's connection timeout
+    _check_dead_potentiostat(eb.potentiostat, "E5:pstat:")
+    # the IOC restarts with the cell off, whatever it was before (it was on for the run)
+    from caproto.sync.client import read
+
+    pstat_ioc.start()
+    assert read("E5:pstat:CellOn", timeout=10).data[0] == 0
+
+
+def _check_dead_potentiostat(p, prefix):
+    """Every access to a potentiostat whose IOC is gone is our PVConnectionError naming a PV, at once."""
+    for what in (p.trigger, p.read, p.describe,
+                 lambda: p.configure_technique("CA", channel="tip", e_hold=0.1, duration=1.0, n_samples=20),
+                 lambda: p.tip.potential.set(0.2).wait(5)):
+        with pytest.raises(PVConnectionError, match=prefix):
+            what()
+    p.open_circuit()  # a cleanup step never raises

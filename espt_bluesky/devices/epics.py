@@ -12,7 +12,12 @@ They expose the same components and methods as the simulated devices, so every p
   ``AcqCount`` to increment (the IOC increments it after every readback and waveform has been published).
 
 Connection failures, disconnections during a move or an acquisition, and timeouts raise
-:class:`PVConnectionError` / :class:`PVTimeoutError` naming the PV.  The PV list is ``docs/epics_pv_list.md``.
+:class:`PVConnectionError` / :class:`PVTimeoutError` naming the PV.  Every potentiostat signal is a
+:class:`PVSignal`/:class:`PVSignalRO`: reading or writing a PV whose IOC is gone fails at once with
+:class:`PVConnectionError` naming it (not after ophyd's connection timeout, not as ophyd's own error), and the
+acquisition's status callbacks use only values already received, so a lost IOC ends an acquisition as soon as
+Channel Access reports the disconnection, whatever the acquisition's length.  The PV list is
+``docs/epics_pv_list.md``.
 
 pyepics reads ``EPICS_CA_*`` when libca initialises (the first PV created in the process): set the environment
 first (see :func:`espt_bluesky.ioc.launch.ca_environment`).
@@ -31,6 +36,7 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.status import DeviceStatus
+from ophyd.utils.errors import DisconnectedError
 
 from ..errors import EsptError, InvalidArgument, Overload, TipCrash
 from ..physics.bench_model import ProbeGeometry
@@ -77,6 +83,53 @@ def wait_connected(device: Device, timeout: float) -> None:
 def _require(sig, what: str) -> None:
     if not sig.connected:
         raise PVConnectionError(f"{sig.pvname} is disconnected (its IOC does not answer): cannot {what}")
+
+
+class _NamesLostPV:
+    """``get``/``put``/``read``/``describe`` of a disconnected PV raise :class:`PVConnectionError` naming it, at
+    once (ophyd would wait for its connection timeout, or raise its own ``DisconnectedError``)."""
+
+    def read(self):
+        _require(self, "read it")
+        return super().read()
+
+    def describe(self):
+        _require(self, "describe it")
+        return super().describe()
+
+    def get(self, *args, **kwargs):
+        _require(self, "read it")
+        try:
+            return super().get(*args, **kwargs)
+        except (TimeoutError, DisconnectedError) as exc:
+            if self.connected:
+                raise PVTimeoutError(f"{self.pvname}: {exc}") from exc
+            raise PVConnectionError(f"{self.pvname} is disconnected (its IOC does not answer): {exc}") from exc
+
+    def put(self, *args, **kwargs):
+        _require(self, "write it")
+        try:
+            return super().put(*args, **kwargs)
+        except (TimeoutError, DisconnectedError) as exc:
+            if self.connected:
+                raise PVTimeoutError(f"{self.pvname}: {exc}") from exc
+            raise PVConnectionError(f"{self.pvname} is disconnected (its IOC does not answer): {exc}") from exc
+
+
+class PVSignal(_NamesLostPV, EpicsSignal):
+    """An ``EpicsSignal`` whose lost connection is a :class:`PVConnectionError` naming the PV."""
+
+
+class PVSignalRO(_NamesLostPV, EpicsSignalRO):
+    """An ``EpicsSignalRO`` whose lost connection is a :class:`PVConnectionError` naming the PV."""
+
+
+class QuantityPVSignal(_NamesLostPV, QuantityEpicsSignal):
+    """A :class:`~espt_bluesky.devices.signals.QuantityEpicsSignal` (units, limits) that names a lost PV."""
+
+
+class QuantityPVSignalRO(_NamesLostPV, QuantityEpicsSignalRO):
+    """A read-only :class:`QuantityPVSignal`."""
 
 
 class _Once:
@@ -227,7 +280,7 @@ def _pv(cls, suffix: str, kind: str = "config", **kw) -> Cpt:
 
 def _volts(suffix: str) -> Cpt:
     """A potential PV (V) checked against the potentiostat's compliance before it is written."""
-    return _pv(QuantityEpicsSignal, suffix, units="V", precision=4, limits=compliance_limits,
+    return _pv(QuantityPVSignal, suffix, units="V", precision=4, limits=compliance_limits,
                limits_name="potentiostat compliance")
 
 
@@ -235,8 +288,8 @@ class EpicsPotentiostatChannel(Device):
     """One working electrode: ``Potential`` (V), ``Current`` (A, read only), ``CurrentRange`` (A)."""
 
     potential = _volts("Potential")
-    current = _pv(QuantityEpicsSignalRO, "Current", kind="hinted", units="A", precision=CURRENT_PRECISION)
-    current_range = _pv(QuantityEpicsSignal, "CurrentRange", units="A", precision=CURRENT_PRECISION)
+    current = _pv(QuantityPVSignalRO, "Current", kind="hinted", units="A", precision=CURRENT_PRECISION)
+    current_range = _pv(QuantityPVSignal, "CurrentRange", units="A", precision=CURRENT_PRECISION)
 
 
 class EpicsTechniqueParameters(Device):
@@ -247,23 +300,23 @@ class EpicsTechniqueParameters(Device):
     e_vertex2 = _volts("EVertex2")
     e_end = _volts("EEnd")
     e_hold = _volts("EHold")
-    scan_rate = _pv(QuantityEpicsSignal, "ScanRate", units="V/s")
-    n_cycles = _pv(EpicsSignal, "NCycles")
-    duration = _pv(QuantityEpicsSignal, "Duration", units="s")
-    current_setpoint = _pv(QuantityEpicsSignal, "CurrentSetpoint", units="A", precision=CURRENT_PRECISION,
+    scan_rate = _pv(QuantityPVSignal, "ScanRate", units="V/s")
+    n_cycles = _pv(PVSignal, "NCycles")
+    duration = _pv(QuantityPVSignal, "Duration", units="s")
+    current_setpoint = _pv(QuantityPVSignal, "CurrentSetpoint", units="A", precision=CURRENT_PRECISION,
                            limits=setpoint_limits, limits_name="working channel's current range")
-    n_samples = _pv(EpicsSignal, "NSamples")
-    integration_time = _pv(QuantityEpicsSignal, "IntegrationTime", units="s")
+    n_samples = _pv(PVSignal, "NSamples")
+    integration_time = _pv(QuantityPVSignal, "IntegrationTime", units="s")
 
 
 class EpicsWaveformSignals(Device):
     """The last acquired waveform under ``{P}Wf:`` (s, V, A, A)."""
 
-    time = _pv(EpicsSignalRO, "Time", kind="normal")
-    potential = _pv(EpicsSignalRO, "Potential", kind="normal")
-    current = _pv(EpicsSignalRO, "Current", kind="normal")
-    collector_current = _pv(EpicsSignalRO, "CollectorCurrent", kind="normal")
-    max_elements = _pv(EpicsSignalRO, "MaxElements", kind="omitted")
+    time = _pv(PVSignalRO, "Time", kind="normal")
+    potential = _pv(PVSignalRO, "Potential", kind="normal")
+    current = _pv(PVSignalRO, "Current", kind="normal")
+    collector_current = _pv(PVSignalRO, "CollectorCurrent", kind="normal")
+    max_elements = _pv(PVSignalRO, "MaxElements", kind="omitted")
 
 
 class EpicsBipotentiostat(Bipotentiostat):
@@ -283,21 +336,21 @@ class EpicsBipotentiostat(Bipotentiostat):
 
     tip = Cpt(EpicsPotentiostatChannel, "Tip:")
     substrate = Cpt(EpicsPotentiostatChannel, "Sub:")
-    technique = _pv(EpicsSignal, "Technique", string=True)
-    working_channel = _pv(EpicsSignal, "WorkingChannel", string=True)
-    cell_on = _pv(EpicsSignal, "CellOn")
+    technique = _pv(PVSignal, "Technique", string=True)
+    working_channel = _pv(PVSignal, "WorkingChannel", string=True)
+    cell_on = _pv(PVSignal, "CellOn")
     params = Cpt(EpicsTechniqueParameters, "Par:")
     wf = Cpt(EpicsWaveformSignals, "Wf:")
     # acquisition control (not read into events)
-    start = _pv(EpicsSignal, "Start", kind="omitted")
-    abort = _pv(EpicsSignal, "Abort", kind="omitted")
-    busy = _pv(EpicsSignalRO, "Busy", kind="omitted")
-    acq_count = _pv(EpicsSignalRO, "AcqCount", kind="omitted")
-    status_code = _pv(EpicsSignalRO, "Status", kind="omitted", string=True)
-    status_message = _pv(EpicsSignalRO, "StatusMessage", kind="omitted", string=True)
-    compliance_low = _pv(EpicsSignalRO, "ComplianceLow", kind="omitted")
-    compliance_high = _pv(EpicsSignalRO, "ComplianceHigh", kind="omitted")
-    time_scale = _pv(EpicsSignalRO, "TimeScale", kind="omitted")
+    start = _pv(PVSignal, "Start", kind="omitted")
+    abort = _pv(PVSignal, "Abort", kind="omitted")
+    busy = _pv(PVSignalRO, "Busy", kind="omitted")
+    acq_count = _pv(PVSignalRO, "AcqCount", kind="omitted")
+    status_code = _pv(PVSignalRO, "Status", kind="omitted", string=True)
+    status_message = _pv(PVSignalRO, "StatusMessage", kind="omitted", string=True)
+    compliance_low = _pv(PVSignalRO, "ComplianceLow", kind="omitted")
+    compliance_high = _pv(PVSignalRO, "ComplianceHigh", kind="omitted")
+    time_scale = _pv(PVSignalRO, "TimeScale", kind="omitted")
 
     def __init__(self, prefix: str = "", *, name: str, probe: Probe | None = None, trigger_timeout: float = 10.0,
                  **kwargs):
@@ -426,25 +479,29 @@ class EpicsBipotentiostat(Bipotentiostat):
         self._note_acquisition()
         n0 = int(self.acq_count.get())
         acq = self.acq_count
+        technique = self.technique.get()  # read now: the callbacks below never call into the IOC
 
         def on_count(*, value, **kw):
-            if int(value) <= n0:
-                return
-            code = self.status_code.get()
-            msg = self.status_message.get()
-            if code == "OK":
-                finish()
-            elif code == "OVERLOAD":
-                finish(Overload(msg))
-            elif code == "STAGE_LOST":
-                finish(PVConnectionError(msg))
-            else:
-                finish(PotentiostatError(f"{self.status_code.pvname}={code}: {msg}"))
+            try:
+                if int(value) <= n0:
+                    return
+                code = self.status_code.get()  # monitored: already here (or PVConnectionError at once)
+                msg = self.status_message.get()
+                if code == "OK":
+                    finish()
+                elif code == "OVERLOAD":
+                    finish(Overload(msg))
+                elif code == "STAGE_LOST":
+                    finish(PVConnectionError(msg))
+                else:
+                    finish(PotentiostatError(f"{self.status_code.pvname}={code}: {msg}"))
+            except Exception as exc:  # noqa: BLE001 - ophyd would swallow it and leave the status pending
+                finish(exc)
 
         def on_meta(*, connected: bool = True, **kw):
             if not connected:
                 finish(PVConnectionError(f"lost the connection to {acq.pvname} during an acquisition of {self.name} "
-                                         f"(technique {self.technique.get()}): the potentiostat IOC is unreachable"))
+                                         f"(technique {technique}): the potentiostat IOC is unreachable"))
 
         timeout = self.trigger_timeout + self._expected_duration() * float(self.time_scale.get())
         timer = threading.Timer(timeout, lambda: finish(PVTimeoutError(

@@ -353,7 +353,8 @@ class PotentiostatGroup(PVGroup):
     technique = pvproperty(name="Technique", value="READ", dtype=ChannelType.ENUM, enum_strings=list(TECHNIQUES))
     working_channel = pvproperty(name="WorkingChannel", value="substrate", dtype=ChannelType.ENUM,
                                  enum_strings=list(CHANNELS))
-    cell_on = pvproperty(name="CellOn", value=1, dtype=ChannelType.LONG)
+    # off at every (re)start: an IOC that restarts must not drive a cell nobody is watching; plans switch it on
+    cell_on = pvproperty(name="CellOn", value=0, dtype=ChannelType.LONG)
     # parameters
     e_start = pvproperty(name="Par:EStart", value=0.0, units="V")
     e_vertex1 = pvproperty(name="Par:EVertex1", value=-0.5, units="V")

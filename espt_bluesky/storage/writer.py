@@ -7,12 +7,15 @@ document the RunEngine emits:
    on the RunEngine's thread, before anything else sees it;
 2. **queue** it for a writer thread that sends it to Tiled through a ``TiledWriter``.
 
-The RunEngine therefore never waits for the server, except at most ``max_wait`` seconds for one document: at a
-``stop`` (so that a run is in Tiled when ``RE(...)`` returns, when the server is well), or when the queue for the
-writer thread is full (``max_queue_bytes``).  When Tiled is unreachable at the start of a run (a quick health
-probe), fails during a run, or does not finish within ``max_wait``, the run is left to its journal (it is already
-all there) and ``espt replay`` sends it later; the next run tries the server again.  A run written completely has
-its journal removed (``keep_journals=True`` keeps it).
+The RunEngine waits for the server only when the writer thread falls behind (more than ``max_queue`` documents
+or ``max_queue_bytes`` queued: a slow but working server sets the pace, as a synchronous writer would) and at a
+``stop`` (so that a run is in Tiled when ``RE(...)`` returns) -- and only while the writer makes progress: after
+``max_wait`` seconds in which not one document was written, or as soon as the server fails a health probe
+(``probe_timeout``, tried after that long without progress), the RunEngine goes on.  So a storage failure holds the
+experiment about ``probe_timeout`` (server gone) or at most ``max_wait`` (server hung) seconds, once per run.  When Tiled
+is unreachable at the start of a run, fails during a run, or makes no progress for ``max_wait``, the run is left to
+its journal (it is already all there) and ``espt replay`` sends it later; the next run tries the server again.  A
+run written completely has its journal removed (``keep_journals=True`` keeps it).
 
 Nothing here raises into the RunEngine: a failure is logged (ERROR when the journal cannot be written, CRITICAL when
 neither the journal nor Tiled holds a run's documents) and shown in :attr:`ResilientTiledWriter.runs`.
@@ -42,10 +45,11 @@ logger = logging.getLogger(__name__)
 #: Rows (events, or waveform frames of a stream resource) buffered before they are sent: small enough that a
 #: reader sees a running map fill in, large enough not to cost one HTTP request per point.
 LIVE_BATCH_SIZE = 25
-#: Seconds the RunEngine may wait on the writer for one document (see the module docstring).
+#: Seconds the RunEngine waits on a writer that makes no progress (see the module docstring).
 MAX_WAIT = 10.0
-#: Documents (bytes, as journaled) waiting for the writer thread before the RunEngine waits for it.
-MAX_QUEUE_BYTES = 256 * 2**20
+#: Documents, and bytes (as journaled), waiting for the writer thread before the RunEngine waits for it.
+MAX_QUEUE = 200
+MAX_QUEUE_BYTES = 64 * 2**20
 #: Seconds a health probe of the server may take.
 PROBE_TIMEOUT = 1.0
 
@@ -106,13 +110,16 @@ class ResilientTiledWriter:
     batch_size : int
         See :func:`make_writer`.
     max_wait : float, s
-        The longest the RunEngine waits on this callback for one document.
-    max_queue_bytes : int
-        Journaled bytes waiting for the writer thread before the RunEngine waits (at most ``max_wait``, then the
-        rest of that run stays in its journal only).
+        The longest the RunEngine waits on this callback while it writes nothing (see the module docstring).
+    max_queue, max_queue_bytes : int
+        Documents, and journaled bytes, waiting for the writer thread before the RunEngine waits (at most
+        ``max_wait``, then the rest of that run stays in its journal only).
     health_url : str, optional
-        ``http://host:port/healthz`` of the server, probed before each run and when a stop waits: an unreachable
-        server sends the run to its journal at once.  Without one, the writer finds out by trying.
+        ``http://host:port/healthz`` of the server, probed before each run and when the RunEngine has waited
+        ``probe_timeout`` without progress: an unreachable server sends the run to its journal at once.  Without
+        one, the writer finds out by trying (and the RunEngine waits up to ``max_wait``).
+    probe_timeout : float, s
+        How long a health probe may take, and how long the RunEngine waits without progress before probing.
     fsync : {"group", "always", "close"}
         When journal records reach the disk (see :func:`~espt_bluesky.storage.journal.open_journal`).
     keep_journals : bool
@@ -121,7 +128,8 @@ class ResilientTiledWriter:
 
     def __init__(self, client_factory: Callable[[], Any], backup_directory: str | os.PathLike,
                  batch_size: int = LIVE_BATCH_SIZE, *, max_wait: float = MAX_WAIT,
-                 max_queue_bytes: int = MAX_QUEUE_BYTES, health_url: str | None = None, fsync: str = "group",
+                 max_queue: int = MAX_QUEUE, max_queue_bytes: int = MAX_QUEUE_BYTES,
+                 health_url: str | None = None, probe_timeout: float = PROBE_TIMEOUT, fsync: str = "group",
                  keep_journals: bool = False):
         if not max_wait >= 0:
             raise InvalidArgument(f"max_wait={max_wait!r}; a number of seconds >= 0 is required")
@@ -129,8 +137,10 @@ class ResilientTiledWriter:
         self.backup_directory = Path(backup_directory)
         self.batch_size = int(batch_size)
         self.max_wait = float(max_wait)
+        self.max_queue = max(int(max_queue), 1)
         self.max_queue_bytes = int(max_queue_bytes)
         self.health_url = health_url
+        self.probe_timeout = float(probe_timeout)
         self.fsync = fsync
         self.keep_journals = bool(keep_journals)
         #: start uid -> :class:`RunRecord`, every run this writer saw
@@ -142,6 +152,8 @@ class ResilientTiledWriter:
         self._client: Any = None
         self._queue: queue.Queue = queue.Queue()
         self._queued_bytes = 0
+        self._queued_docs = 0
+        self._handled = 0  # documents the writer thread finished (progress)
         self._space = threading.Condition()
         self._idle = threading.Condition()
         self._busy = 0  # items queued or being written
@@ -210,35 +222,50 @@ class ResilientTiledWriter:
                 pass
             return 1024
 
+    def _hold(self, run: RunRecord, ready: Callable[[], bool], why: str) -> bool:
+        """Wait (RunEngine thread) until ``ready()``, while the writer makes progress; False after giving ``run``
+        up (no progress for ``max_wait``, or the server fails the probe tried after ``PROBE_TIMEOUT`` without)."""
+        seen, since, probed = self._handled, time.monotonic(), False
+        while True:
+            with self._space:
+                if ready():
+                    return True
+                self._space.wait(min(self.probe_timeout, self.max_wait) / 4 or 0.01)
+                if ready():
+                    return True
+            now = time.monotonic()
+            if self._handled != seen:
+                seen, since, probed = self._handled, now, False
+                continue
+            if now - since >= self.max_wait:
+                self._give_up(run, f"the Tiled writer made no progress for max_wait={self.max_wait} s ({why})")
+                return False
+            if not probed and self.health_url is not None and now - since >= min(self.probe_timeout, self.max_wait):
+                probed = True
+                if not server_alive(self.health_url, timeout=self.probe_timeout):
+                    self.server_up = False
+                    self._give_up(run, "the Tiled server stopped answering during the run")
+                    return False
+
+    def _full(self, nbytes: int) -> bool:
+        return self._queued_docs > 0 and (self._queued_docs >= self.max_queue
+                                          or self._queued_bytes + nbytes > self.max_queue_bytes)
+
     def _enqueue(self, run: RunRecord, name: str, doc: dict, nbytes: int) -> None:
-        deadline = time.monotonic() + self.max_wait
         with self._space:
-            while self._queued_bytes and self._queued_bytes + nbytes > self.max_queue_bytes:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._give_up(run, f"the Tiled writer fell {self._queued_bytes} bytes behind for more than "
-                                       f"max_wait={self.max_wait} s")
-                    return
-                self._space.wait(left)
+            full = self._full(nbytes)
+        if full and not self._hold(run, lambda: not self._full(nbytes), "it fell behind"):
+            return
+        with self._space:
             self._queued_bytes += nbytes
+            self._queued_docs += 1
         with self._idle:
             self._busy += 1
         self._ensure_thread()
         self._queue.put((run, name, _copy_doc(doc), nbytes))
 
     def _wait_stop(self, run: RunRecord) -> None:
-        if run.done.is_set():
-            return
-        deadline = time.monotonic() + self.max_wait
-        if run.done.wait(min(PROBE_TIMEOUT, self.max_wait)):
-            return
-        if self.health_url is not None and not server_alive(self.health_url, timeout=PROBE_TIMEOUT):
-            self.server_up = False
-            self._give_up(run, "the Tiled server stopped answering during the run")
-            return
-        if not run.done.wait(max(deadline - time.monotonic(), 0.0)):
-            logger.warning("run %s: not completely in Tiled after %.3g s; the RunEngine goes on while the writer "
-                           "keeps writing it in the background (journal %s)", run.uid, self.max_wait, run.journal)
+        self._hold(run, run.done.is_set, "at the end of the run")  # (giving up says so)
 
     def _give_up(self, run: RunRecord, why: str) -> None:
         """Leave the rest of ``run`` to its journal (any thread)."""
@@ -290,6 +317,8 @@ class ResilientTiledWriter:
             finally:
                 with self._space:
                     self._queued_bytes -= nbytes
+                    self._queued_docs -= 1
+                    self._handled += 1
                     self._space.notify_all()
                 with self._idle:
                     self._busy -= 1
@@ -298,7 +327,7 @@ class ResilientTiledWriter:
     def _write(self, run: RunRecord, name: str, doc: dict) -> None:
         try:
             if name == "start":
-                if self.health_url is not None and not server_alive(self.health_url, timeout=PROBE_TIMEOUT):
+                if self.health_url is not None and not server_alive(self.health_url, timeout=self.probe_timeout):
                     self.server_up = False
                     raise ConnectionError(f"the Tiled server does not answer at {self.health_url}")
                 if self._client is None:
@@ -368,7 +397,8 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
     max_wait : float, s
         The longest the RunEngine waits on the writer for one document (see :class:`ResilientTiledWriter`).
     **kwargs
-        ``max_queue_bytes``, ``fsync``, ``keep_journals``: see :class:`ResilientTiledWriter`.
+        ``max_queue``, ``max_queue_bytes``, ``probe_timeout``, ``fsync``, ``keep_journals``: see
+        :class:`ResilientTiledWriter`.
 
     Returns
     -------
