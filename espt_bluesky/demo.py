@@ -74,6 +74,10 @@ def run_demo(data_dir: str | os.PathLike | None = None, output_dir: str | os.Pat
         catalog = LocalCatalog.in_process(data_dir)
     result = DemoResult(browse_url=catalog.browse_url,
                         data_dir=getattr(getattr(catalog, "data_dir", None), "root", None))
+    if result.data_dir is not None:
+        _say(f"data directory: {result.data_dir} (catalog, arrays, waveform assets; --data-dir or $ESPT_DATA_DIR "
+             f"to change)")
+    _say(f"serving the catalog at {catalog.uri}" + (" for the length of the demo" if own else ""))
     try:
         RE = RunEngine({}, call_returns_result=True)
         writer = make_writer(catalog)
@@ -124,10 +128,10 @@ def run_demo(data_dir: str | os.PathLike | None = None, output_dir: str | os.Pat
         _say(f"  {name:15s} {uid}")
     for f in result.figures:
         _say(f"  figure: {f}")
-    if own:
-        dd = f" --data-dir {result.data_dir}" if data_dir is not None else ""
-        _say(f"browse the runs: run `espt serve{dd}` and open the Browse address it prints "
-             f"(once with ?api_key=<the key in {catalog.key_hint}>)")
+    if own:  # the in-process server ended with the demo: a persistent one serves the same directory
+        dd = f" --data-dir {result.data_dir}" if result.data_dir is not None else ""
+        _say(f"browse the runs: run `espt serve{dd}` (or `espt demo --serve`) and open the Browse address it "
+             f"prints (once with ?api_key=<the key in {catalog.key_hint}>)")
     else:
         _say(f"browse the runs: {result.browse_url} (once with ?api_key=<the key in {catalog.key_hint}>)")
     return result

@@ -104,8 +104,9 @@ def start_session(config: Mapping | str | os.PathLike | None = None, *, plots: b
         ip.register_magics(BlueskyMagics)
     if banner:
         print(s.banner())
-        print("  try:       wh_pos(), %wa, summarize_plan(plan), RE(plan).plan_result, catalog.client()",
-              flush=True)
+        if not worker:
+            print("  try:       wh_pos(), %wa, summarize_plan(plan), RE(plan).plan_result, catalog.client()")
+        sys.stdout.flush()
     return s
 
 

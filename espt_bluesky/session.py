@@ -8,9 +8,20 @@ defaults, file, environment, explicit dict)::
     sample = "patterned"
     seed = 0
     time_scale = 0.0
+    start = [50.0, 50.0]    # optional: lateral start position (µm)
     options = {}            # BenchOptions fields (noise, drift, tilt ...)
 
-    [epics]                 # EPICS hardware instead of the bench: prefix = "ESPT:" (see make_epics_bench)
+    [epics]                 # EPICS hardware instead of the bench (ESPT_EPICS_PREFIX="ESPT:"); see make_epics_bench
+    prefix = "ESPT:"        # stage {prefix}stage:, potentiostat {prefix}pstat:
+    stage_prefix = "..."    # optional: another stage IOC (e.g. the beamline's motors)
+    pstat_prefix = "..."    # optional: another potentiostat IOC
+    technique = "SECM"      # optional: default from the potentiostat's Info PV
+    crash_pvs = true        # the stage IOC serves CrashCount/CrashMessage
+    connection_timeout = 5.0
+    trigger_timeout = 10.0
+    ca_addr_list = "10.0.0.5 10.0.0.6:5066"   # EPICS_CA_ADDR_LIST (else the environment's)
+    ca_auto_addr_list = false                 # EPICS_CA_AUTO_ADDR_LIST
+    ca_repeater_port = 5065                   # EPICS_CA_REPEATER_PORT
 
     [session]
     md_dir = "..."          # RE.md persisted here (scan_id survives restarts); default DATA_DIR/runengine_md;
@@ -25,9 +36,12 @@ defaults, file, environment, explicit dict)::
     batch_size = 25         # rows per write (a reader sees the run while it runs)
     waveform_assets = true  # CVs as HDF5 external assets in the data directory's asset dir
 
-``ESPT_CONFIG`` names the file.  A session's RunEngine returns plan results (``call_returns_result=True``),
-keeps ``RE.md`` on disk, records a ``baseline`` stream (stage positions, potentials, current ranges, cell state,
-probe) in every run, and has suspenders on the potentiostat's ``online``/``overload`` flags.  Example::
+``ESPT_CONFIG`` names the file.  :func:`load_config` checks everything before any server starts or device is built
+(:func:`check_config`): an unknown section or key, a bad value, or a malformed file (named, with the parser's line)
+raises :class:`~espt_bluesky.errors.InvalidArgument`.  A session's RunEngine returns plan results
+(``call_returns_result=True``), keeps ``RE.md`` on disk, records a ``baseline`` stream (stage positions, potentials,
+current ranges, cell state, probe) in every run, and has suspenders on the potentiostat's ``online``/``overload``
+flags.  Example::
 
     >>> from espt_bluesky.session import build_session
     >>> s = build_session({"bench": {"technique": "SECCM"}, "storage": {"data_dir": "/tmp/espt"}})
@@ -44,10 +58,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InvalidArgument, check_choice
+from .errors import InvalidArgument, check_bool, check_choice, check_int, check_keys
 
 ENV_CONFIG = "ESPT_CONFIG"
 ENV_BENCH = "ESPT_BENCH"
+ENV_EPICS_PREFIX = "ESPT_EPICS_PREFIX"
+EPICS_KEYS = ("prefix", "stage_prefix", "pstat_prefix", "technique", "crash_pvs", "connection_timeout",
+              "trigger_timeout")
+CA_KEYS = {"ca_addr_list": "EPICS_CA_ADDR_LIST", "ca_auto_addr_list": "EPICS_CA_AUTO_ADDR_LIST",
+           "ca_repeater_port": "EPICS_CA_REPEATER_PORT", "ca_server_port": "EPICS_CA_SERVER_PORT",
+           "ca_max_array_bytes": "EPICS_CA_MAX_ARRAY_BYTES"}
 
 DEFAULTS: dict[str, Any] = {
     "bench": {"technique": "SECCM", "sample": "patterned", "seed": 0, "time_scale": 0.0, "options": {}},
@@ -57,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "session": {"md_dir": None, "suspenders": True},
 }
 STORAGE_MODES = ("auto", "connect", "in_process", "none")
+#: keys a section may have beyond those in DEFAULTS
+EXTRA_KEYS = {"bench": ("start",)}
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -74,18 +96,26 @@ def read_config_file(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise InvalidArgument(f"config file {str(path)!r} does not exist")
+    if p.suffix not in (".toml", ".yml", ".yaml", ".json"):
+        raise InvalidArgument(f"config file {str(path)!r}: use .toml, .yml/.yaml or .json")
     text = p.read_text()
-    if p.suffix == ".toml":
-        import tomllib
+    try:
+        if p.suffix == ".toml":
+            import tomllib
 
-        return tomllib.loads(text)
-    if p.suffix in (".yml", ".yaml"):
-        import yaml
+            cfg = tomllib.loads(text)
+        elif p.suffix == ".json":
+            cfg = json.loads(text)
+        else:
+            import yaml
 
-        return yaml.safe_load(text) or {}
-    if p.suffix == ".json":
-        return json.loads(text)
-    raise InvalidArgument(f"config file {str(path)!r}: use .toml, .yml/.yaml or .json")
+            cfg = yaml.safe_load(text) or {}
+    except Exception as exc:  # the parsers' own errors (TOMLDecodeError, JSONDecodeError, YAMLError) give the line
+        raise InvalidArgument(f"config file {str(path)!r} is not valid {p.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(cfg, Mapping):
+        raise InvalidArgument(f"config file {str(path)!r} must hold a table of sections ([bench], [storage] ...), "
+                              f"not a {type(cfg).__name__}")
+    return cfg
 
 
 def _env_config() -> dict:
@@ -93,17 +123,28 @@ def _env_config() -> dict:
     bench = os.environ.get(ENV_BENCH)
     if bench:
         parts = bench.split(":")
-        b: dict[str, Any] = {"technique": parts[0]}
+        from .physics.bench_model import TECHNIQUES
+        from .physics.sample import PRESETS
+
+        if len(parts) > 3:
+            raise InvalidArgument(f"{ENV_BENCH}={bench!r} must be TECHNIQUE[:SAMPLE[:SEED]]")
+        b: dict[str, Any] = {"technique": check_choice(f"{ENV_BENCH} technique", parts[0], TECHNIQUES)}
         if len(parts) > 1 and parts[1]:
-            b["sample"] = parts[1]
+            b["sample"] = check_choice(f"{ENV_BENCH} sample", parts[1], PRESETS)
         if len(parts) > 2 and parts[2]:
+            if not parts[2].isdigit():
+                raise InvalidArgument(f"{ENV_BENCH}={bench!r}: the seed {parts[2]!r} is not a non-negative integer")
             b["seed"] = int(parts[2])
         cfg["bench"] = b
+    if os.environ.get(ENV_EPICS_PREFIX):
+        cfg["epics"] = {"prefix": os.environ[ENV_EPICS_PREFIX]}
     st = {}
     for env, key in (("ESPT_DATA_DIR", "data_dir"), ("ESPT_TILED_URI", "tiled_uri"),
                      ("ESPT_TILED_API_KEY", "api_key"), ("ESPT_STORAGE_MODE", "mode")):
         if os.environ.get(env):
             st[key] = os.environ[env]
+    if "mode" in st:
+        st["mode"] = check_choice("ESPT_STORAGE_MODE", st["mode"], STORAGE_MODES)
     if st:
         cfg["storage"] = st
     return cfg
@@ -117,14 +158,56 @@ def load_config(config: Mapping | str | os.PathLike | None = None) -> dict:
     config : dict or path, optional
         A dict (highest precedence) or the path of a config file (replacing ``$ESPT_CONFIG``).
     """
+    if config is not None and not isinstance(config, (Mapping, str, os.PathLike)):
+        raise InvalidArgument(f"config={config!r} must be a dict, the path of a config file, or None")
     cfg = copy.deepcopy(DEFAULTS)
-    path = config if isinstance(config, (str, os.PathLike)) else os.environ.get(ENV_CONFIG)
+    from_env = not isinstance(config, (str, os.PathLike))
+    path = os.environ.get(ENV_CONFIG) if from_env else config
     if path:
-        cfg = _merge(cfg, read_config_file(path))
+        try:
+            cfg = _merge(cfg, check_config(read_config_file(path), partial=True))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{exc} (from ${ENV_CONFIG})" if from_env else str(exc)) from None
     cfg = _merge(cfg, _env_config())
     if isinstance(config, Mapping):
-        cfg = _merge(cfg, config)
-    cfg["storage"]["mode"] = check_choice("storage.mode", cfg["storage"]["mode"], STORAGE_MODES)
+        cfg = _merge(cfg, check_config(config, partial=True))
+    return check_config(cfg)
+
+
+def check_config(cfg: Mapping, *, partial: bool = False) -> dict:
+    """Validate a configuration: known sections and keys, and values the session can use.
+
+    ``partial`` checks only the sections and keys (a file or dict to be merged over the defaults); otherwise every
+    value is checked too (the bench through :func:`espt_bluesky.devices.sim_bench.check_bench_arguments`).
+    """
+    cfg = check_keys("config", cfg, optional=DEFAULTS)
+    for section, defaults in DEFAULTS.items():
+        if isinstance(defaults, dict) and section in cfg:
+            check_keys(section, cfg[section], optional=[*defaults, *EXTRA_KEYS.get(section, ())])
+    if cfg.get("epics") is not None and not isinstance(cfg["epics"], Mapping):
+        raise InvalidArgument(f"epics={cfg['epics']!r} must be a table of EPICS settings or absent")
+    if partial:
+        return cfg
+    st = cfg["storage"]
+    st["mode"] = check_choice("storage.mode", st["mode"], STORAGE_MODES)
+    st["batch_size"] = check_int("storage.batch_size", st["batch_size"], 1, 100_000)
+    st["waveform_assets"] = check_bool("storage.waveform_assets", st["waveform_assets"])
+    for k in ("data_dir", "tiled_uri", "api_key"):
+        if st[k] is not None and not isinstance(st[k], (str, os.PathLike)):
+            raise InvalidArgument(f"storage.{k}={st[k]!r} must be a string (or absent)")
+    se = cfg["session"]
+    se["suspenders"] = check_bool("session.suspenders", se["suspenders"])
+    if se["md_dir"] is not None and not isinstance(se["md_dir"], (str, os.PathLike)):
+        raise InvalidArgument(f"session.md_dir={se['md_dir']!r} must be a path (\"\" keeps RE.md in memory) or absent")
+    if not cfg.get("epics"):
+        from .devices.sim_bench import check_bench_arguments
+
+        b = cfg["bench"]
+        try:
+            check_bench_arguments(b["technique"], b["sample"], b["seed"], b["time_scale"],
+                                  b.get("start", (50.0, 50.0)), b["options"] or {})
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"[bench] {exc}") from None
     return cfg
 
 
@@ -182,9 +265,10 @@ class Session:
 
     def make_bench(self):
         """Create the devices named by the configuration (the simulated bench unless ``epics`` is set)."""
-        if self.config.get("epics"):
-            raise NotImplementedError("EPICS devices are not wired into sessions yet; remove [epics] to use the "
-                                      "simulated bench")
+        if self.config.get("epics"):  # waveforms stay event arrays: the EPICS potentiostat writes no assets yet
+            self.bench = _make_epics_bench(self.config["epics"])
+            self._add_bench_devices()
+            return self.bench
         from .devices import make_sim_bench
 
         b = dict(self.config["bench"])
@@ -244,9 +328,9 @@ class Session:
         b = self.bench
         if b is None:
             return "no devices yet (Session.make_bench())"
-        epics = self.config.get("epics")
-        if epics:
-            return f"EPICS {b.technique} instrument, prefix {epics.get('prefix', '?')!r}"
+        if self.config.get("epics"):
+            return (f"EPICS {b.technique} instrument: stage {b.stage.prefix!r}, potentiostat "
+                    f"{b.potentiostat.prefix!r} ({os.environ.get('EPICS_CA_ADDR_LIST') or 'CA auto address list'})")
         m = b.model
         return (f"simulated {b.technique} bench, sample {m.sample.name!r} (seed {self.config['bench']['seed']}, "
                 f"time_scale {b.time_scale:g})")
@@ -301,6 +385,30 @@ class Session:
             self.writer.close(timeout=30.0)
         if self.catalog is not None and self.catalog._cm is not None:
             self.catalog.stop()
+
+
+def _make_epics_bench(epics: Mapping[str, Any]):
+    """The EPICS instrument of an ``[epics]`` section (Channel Access settings applied first)."""
+    unknown = set(epics) - set(EPICS_KEYS) - set(CA_KEYS)
+    if unknown:
+        raise InvalidArgument(f"[epics] has unknown key(s) {sorted(unknown)}; allowed: "
+                              f"{sorted(EPICS_KEYS + tuple(CA_KEYS))}")
+    if not epics.get("prefix") and not (epics.get("stage_prefix") and epics.get("pstat_prefix")):
+        raise InvalidArgument(f"[epics] prefix={epics.get('prefix')!r}: give the IOC prefix (e.g. \"ESPT:\") or "
+                              f"both stage_prefix and pstat_prefix")
+    env = {}
+    for key, var in CA_KEYS.items():
+        if epics.get(key) is not None:
+            v = epics[key]
+            env[var] = ("YES" if v else "NO") if isinstance(v, bool) else str(v)
+    if env:
+        from .ioc.launch import configure_client_env
+
+        configure_client_env(env)  # before the first PV: libca reads them then
+    from .devices.epics import make_epics_bench
+
+    kw = {k: epics[k] for k in EPICS_KEYS if epics.get(k) not in (None, "")}
+    return make_epics_bench(kw.pop("prefix", "ESPT:"), **kw)
 
 
 def baseline_of(bench: Any) -> list:

@@ -4,12 +4,12 @@ device's readings and configuration (and the bench's true state) unchanged."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 
 import numpy as np
 import pytest
 from bluesky.simulators import check_limits, summarize_plan
+from bluesky.utils import is_plan
 
 import espt_bluesky.plans as plans
 from espt_bluesky.devices import make_sim_bench
@@ -60,7 +60,7 @@ def _state(bench) -> dict:
 
 
 def test_every_plan_has_a_preview_case():
-    found = {n for n in plans.__all__ if inspect.isgeneratorfunction(getattr(plans, n))} - STUBS
+    found = {n for n in plans.__all__ if is_plan(getattr(plans, n))} - STUBS  # generator functions or checked_plan
     assert found == set(CASES), "add a summarize_plan case for every new plan"
 
 

@@ -331,27 +331,23 @@ def test_hopping_crash_keeps_hops_so_far(RE):
 
 
 def _bad_calls(bench):
+    """A few on an SECM bench (hopping and combinatorial plans need a pipette); the full table:
+    test_bad_input_table.py."""
     s, p = bench.stage, bench.potentiostat
     return [
         ("fine_step", lambda: approach(s, p, technique="SECM", fine_step=0.0)),
         ("technique", lambda: approach(s, p, technique="STM")),
         ("threshold", lambda: approach(s, p, technique="SECM", feedback="negative", threshold=1.2)),
-        ("window", lambda: combinatorial_sweep(s, p, seed=1, x_range=(10, 90, 3), y_range=(10, 90, 3),
-                                               parameters={"window": [(3.0, 0.5)]})),
         ("tip_potential", lambda: sgtc(s, p, tip_potential=12.0, steps=[4.0])),
         ("e_vertex1", lambda: operando_imaging(s, p, x_range=(10, 20, 2), y_range=(10, 20, 2), height=5.0,
                                                plane=0.0, n_images=2,
                                                cycle=dict(technique="CV", e_start=3.0, e_vertex1=-3.0,
                                                           e_vertex2=3.0))),
-        ("points", lambda: hopping_scan(s, p, technique="SICM", points=[(50, 50), (500, 50)], order="points",
-                                        mode="plan")),
         ("height", lambda: constant_height_image(s, p, x_range=(10, 20, 2), y_range=(10, 20, 2), height=0.0,
                                                  plane=0.0)),
         ("x_range", lambda: constant_height_image(s, p, x_range=(10, 10, 5), y_range=(10, 20, 2), height=5.0,
                                                   plane=0.0)),
         ("collinear", lambda: measure_tilt(s, p, [(10, 10), (20, 20), (30, 30)], technique="SECM")),
-        ("spots", lambda: combinatorial_sweep(s, p, seed=1, points=[(10, 10), (20, 20)],
-                                              parameters={"scan_rate": [0.1, 1.0, 2.0]})),
     ]
 
 

@@ -155,8 +155,7 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
     data = tmp_path / "data"
     cat = LocalCatalog.start(data)  # what `espt serve` runs; the profile finds it through server.json
     cfg = tmp_path / "espt.toml"
-    # waveform_assets = false: CVs as event arrays (HDF5 waveform assets in staged hops are s10b's part)
-    cfg.write_text('[bench]\ntechnique = "SECCM"\n[storage]\nwaveform_assets = false\n')
+    cfg.write_text('[bench]\ntechnique = "SECCM"\n[session]\nmd_dir = "%s"\n' % (tmp_path / "qs_md"))
     control, info = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     env = session_env(data, ESPT_CONFIG=str(cfg))
     log = open(tmp_path / "re_manager.log", "w")
@@ -200,6 +199,8 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
         assert all(r.metadata["stop"]["exit_status"] == "success" for r in runs)
         hop = runs[1]["primary"].read()
         assert hop["hopper_surface_z"].size == 9 and hop["pstat_wf_current"].shape == (9, 200)
+        (source,) = runs[1]["primary"]["pstat_wf_current"].data_sources()  # the CVs as HDF5 waveform assets
+        assert source.mimetype == "application/x-hdf5"
         assert sorted(runs[2]["primary"].read()["param_scan_rate"].values) == [0.5, 1.0]  # 2 combinations
         assert "baseline" in runs[0]
         rm.environment_close()

@@ -14,7 +14,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import check_choice, check_positive
+from ..errors import check_choice, check_positive, check_samples_cap
 from ..physics.bench_model import BenchModel
 from .probes import Probe
 from .signals import QuantitySignal
@@ -52,7 +52,7 @@ class ECAFMHead(Device):
     def force_curve_settings(self, travel: float = 0.05, n_points: int = 500) -> list[tuple[Any, Any]]:
         """The ``(signal, value)`` writes of :meth:`configure_force_curve`, validated, without writing anything."""
         check_positive("travel", travel, units="µm")
-        check_positive("n_points", n_points)
+        check_samples_cap("n_points", n_points)
         return [(self.fc_travel, float(travel)), (self.fc_points, int(n_points)), (self.mode, "force_curve")]
 
     def set_mode(self, mode: str) -> None:

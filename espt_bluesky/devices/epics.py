@@ -205,6 +205,15 @@ class EpicsStageAxis(EpicsMotor):
         inner.add_callback(on_done)
         return outer
 
+    def describe(self) -> dict[str, dict]:
+        """As ``EpicsMotor``'s, with the record's engineering units (``.EGU``) on keys whose PV carries none."""
+        desc = super().describe()
+        egu = self.motor_egu.get() if self.motor_egu.connected else ""
+        for entry in desc.values():
+            if not entry.get("units") and egu:
+                entry["units"] = egu
+        return desc
+
     def check_value(self, value: float) -> None:
         """Raise :class:`~espt_bluesky.devices.signals.LimitViolation` (an ophyd ``LimitError``) outside the motor
         record's soft limits (none when both are 0, as for ``EpicsMotor``); nothing moves."""

@@ -38,7 +38,8 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import ApproachLimitReached, InvalidArgument, check_choice, fault_reason
+from ..errors import (ApproachLimitReached, InvalidArgument, check_bool, check_choice, check_number, check_positive,
+                      check_vector, fault_reason)
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
 from .signals import CURRENT_PRECISION, QuantitySignal
@@ -104,20 +105,26 @@ class SimHopController(Device):
         them makes the controller forget the last contact height (a new programme starts from where the tip is).
         """
         criterion = check_choice("criterion", criterion, CRITERIA)
+        if criterion == "current_drop":  # a fraction of the current at the top of the hop
+            check_number("setpoint", setpoint, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         for name, v in (("setpoint", setpoint), ("hop_height", hop_height), ("approach_step", approach_step),
                         ("max_travel", max_travel)):
-            if not np.isfinite(v) or v <= 0:
-                raise InvalidArgument(f"{name}={v!r} must be a finite number > 0")
+            check_positive(name, v)
+        check_number("stop_offset", stop_offset, units="µm")
+        measure = check_bool("measure", measure)
         return [(self.criterion, criterion), (self.setpoint, float(setpoint)), (self.hop_height, float(hop_height)),
                 (self.approach_step, float(approach_step)), (self.max_travel, float(max_travel)),
                 (self.stop_offset, float(stop_offset)), (self.measure, int(bool(measure)))]
 
     def check_value(self, value) -> None:
         """Raise if the hop position (x, y) µm lies outside the stage's soft limits (``check_limits`` calls it)."""
-        x, y = (float(v) for v in value)
+        x, y = check_vector(f"{self.name} target (x, y)", value, 2, units="µm")
         if self.stage is not None:
-            self.stage.x.check_value(x)
-            self.stage.y.check_value(y)
+            for ax, v in ((self.stage.x, x), (self.stage.y, y)):
+                try:
+                    ax.check_value(v)
+                except InvalidArgument as exc:
+                    raise type(exc)(f"{self.name} target (x, y)={tuple(value)!r}: {exc}") from None
 
     # ------------------------------------------------------------ bluesky protocol
     def set(self, value):

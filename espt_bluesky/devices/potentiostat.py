@@ -42,11 +42,13 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import EsptError, InvalidArgument, Overload, check_choice, check_positive, check_range
+from ..errors import (EsptError, InvalidArgument, Overload, check_choice, check_int, check_number, check_positive,
+                      check_range, check_samples_cap)
 from ..physics.bench_model import BenchModel
 from .probes import Probe
 from .sim_status import complete_status
 from .signals import CURRENT_PRECISION, QuantitySignal
+from .waveform_assets import WritesWaveformAssets
 
 TECHNIQUES = ("READ", "CA", "CV", "LSV", "OCP", "CP")
 WAVEFORM_FIELDS = ("time", "potential", "current", "collector_current")
@@ -125,7 +127,7 @@ class WaveformSignals(Device):
     collector_current = Cpt(Signal, value=np.zeros(0), kind="normal")
 
 
-class Bipotentiostat(Device):
+class Bipotentiostat(WritesWaveformAssets, Device):
     """Two-channel potentiostat.  The simulated one computes its readings from a :class:`BenchModel`."""
 
     tip = Cpt(PotentiostatChannel, "")
@@ -144,9 +146,7 @@ class Bipotentiostat(Device):
     def __init__(self, *args, probe: Probe | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.probe = probe
-        self.asset_writer: AssetWriter | None = None
-        self._acquired = False  # triggered since the last collect_asset_docs()
-        self._pending_wave: dict[str, np.ndarray] | None = None  # read, not yet written
+        self._init_assets()
         self._not_measured = False
         for ch in (self.tip, self.substrate):  # a new current range clears a latched overload
             ch.current_range.subscribe(self._clear_overload, run=False)
@@ -193,9 +193,10 @@ class Bipotentiostat(Device):
         technique = check_choice("technique", technique, TECHNIQUES)
         channel = check_choice("channel", channel, ("tip", "substrate"))
         names = set(self.params.component_names)
-        for k in params:
+        for k, v in params.items():
             if k not in names:
                 raise InvalidArgument(f"{k!r} is not a technique parameter; allowed: {sorted(names)}")
+            check_parameter(k, v)
         merged = {k: getattr(self.params, k).get() for k in names}
         merged.update(params)
         validate_technique(technique, merged, tuple(self.compliance))
@@ -224,19 +225,14 @@ class Bipotentiostat(Device):
             desc[key] = dict(desc.get(key, {}), source=desc.get(key, {}).get("source", f"SIM:{key}"),
                              dtype="array", dtype_numpy="<f8", shape=[n], dims=[WAVEFORM_DIM],
                              units=WAVEFORM_UNITS[field])
-            if self.asset_writer is not None:
-                desc[key]["external"] = "STREAM:"
         for ch in (self.tip, self.substrate):
             k = ch.current.name
             if k in desc:
                 desc[k].update(units="A", dtype_numpy="<f8")
-        if self.asset_writer is not None:
-            self.asset_writer.begin({k: desc[k] for k in wf_keys.values() if k in desc})
-        return desc
+        return self._describe_assets(desc)
 
-    def _note_acquisition(self) -> None:
-        """Called by ``trigger()``: the next reading holds a new acquisition, to be written once."""
-        self._acquired = True
+    def _asset_keys(self) -> list[str]:
+        return list(self._wf_keys().values())
 
     def _checked_waveforms(self, reading: dict[str, dict]) -> dict[str, dict]:
         """Hook for hardware whose waveform signals may lag the acquisition (see the EPICS potentiostat)."""
@@ -261,11 +257,7 @@ class Bipotentiostat(Device):
                     out[k] = dict(out[k], value=np.full(n, np.nan) if k in wf_keys else float("nan"))
         else:
             out = self._checked_waveforms(out)
-        if self.asset_writer is not None:
-            wave = {k: out.pop(k)["value"] for k in wf_keys if k in out}
-            if self._acquired:
-                self._pending_wave = wave
-        return out
+        return self._read_assets(out)
 
     def mark_not_measured(self) -> None:
         """Make the next ``read()`` say that nothing was measured (e.g. a hop that was skipped after a fault).
@@ -289,32 +281,21 @@ class Bipotentiostat(Device):
             cfg.update(self.probe.describe_configuration())
         return cfg
 
-    def stage(self):
-        self._acquired = False
-        self._pending_wave = None
-        return super().stage()
-
-    def unstage(self):
-        if self.asset_writer is not None:
-            self.asset_writer.close()
-        return super().unstage()
-
-    def collect_asset_docs(self):
-        """The asset documents of the acquisition just read: its waveform written by the asset writer.
-
-        Raises :class:`~espt_bluesky.devices.waveform_assets.WaveformWriteError` (through the writer) if the
-        waveform does not fit the stream it is read into -- the run stops rather than lose it.
-        """
-        wave, self._pending_wave = self._pending_wave, None
-        acquired, self._acquired = self._acquired, False
-        if self.asset_writer is None or not acquired or wave is None:
-            return
-        yield from self.asset_writer.write(wave)
-
     def open_circuit(self) -> None:
         """Disconnect the cell (open circuit): no current flows until ``cell_on`` is set again or a technique runs."""
         for sig, v in self.open_circuit_settings():
             sig.put(v)
+
+
+def check_parameter(name: str, value: Any) -> None:
+    """One technique parameter given by the caller: counts are integers (``n_samples`` within
+    :data:`espt_bluesky.errors.LIMITS`), everything else a finite number."""
+    if name == "n_samples":
+        check_samples_cap(name, value)
+    elif name == "n_cycles":
+        check_int(name, value, 1, 10_000)
+    else:
+        check_number(name, value)
 
 
 def validate_technique(technique: str, p: dict[str, Any], compliance: tuple[float, float]) -> None:
@@ -343,6 +324,8 @@ def validate_technique(technique: str, p: dict[str, Any], compliance: tuple[floa
         check_positive("duration", p["duration"], units="s")
     if technique == "CA":
         check_range("e_hold", p["e_hold"], lo, hi, units="V")
+    if technique == "CP":
+        check_number("current_setpoint", p["current_setpoint"], units="A")
 
 
 def technique_program(technique: str, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

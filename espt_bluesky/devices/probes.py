@@ -12,9 +12,12 @@ import math
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 
-from ..errors import InvalidArgument, check_positive, check_range
+from ..errors import InvalidArgument, check_int, check_positive, check_range
 from ..physics.bench_model import ProbeGeometry
 from .signals import QuantitySignal
+
+#: The probe each technique is measured with (``Probe.kind_name``).
+PROBE_KIND = {"SECM": "UME", "SICM": "Nanopipette", "SECCM": "Nanopipette", "EC-AFM": "AFMCantilever"}
 
 
 class Probe(Device):
@@ -90,8 +93,7 @@ class Nanopipette(Probe):
         if outer_radius <= inner_radius:
             raise InvalidArgument(f"outer_radius={outer_radius!r} µm must be larger than inner_radius={inner_radius!r} µm")
         check_range("half_angle", half_angle, 0.0, 90.0, low_inclusive=False, high_inclusive=False, units="deg")
-        if barrels not in (1, 2):
-            raise InvalidArgument(f"barrels={barrels!r} is not one of [1, 2]")
+        check_int("barrels", barrels, 1, 2)
         super().__init__(name=name, **kw)
         self.inner_radius.put(float(inner_radius))
         self.outer_radius.put(float(outer_radius))

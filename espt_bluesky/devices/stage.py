@@ -12,12 +12,15 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..errors import TipCrash
+from ..errors import TipCrash, check_number
 from ..physics.bench_model import BenchModel
 from .sim_status import SimMoveStatus, complete_status
 from .signals import LimitViolation, QuantitySignal
 
 AXES = ("x", "y", "z")
+#: Default soft limits of the simulated stage (µm).
+XY_LIMITS = (-25.0, 125.0)
+Z_LIMITS = (-20.0, 2000.0)
 
 
 class SimAxis(Device):
@@ -65,15 +68,17 @@ class SimAxis(Device):
 
     def check_value(self, value: float) -> None:
         """Raise :class:`~espt_bluesky.devices.signals.LimitViolation` (an ophyd ``LimitError``) if ``value`` is
-        outside the soft limits (nothing moves)."""
+        outside the soft limits, or :class:`~espt_bluesky.errors.InvalidArgument` if it is not a number (nothing
+        moves)."""
+        value = check_number(f"{self.name} target", value)
         low, high = self.limits
         if not (low <= value <= high):
             raise LimitViolation(f"{self.name}={value!r} um is outside its soft limits [{low:g}, {high:g}] um; "
                                  f"nothing moved")
 
     def set(self, value: float, **kwargs) -> DeviceStatus:
-        value = float(value)
         self.check_value(value)
+        value = float(value)
         self.user_setpoint.put(value)
         status = SimMoveStatus(self, initial=self.position, target=value, unit=self.egu)
         model = self._model
@@ -108,8 +113,8 @@ class XYZStage(Device):
     y = Cpt(SimAxis, "", axis="y")
     z = Cpt(SimAxis, "", axis="z")
 
-    def attach(self, model: BenchModel, time_scale: float = 0.0, z_limits: tuple[float, float] = (-20.0, 2000.0),
-               xy_limits: tuple[float, float] = (-25.0, 125.0), xy_velocity: float = 100.0,
+    def attach(self, model: BenchModel, time_scale: float = 0.0, z_limits: tuple[float, float] = Z_LIMITS,
+               xy_limits: tuple[float, float] = XY_LIMITS, xy_velocity: float = 100.0,
                z_velocity: float = 20.0) -> None:
         """Couple every axis to ``model`` and set limits (µm) and velocities (µm/s)."""
         for ax in (self.x, self.y):

@@ -17,6 +17,10 @@ alternate waveforms of identical keys and shapes from the same device cannot be 
 within a stream) raises :class:`WaveformWriteError` instead of being written: a stream's descriptor is fixed, so
 such data could only be stored wrongly.
 
+Devices use it through :class:`WritesWaveformAssets` (the potentiostat, the XRF detector): ``describe()`` starts a
+segment, ``trigger()`` notes an acquisition, ``read()`` takes its arrays out of the reading, and
+``collect_asset_docs()`` -- which the RunEngine calls right after the read -- writes them.
+
 Example
 -------
 >>> pstat.asset_writer = HDF5WaveformWriter(catalog.asset_dir)
@@ -178,3 +182,69 @@ class HDF5WaveformWriter:
     def path(self) -> Path | None:
         """The newest file written (None before the first waveform)."""
         return self.paths[-1] if self.paths else None
+
+
+class WritesWaveformAssets:
+    """Mixin for an ophyd ``Device`` whose array keys go to an :attr:`asset_writer` (e.g. :class:`HDF5WaveformWriter`)
+    instead of the events, under any plan that triggers and reads it (staged or not).
+
+    The device lists those keys in :meth:`_asset_keys`, calls :meth:`_init_assets` in ``__init__``,
+    :meth:`_describe_assets` at the end of ``describe()``, :meth:`_note_acquisition` in ``trigger()`` and
+    :meth:`_read_assets` at the end of ``read()``.  Each acquisition's arrays are written once, by the
+    ``collect_asset_docs()`` that follows its reading; a reading without a new acquisition (a baseline, a re-read)
+    writes nothing.  Put the mixin before ``Device`` in the bases (it extends ``stage``/``unstage``).
+    """
+
+    asset_writer: "HDF5WaveformWriter | None"
+
+    def _init_assets(self) -> None:
+        self.asset_writer = None
+        self._acquired = False  # triggered since the last collect_asset_docs()
+        self._pending_assets: dict[str, np.ndarray] | None = None  # read, not yet written
+
+    def _asset_keys(self) -> list[str]:
+        """The data keys written as assets when an asset writer is set."""
+        raise NotImplementedError
+
+    def _describe_assets(self, desc: dict[str, dict]) -> dict[str, dict]:
+        """Mark the asset keys ``external="STREAM:"`` and start the writer's segment for this description."""
+        if self.asset_writer is not None:
+            keys = [k for k in self._asset_keys() if k in desc]
+            for k in keys:
+                desc[k]["external"] = "STREAM:"
+            self.asset_writer.begin({k: desc[k] for k in keys})
+        return desc
+
+    def _note_acquisition(self) -> None:
+        """The next reading holds a new acquisition, to be written once."""
+        self._acquired = True
+
+    def _read_assets(self, out: dict[str, dict]) -> dict[str, dict]:
+        """Take the asset keys out of a reading (kept for :meth:`collect_asset_docs` if newly acquired)."""
+        if self.asset_writer is not None:
+            arrays = {k: out.pop(k)["value"] for k in self._asset_keys() if k in out}
+            if self._acquired:
+                self._pending_assets = arrays
+        return out
+
+    def stage(self):
+        self._acquired = False
+        self._pending_assets = None
+        return super().stage()
+
+    def unstage(self):
+        if self.asset_writer is not None:
+            self.asset_writer.close()
+        return super().unstage()
+
+    def collect_asset_docs(self):
+        """The asset documents of the acquisition just read (written now by the asset writer).
+
+        Raises :class:`WaveformWriteError` (through the writer) if the arrays do not fit the stream they are read
+        into -- the run stops rather than lose them.
+        """
+        arrays, self._pending_assets = self._pending_assets, None
+        acquired, self._acquired = self._acquired, False
+        if self.asset_writer is None or not acquired or arrays is None:
+            return
+        yield from self.asset_writer.write(arrays)

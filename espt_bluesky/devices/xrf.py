@@ -29,6 +29,7 @@ from ..errors import InvalidArgument, check_positive
 from ..physics import xrf as xrf_physics
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
+from .waveform_assets import WritesWaveformAssets
 
 N_ROIS = 8
 CHANNEL_DIM = "channel"
@@ -54,7 +55,7 @@ class ROIs(Device):
     roi7 = Cpt(ROI, "")
 
 
-class XRFDetector(Device):
+class XRFDetector(WritesWaveformAssets, Device):
     """MCA-record-like XRF detector channel."""
 
     preset_real_time = Cpt(Signal, value=0.1, kind="config", metadata={"units": "s"})
@@ -73,8 +74,7 @@ class XRFDetector(Device):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.asset_writer = None
-        self._asset_docs: list[tuple[str, dict]] = []
+        self._init_assets()
 
     # ------------------------------------------------------------- configuration
     def energy_axis(self) -> np.ndarray:
@@ -120,35 +120,17 @@ class XRFDetector(Device):
         key = self.spectrum.name
         desc[key] = dict(source=f"SIM:{key}", dtype="array", dtype_numpy="<f8",
                          shape=[int(self.n_channels.get())], dims=[CHANNEL_DIM], units="counts")
-        if self.asset_writer is not None:
-            desc[key]["external"] = "STREAM:"
         for i in range(N_ROIS):
             c = getattr(self.rois, f"roi{i}").count.name
             if c in desc:
                 desc[c].update(dtype_numpy="<f8", units="counts")
-        return desc
+        return self._describe_assets(desc)
+
+    def _asset_keys(self) -> list[str]:
+        return [self.spectrum.name]
 
     def read(self):
-        out = super().read()
-        if self.asset_writer is not None:
-            out.pop(self.spectrum.name, None)
-        return out
-
-    def stage(self):
-        staged = super().stage()
-        if self.asset_writer is not None:
-            key = self.spectrum.name
-            self._asset_docs.extend(self.asset_writer.stage({key: self.describe()[key]}))
-        return staged
-
-    def unstage(self):
-        if self.asset_writer is not None:
-            self.asset_writer.unstage()
-        return super().unstage()
-
-    def collect_asset_docs(self):
-        docs, self._asset_docs = self._asset_docs, []
-        yield from docs
+        return self._read_assets(super().read())
 
     def _publish(self, spectrum: np.ndarray, real: float, live: float, icr: float, ocr: float) -> None:
         self.spectrum.put(spectrum)
@@ -159,8 +141,6 @@ class XRFDetector(Device):
         self.input_count_rate.put(icr)
         self.output_count_rate.put(ocr)
         self.dead_time.put(1.0 - (ocr / icr if icr > 0 else 1.0))
-        if self.asset_writer is not None:
-            self._asset_docs.extend(self.asset_writer.write({self.spectrum.name: spectrum}))
 
 
 class SimXRFDetector(XRFDetector):
@@ -222,6 +202,7 @@ class SimXRFDetector(XRFDetector):
         status = DeviceStatus(self)
         error = None
         real = float(self.preset_real_time.get())
+        self._note_acquisition()
         try:
             rho = {k: np.array([v]) for k, v in self.areal_density().items()}
             expected = xrf_physics.expected_spectrum(rho, self.energy_axis(), incident_kev=self.incident_energy.get(),

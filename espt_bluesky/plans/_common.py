@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
@@ -12,8 +14,10 @@ import bluesky.preprocessors as bpp
 from bluesky.utils import FailedStatus, RunEngineControlException
 from ophyd import Signal
 
+from ..devices.probes import PROBE_KIND
 from ..errors import ApproachLimitReached  # noqa: F401  (defined below the devices, re-exported for plans)
-from ..errors import InvalidArgument, check_choice, check_positive, check_range
+from ..errors import (InvalidArgument, check_bool, check_choice, check_int, check_number, check_points_cap,
+                      check_positive, check_range)
 
 TECHNIQUES = ("SECM", "SICM", "SECCM", "EC-AFM")
 logger = logging.getLogger(__name__)
@@ -87,36 +91,140 @@ def check_step(name: str, value: Any) -> float:
     return float(check_positive(name, value, units="µm"))
 
 
-def check_int(name: str, value: Any, low: int = 1, high: int = 10**7) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgument(f"{name}={value!r} must be an integer in [{low}, {high}]")
-    check_range(name, value, low, high)
-    return int(value)
+def check_points(stage: Any, name: str, points: Any, min_points: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A list of (x, y) positions (µm): at least ``min_points`` pairs of finite numbers inside the stage limits and
+    within the points cap; returns x and y arrays."""
+    if isinstance(points, (str, bytes, Mapping)) or not hasattr(points, "__len__"):
+        raise InvalidArgument(f"{name}={points!r} must be a list of (x, y) pairs in µm")
+    check_points_cap(name, len(points))
+    pts = check_range(name, points) if len(points) else np.zeros((0, 2))
+    if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < min_points:
+        raise InvalidArgument(f"{name}={points!r} must be a list of at least {min_points} (x, y) pair(s) in µm")
+    return check_xy(stage, name, pts[:, 0], pts[:, 1])
 
 
 def grid_points(x_range: Sequence, y_range: Sequence, snake: bool = True, name: str = "grid"
                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], list]:
     """Points of a (y slow, x fast) grid from ``(start, stop, num)`` ranges, in snake or raster order.
 
-    Returns x, y (µm), shape (ny, nx) and extents [[y0, y1], [x0, x1]] (bluesky's conventions).
+    Returns x, y (µm), shape (ny, nx) and extents [[y0, y1], [x0, x1]] (bluesky's conventions).  The number of
+    points is capped by :data:`espt_bluesky.errors.LIMITS` (checked before any array is built).
     """
+    snake = check_bool("snake", snake)
     out = []
     for nm, r in (("x_range", x_range), ("y_range", y_range)):
         if not isinstance(r, (tuple, list)) or len(r) != 3:
             raise InvalidArgument(f"{name} {nm}={r!r} must be (start, stop, num) in µm")
-        start, stop = float(check_range(f"{nm} start", r[0])), float(check_range(f"{nm} stop", r[1]))
-        num = check_int(f"{nm} num", r[2], 1, 100000)
+        start, stop = check_number(f"{nm} start", r[0]), check_number(f"{nm} stop", r[1])
+        num = check_int(f"{nm} num", r[2], 1, math.inf)
         if num > 1 and start == stop:
             raise InvalidArgument(f"{nm}={tuple(r)!r}: start equals stop with num={num}; the step is zero")
         out.append((start, stop, num))
     (x0, x1, nx), (y0, y1, ny) = out
+    check_points_cap(f"x_range/y_range ({nx} × {ny})", nx * ny)
     xs, ys = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
-    X, Y = [], []
-    for j, yv in enumerate(ys):
-        row = xs[::-1] if (snake and j % 2 == 1) else xs
-        X.extend(row)
-        Y.extend([yv] * nx)
-    return np.array(X), np.array(Y), (ny, nx), [[y0, y1], [x0, x1]]
+    X = np.tile(xs, (ny, 1))
+    if snake:
+        X[1::2] = X[1::2, ::-1]
+    Y = np.repeat(ys, nx)
+    return X.ravel(), Y, (ny, nx), [[y0, y1], [x0, x1]]
+
+
+# ----------------------------------------------------------------- checked when called
+class _Resumed:
+    """The rest of a plan whose first message was already taken from it (by :func:`checked_plan`).
+
+    An iterator with ``send``/``throw``/``close``, so ``yield from`` delegates to the plan exactly as if nothing
+    had been taken: the first message comes out first, then every reply goes to the plan.
+    """
+
+    def __init__(self, gen, first):
+        self._gen, self._first, self._pending = gen, first, True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        if self._pending:
+            self._pending = False
+            return self._first
+        return self._gen.send(value)
+
+    def throw(self, *exc):
+        self._pending = False
+        return self._gen.throw(*exc)
+
+    def close(self):
+        self._gen.close()
+
+
+def _resumed(gen, first):
+    return (yield from _Resumed(gen, first))
+
+
+def _check_common(bound: inspect.BoundArguments, techniques: Sequence[str]) -> None:
+    """Checks of the arguments every plan shares: devices, technique (and that the probe suits it), metadata."""
+    a = bound.arguments
+    if "stage" in a and not all(hasattr(a["stage"], ax) for ax in ("x", "y", "z")):
+        raise InvalidArgument(f"stage={a['stage']!r} is not an XYZ stage (it needs .x, .y and .z axes)")
+    if "potentiostat" in a and not hasattr(a["potentiostat"], "configure_technique"):
+        raise InvalidArgument(f"potentiostat={a['potentiostat']!r} is not a bipotentiostat")
+    if "technique" in a:
+        technique = a["technique"] = check_choice("technique", a["technique"], techniques)
+        pr = probe_of(a.get("potentiostat"), a.get("probe"), a.get("afm"))
+        kind = getattr(pr, "kind_name", None)
+        if kind in PROBE_KIND.values() and kind != PROBE_KIND[technique]:
+            raise InvalidArgument(f"technique={technique!r} does not suit the probe ({kind}): {technique} needs a "
+                                  f"{PROBE_KIND[technique]}")
+    for name in ("md", "sample_md"):
+        if a.get(name) is not None and not isinstance(a[name], Mapping):
+            raise InvalidArgument(f"{name}={a[name]!r} must be a dict or None")
+    ctx = a.get("context")
+    if ctx is not None and not isinstance(ctx, Mapping) and not hasattr(ctx, "as_dict"):
+        raise InvalidArgument(f"context={ctx!r} must be an ExperimentContext, a dict (bench.metadata()) or None")
+
+
+def checked_plan(techniques: Sequence[str] = TECHNIQUES) -> Callable[[Callable], Callable]:
+    """Decorator: the plan checks its arguments when it is called, not when the RunEngine first runs it.
+
+    Calling the decorated plan binds the arguments to its signature, checks those every plan shares (stage and
+    potentiostat, ``technique`` among ``techniques`` and suited to the probe, ``md``/``sample_md``/``context``),
+    then runs the plan's own body up to its first message -- everything a plan does before it opens its run is
+    argument checking and preparation, never motion -- and returns the generator with that first message put
+    back.  So ``plan = hopping_scan(..., hop_height=-1)`` raises :class:`~espt_bluesky.errors.InvalidArgument` in
+    that line, before ``RE(plan)``, and nothing is emitted or moved.  The signature and docstring stay those of the
+    plan (``functools.wraps``; ``inspect.signature`` and bluesky-queueserver read them through ``__wrapped__``),
+    and the function is marked as a plan for bluesky (``_is_plan_``).
+    """
+    techniques = tuple(techniques)
+
+    def decorate(func: Callable) -> Callable:
+        sig = inspect.signature(func)
+
+        @functools.wraps(func)
+        def plan(*args: Any, **kwargs: Any):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            _check_common(bound, techniques)
+            gen = func(*bound.args, **bound.kwargs)
+            try:
+                first = next(gen)
+            except StopIteration as stop:  # a plan without messages
+                return _empty(stop.value)
+            return _resumed(gen, first)
+
+        plan._is_plan_ = True  # bluesky.utils.is_plan (what bluesky-queueserver uses to find plans)
+        return plan
+
+    return decorate
+
+
+def _empty(value: Any = None):
+    return value
+    yield  # pragma: no cover -- makes this a generator function
 
 
 # ----------------------------------------------------------------- plan stubs

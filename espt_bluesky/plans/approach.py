@@ -15,10 +15,10 @@ from bluesky.protocols import Configurable, Readable
 import bluesky.preprocessors as bpp
 
 from ..analysis import approach_criteria as crit
-from ..errors import InvalidArgument, check_choice, check_positive, check_range
+from ..errors import InvalidArgument, check_choice, check_number, check_positive, check_range
 from ._common import (ApproachLimitReached, apply_settings, cell_on, check_int, check_potential, check_step,
-                      check_technique, configure_technique, managed_run, pipette_geometry, probe_of, probe_radius,
-                      probe_rg, put_values, set_potential, simulated, soft_signals, value_of)
+                      check_technique, checked_plan, configure_technique, managed_run, pipette_geometry, probe_of,
+                      probe_radius, probe_rg, put_values, set_potential, simulated, soft_signals, value_of)
 from .metadata import build_start_md
 
 FEEDBACK = ("negative", "positive")
@@ -82,6 +82,7 @@ def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: 
         sub = "insulator" if feedback == "negative" else "conductor"
         if threshold is None:
             threshold = 0.5 if feedback == "negative" else 2.0
+        threshold = check_number("threshold", threshold)
         stop_distance = a * crit.secm_threshold_distance(float(threshold), rg, sub)
         dflt = dict(coarse=2.0 * a, fine=0.05 * a, travel=100.0 * a, confirm=0)
     elif technique == "SICM":
@@ -95,8 +96,9 @@ def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: 
                                       units="A"))
         dflt = dict(coarse=0.2 * a, fine=0.2 * a, travel=20.0, confirm=0)
     else:
-        threshold = float(afm.setpoint.get() if deflection_setpoint is None else deflection_setpoint)
-        check_positive("deflection_setpoint", threshold, units="m")
+        threshold = float(check_positive("deflection_setpoint",
+                                         afm.setpoint.get() if deflection_setpoint is None else deflection_setpoint,
+                                         units="m"))
         dflt = dict(coarse=0.5 * piezo_range, fine=0.05, travel=50.0, confirm=0)
     coarse = check_step("coarse_step", dflt["coarse"] if coarse_step is None else coarse_step)
     fine = check_step("fine_step", dflt["fine"] if fine_step is None else fine_step)
@@ -283,6 +285,7 @@ def _afm_approach(stage, afm, spec: ApproachSpec, *, stream: str, park: bool):
                 reference_current=math.nan)
 
 
+@checked_plan()
 def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: Configurable | None = None, afm: Readable | None = None,
              feedback: str = "negative", threshold: float | None = None, drop: float = 0.01,
              contact_current: float = 5e-13, deflection_setpoint: float | None = None,

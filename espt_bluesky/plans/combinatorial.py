@@ -7,10 +7,10 @@ import numpy as np
 import bluesky.plan_stubs as bps
 from bluesky.protocols import Configurable, Movable, Readable
 
-from ..errors import InvalidArgument, check_choice
+from ..errors import InvalidArgument, check_choice, check_keys, check_number
 from ._detectors import check_detectors
-from ._common import (apply_settings, cell_on, check_int, check_step, configure_technique, managed_run, probe_of,
-                      put_values, soft_signals)
+from ._common import (apply_settings, cell_on, check_int, check_step, checked_plan, configure_technique,
+                      managed_run, probe_of, put_values, soft_signals)
 from .approach import approach_stub, make_approach_spec
 from .hopping import scan_points
 from .imaging import _validate_technique_params
@@ -70,6 +70,7 @@ def _technique_params(technique: str, row: Mapping[str, Any], fixed: Mapping[str
     return p
 
 
+@checked_plan(("SECCM", "SICM"))
 def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: Mapping[str, Sequence], seed: int,
                         technique: str = "SECCM", measure_technique: str = "CV", repeats: int = 1,
                         fixed: Mapping[str, Any] | None = None, x_range: tuple | None = None,
@@ -137,10 +138,12 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
             raise InvalidArgument(f"parameters[{name!r}]={values!r} must be a non-empty list of values")
         if name == "window":
             for w in values:
-                if len(w) != 2 or not (float(w[0]) < float(w[1])):
-                    raise InvalidArgument(f"parameters['window'] entry {tuple(w)!r} V must be (low, high) with "
+                ok = not isinstance(w, (str, bytes)) and hasattr(w, "__len__") and len(w) == 2
+                if not ok or not check_number("parameters['window'] low", w[0]) < \
+                        check_number("parameters['window'] high", w[1]):
+                    raise InvalidArgument(f"parameters['window'] entry {w!r} V must be (low, high) with "
                                           f"low < high")
-    fixed = dict(fixed or {})
+    fixed = check_keys("fixed", fixed or {}, optional=potentiostat.params.component_names)
     if "n_samples" in parameters:
         raise InvalidArgument("parameters['n_samples'] cannot be swept: it fixes the waveform shape of the stream")
     fixed.setdefault("n_samples", 200)
@@ -149,10 +152,12 @@ def combinatorial_sweep(stage: Readable, potentiostat: Readable, *, parameters: 
     rows = parameter_table(parameters, repeats, pts["x"].size, seed)
     prepared = [_technique_params(mtech, r, fixed) for r in rows]
     for p in prepared:
-        _validate_technique_params(potentiostat, mtech, p)
+        _validate_technique_params(potentiostat, mtech, p, "parameters")
     xs, ys = pts["x"][:len(rows)], pts["y"][:len(rows)]
     for r, x, y in zip(rows, xs, ys):
         r.update(x=float(x), y=float(y))
+    if approach_step is not None:
+        approach_step = check_step("approach_step", approach_step)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
                               contact_current=contact_current, working_distance=None, fine_step=approach_step,
                               coarse_step=approach_step, max_travel=max_travel)

@@ -6,10 +6,11 @@ import numpy as np
 import bluesky.plan_stubs as bps
 from bluesky.protocols import Configurable, Movable, Readable
 
-from ..errors import FaultLimitReached, InvalidArgument, check_choice, fault_reason
+from ..errors import FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, fault_reason
 from ._detectors import check_detectors
-from ._common import (apply_settings, cell_on, check_int, check_step, check_xy, configure_technique, device_error,
-                      grid_points, managed_run, probe_of, put_values, soft_signals, value_of)
+from ._common import (apply_settings, cell_on, check_points, check_step, check_xy, checked_plan,
+                      configure_technique, device_error, grid_points, managed_run, probe_of, put_values,
+                      soft_signals, value_of)
 from .approach import approach_stub, make_approach_spec
 from .imaging import _validate_technique_params
 from .metadata import build_start_md
@@ -27,14 +28,12 @@ def scan_points(stage: Any, *, x_range=None, y_range=None, points=None, order: s
     ``"random"``: the same grid visited in a seeded random order; ``"points"``: an explicit list of (x, y) µm.
     """
     order = check_choice("order", order, ORDERS)
+    snake = check_bool("snake", snake)
     out: dict[str, Any] = {}
     if order == "points":
         if points is None:
             raise InvalidArgument("points=None: order='points' needs a list of (x, y) in µm")
-        pts = np.asarray(points, float)
-        if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 1:
-            raise InvalidArgument(f"points={points!r} must be a non-empty list of (x, y) pairs in µm")
-        xs, ys = pts[:, 0], pts[:, 1]
+        xs, ys = check_points(stage, "points", points)
         out.update(map_order="points")
     else:
         if x_range is None or y_range is None:
@@ -43,7 +42,7 @@ def scan_points(stage: Any, *, x_range=None, y_range=None, points=None, order: s
         if order == "random":
             if seed is None:
                 raise InvalidArgument("seed=None: order='random' needs an integer seed (reproducible order)")
-            perm = np.random.default_rng(int(seed)).permutation(xs.size)
+            perm = np.random.default_rng(check_int("seed", seed, 0, 2**63 - 1)).permutation(xs.size)
             xs, ys = xs[perm], ys[perm]
             out.update(map_order="random", shape=shape, extents=extents)
         else:
@@ -57,16 +56,15 @@ def scan_points(stage: Any, *, x_range=None, y_range=None, points=None, order: s
 def _measure_spec(potentiostat, technique, measure):
     if measure is None:
         return None
-    if not isinstance(measure, Mapping) or "technique" not in measure:
-        raise InvalidArgument(f"measure={measure!r} must be None or a dict with 'technique' in "
-                              f"{list(MEASURE_TECHNIQUES)}")
-    tech = check_choice("measure technique", measure["technique"], MEASURE_TECHNIQUES)
+    measure = check_keys("measure", measure, required=["technique"],
+                         optional=["channel", *potentiostat.params.component_names])
+    tech = check_choice("measure['technique']", measure["technique"], MEASURE_TECHNIQUES)
     channel = measure.get("channel", "substrate" if technique == "SECCM" else "tip")
-    channel = check_choice("measure channel", channel, ("tip", "substrate"))
+    channel = check_choice("measure['channel']", channel, ("tip", "substrate"))
     params = {k: v for k, v in measure.items() if k not in ("technique", "channel")}
     if tech != "READ":
         params.setdefault("n_samples", 200)
-    _validate_technique_params(potentiostat, tech, params)
+    _validate_technique_params(potentiostat, tech, params, "measure")
     return dict(technique=tech, channel=channel, params=params)
 
 
@@ -177,6 +175,7 @@ class _FaultLog:
                 f"with valid=0 and in the 'faults' stream")
 
 
+@checked_plan(("SICM", "SECCM"))
 def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_range: tuple | None = None,
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
                  snake: bool = True, seed: int | None = None, hop_height: float = 2.0,
@@ -245,6 +244,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     max_consecutive_faults = check_int("max_consecutive_faults", max_consecutive_faults, 1, 10**6)
     pts = scan_points(stage, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake, seed=seed)
     hop_height = check_step("hop_height", hop_height)
+    if approach_step is not None:
+        approach_step = check_step("approach_step", approach_step)
     meas = _measure_spec(potentiostat, technique, measure)
     dets = check_detectors(detectors)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,

@@ -1,6 +1,7 @@
 """Tilt measurement, constant-height (tilt-corrected) imaging and operando imaging."""
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Generator, Mapping, Sequence
 
@@ -10,11 +11,15 @@ from bluesky.protocols import Configurable, Readable
 
 from ..analysis.plane import PlaneFit, fit_plane, flat_plane
 from ..analysis.voltammetry import charge_passed
-from ..errors import InvalidArgument, check_choice, check_positive, check_range
-from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, configure_technique,
-                      grid_points, managed_run, probe_of, put_values, set_potential, simulated, soft_signals)
+from ..errors import InvalidArgument, check_choice, check_int, check_keys, check_number, check_points_cap
+from ._common import (cell_on, check_points, check_potential, check_step, check_xy, check_z, checked_plan,
+                      configure_technique, grid_points, managed_run, probe_of, put_values, set_potential, simulated,
+                      soft_signals)
 from .approach import approach_stub, make_approach_spec
 from ._detectors import check_detectors
+
+#: Keys of a plane given as a dict (``PlaneFit.as_dict()`` has them all): the geometry is required.
+PLANE_KEYS = ("z0", "slope_x", "slope_y", "x0", "y0")
 from .metadata import build_start_md
 
 
@@ -23,16 +28,27 @@ def _as_plane(name: str, plane: Any) -> PlaneFit:
     if isinstance(plane, PlaneFit):
         return plane
     if isinstance(plane, Mapping):
-        try:
-            fields = {f.name: plane.get(f.name, 0) for f in dataclasses.fields(PlaneFit)}
-            return PlaneFit(**fields)
-        except TypeError as exc:
-            raise InvalidArgument(f"{name}={plane!r} is not a plane: {exc}") from exc
+        fields = {f.name: 0.0 for f in dataclasses.fields(PlaneFit)}
+        given = check_keys(name, plane, required=PLANE_KEYS, optional=fields)
+        for k, v in given.items():
+            fields[k] = check_int(f"{name}['{k}']", v, 0, math.inf) if k == "n_points" else \
+                check_number(f"{name}['{k}']", v)
+        if "tilt_x_deg" not in given:  # the same convention as fit_plane
+            fields.update(tilt_x_deg=math.degrees(math.atan(fields["slope_x"])),
+                          tilt_y_deg=math.degrees(math.atan(fields["slope_y"])))
+        fields["n_points"] = int(fields["n_points"])
+        return PlaneFit(**fields)
     if isinstance(plane, (int, float, np.floating, np.integer)) and not isinstance(plane, bool):
-        return flat_plane(float(check_range(name, plane, units="µm")))
+        return flat_plane(check_number(name, plane, units="µm"))
     raise InvalidArgument(f"{name}={plane!r} must be a PlaneFit (from measure_tilt), its dict, or a height in µm")
 
 
+#: measure_tilt's **approach_kwargs: make_approach_spec's keywords it does not set itself
+_APPROACH_KWARGS = [n for n, p in inspect.signature(make_approach_spec).parameters.items()
+                    if p.kind == p.KEYWORD_ONLY and n not in ("technique", "probe", "afm")]
+
+
+@checked_plan()
 def measure_tilt(stage: Readable, potentiostat: Readable, points: Sequence[tuple[float, float]], *, technique: str,
                  lift: float | None = None, probe: Configurable | None = None, afm: Readable | None = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None, md: dict | None = None,
@@ -66,12 +82,11 @@ def measure_tilt(stage: Readable, potentiostat: Readable, points: Sequence[tuple
     >>> plane = RE(measure_tilt(bench.stage, bench.potentiostat, [(35, 35), (65, 35), (35, 65), (65, 65)],
     ...                         technique="SECM", feedback="negative")).plan_result
     """
-    pts = np.asarray(points, dtype=float)
-    if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 3:
-        raise InvalidArgument(f"points={points!r} must be at least three (x, y) pairs in µm")
-    xs, ys = check_xy(stage, "points", pts[:, 0], pts[:, 1])
+    xs, ys = check_points(stage, "points", points, min_points=3)
+    pts = np.column_stack([xs, ys])
     if np.linalg.matrix_rank(np.column_stack([np.ones_like(xs), xs - xs.mean(), ys - ys.mean()])) < 3:
         raise InvalidArgument(f"points={pts.tolist()!r} are collinear: a plane is undetermined")
+    check_keys("approach_kwargs", approach_kwargs, optional=_APPROACH_KWARGS)
     approach_kwargs.setdefault("working_distance", 1.0)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, afm=afm, **approach_kwargs)
     lift = check_step("lift", max(5.0 * spec.radius, 2.0) if lift is None else lift)
@@ -109,7 +124,7 @@ def measure_tilt(stage: Readable, potentiostat: Readable, points: Sequence[tuple
 def _validate_image(stage, potentiostat, x_range, y_range, height, plane, snake, tip_potential):
     xs, ys, shape, extents = grid_points(x_range, y_range, snake=snake)
     check_xy(stage, "x_range/y_range", xs, ys)
-    check_positive("height", height, units="µm")
+    height = check_number("height", height, 0.0, math.inf, low_inclusive=False, units="µm")
     pl = _as_plane("plane", plane)
     zs = pl.z_at(xs, ys) + float(height)
     check_z(stage, "plane + height", zs)
@@ -142,6 +157,11 @@ def _prepare_read(potentiostat, tip_potential):
     yield from cell_on(potentiostat)
 
 
+#: constant-height imaging reads the tip current: SECM feedback or SICM ion current
+IMAGING_TECHNIQUES = ("SECM", "SICM")
+
+
+@checked_plan(IMAGING_TECHNIQUES)
 def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                           y_range: tuple[float, float, int], height: float, plane: Any,
                           tip_potential: float | None = None, snake: bool = True, technique: str = "SECM",
@@ -198,6 +218,7 @@ def constant_height_image(stage: Readable, potentiostat: Readable, *, x_range: t
 CYCLE_TECHNIQUES = ("CV", "CP", "CA", "LSV")
 
 
+@checked_plan(IMAGING_TECHNIQUES)
 def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[float, float, int],
                      y_range: tuple[float, float, int], height: float, plane: Any, n_images: int,
                      cycle: Mapping[str, Any], tip_potential: float | None = None, snake: bool = True,
@@ -232,14 +253,14 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
     xs, ys, zs, shape, extents, pl, tip_potential = _validate_image(stage, potentiostat, x_range, y_range,
                                                                     height, plane, snake, tip_potential)
     n_images = check_int("n_images", n_images, 1, 10000)
+    check_points_cap(f"n_images={n_images} × {xs.size} points per image", n_images * xs.size)
     check_step("retract", retract)
     dets = check_detectors(detectors)
-    if not isinstance(cycle, Mapping) or "technique" not in cycle:
-        raise InvalidArgument(f"cycle={cycle!r} must be a dict with a 'technique' in {list(CYCLE_TECHNIQUES)}")
-    cyc_tech = check_choice("cycle technique", cycle["technique"], CYCLE_TECHNIQUES)
+    cycle = check_keys("cycle", cycle, required=["technique"], optional=potentiostat.params.component_names)
+    cyc_tech = check_choice("cycle['technique']", cycle["technique"], CYCLE_TECHNIQUES)
     cyc_params = {k: v for k, v in cycle.items() if k != "technique"}
     cyc_params.setdefault("n_samples", 500)
-    _validate_technique_params(potentiostat, cyc_tech, cyc_params)
+    _validate_technique_params(potentiostat, cyc_tech, cyc_params, "cycle")
     args = dict(x_range=x_range, y_range=y_range, height=height, plane=pl, n_images=n_images, cycle=dict(cycle),
                 tip_potential=tip_potential, snake=snake, detectors=[d.name for d in dets])
     start_md = build_start_md("operando_imaging", args, technique=technique, mode="operando",
@@ -278,5 +299,9 @@ def operando_imaging(stage: Readable, potentiostat: Readable, *, x_range: tuple[
                            stage_devices=[potentiostat, *dets])
 
 
-def _validate_technique_params(potentiostat, technique, params):
-    potentiostat.check_technique(technique, **params)
+def _validate_technique_params(potentiostat, technique, params, name):
+    """The potentiostat's own check of a technique given as the dict argument ``name`` (named in the error)."""
+    try:
+        potentiostat.check_technique(technique, **params)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{name}: {exc}") from None

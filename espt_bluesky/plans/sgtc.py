@@ -3,17 +3,17 @@
 import math
 from typing import Any, Generator, Mapping, Sequence
 
-import numpy as np
 import bluesky.plan_stubs as bps
 from bluesky.protocols import Configurable, Readable
 
-from ..errors import InvalidArgument, check_choice, check_positive
-from ._common import (cell_on, check_int, check_potential, check_step, check_xy, check_z, configure_technique,
-                      managed_run, probe_of, put_values, set_potential, soft_signals)
+from ..errors import InvalidArgument, check_choice, check_keys, check_number, check_samples_cap
+from ._common import (cell_on, check_points, check_potential, check_step, check_z, checked_plan,
+                      configure_technique, managed_run, probe_of, put_values, set_potential, soft_signals)
 from .imaging import _as_plane, _move_xyz, _validate_technique_params
 from .metadata import build_start_md
 
 
+@checked_plan(("SECM",))
 def sgtc(stage: Readable, potentiostat: Readable, *, tip_potential: float, sweep: Mapping[str, Any] | None = None,
          steps: Sequence[float] | None = None, hold_time: float = 5.0, locations: Sequence | None = None,
          height: float | None = None, plane: Any = None, n_samples: int = 300, technique: str = "SECM",
@@ -49,33 +49,32 @@ def sgtc(stage: Readable, potentiostat: Readable, *, tip_potential: float, sweep
     ...         height=10.0, plane=0.0, sweep=dict(technique="LSV", e_start=3.7, e_end=4.8, scan_rate=0.01)))
     """
     tip_potential = check_potential(potentiostat, "tip_potential", tip_potential)
-    n_samples = check_int("n_samples", n_samples, 2, 10**6)
+    n_samples = check_samples_cap("n_samples", n_samples)
     if (sweep is None) == (steps is None):
         raise InvalidArgument("give exactly one of sweep= (a substrate LSV/CV) or steps= (potentials in V)")
     programs = []
     if sweep is not None:
-        if not isinstance(sweep, Mapping) or "technique" not in sweep:
-            raise InvalidArgument(f"sweep={sweep!r} must be a dict with 'technique' ('LSV' or 'CV')")
-        tech = check_choice("sweep technique", sweep["technique"], ("LSV", "CV"))
+        sweep = check_keys("sweep", sweep, required=["technique"],  # n_samples is the plan's own argument
+                           optional=set(potentiostat.params.component_names) - {"n_samples"})
+        tech = check_choice("sweep['technique']", sweep["technique"], ("LSV", "CV"))
         p = {k: v for k, v in sweep.items() if k != "technique"}
         p["n_samples"] = n_samples
-        _validate_technique_params(potentiostat, tech, p)
+        _validate_technique_params(potentiostat, tech, p, "sweep")
         programs.append((tech, p, math.nan))
     else:
-        check_positive("hold_time", hold_time, units="s")
+        hold_time = check_number("hold_time", hold_time, 0.0, math.inf, low_inclusive=False, units="s")
+        if isinstance(steps, (str, bytes, Mapping)) or not hasattr(steps, "__len__"):
+            raise InvalidArgument(f"steps={steps!r} must be a list of potentials in V")
         if len(steps) == 0:
             raise InvalidArgument("steps=[] is empty; give at least one potential in V")
         for e in steps:
             e = check_potential(potentiostat, "steps", e)
             programs.append(("CA", dict(e_hold=e, duration=float(hold_time), n_samples=n_samples), e))
     if locations is not None:
-        pts = np.asarray(locations, float)
-        if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 1:
-            raise InvalidArgument(f"locations={locations!r} must be a list of (x, y) in µm")
-        xs, ys = check_xy(stage, "locations", pts[:, 0], pts[:, 1])
+        xs, ys = check_points(stage, "locations", locations)
         if height is None or plane is None:
             raise InvalidArgument("locations need height= (µm above the plane) and plane= (PlaneFit or z in µm)")
-        check_positive("height", height, units="µm")
+        height = check_number("height", height, 0.0, math.inf, low_inclusive=False, units="µm")
         pl = _as_plane("plane", plane)
         zs = check_z(stage, "plane + height", pl.z_at(xs, ys) + float(height))
     else:

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import xarray as xr
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, check_bool
 
 GRID_ORDERS = ("snake", "raster")
 POINT_ORDERS = ("hopping", "random", "points", "adaptive")
@@ -104,7 +104,11 @@ class RunData:
         resources: dict[str, dict] = {}
         datums: list[dict] = []
         for item in docs:
-            name, doc = (item["name"], item["doc"]) if isinstance(item, Mapping) else item
+            try:
+                name, doc = (item["name"], item["doc"]) if isinstance(item, Mapping) else item
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument(f"run: {item!r} is not a (name, doc) pair or a {{'name': ..., 'doc': ...}} "
+                                      f"record") from None
             if name == "start":
                 start = doc
             elif name == "stop":
@@ -120,7 +124,7 @@ class RunData:
             elif name == "stream_datum" and doc["descriptor"] in desc_uids:
                 datums.append(doc)
         if start is None:
-            raise InvalidArgument("documents contain no 'start' document")
+            raise InvalidArgument("run: the documents contain no 'start' document")
         for d in datums:  # external data: one row per seq_num
             res = resources.get(d["stream_resource"])
             if res is None:
@@ -151,7 +155,7 @@ def as_run_data(run: Any, stream: str = "primary", keys: Iterable[str] | None = 
         return run
     if hasattr(run, "metadata") and hasattr(run, "context"):
         return RunData.from_tiled(run, stream, keys)
-    if isinstance(run, (list, tuple)) or hasattr(run, "__iter__"):
+    if not isinstance(run, (str, bytes, Mapping)) and hasattr(run, "__iter__"):
         return RunData.from_documents(run, stream)
     raise InvalidArgument(f"run={type(run).__name__}: give a Tiled BlueskyRun node or a list of (name, doc) pairs")
 
@@ -249,11 +253,23 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     InvalidArgument
         If the run has no map convention, or the position keys it names are not in the stream.
     """
+    if not isinstance(stream, str):
+        raise InvalidArgument(f"stream={stream!r} must be the name of an event stream, e.g. 'primary'")
+    if variables is not None:
+        if isinstance(variables, (str, bytes)) or not hasattr(variables, "__iter__"):
+            raise InvalidArgument(f"variables={variables!r} must be a list of data keys (e.g. [{variables!r}])")
+        variables = list(variables)
+    waveforms = check_bool("waveforms", waveforms)
+    valid_only = check_bool("valid_only", valid_only)
     from .datasets import is_dataset_node, read_dataset_node
 
     if is_dataset_node(run):  # an imported file or a stored dataset: already a map in µm
         ds = read_dataset_node(run)
-        return ds if variables is None else ds[[v for v in ds.data_vars if v in set(variables)]]
+        unknown = [v for v in variables or () if v not in ds.data_vars]
+        if unknown:
+            raise InvalidArgument(f"variables: {unknown} are not in this dataset; its variables: "
+                                  f"{sorted(ds.data_vars)}")
+        return ds if variables is None else ds[variables]
     if not isinstance(run, RunData) and hasattr(run, "metadata") and hasattr(run, "context"):
         start = dict(run.metadata["start"])
         x_key, y_key, order = map_keys(start)
@@ -269,10 +285,16 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
         rd = as_run_data(run, stream)
     start = rd.start
     x_key, y_key, order = map_keys(start)
+    if not rd.data_keys:
+        raise InvalidArgument(f"stream={stream!r}: the run has no such stream (or it holds no data yet)")
     missing = [k for k in (x_key, y_key) if k not in rd.data_keys]
     if missing:
         raise InvalidArgument(f"position key(s) {missing} named by the start document are not in stream "
                               f"{stream!r} (its data keys: {sorted(rd.data_keys)})")
+    unknown = [k for k in variables or () if k not in rd.data_keys]
+    if unknown:
+        raise InvalidArgument(f"variables: {unknown} are not data keys of stream {stream!r}; its keys: "
+                              f"{sorted(rd.data_keys)}")
     valid_key = start.get("valid_key")
     n_invalid = 0
     if valid_key and valid_key in rd.arrays:
@@ -419,6 +441,11 @@ def _jsonable(obj: Any) -> Any:
     return jsonable(obj)
 
 
+def _check_node(run: Any, what: str) -> None:
+    if not (hasattr(run, "metadata") and hasattr(run, "context")):
+        raise InvalidArgument(f"run={type(run).__name__}: {what} needs a Tiled BlueskyRun node")
+
+
 def products_node(run: Any, *, create: bool = True):
     """The container ``products/<source uid>`` beside a run (created if missing)."""
     from tiled.client import from_context
@@ -505,8 +532,10 @@ def write_product(run: Any, name: str, data: Any, metadata: Mapping[str, Any] | 
 
     if not isinstance(name, str) or not name or any(not (c.isalnum() or c in "_-.") for c in name):
         raise InvalidArgument(f"name={name!r}: a product name needs letters, digits, '_', '-' or '.'")
-    if not (hasattr(run, "metadata") and hasattr(run, "context")):
-        raise InvalidArgument(f"run={type(run).__name__}: write_product needs a Tiled BlueskyRun node")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidArgument(f"metadata={metadata!r} must be a dict or None")
+    overwrite = check_bool("overwrite", overwrite)
+    _check_node(run, "write_product")
     uid = run.metadata["start"]["uid"]
     node = products_node(run)
     if name in node:
@@ -540,6 +569,9 @@ def write_product(run: Any, name: str, data: Any, metadata: Mapping[str, Any] | 
 
 def read_product(run: Any, name: str):
     """Read a product written by :func:`write_product` (xarray Dataset, numpy array or DataFrame)."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"name={name!r} must be a product name (a string)")
+    _check_node(run, "read_product")
     node = products_node(run, create=False)
     if node is None or name not in node:
         raise InvalidArgument(f"name={name!r}: run {run.metadata['start']['uid']} has no such product")
