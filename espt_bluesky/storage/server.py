@@ -515,6 +515,9 @@ class LocalCatalog:
         from tiled.server.simple import ThreadedServer
 
         dd = _resolve_dir(data_dir)
+        from .duckdb_guard import install as guard_duckdb
+
+        guard_duckdb()  # the server's threads share one DuckDB connection: one at a time
         # Tiled keeps its server settings (the API key among them) in one object per process: every in-process
         # server of this process must share one key, or the last one started locks the others out.
         live = [c for c in _IN_PROCESS if c._cm is not None]
