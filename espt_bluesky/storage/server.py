@@ -503,7 +503,7 @@ class LocalCatalog:
     def in_process(cls, data_dir: str | os.PathLike | None = None, *, port: int = 0,
                    catalog_uri: str | None = None, table_uri: str | None = None,
                    readable: list[str | os.PathLike] | None = None, public: bool = False,
-                   timeout: float = 30.0) -> "LocalCatalog":
+                   timeout: float = 60.0) -> "LocalCatalog":
         """Serve the data directory from a thread of this process (tests, the demo).
 
         The server shares the GIL with the RunEngine: use :meth:`start` for throughput.
