@@ -119,7 +119,7 @@ def footprint_average(field: np.ndarray, x0: float, y0: float, pixel: float, x, 
     x = np.atleast_1d(np.asarray(x, float))
     y = np.atleast_1d(np.asarray(y, float))
     sigma = max(float(fwhm) / 2.3548, 1e-9)
-    h = max(1, int(math.ceil(3.0 * sigma / pixel)))
+    h = max(1, int(math.ceil(4.0 * sigma / pixel)))  # ±4σ: the truncated weight is below 1e-4
     off = np.arange(-h, h + 1)
     cx = np.rint((x - x0) / pixel).astype(int)
     cy = np.rint((y - y0) / pixel).astype(int)
