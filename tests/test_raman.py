@@ -206,3 +206,43 @@ def test_bad_configuration_is_named():
         st.wait(1)
     with pytest.raises(InvalidArgument, match="no 'raman_n_pixels'"):
         ana.shift_from_configuration({"data": {}})
+
+
+@pytest.mark.slow
+def test_combinatorial_sweep_and_image_hold_spectra(RE):
+    """The other map plans take the spectrometer too: a sweep of the lower CV vertex on basal HOPG (the deeper
+    vertex drives more SEI, so more carbonate) and an SECM image with a spectrum per pixel."""
+    from espt_bluesky.devices.raman import SimRamanSpectrometer
+    from espt_bluesky.devices.sim_bench import make_sim_bench
+    from espt_bluesky.plans.combinatorial import combinatorial_sweep
+    from espt_bluesky.plans.imaging import constant_height_image
+    from espt_bluesky.storage import read_map
+
+    docs = []
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    bench = make_sim_bench("SECCM", "hopg", seed=2, meniscus_height=3.0)
+    raman = SimRamanSpectrometer(name="raman")
+    raman.cam.acquire_time.put(4.0)  # the basal plane's SEI is thin: count longer
+    raman.attach(bench.model)
+    _, basal = _band_spots(bench.model.sample, xs=(25.0, 50.0, 75.0))
+    RE(bps.mv(bench.stage.z, 8.0))
+    RE(combinatorial_sweep(bench.stage, bench.potentiostat, seed=3, points=basal[:8], repeats=4,
+                                   parameters={"e_vertex1": [0.0, 0.6]}, detectors=[raman],
+                                   fixed=dict(e_start=3.0, e_vertex2=3.0, scan_rate=2.0, n_cycles=1, n_samples=200),
+                                   mode="device", hopper=bench.hopper, context=bench.metadata()))
+    m = read_map(docs)
+    assert m.raman_spectrum.dims == ("spot", "raman_pixel") and m.pstat_wf_current.dims == ("spot", "sample")
+    cg = ana.band_ratio(raman.shift_axis(), m.raman_spectrum.values, "carbonate", "G")
+    deep = m.param_e_vertex1.values == 0.0
+    print(f"\ncarbonate/G after a CV to 0.0 V: {cg[deep].mean():.4f}, to 0.6 V: {cg[~deep].mean():.4f}")
+    se = np.hypot(cg[deep].std(ddof=1), cg[~deep].std(ddof=1)) / 2.0
+    assert deep.sum() == 4 and cg[deep].mean() - cg[~deep].mean() > 4 * se
+    # SECM image of the same sample: one spectrum per pixel on the (y, x) grid
+    docs.clear()
+    secm = make_sim_bench("SECM", "hopg", seed=2)
+    raman.attach(secm.model)
+    RE(bps.mv(secm.stage.z, 30.0))
+    RE(constant_height_image(secm.stage, secm.potentiostat, x_range=(40, 60, 3), y_range=(30, 40, 3), height=10.0,
+                             plane=0.0, detectors=[raman], context=secm.metadata()))
+    img = read_map(docs)
+    assert img.raman_spectrum.dims == ("y", "x", "raman_pixel") and img.sizes["y"] == img.sizes["x"] == 3
