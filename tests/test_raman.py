@@ -246,3 +246,40 @@ def test_combinatorial_sweep_and_image_hold_spectra(RE):
                              plane=0.0, detectors=[raman], context=secm.metadata()))
     img = read_map(docs)
     assert img.raman_spectrum.dims == ("y", "x", "raman_pixel") and img.sizes["y"] == img.sizes["x"] == 3
+
+
+def test_other_samples_nmc_particles_and_lithiated_silicon(RE):
+    """Layered-oxide bands on the composite's particles, not in its carbon matrix (which shows disordered carbon,
+    D/G ≈ 1); crystalline Si (520 cm⁻¹) on the Si pads turns into the broad a-LixSi band when lithiated."""
+    from espt_bluesky.devices.raman import SimRamanSpectrometer
+    from espt_bluesky.devices.sim_bench import make_sim_bench
+
+    def spectrum_at(bench, raman, x, y):
+        RE(bps.mv(bench.stage.x, x, bench.stage.y, y))
+        raman.trigger()
+        return raman.spectrum.get().copy()
+
+    cc = make_sim_bench("SECM", "composite_cathode", seed=0)
+    raman = SimRamanSpectrometer(name="raman")
+    raman.attach(cc.model)
+    nu = raman.shift_axis()
+    RE(bps.mv(cc.stage.z, 40.0))
+    xc, yc, _ = cc.model.sample.features[0]
+    s = cc.model.sample
+    iy, ix = np.argwhere(s.label == 0)[np.argmin(np.hypot(*(np.argwhere(s.label == 0) - [s.y.size // 2,
+                                                                                        s.x.size // 2]).T))]
+    part, matrix = spectrum_at(cc, raman, xc, yc), spectrum_at(cc, raman, s.x[ix], s.y[iy])
+    w = {"NMC": (540.0, 650.0), "D": ana.DEFAULT_WINDOWS["D"], "G": ana.DEFAULT_WINDOWS["G"]}
+    bp_, bm = ana.band_intensities(nu, part, w), ana.band_intensities(nu, matrix, w)
+    assert bp_["NMC"] > 20 * max(bm["NMC"], 1.0) and bm["G"] > 5 * bp_["G"]
+    frac = ana.window_fraction(w["D"], *phys.BANDS["D"]) / ana.window_fraction(w["G"], *phys.BANDS["G"])
+    assert bm["D"] / bm["G"] / frac == pytest.approx(float(phys.d_over_g(20.0)), rel=0.1)
+
+    si = make_sim_bench("SECM", "si_film", seed=0)
+    raman.attach(si.model)
+    RE(bps.mv(si.stage.z, 40.0))
+    w = {"Si": (505.0, 535.0), "aSi": (400.0, 470.0)}
+    before = ana.band_intensities(nu, spectrum_at(si, raman, 27.5, 27.5), w)
+    si.model.sample.lithiate(1.0)
+    after = ana.band_intensities(nu, spectrum_at(si, raman, 27.5, 27.5), w)
+    assert after["Si"] < 0.1 * before["Si"] and after["aSi"] > 5 * abs(before["aSi"])  # (a-Si tail in the Si window)
