@@ -191,6 +191,16 @@ def test_band_ratios_follow_the_bench_truth(hopg_screen):
     labels = joint.cluster(stacked, ["D_G", "carbonate_G", "passivation_ratio"], n_clusters=2)
     agree = max(np.mean(labels == is_edge), np.mean(labels == ~is_edge))
     assert agree == 1.0
+    # the joint product goes back to Tiled, linked to its source run
+    from espt_bluesky.correlate.store import write_correlation_product
+    from espt_bluesky.storage import read_map as read_node
+
+    stacked["cluster"] = ("spot", labels)
+    write_correlation_product(s["client"], "raman_vs_cv", stacked, sources=[m],
+                              metadata={"windows_cm-1": m.D_G.attrs["windows_cm-1"], "correlation": cq})
+    node = s["client"]["correlations"]["raman_vs_cv"]
+    assert node.metadata["sources"][0]["uid"] == s["uid"]
+    assert np.allclose(read_node(node)["D_G"].values, dg)
 
 
 def test_bad_configuration_is_named():
