@@ -293,3 +293,29 @@ def test_other_samples_nmc_particles_and_lithiated_silicon(RE):
     si.model.sample.lithiate(1.0)
     after = ana.band_intensities(nu, spectrum_at(si, raman, 27.5, 27.5), w)
     assert after["Si"] < 0.1 * before["Si"] and after["aSi"] > 5 * abs(before["aSi"])  # (a-Si tail in the Si window)
+
+
+def test_mark_not_measured_reads_nan_and_keeps_the_asset_rows(tmp_path):
+    """A point skipped after a fault must not repeat the previous spot's spectrum, nor lose its asset row."""
+    from espt_bluesky.devices.raman import SimRamanSpectrometer
+    from espt_bluesky.devices.sim_bench import make_sim_bench
+    from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
+
+    bench = make_sim_bench("SECM", "hopg", seed=0)
+    r = SimRamanSpectrometer(name="raman")
+    r.attach(bench.model)
+    r.asset_writer = HDF5WaveformWriter(tmp_path)
+    r.describe()
+    r.trigger()
+    ok = r.read()
+    docs = list(r.collect_asset_docs())
+    r.mark_not_measured()
+    skipped = r.read()
+    docs += list(r.collect_asset_docs())
+    assert ok["raman_rois_roi1_count"]["value"] > 0 and np.isnan(skipped["raman_rois_roi1_count"]["value"])
+    assert [n for n, _ in docs].count("stream_datum") == 2
+    import h5py
+
+    with h5py.File(r.asset_writer.path, "r") as f:
+        rows = f["/raman_spectrum"][()]
+    assert rows.shape == (2, 1024) and np.all(np.isfinite(rows[0])) and np.all(np.isnan(rows[1]))

@@ -132,6 +132,13 @@ class RamanSpectrometer(WritesWaveformAssets, Device):
     def read(self):
         return self._read_assets(super().read())
 
+    def mark_not_measured(self) -> None:
+        """Make the next ``read()`` say that nothing was measured (a point skipped after a fault): the spectrum
+        (``n_pixels`` long, also written to the asset writer) and the ROI counts read NaN, so the event keeps the
+        stream's keys and shapes instead of repeating the previous spot's spectrum."""
+        self._publish(np.full(int(self.n_pixels.get()), np.nan), 0)
+        self._note_acquisition()  # an acquisition that measured nothing: its NaN row is written like any other
+
     def _publish(self, spectrum: np.ndarray, n_saturated: int) -> None:
         self.spectrum.put(spectrum)
         for roi, v in self.roi_counts(spectrum).items():
