@@ -147,7 +147,7 @@ class XRFDetector(WritesWaveformAssets, Device):
         self.elapsed_live_time.put(live)
         self.input_count_rate.put(icr)
         self.output_count_rate.put(ocr)
-        self.dead_time.put(1.0 - (ocr / icr if icr > 0 else 1.0))
+        self.dead_time.put(1.0 - (ocr / icr if icr > 0 else 1.0) if np.isfinite(icr) else float("nan"))
 
 
 class SimXRFDetector(XRFDetector):
