@@ -155,3 +155,14 @@ def test_hung_server_is_given_up_after_max_wait(tmp_path):
         assert [n for n, _ in back.records].count("event") == 3
     finally:
         hung.close()
+
+
+def test_session_max_wait_is_configured_and_checked():
+    from espt_bluesky.errors import InvalidArgument
+    from espt_bluesky.session import load_config
+
+    assert load_config({"storage": {"mode": "none", "max_wait": 2.5}})["storage"]["max_wait"] == 2.5
+    assert load_config({"storage": {"mode": "none"}})["storage"]["max_wait"] == 10.0
+    for bad in (-1, "soon", float("nan")):
+        with pytest.raises(InvalidArgument, match="storage.max_wait"):
+            load_config({"storage": {"mode": "none", "max_wait": bad}})
