@@ -35,6 +35,7 @@ defaults, file, environment, explicit dict)::
     mode = "auto"           # auto | connect | in_process | none
     batch_size = 25         # rows per write (a reader sees the run while it runs)
     waveform_assets = true  # CVs as HDF5 external assets in the data directory's asset dir
+    max_wait = 10.0         # s the RunEngine may wait on a Tiled server that makes no progress
 
 ``ESPT_CONFIG`` names the file.  :func:`load_config` checks everything before any server starts or device is built
 (:func:`check_config`): an unknown section or key, a bad value, or a malformed file (named, with the parser's line)
@@ -58,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InvalidArgument, check_bool, check_choice, check_int, check_keys
+from .errors import InvalidArgument, check_bool, check_choice, check_int, check_keys, check_range
 
 ENV_CONFIG = "ESPT_CONFIG"
 ENV_BENCH = "ESPT_BENCH"
@@ -73,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "bench": {"technique": "SECCM", "sample": "patterned", "seed": 0, "time_scale": 0.0, "options": {}},
     "epics": None,
     "storage": {"data_dir": None, "tiled_uri": None, "api_key": None, "mode": "auto", "batch_size": 25,
-                "waveform_assets": True},
+                "waveform_assets": True, "max_wait": 10.0},
     "session": {"md_dir": None, "suspenders": True},
 }
 STORAGE_MODES = ("auto", "connect", "in_process", "none")
@@ -192,6 +193,7 @@ def check_config(cfg: Mapping, *, partial: bool = False) -> dict:
     st["mode"] = check_choice("storage.mode", st["mode"], STORAGE_MODES)
     st["batch_size"] = check_int("storage.batch_size", st["batch_size"], 1, 100_000)
     st["waveform_assets"] = check_bool("storage.waveform_assets", st["waveform_assets"])
+    st["max_wait"] = float(check_range("storage.max_wait", st["max_wait"], 0.0, 3600.0, units="s"))
     for k in ("data_dir", "tiled_uri", "api_key"):
         if st[k] is not None and not isinstance(st[k], (str, os.PathLike)):
             raise InvalidArgument(f"storage.{k}={st[k]!r} must be a string (or absent)")
@@ -259,7 +261,8 @@ class Session:
         if self.catalog is not None:
             from .storage.writer import make_writer
 
-            self.writer = make_writer(self.catalog, batch_size=int(cfg["storage"]["batch_size"]))
+            self.writer = make_writer(self.catalog, batch_size=int(cfg["storage"]["batch_size"]),
+                                      max_wait=float(cfg["storage"]["max_wait"]))
             self.writer_token = RE.subscribe(self.writer)
         return self
 
@@ -423,7 +426,7 @@ def baseline_of(bench: Any) -> list:
 
 
 def _open_storage(st: Mapping[str, Any]):
-    from .storage.server import DataDir, LocalCatalog, _resolve_dir, server_alive
+    from .storage.server import DataDir, LocalCatalog, _resolve_dir
 
     mode = st["mode"]
     if mode == "none":
@@ -431,9 +434,11 @@ def _open_storage(st: Mapping[str, Any]):
     if mode == "connect" or (mode == "auto" and st.get("tiled_uri")):
         return LocalCatalog.connect(st.get("tiled_uri"), st.get("api_key"), st.get("data_dir"))
     dd: DataDir = _resolve_dir(st.get("data_dir"))
-    if mode == "auto" and dd.state.exists():
-        uri = json.loads(dd.state.read_text()).get("uri", "")
-        if uri and server_alive(uri):
+    if mode == "auto":
+        # a server owns this directory (`espt serve` holds its lock; a slow answer under load still counts):
+        # attach to it rather than start a second server on the same files
+        uri = (dd.running_server() or {}).get("uri", "")
+        if uri:
             return LocalCatalog.connect(uri, st.get("api_key"), dd.root)
     if st.get("api_key"):
         os.environ.setdefault("ESPT_TILED_API_KEY", st["api_key"])
