@@ -319,3 +319,11 @@ def test_mark_not_measured_reads_nan_and_keeps_the_asset_rows(tmp_path):
     with h5py.File(r.asset_writer.path, "r") as f:
         rows = f["/raman_spectrum"][()]
     assert rows.shape == (2, 1024) and np.all(np.isfinite(rows[0])) and np.all(np.isnan(rows[1]))
+    # the XRF detector says the same of a skipped point
+    from espt_bluesky.devices.xrf import SimXRFDetector
+
+    xrf = SimXRFDetector(name="xrf")
+    xrf.mark_not_measured()
+    reading = xrf.read()
+    assert np.isnan(reading["xrf_rois_roi0_count"]["value"]) and np.isnan(reading["xrf_dead_time"]["value"])
+    assert np.isnan(reading["xrf_spectrum"]["value"]).all() and reading["xrf_spectrum"]["value"].size == 2048
