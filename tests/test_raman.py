@@ -323,6 +323,7 @@ def test_mark_not_measured_reads_nan_and_keeps_the_asset_rows(tmp_path):
     from espt_bluesky.devices.xrf import SimXRFDetector
 
     xrf = SimXRFDetector(name="xrf")
+    xrf.attach(make_sim_bench("SECCM", "composite_cathode", seed=0).model)  # element ROIs Ni, Mn, Co
     xrf.mark_not_measured()
     reading = xrf.read()
     assert np.isnan(reading["xrf_rois_roi0_count"]["value"]) and np.isnan(reading["xrf_dead_time"]["value"])
