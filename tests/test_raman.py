@@ -319,3 +319,38 @@ def test_mark_not_measured_reads_nan_and_keeps_the_asset_rows(tmp_path):
     with h5py.File(r.asset_writer.path, "r") as f:
         rows = f["/raman_spectrum"][()]
     assert rows.shape == (2, 1024) and np.all(np.isfinite(rows[0])) and np.all(np.isnan(rows[1]))
+    # the XRF detector says the same of a skipped point
+    from espt_bluesky.devices.xrf import SimXRFDetector
+
+    xrf = SimXRFDetector(name="xrf")
+    xrf.attach(make_sim_bench("SECCM", "composite_cathode", seed=0).model)  # element ROIs Ni, Mn, Co
+    xrf.mark_not_measured()
+    reading = xrf.read()
+    assert np.isnan(reading["xrf_rois_roi0_count"]["value"]) and np.isnan(reading["xrf_dead_time"]["value"])
+    assert np.isnan(reading["xrf_spectrum"]["value"]).all() and reading["xrf_spectrum"]["value"].size == 2048
+
+
+def test_band_analysis_on_real_polystyrene_from_two_instruments(shared_data):
+    """Real spectra no one here made: polystyrene on a WITec (532 nm) and a Horiba (785 nm), read by the importer.
+    The fluorescence-free spectrum is flat where polystyrene has no band, its strongest fingerprint band is the
+    ring breathing mode (1001.4 cm⁻¹, ASTM E1840; the raw axes are uncalibrated by a few cm⁻¹), and the ratio of
+    two neighbouring bands (1031/1001, where the instruments' responses hardly differ) agrees between the two."""
+    from espt_bluesky.correlate import joint
+    from espt_bluesky.correlate.importers import read_file
+
+    windows = {"1001": (990.0, 1012.0), "1031": (1020.0, 1042.0)}
+    ratios = []
+    for name in ("PST_WiICV532_Z050OP02_075_800msx10.txt", "PST10_iR785_OP01_8000msx8.txt"):
+        ds = read_file(shared_data / "raman" / name)
+        ds = ds.sel(raman_shift=slice(150.0, 3300.0))
+        nu, y = ds.raman_shift.values, ds.spectrum.values[0]
+        corr, _ = ana.remove_background(nu, y)
+        fp = (nu > 400) & (nu < 1800)
+        peak = corr[fp].max()
+        assert abs(nu[fp][np.argmax(corr[fp])] - 1001.4) < 6.0
+        assert abs(np.median(corr[(nu > 1700) & (nu < 2750)])) < 0.01 * peak
+        r = joint.band_ratio_map(ds, "1031", "1001", spectrum="spectrum", windows=windows)  # shift: the coordinate
+        assert r.dims == ("spot",)
+        ratios.append(float(r[0]))
+    print(f"\npolystyrene I(1031)/I(1001): WITec 532 nm {ratios[0]:.3f}, Horiba 785 nm {ratios[1]:.3f}")
+    assert ratios[0] == pytest.approx(ratios[1], rel=0.15) and 0.2 < ratios[0] < 0.5

@@ -4,12 +4,12 @@ Units: Raman shift in cm⁻¹, spectra in counts per pixel; integrated intensiti
 counts summed over the window's pixels).
 
 Each spectrum's fluorescence background is removed with the improved modified polynomial fit (I-ModPoly: a
-polynomial fitted iteratively to the lower envelope, Zhao et al., Appl. Spectrosc. 61, 1225 (2007), the usual
-choice for fluorescence under Raman bands; ``pybaselines``), then each band's window is summed.  A window cuts the Lorentzian tails of its band (a band of FWHM Γ integrated over
-±w keeps (2/π)·atan(2w/Γ) of its area), so ratios are comparable between spectra analysed with the same windows;
-:func:`window_fraction` gives that fraction to convert to full band areas.  The default windows suit 532 nm
-excitation of graphitic carbon and a carbonate-rich SEI (D 1290–1410, G 1545–1620, 2D 2610–2790, carbonate
-1070–1110 cm⁻¹).
+polynomial fitted iteratively to the lower envelope, Zhao et al., Appl. Spectrosc. 61, 1225 (2007), the usual choice
+for fluorescence under Raman bands; ``pybaselines``), then each band's window is summed. A window cuts the
+Lorentzian tails of its band (a band of FWHM Γ integrated over ±w keeps (2/π)·atan(2w/Γ) of its area), so ratios are
+comparable between spectra analysed with the same windows; :func:`window_fraction` gives that fraction to convert to
+full band areas. The default windows suit 532 nm excitation of graphitic carbon and a carbonate-rich SEI (D
+1290–1410, G 1545–1620, 2D 2610–2790, carbonate 1070–1110 cm⁻¹).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Lateral resolution of scanning-probe images: edge widths from sigmoid fits of line profiles, and
 Richardson–Lucy deconvolution with a point-spread function derived from the probe footprint.
 
-numpy/scipy; the deconvolution itself is scikit-image's.  Positions and lengths in µm; image values in any positive unit (e.g. the normalised SECM
-current I_T = i_T/i_T,inf).
+numpy/scipy; the deconvolution itself is scikit-image's. Positions and lengths in µm; image values in any positive
+unit (e.g. the normalised SECM current I_T = i_T/i_T,inf).
 
 Edges.  A profile across an edge is fitted with a logistic step
 ``f(s) = low + (high − low)/(1 + exp(−(s − s0)/w))``: ``s0`` is the inflection point (the edge position) and the

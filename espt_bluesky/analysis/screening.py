@@ -1,7 +1,7 @@
 """SECCM passivation screening: per-spot CV features, clustering of spots, statistics per parameter group.
 
-numpy/scipy, clustering by scikit-learn.  Units: time s, potential V, current A (anodic positive, cathodic negative), charge C
-(reported positive for both directions), positions µm.
+numpy/scipy, clustering by scikit-learn. Units: time s, potential V, current A (anodic positive, cathodic negative),
+charge C (reported positive for both directions), positions µm.
 
 Per spot (one multi-cycle CV of the droplet cell) :func:`spot_features` gives the cathodic and anodic charge of
 every cycle, the passivation ratio Q_p2/Q_p1 (cathodic charge of cycle 2 over cycle 1, Martín-Yerga et al. 2021,
@@ -10,8 +10,9 @@ every cycle, the passivation ratio Q_p2/Q_p1 (cathodic charge of cycle 2 over cy
 
 :func:`cluster_spots` groups spots on a standardised feature matrix with a Gaussian mixture
 (``sklearn.mixture.GaussianMixture``, number of clusters by BIC) or k-means (``sklearn.cluster.KMeans``, number of
-clusters by the mean silhouette, ``sklearn.metrics.silhouette_score``).  :func:`group_statistics` compares a feature between the parameter groups of a combinatorial
-sweep (Welch t-test for two groups, Kruskal–Wallis and Welch ANOVA-free one-way ANOVA for more).
+clusters by the mean silhouette, ``sklearn.metrics.silhouette_score``). :func:`group_statistics` compares a feature
+between the parameter groups of a combinatorial sweep (Welch t-test for two groups, Kruskal–Wallis and Welch
+ANOVA-free one-way ANOVA for more).
 """
 
 from __future__ import annotations
@@ -376,32 +377,36 @@ def cluster_spots(features, *, names: Sequence[str] = DEFAULT_CLUSTER_FEATURES, 
         min_cluster_size = max(3, int(round(0.05 * n_ok)))
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     fits, scores, rejected = {}, {}, []
-    for k in ks:
-        if method == "gmm":
-            # reg_covar in standardised units: the smallest spread a cluster may have (a cluster of near-identical
-            # spots would otherwise collapse onto a singular covariance and win the BIC)
-            g = GaussianMixture(k, covariance_type="full", reg_covar=1e-2, n_init=5, max_iter=300, tol=1e-6,
-                                init_params="k-means++", random_state=seed).fit(Xs)
-            lab = g.predict(Xs)
-            fits[k] = lab
-            scores[k] = float(g.bic(Xs)) if criterion == "bic" else _silhouette(Xs, lab)
-        else:
-            km = KMeans(k, n_init=10, random_state=seed).fit(Xs)
-            lab = km.labels_
-            fits[k] = lab
-            if criterion == "silhouette":
-                scores[k] = _silhouette(Xs, lab)
-            else:  # spherical-Gaussian BIC of k-means (shared variance)
-                nn, dd = Xs.shape
-                var = max(float(km.inertia_) / max(nn * dd, 1), 1e-12)
-                ll = -0.5 * nn * dd * (math.log(2 * math.pi * var) + 1.0)
-                counts = np.bincount(lab, minlength=k)
-                ll += float(np.sum(counts[counts > 0] * np.log(counts[counts > 0] / nn)))
-                scores[k] = -2 * ll + (k * dd + k) * math.log(nn)
-        if np.bincount(fits[k], minlength=k).min() < min_cluster_size:
-            rejected.append(k)
+    # a few spots x a few features: one BLAS/OpenMP thread (more threads only add synchronisation, and on a busy
+    # machine their spin-waits made a Gaussian-mixture fit ~25x slower)
+    with threadpool_limits(limits=1):
+        for k in ks:
+            if method == "gmm":
+                # reg_covar in standardised units: the smallest spread a cluster may have (a cluster of
+                # near-identical spots would otherwise collapse onto a singular covariance and win the BIC)
+                g = GaussianMixture(k, covariance_type="full", reg_covar=1e-2, n_init=5, max_iter=300, tol=1e-6,
+                                    init_params="k-means++", random_state=seed).fit(Xs)
+                lab = g.predict(Xs)
+                fits[k] = lab
+                scores[k] = float(g.bic(Xs)) if criterion == "bic" else _silhouette(Xs, lab)
+            else:
+                km = KMeans(k, n_init=10, random_state=seed).fit(Xs)
+                lab = km.labels_
+                fits[k] = lab
+                if criterion == "silhouette":
+                    scores[k] = _silhouette(Xs, lab)
+                else:  # spherical-Gaussian BIC of k-means (shared variance)
+                    nn, dd = Xs.shape
+                    var = max(float(km.inertia_) / max(nn * dd, 1), 1e-12)
+                    ll = -0.5 * nn * dd * (math.log(2 * math.pi * var) + 1.0)
+                    counts = np.bincount(lab, minlength=k)
+                    ll += float(np.sum(counts[counts > 0] * np.log(counts[counts > 0] / nn)))
+                    scores[k] = -2 * ll + (k * dd + k) * math.log(nn)
+            if np.bincount(fits[k], minlength=k).min() < min_cluster_size:
+                rejected.append(k)
     eligible = [kk for kk in scores if kk not in rejected] or [min(scores)]
     if criterion == "bic":
         k_best = min(eligible, key=lambda kk: scores[kk])

@@ -76,13 +76,14 @@ def cluster(ds: xr.Dataset, channels, *, n_clusters: int = 2, seed: int = 0) -> 
     return labels.reshape(np.asarray(ds[channels[0]].values).shape)
 
 
-def band_ratio_map(ds: xr.Dataset, numerator: str, denominator: str, *, shift, spectrum: str = "raman_spectrum",
-                   windows: Mapping | None = None) -> xr.DataArray:
+def band_ratio_map(ds: xr.Dataset, numerator: str, denominator: str, *, shift=None,
+                   spectrum: str = "raman_spectrum", windows: Mapping | None = None) -> xr.DataArray:
     """Raman band ratio (e.g. D/G, carbonate/G) of every spot or pixel of a map, as a channel to stack, correlate
     or cluster with the others (``ds[name] = band_ratio_map(...)``).
 
     ``ds[spectrum]`` holds one spectrum per point along its last dimension; ``shift`` is its Raman shift axis
-    (cm⁻¹; from the run's configuration with :func:`espt_bluesky.analysis.raman.shift_from_configuration`).
+    (cm⁻¹): by default the coordinate of that dimension (an imported map has one); for a bench run, from the run's
+    configuration with :func:`espt_bluesky.analysis.raman.shift_from_configuration`.
     The background is removed and the band windows summed by :func:`espt_bluesky.analysis.raman.band_ratio`.
     """
     from ..analysis.raman import DEFAULT_WINDOWS, band_ratio
@@ -90,6 +91,11 @@ def band_ratio_map(ds: xr.Dataset, numerator: str, denominator: str, *, shift, s
     if spectrum not in ds:
         raise InvalidArgument(f"spectrum={spectrum!r} is not in the map; it has {sorted(ds.data_vars)}")
     da = ds[spectrum]
+    if shift is None:
+        if da.dims[-1] not in da.coords:
+            raise InvalidArgument(f"{spectrum!r} has no coordinate along {da.dims[-1]!r}: pass shift= (cm⁻¹), e.g. "
+                                  "analysis.raman.shift_from_configuration(run configuration)")
+        shift = da.coords[da.dims[-1]].values
     windows = dict(DEFAULT_WINDOWS if windows is None else windows)
     r = band_ratio(shift, np.asarray(da.values, float), numerator, denominator, windows=windows)
     dims = da.dims[:-1]
