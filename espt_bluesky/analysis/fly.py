@@ -85,7 +85,20 @@ def _row_shift(a: np.ndarray, b: np.ndarray) -> float:
         frac = 0.5 * (c[k - 1] - c[k + 1]) / den if den != 0 else 0.0
     else:
         frac = 0.0
-    return (k - (a.size - 1)) + frac
+    s = (k - (a.size - 1)) + frac
+    # refine with the slope of the cross-spectrum's phase at low frequencies (b = a shifted by s: phase = -ω·s);
+    # the correlation peak of two mirror-image blurs is biased towards zero, the low-frequency phase is not
+    n = 4 * a.size
+    cross = np.fft.rfft(b, n) * np.conj(np.fft.rfft(a, n))
+    w = 2 * np.pi * np.fft.rfftfreq(n)
+    for _ in range(3):
+        sel = (w > 0) & (np.abs(w * s) < np.pi / 2) if s else (w > 0) & (w < np.pi / 8)
+        phi = np.angle(cross[sel] * np.exp(1j * w[sel] * s))
+        wt = np.abs(cross[sel])
+        if not np.any(wt):
+            break
+        s = s - float(np.sum(wt * w[sel] * phi) / np.sum(wt * w[sel] ** 2))
+    return s
 
 
 def forward_backward_shift(forward: np.ndarray, backward: np.ndarray, pixel: float) -> tuple[float, float]:

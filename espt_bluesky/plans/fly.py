@@ -177,7 +177,7 @@ def fly_image(fly_stage: Any, fly_detector: Any, stage: Readable, potentiostat: 
         check_z(stage, "plane + height over the scanned area", raster.z_at(corners_x, corners_y))
     pixel = (x1 - x0) / (nx - 1)
     lag = fly_lag(fly_stage, speed, z_height)
-    limit = 0.5 * pixel if max_lag is None else check_number("max_lag", max_lag, 0.0, math.inf, units="µm")
+    limit = 0.5 * pixel if max_lag is None else check_number("max_lag", max_lag, 0.0, math.inf, allow_inf=True, units="µm")
     if lag["lag"] > limit:
         fastest = limit * lag["speed_per_um_lag"]
         raise InvalidArgument(

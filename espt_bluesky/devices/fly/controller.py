@@ -67,9 +67,9 @@ class SimFlyController:
     ----------
     bench : SimBench
     acceleration : float
-        Stage acceleration (µm/s²) for run-ups and turnarounds.
+        Stage acceleration (µm/s²) for run-ups and turnarounds (5 m/s²: a piezo scanner).
     max_speed : float
-        Fastest constant speed the stage can fly (µm/s).
+        Fastest constant speed the stage can fly (µm/s; 10 mm/s).
     max_sample_rate : float
         Fastest sampling of the acquisition board (Hz).
     feedback_bandwidth : float
@@ -82,8 +82,8 @@ class SimFlyController:
     """
 
     bench: Any
-    acceleration: float = 2e4
-    max_speed: float = 2000.0
+    acceleration: float = 5e6
+    max_speed: float = 1e4
     max_sample_rate: float = 1e5
     feedback_bandwidth: float = 500.0
     pipette_capacitance: float = 2e-12
