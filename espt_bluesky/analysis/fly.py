@@ -7,7 +7,10 @@ exactly as y_{k−1} = y_k + τ_k·y_k'; :func:`lag_correct` applies that with a
 Savitzky–Golay derivative over ``smooth`` µm, which bounds the noise gain), pass by pass in acquisition order.
 
 :func:`fly_speed_check` measures the shift between forward and backward images by cross-correlating each row
-(sub-pixel, parabolic peak), converts it to a time constant (shift = 2·v·Στ) and compares the shift with the pixel.
+(sub-pixel, refined by the low-frequency slope of the cross-spectrum's phase), converts it to a time constant
+(shift = 2·v·Στ) and compares the shift with the pixel.  The estimate is biased low by up to ~15 % when the shift is
+comparable to the features (the phase of two mirror-image blurs is not linear in frequency): it tells whether the
+speed was too high and by roughly how much; the exact time constants are the bench's or the instrument's.
 """
 
 from __future__ import annotations
