@@ -357,7 +357,8 @@ def _read_fly_map(rd: RunData, stream: str, variables: list[str] | None) -> xr.D
     """A fly image (``fly_image``: one event per pass, arrays of samples) on the µm grid of its start document.
 
     Every sample is binned to the nearest pixel by its *recorded* encoder x, every pass to the nearest row by its
-    recorded y; the samples of a pixel are averaged.  Forward passes (x increasing) and backward passes go to
+    recorded y; the samples of a pixel give its value by a local linear fit evaluated at the pixel centre (their mean,
+    corrected for the slope across the pixel).  Forward passes (x increasing) and backward passes go to
     ``<key>_forward`` and ``<key>_backward``; ``<key>_n_forward``/``_n_backward`` count the samples averaged.
     """
     start = rd.start
@@ -400,11 +401,23 @@ def _read_fly_map(rd: RunData, stream: str, variables: list[str] | None) -> xr.D
         cell = (iy[passes][:, None] * nx + ix[passes])[m]
         count = np.bincount(cell, minlength=ny * nx).reshape(ny, nx)
         data_vars[f"n_{label}"] = (("y", "x"), count, {"description": f"samples averaged per pixel ({label})"})
+        # a pixel's value is the local linear fit of its samples evaluated at the pixel centre: the mean of the
+        # samples, corrected for the signal's slope across the pixel (unbiased where the pixel is only partly
+        # covered, e.g. the first and last pixels of a pass)
+        dx = (xs[passes] - xc[np.clip(ix[passes], 0, nx - 1)])[m]
+
+        def bsum(w):
+            return np.bincount(cell, weights=w, minlength=ny * nx).reshape(ny, nx)
+
+        s1, sxx = bsum(dx), bsum(dx * dx)
+        den = count * sxx - s1 * s1
         for k in names:
             a = np.asarray(rd.arrays[k], float)[passes][m]
-            total = np.bincount(cell, weights=a, minlength=ny * nx).reshape(ny, nx)
+            sy, sxy = bsum(a), bsum(a * dx)
             with np.errstate(invalid="ignore", divide="ignore"):
-                img = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+                slope = np.where((count >= 3) & (den > 1e-12 * np.maximum(count * sxx, 1e-300)),
+                                 (count * sxy - s1 * sy) / den, 0.0)
+                img = np.where(count > 0, (sy - slope * s1) / np.maximum(count, 1), np.nan)
             data_vars[f"{k}_{label}"] = (("y", "x"), img, _var_attrs(k, rd.data_keys))
     attrs = {k: start[k] for k in METADATA_KEYS if k in start}
     attrs.update(map_order="fly", x_key=x_key, y_key=y_key, position_units="µm", stream=stream,
