@@ -48,7 +48,7 @@ def run_docs(RE, plan):
 @pytest.fixture(scope="module")
 def slow_and_step(engine, tmp_path_factory):
     d = tmp_path_factory.mktemp("fly_slow")
-    grid = dict(x_range=(30.0, 70.0, 21), y_range=(40.0, 60.0, 5))
+    grid = dict(x_range=(30.0, 70.0, 21), y_range=(45.0, 55.0, 3))
     fly_bench = make_sim_bench("SECM", "patterned", seed=11)
     fs, fd = make_fly_devices(fly_bench, d)
     res, docs = run_docs(engine, fly_image(fs, fd, fly_bench.stage, fly_bench.potentiostat, speed=2.0,
@@ -83,7 +83,7 @@ def test_slow_fly_image_equals_step_image_within_noise(slow_and_step):
     np.testing.assert_allclose(fly.x.values, step.x.values)
     np.testing.assert_allclose(fly.y.values, step.y.values)
     contrast = np.ptp(i_step)
-    assert contrast > 25 * noise  # the image has features (the Au discs), not only noise
+    assert contrast > 15 * noise  # the image has features (the Au discs), not only noise
     for var in ("fly_current_forward", "fly_current_backward"):
         diff = fly[var].values - i_step
         assert np.sqrt(np.mean(diff ** 2)) < 1.3 * noise, var
@@ -271,3 +271,47 @@ def test_crash_keeps_completed_passes_and_retracts(engine, tmp_path):
     rd = RunData.from_documents(docs)
     assert list(rd.arrays["fly_row"]) == [0, 0]  # row y = 35 (clear of the discs) flown both ways, kept
     assert bench.model.position[2] > 19.0  # retracted by 20 µm from 0.05 µm
+
+
+# ------------------------------------------------------------------------------------------ Tiled
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    from espt_bluesky.storage import LocalCatalog
+
+    cat = LocalCatalog.in_process(tmp_path_factory.mktemp("espt_fly_tiled"))
+    yield cat
+    cat.stop()
+
+
+@pytest.mark.slow
+def test_every_sample_lands_in_tiled_as_hdf5_assets(catalog, tmp_path):
+    from espt_bluesky.storage import make_writer
+
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(make_writer(catalog, batch_size=4))
+    bench = make_sim_bench("SECM", "patterned", seed=7)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    docs = []
+    res = RE(fly_image(fs, fd, bench.stage, bench.potentiostat, x_range=(30.0, 70.0, 21), y_range=(45.0, 55.0, 3),
+                       speed=20.0, sample_rate=200.0, height=5.0, plane=0.0), lambda n, d: docs.append((n, d)))
+    assert res.exit_status == "success"
+    run = catalog.client()[res.run_start_uids[0]]
+    prim = run["primary"]
+    n_pass, n = 6, 400  # 3 rows × 2 directions, 40 µm at 20 µm/s sampled at 200 Hz
+    for key in ("fly_current", "fly_x", "fly_y", "fly_z", "fly_time"):
+        node = prim[key]
+        assert node.shape == (n_pass, n), key
+        src = node.data_sources()[0]
+        assert src.mimetype == "application/x-hdf5"  # external asset, registered, not copied into events
+        assert src.assets[0].data_uri.startswith("file://")
+    # the arrays Tiled serves are the samples the detector wrote
+    rd = RunData.from_documents(docs)
+    np.testing.assert_array_equal(prim["fly_current"].read(), rd.arrays["fly_current"])
+    assert fd.file_path is not None and str(catalog.asset_dir) in str(fd.file_path)
+    # read back through Tiled with positions in µm: the same map as from the documents
+    ds = read_map(run)
+    ref = read_map(docs)
+    assert ds.x.attrs["units"] == "µm" and ds.attrs["map_order"] == "fly"
+    np.testing.assert_allclose(ds.fly_current_forward.values, ref.fly_current_forward.values)
+    np.testing.assert_allclose(ds.fly_current_backward.values, ref.fly_current_backward.values)
+    assert int(ds.n_forward.sum() + ds.n_backward.sum()) == n_pass * n
