@@ -7,7 +7,6 @@ controller as one kickoff/complete.  Both validate every argument before the fir
 and end like every plan here: tip retracted, cell at open circuit, every pass recorded so far collected.
 """
 
-from __future__ import annotations
 
 import math
 from typing import Any, Generator, Sequence
