@@ -315,3 +315,24 @@ def test_every_sample_lands_in_tiled_as_hdf5_assets(catalog, tmp_path):
     np.testing.assert_allclose(ds.fly_current_forward.values, ref.fly_current_forward.values)
     np.testing.assert_allclose(ds.fly_current_backward.values, ref.fly_current_backward.values)
     assert int(ds.n_forward.sum() + ds.n_backward.sum()) == n_pass * n
+
+
+def test_live_map_draws_fly_data_while_the_scan_runs(tmp_path):
+    from espt_bluesky.callbacks.live_map import LiveFlyMap
+
+    RE = RunEngine({})
+    live = LiveFlyMap(directory=tmp_path / "png")
+    RE.subscribe(live)
+    docs = []
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    # time_scale 1: the 6 passes of 0.2 s each are released over ~1.2 s, so the plan's collect (every 0.5 s) sees
+    # them arrive in more than one batch
+    bench = make_sim_bench("SECM", "patterned", seed=8, time_scale=1.0)
+    fs, fd = make_fly_devices(bench, tmp_path)
+    RE(fly_image(fs, fd, bench.stage, bench.potentiostat, x_range=(30.0, 70.0, 21), y_range=(45.0, 55.0, 3),
+                 speed=200.0, sample_rate=2000.0, height=5.0, plane=0.0, max_lag=math.inf))
+    assert len(live.updates) >= 2 and live.updates[0] < 6 and live.updates[-1] == 6
+    ds = read_map(docs)
+    np.testing.assert_allclose(live.forward, ds.fly_current_forward.values)
+    np.testing.assert_allclose(live.backward, ds.fly_current_backward.values)
+    assert live.saved and live.saved[0].stat().st_size > 0
