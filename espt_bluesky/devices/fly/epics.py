@@ -95,12 +95,12 @@ class _EpicsTrajectoryLogic(FlyableLogic):
                        d.hop_height.set(value.hop_height), d.approach_speed.set(value.approach_speed),
                        d.lateral_speed.set(value.lateral_speed), d.setpoint.set(value.setpoint)]
         await asyncio.gather(*writes)
-        await d.prepare_pv.set(1, wait=True)
+        await d.prepare_pv.set(1, timeout=120.0)
         _raise_for(await d.error.get_value())
         return value
 
     async def on_kickoff(self, ctx: Any) -> Any:
-        await self.dev.kickoff_pv.set(1, wait=True)
+        await self.dev.kickoff_pv.set(1, timeout=120.0)
         self.started.set()
         return ctx
 
@@ -178,7 +178,7 @@ class _EpicsAcquire(DetectorAcquireLogic):
                 continue
             rows: dict[str, list] = {ch: [] for ch in channels}
             for i in range(k, n):
-                await stage.read_index.set(i, wait=True)
+                await stage.read_index.set(i)
                 vals = await asyncio.gather(*(getattr(stage, f"data_{ch}").get_value() for ch in channels))
                 for ch, v in zip(channels, vals):
                     rows[ch].append(np.asarray(v) if st.per_collection > 1 and ch not in PASS_CHANNELS
