@@ -295,6 +295,12 @@ class Session:
         for name in ("hopper", "afm"):
             if getattr(b, name, None) is not None:
                 self.devices[name] = getattr(b, name)
+        fly_dir = self.catalog.asset_dir if self.catalog is not None else None
+        if fly_dir is not None and getattr(b, "model", None) is not None and \
+                b.technique in ("SECM", "SICM", "EC-AFM"):  # ophyd-async fly devices over the bench
+            from .devices.fly import make_fly_devices
+
+            self.devices["fly_stage"], self.devices["fly_det"] = make_fly_devices(b, fly_dir, name="fly")
         if self.sd is not None and self.sd in self.RE.preprocessors:
             self.RE.preprocessors.remove(self.sd)
         self.sd = SupplementalData(baseline=baseline_of(b))
