@@ -41,8 +41,9 @@ BUS_DEFAULTS: dict[str, Any] = {
     "mode": "off", "servers": "nats://127.0.0.1:4222", "stream": "ESPT", "subject": "espt.docs.default",
     "live_subject": "espt.live.default", "creds": None, "connect_timeout": 2.0, "publish_timeout": 2.0,
     "max_pending": 1000, "max_age_days": 30.0, "max_bytes": 50 * 2**30, "duplicate_window": 120.0,
-    "backup_dir": None, "keep_journals": False,
+    "backup_dir": None, "keep_journals": False, "journal": "always",
 }
+JOURNAL_MODES = ("always", "on_failure")
 
 
 @dataclass
@@ -79,6 +80,9 @@ class BusConfig:
         The local backup (journals ``espt replay`` reads); default the data directory's ``backup/``.
     keep_journals : bool
         Keep a run's journal after JetStream acknowledged all of it (default: remove it).
+    journal : {"always", "on_failure"}
+        Journal every document locally before publishing it, or only the runs the bus fails
+        (see :mod:`.publisher`).
     """
 
     mode: str = "off"
@@ -95,6 +99,7 @@ class BusConfig:
     duplicate_window: float = 120.0
     backup_dir: str | None = None
     keep_journals: bool = False
+    journal: str = "always"
     extra: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -104,6 +109,7 @@ class BusConfig:
         merged = {**BUS_DEFAULTS, **cfg}
         out = cls(**{f.name: merged[f.name] for f in fields(cls) if f.name in merged})
         out.mode = check_choice("bus.mode", out.mode, BUS_MODES)
+        out.journal = check_choice("bus.journal", out.journal, JOURNAL_MODES)
         servers = [out.servers] if isinstance(out.servers, str) else out.servers
         if not isinstance(servers, (list, tuple)) or not servers or \
                 not all(isinstance(s, str) and s.startswith(("nats://", "tls://", "ws://", "wss://")) for s in servers):

@@ -64,6 +64,8 @@ class DurableWorker:
         self.ack_wait = float(ack_wait)
         self.fetch_timeout = float(fetch_timeout)
         self.stop_event = threading.Event()
+        #: a new consumer starts with the documents published from now on (default: the whole stream)
+        self.deliver_new = False
         self.handled = 0  # messages acknowledged
         self.batches = 0
         self._rt = NatsRuntime(name=f"espt-worker-{durable}")
@@ -85,7 +87,8 @@ class DurableWorker:
         self.js = self._nc.jetstream()
         self.call(ensure_stream(self.js, self.cfg))
         cc = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
-                            deliver_policy=DeliverPolicy.ALL, filter_subject=self.filter_subject,
+                            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
+                            filter_subject=self.filter_subject,
                             max_ack_pending=max(4 * self.batch, 1000), max_deliver=-1)
         self._psub = self.call(self.js.pull_subscribe(self.filter_subject, durable=self.durable,
                                                       stream=self.cfg.stream, config=cc))

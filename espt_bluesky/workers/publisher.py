@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgument, check_choice
-from .bus import H_MSG_ID, H_RUN, H_START_SEQ, BusConfig, doc_id, ensure_stream, pack
+from .bus import H_MSG_ID, H_RUN, H_START_SEQ, JOURNAL_MODES, BusConfig, doc_id, ensure_stream, pack
 
 logger = logging.getLogger(__name__)
-
-JOURNAL_MODES = ("always", "on_failure")
 
 
 @dataclass
@@ -66,18 +64,19 @@ class BusPublisher:
         The ``[bus]`` settings (servers, stream, subject, timeouts, limits).
     backup_directory : path
         Where journals go (the catalog's ``backup/``, which ``espt replay`` reads).
-    journal : {"always", "on_failure"}
-        Journal every document first (default), or only the runs the bus fails.
+    journal : {"always", "on_failure"}, optional
+        Journal every document first, or only the runs the bus fails (default: ``config.journal``).
     """
 
-    def __init__(self, config: BusConfig | dict, backup_directory: str | os.PathLike, *, journal: str = "always"):
+    def __init__(self, config: BusConfig | dict, backup_directory: str | os.PathLike, *,
+                 journal: str | None = None):
         from bluesky_nats.nats_runtime import NatsRuntime
 
         self.cfg = config if isinstance(config, BusConfig) else BusConfig.from_mapping(config)
         if backup_directory is None:
             raise InvalidArgument("backup_directory=None: the bus publisher needs a local backup directory")
         self.backup_directory = Path(backup_directory)
-        self.journal_mode = check_choice("journal", journal, JOURNAL_MODES)
+        self.journal_mode = check_choice("journal", journal or self.cfg.journal, JOURNAL_MODES)
         self.runs: dict[str, BusRun] = {}
         self._open: dict[str, BusRun] = {}
         self._route: dict[str, BusRun] = {}
