@@ -268,3 +268,32 @@ async def run_documents(js: Any, cfg: BusConfig, run_uid: str, first: int, last:
 
 def is_finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+async def _drain_and_cancel(nc: Any) -> None:
+    import asyncio
+
+    if nc is not None and not nc.is_closed:
+        try:
+            await asyncio.wait_for(nc.drain(), 5.0)
+        except Exception:  # noqa: BLE001 - not connected: close instead
+            try:
+                await nc.close()
+            except Exception:  # noqa: BLE001
+                pass
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def close_runtime(rt: Any, nc: Any) -> None:
+    """Drain the client (what is published reaches the server), cancel the I/O thread's tasks, stop the thread."""
+    if rt.closed:
+        return
+    try:
+        rt.setup(_drain_and_cancel(nc), timeout=15.0)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("bus: closing the NATS connection: %s", exc)
+    rt.close(timeout=5.0)

@@ -68,7 +68,7 @@ class DurableWorker:
         self.deliver_new = False
         self.handled = 0  # messages acknowledged
         self.batches = 0
-        self._rt = NatsRuntime(name=f"espt-worker-{durable}")
+        self._rt = NatsRuntime(name=f"espt-worker-{durable}", owns_client=False)
         self._nc: Any = None
         self.js: Any = None
         self._psub: Any = None
@@ -176,8 +176,9 @@ class DurableWorker:
         signal.signal(signal.SIGINT, _stop)
 
     def close(self) -> None:
-        if not self._rt.closed:
-            self._rt.close(timeout=5.0)
+        from .bus import close_runtime
+
+        close_runtime(self._rt, self._nc)
 
 
 async def consumer_lag(js: Any, cfg: BusConfig) -> list[dict]:

@@ -137,8 +137,8 @@ class LiveMapView:
         self.snapshots: dict[str, dict] = {}
         self.latest: dict | None = None
         self.updated = threading.Event()
-        self._rt = NatsRuntime(name="espt-livemap-view")
-        nc = self._rt.connect(nats.connect(**config.connect_options()), timeout=config.connect_timeout + 5)
+        self._rt = NatsRuntime(name="espt-livemap-view", owns_client=False)
+        nc = self._nc = self._rt.connect(nats.connect(**config.connect_options()), timeout=config.connect_timeout + 5)
 
         async def on_msg(msg: Any) -> None:
             snap = unpack(msg.data)
@@ -174,5 +174,6 @@ class LiveMapView:
         return img
 
     def close(self) -> None:
-        if not self._rt.closed:
-            self._rt.close(timeout=5.0)
+        from .bus import close_runtime
+
+        close_runtime(self._rt, self._nc)

@@ -81,7 +81,7 @@ class BusPublisher:
         self._open: dict[str, BusRun] = {}
         self._route: dict[str, BusRun] = {}
         self._slots = threading.BoundedSemaphore(self.cfg.max_pending)
-        self._rt = NatsRuntime(name="espt-bus-publisher")
+        self._rt = NatsRuntime(name="espt-bus-publisher", owns_client=False)
         self._nc: Any = None
         self._js: Any = None
         self._queue: asyncio.Queue | None = None
@@ -109,7 +109,6 @@ class BusPublisher:
             await nc.close()
             raise
         self._nc, self._js = nc, js
-        self._rt.adopt_client(nc)
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._rt.loop.create_task(self._sender())
@@ -341,8 +340,9 @@ class BusPublisher:
             if j is not None:
                 j.close()
         self._open.clear()
-        if not self._rt.closed:
-            self._rt.close(timeout=timeout)
+        from .bus import close_runtime
+
+        close_runtime(self._rt, self._nc)
 
     def __repr__(self) -> str:
         h = self.health()
