@@ -33,7 +33,7 @@ defaults, file, environment, explicit dict)::
     publish_timeout = 2.0   # the longest the RunEngine waits for the bus; then the run goes to the local backup
     max_pending = 1000      # unacknowledged publishes before the RunEngine waits
     max_age_days = 30.0     # stream retention (age, bytes)
-    max_bytes = 53687091200
+    max_bytes = -1          # -1: up to the server's JetStream storage (set a limit at a facility)
     journal = "always"      # always: every document journaled first | on_failure: only runs the bus fails
 
     [session]

@@ -27,7 +27,7 @@ from espt_bluesky.cli import main as espt_main
 from espt_bluesky.storage import LocalCatalog, make_writer, read_map
 from espt_bluesky.workers.bus import BusConfig
 
-from test_storage_helpers import hopping_plan, random_points
+from test_storage_helpers import random_points
 
 NATS = os.environ.get("ESPT_NATS_URL", "nats://127.0.0.1:4222")
 REQUIRE = os.environ.get("ESPT_REQUIRE_SERVICES", "") not in ("", "0")
@@ -231,20 +231,22 @@ def test_session_bus_mode_tiled_and_analysis_workers_idempotent(bus, catalog, tm
     from espt_bluesky.workers.tiled_worker import TiledWorker
 
     bus_section = {k: getattr(bus, k) for k in ("mode", "servers", "stream", "subject", "live_subject")}
-    s = build_session({"bench": {"technique": "SECCM"}, "session": {"md_dir": "", "suspenders": False},
+    s = build_session({"bench": {"technique": "SECCM", "sample": "hopg", "seed": 4}, "session": {"md_dir": "", "suspenders": False},
                        "storage": {"mode": "connect", "tiled_uri": catalog.uri, "api_key": catalog.api_key,
                                    "data_dir": str(catalog.data_dir.root)},
                        "bus": bus_section})
     try:
         assert s.writer is None and s.publisher is not None  # bus mode: nothing written in-process
         assert "bus:" in s.banner() and "connected" in s.banner()
-        ps = s.bench.potentiostat
-        e0 = s.bench.model.environment["e_ocp"]
-        ps.configure_technique("CV", e_start=e0, e_vertex1=e0 - 0.3, e_vertex2=e0 + 0.3, scan_rate=0.5,
-                               n_samples=200)
+        from espt_bluesky.plans.hopping import hopping_scan
+
+        measure = dict(technique="CV", e_start=3.0, e_vertex1=0.0, e_vertex2=3.0, scan_rate=1.0, n_cycles=2,
+                       n_samples=200)
         docs: list = []
         s.RE.subscribe(lambda n, d: docs.append((n, d)))
-        (uid,) = s.RE(hopping_plan(s.bench, random_points(24, seed=5)))
+        (uid,) = s.RE(hopping_scan(s.stage, s.pstat, technique="SECCM", x_range=(10, 90, 4), y_range=(10, 90, 4),
+                                   hop_height=2.0, measure=measure, mode="device", hopper=s.hopper,
+                                   context=s.bench.metadata())).run_start_uids
         assert any(n == "stream_resource" for n, _ in docs)  # waveforms stayed in HDF5 files on shared storage
         assert s.publisher.runs[uid].state == "published"
     finally:
@@ -258,7 +260,7 @@ def test_session_bus_mode_tiled_and_analysis_workers_idempotent(bus, catalog, tm
     xr.testing.assert_identical(read_map(run), read_map(_inprocess_copy(catalog, docs, tmp_path)))
 
     # analysis worker: killed after writing the product, before acknowledging the stop
-    aw = AnalysisWorker(bus, catalog.client, ack_wait=1.0)
+    aw = AnalysisWorker(bus, catalog.client, ack_wait=1.0, k_max=3)
     aw.connect()
     batch = []
     deadline = time.monotonic() + 30
@@ -272,7 +274,7 @@ def test_session_bus_mode_tiled_and_analysis_workers_idempotent(bus, catalog, tm
     np.testing.assert_allclose(prod["x"], ref["x"])
     created = catalog.client()["products"][uid]["screening"].metadata["created"]
 
-    aw2 = AnalysisWorker(bus, catalog.client, ack_wait=1.0)
+    aw2 = AnalysisWorker(bus, catalog.client, ack_wait=1.0, k_max=3)
     aw2.run(until_idle=3.0)
     aw2.close()
     assert aw2.handled == 1 and aw2.written == []  # the stop came again, and nothing was written twice

@@ -40,7 +40,7 @@ BUS_MODES = ("off", "bus", "both")
 BUS_DEFAULTS: dict[str, Any] = {
     "mode": "off", "servers": "nats://127.0.0.1:4222", "stream": "ESPT", "subject": "espt.docs.default",
     "live_subject": "espt.live.default", "creds": None, "connect_timeout": 2.0, "publish_timeout": 2.0,
-    "max_pending": 1000, "max_age_days": 30.0, "max_bytes": 50 * 2**30, "duplicate_window": 120.0,
+    "max_pending": 1000, "max_age_days": 30.0, "max_bytes": -1, "duplicate_window": 120.0,
     "backup_dir": None, "keep_journals": False, "journal": "always",
 }
 JOURNAL_MODES = ("always", "on_failure")
@@ -73,7 +73,8 @@ class BusConfig:
     max_pending : int
         Published documents awaiting JetStream's acknowledgement before the RunEngine waits.
     max_age_days, max_bytes : float, int
-        Stream retention: documents older than this, or beyond this many bytes (oldest first), are discarded.
+        Stream retention: documents older than this, or beyond this many bytes (oldest first), are discarded
+        (``max_bytes = -1``: as much as the server's JetStream storage allows).
     duplicate_window : float, s
         JetStream drops a message whose ``Nats-Msg-Id`` it stored within this window.
     backup_dir : str, optional
@@ -95,7 +96,7 @@ class BusConfig:
     publish_timeout: float = 2.0
     max_pending: int = 1000
     max_age_days: float = 30.0
-    max_bytes: int = 50 * 2**30
+    max_bytes: int = -1
     duplicate_window: float = 120.0
     backup_dir: str | None = None
     keep_journals: bool = False

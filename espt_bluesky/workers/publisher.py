@@ -87,6 +87,7 @@ class BusPublisher:
         self._queue: asyncio.Queue | None = None
         self._connecting: Any = None
         self.last_error: str | None = None
+        self._closing = False
         self._connect(wait=True)
 
     # ------------------------------------------------------------------ connection (I/O thread)
@@ -97,7 +98,8 @@ class BusPublisher:
             self.last_error = f"{type(exc).__name__}: {exc}"
 
         async def on_disconnect() -> None:
-            logger.warning("bus: disconnected from NATS %s", self.cfg.servers)
+            if not self._rt.closed and not self._closing:
+                logger.warning("bus: disconnected from NATS %s", self.cfg.servers)
 
         opts = self.cfg.connect_options()
         opts["max_reconnect_attempts"] = -1
@@ -340,6 +342,7 @@ class BusPublisher:
             if j is not None:
                 j.close()
         self._open.clear()
+        self._closing = True
         from .bus import close_runtime
 
         close_runtime(self._rt, self._nc)
