@@ -274,6 +274,13 @@ def is_finite(x: float) -> bool:
 async def _drain_and_cancel(nc: Any) -> None:
     import asyncio
 
+    loop = asyncio.get_running_loop()
+
+    def quiet(lp: Any, ctx: dict) -> None:  # the client's own tasks, cancelled below, report nothing
+        if not isinstance(ctx.get("exception"), asyncio.CancelledError):
+            lp.default_exception_handler(ctx)
+
+    loop.set_exception_handler(quiet)
     if nc is not None and not nc.is_closed:
         try:
             await asyncio.wait_for(nc.drain(), 5.0)

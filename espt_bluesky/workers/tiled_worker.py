@@ -85,6 +85,13 @@ class TiledWorker(DurableWorker):
             self._client = self._client_factory()
         return self._client
 
+    def connect(self) -> None:
+        """Connect to the bus, and to Tiled (the writer's imports done now, not at the first document)."""
+        from ..storage import writer  # noqa: F401
+
+        super().connect()
+        self.client  # noqa: B018 - fails here, with the URI named, if Tiled does not answer
+
     # ------------------------------------------------------------------ batch
     def handle(self, batch: list[Message]) -> None:
         from ..storage.writer import flush_tiled_writer
