@@ -90,7 +90,11 @@ class TiledWorker(DurableWorker):
         from ..storage import writer  # noqa: F401
 
         super().connect()
-        self.client  # noqa: B018 - fails here, with the URI named, if Tiled does not answer
+        try:
+            self.client  # noqa: B018
+        except Exception as exc:  # noqa: BLE001 - documents wait in the stream; the first batch waits for Tiled
+            logger.warning("tiled worker: Tiled does not answer yet (%s: %s); waiting for it", type(exc).__name__, exc)
+            self._client = None
 
     # ------------------------------------------------------------------ batch
     def handle(self, batch: list[Message]) -> None:
