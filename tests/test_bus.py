@@ -50,7 +50,7 @@ def _nats_answers() -> bool:
         return False
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def jetstream():
     if not _nats_answers():
         if REQUIRE:
@@ -59,7 +59,7 @@ def jetstream():
 
 
 @pytest.fixture
-def bus():
+def bus(jetstream):
     """A BusConfig with a stream and subjects of its own; the stream is deleted afterwards."""
     tag = uuid.uuid4().hex[:10]
     cfg = BusConfig.from_mapping({"mode": "bus", "servers": NATS, "stream": f"ESPTTEST_{tag}",
@@ -317,6 +317,65 @@ def test_jetstream_unreachable_run_goes_to_backup_and_replay_delivers(catalog, t
     run = catalog.client()[uid]
     assert run.metadata["stop"]["exit_status"] == "success"
     assert sorted(_seq_nums(run)) == list(range(1, 31))
+
+
+def test_jetstream_failing_mid_run_whole_run_to_backup(bus, catalog, tmp_path, caplog, capsys):
+    """The stream disappears in the middle of a run: the publisher says so loudly, the run completes into its
+    journal (which holds the whole run), and `espt replay` delivers every event."""
+    import threading
+
+    from bluesky import RunEngine
+
+    from espt_bluesky.workers.publisher import BusPublisher
+
+    backup = tmp_path / "backup"
+    pub = BusPublisher(bus, backup)
+
+    def delete_stream():
+        import nats
+
+        async def run():
+            nc = await nats.connect(NATS)
+            await nc.jetstream().delete_stream(bus.stream)
+            await nc.close()
+
+        asyncio.run(run())
+
+    def fault(i):
+        if i == 20:
+            t = threading.Thread(target=delete_stream)
+            t.start()
+            t.join()
+
+    RE = RunEngine({})
+    timed = Timed(pub)
+    RE.subscribe(timed)
+    with caplog.at_level(logging.ERROR):
+        (uid,) = RE(cheap_hops(random_points(50, seed=4), on_spot=fault))
+    pub.close()
+    assert pub.runs[uid].state == "backup" and pub.pending == [backup / f"{uid}.journal"]
+    assert any("BUS DOWN" in r.message and uid in r.message for r in caplog.records)
+    assert "publishing failed" in pub.runs[uid].error  # found by the acknowledgement, not by waiting it out
+    print(f"\nlongest RunEngine wait on the publisher: {1e3 * timed.longest:.1f} ms")
+    assert espt_main(["replay", str(backup), "--uri", catalog.uri, "--api-key", catalog.api_key]) == 0
+    assert "written 1 run(s)" in capsys.readouterr().out
+    run = catalog.client()[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert sorted(_seq_nums(run)) == list(range(1, 51))
+
+
+def test_bus_config_refuses_bad_settings():
+    from espt_bluesky.errors import InvalidArgument
+    from espt_bluesky.session import load_config
+
+    assert load_config({"bus": {"mode": "bus"}})["bus"]["servers"] == ["nats://127.0.0.1:4222"]
+    for bad, named in [({"mode": "kafka"}, "bus.mode"), ({"stream_name": "x"}, "stream_name"),
+                       ({"servers": "http://h:4222"}, "bus.servers"), ({"subject": "a.*"}, "bus.subject"),
+                       ({"live_subject": "espt.docs.default.map"}, "bus.live_subject"),
+                       ({"publish_timeout": "2 s"}, "bus.publish_timeout"), ({"max_pending": 0}, "bus.max_pending"),
+                       ({"journal": "never"}, "bus.journal"), ({"keep_journals": "yes"}, "bus.keep_journals")]:
+        with pytest.raises(InvalidArgument, match=named.replace(".", r"\.")):
+            load_config({"bus": bad})
 
 
 def test_livemap_publisher_feeds_a_remote_view(bus):
