@@ -25,7 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .bus import H_RUN, H_START_SEQ, BusConfig, run_documents
+from .bus import H_RUN, H_START_SEQ, ArrayRestorer, BusConfig, run_documents
 from .consumer import DurableWorker, Message
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,12 @@ class _Run:
     last_seq: int = 0
     reason: str = ""
     rebuilt: bool = False
+    arrays: ArrayRestorer | None = None
+
+    def feed(self, name: str, doc: dict) -> None:
+        if self.arrays is None:
+            self.arrays = ArrayRestorer()
+        self.tw(name, self.arrays(name, doc))
 
 
 class TiledWorker(DurableWorker):
@@ -115,7 +121,7 @@ class TiledWorker(DurableWorker):
                 flush_tiled_writer(run.tw)
         for run in touched.values():
             if run.tw is not None and run.reason == "stopped":
-                run.tw = None
+                run.tw = run.arrays = None
         self._forget_old()
 
     def failed(self, batch: list[Message], exc: Exception) -> None:
@@ -148,7 +154,7 @@ class TiledWorker(DurableWorker):
         run.last_seq = m.seq
         if run.tw is None:
             return run
-        run.tw(m.name, m.doc)
+        run.feed(m.name, m.doc)
         if m.name == "stop":
             run.reason = "stopped"
             self.written.append(uid)
@@ -169,7 +175,7 @@ class TiledWorker(DurableWorker):
             logger.warning("tiled worker: run %s is partial in Tiled: rewriting it from the stream", uid)
             node.delete(recursive=True, external_only=False)
         run.tw = new_tiled_writer(client)
-        run.tw("start", start)
+        run.feed("start", start)
         return run
 
     def _rebuild(self, uid: str, m: Message) -> _Run | None:
@@ -212,7 +218,7 @@ class TiledWorker(DurableWorker):
             run.rebuilt = True
             self.rebuilt.append(uid)
             for seq, name, doc in docs[1:]:
-                run.tw(name, doc)
+                run.feed(name, doc)
                 run.last_seq = seq
         return run
 
