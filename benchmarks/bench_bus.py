@@ -21,7 +21,8 @@ Then:
 Prints seconds, ms per spot added to the baseline and ratios measured in this one process (the machine is shared:
 compare ratios).  No assertions.
 
-Usage: ``python benchmarks/bench_bus.py [--spots 1000] [--samples 2000] [--latency-spots 30]``
+Usage: ``python benchmarks/bench_bus.py [--spots 1000] [--samples 2000] [--latency-spots 30] [--assets]``
+(``--assets``: the waveforms in HDF5 files, as a session writes them, the documents small)
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--latency-spots", type=int, default=30)
     ap.add_argument("--nats", default="nats://127.0.0.1:4222")
+    ap.add_argument("--assets", action="store_true",
+                    help="waveforms written to HDF5 files (StreamResource/StreamDatum), as the session does, "
+                         "instead of carried in the event documents")
     args = ap.parse_args()
 
     import numpy as np
@@ -70,6 +74,10 @@ def main() -> None:
         e0 = b.model.environment["e_ocp"]
         b.potentiostat.configure_technique("CV", e_start=e0, e_vertex1=e0 - 0.3, e_vertex2=e0 + 0.3,
                                            scan_rate=0.5, n_samples=args.samples)
+        if args.assets:
+            from espt_bluesky.devices.waveform_assets import HDF5WaveformWriter
+
+            b.potentiostat.asset_writer = HDF5WaveformWriter(cat.asset_dir)
         return b
 
     def timed(subscriber=None, after=None, points=pts):
@@ -190,7 +198,8 @@ def main() -> None:
         asyncio.run(delete())
 
     base = results["no subscriber"]
-    print(f"hopping run, {args.spots} spots x {args.samples}-sample CV in the event documents")
+    where = "in HDF5 asset files" if args.assets else "in the event documents"
+    print(f"hopping run, {args.spots} spots x {args.samples}-sample CV {where}")
     for k, t in results.items():
         add = 1e3 * (t - base) / args.spots
         print(f"  {k:40s} {t:8.2f} s   {t / base:6.2f} x baseline   {1e3 * t / args.spots:7.2f} ms/spot"
