@@ -430,3 +430,36 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
         return TiledWriter(factory(), batch_size=int(batch_size))
     return ResilientTiledWriter(factory, backup_directory, batch_size, max_wait=max_wait, health_url=health,
                                 **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- bus workers
+def new_tiled_writer(client: Any, batch_size: int = 10_000) -> TiledWriter:
+    """A plain ``TiledWriter`` of ``client`` (the bus's Tiled worker commits batches itself with
+    :func:`flush_tiled_writer` before it acknowledges them)."""
+    return TiledWriter(client, batch_size=int(batch_size))
+
+
+def flush_tiled_writer(tw: TiledWriter) -> int:
+    """Write every row and stream datum ``tw`` holds in its batches now; return how many batches were written.
+
+    ``TiledWriter`` has no public flush: this reaches into its per-run writers (bluesky-tiled-plugins 2.0) the way
+    its own ``stop`` does, so that a caller knows which documents are in Tiled.
+    """
+    from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
+
+    n = 0
+    for callbacks in list(tw._run_router._factory_cbs_by_start.values()):
+        for cb in callbacks:
+            writers = [cb] if isinstance(cb, _RunWriter) else \
+                [w for w in getattr(cb, "_token_refs", {}).values() if isinstance(w, _RunWriter)]
+            for rw in writers:
+                for desc_name, cache in rw._internal_data_cache.items():
+                    if cache:
+                        rw._write_internal_data(cache, desc_node=rw._desc_nodes[desc_name])
+                        cache.clear()
+                        n += 1
+                for sres_uid in list(rw._external_data_cache):
+                    rw._write_external_data(rw._external_data_cache[sres_uid])
+                    del rw._external_data_cache[sres_uid]
+                    n += 1
+    return n
