@@ -162,11 +162,27 @@ class BenchModel:
         return h + self.options.drift[2] * self.clock
 
     def _end_face_points(self, x: float, y: float) -> tuple[np.ndarray, np.ndarray]:
+        """Points of the probe's end face that can touch the sample (µm, stage frame).
+
+        A nanopipette's face is the glass annulus between r_i and r_o: the same quadrature points as its ion
+        current (:meth:`sicm_face`), plus the axis, so that contact and current see one geometry.
+        """
+        if self.probe.kind == "Nanopipette":
+            pts = self._annulus()
+            return (np.concatenate([[x], x + pts["dx"].ravel()]), np.concatenate([[y], y + pts["dy"].ravel()]))
         r = self.probe.end_radius
         ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
         xs = np.concatenate([[x], x + r * np.cos(ang), x + 0.5 * r * np.cos(ang + 0.26)])
         ys = np.concatenate([[y], y + r * np.sin(ang), y + 0.5 * r * np.sin(ang + 0.26)])
         return xs, ys
+
+    def _annulus(self) -> dict[str, np.ndarray]:
+        key = (self.probe.radius, self.probe.end_radius)
+        cache = getattr(self, "_annulus_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, sicm.annulus_points(self.probe.radius, self.probe.end_radius))
+            self._annulus_cache = cache
+        return cache[1]
 
     def clearance(self, x: float | None = None, y: float | None = None, z: float | None = None) -> float:
         """Smallest gap (µm) between the probe's end face and the surface; negative means a crash."""
@@ -304,12 +320,31 @@ class BenchModel:
         return float(i[0]) if np.ndim(e_sub) == 0 else i
 
     # ------------------------------------------------------------------ SICM
-    def sicm_current(self, bias: float | None = None) -> float:
-        """Ion current (A) through the pipette at the current gap (noise free)."""
+    def sicm_face(self, x: float | None = None, y: float | None = None) -> np.ndarray:
+        """Sample height (µm) under the quadrature points of the pipette's end face at (x, y), shape
+        ``(n_azimuth, n_radial)`` (see :func:`espt_bluesky.physics.sicm.annulus_points`)."""
+        px, py, _ = self.position
+        x = px if x is None else x
+        y = py if y is None else y
+        pts = self._annulus()
+        return self.surface_z(x + pts["dx"], y + pts["dy"])
+
+    def sicm_current(self, bias: float | None = None, z=None, face: np.ndarray | None = None):
+        """Ion current (A) through the pipette (noise free), from the gap under its whole end face.
+
+        ``z`` (µm, scalar or array) evaluates the current at other tip heights over the same (x, y) without
+        moving (a controller's look-up of one approach); ``face`` reuses heights from :meth:`sicm_face`.
+        """
         bias = self.options.ion_bias if bias is None else bias
-        d = max(self.distance(), 1e-4)
-        return float(sicm.ion_current(d, self.probe.radius, self.probe.outer_radius or 1.5 * self.probe.radius,
-                                      self.probe.half_angle, self.options.conductivity, bias))
+        pr = self.probe
+        ro = pr.end_radius
+        h = self.sicm_face() if face is None else face
+        zz = self.position[2] if z is None else np.asarray(z, float)
+        gaps = np.asarray(zz, float)[..., None, None] - h
+        norm = sicm.ion_current_normalized_face(gaps, pr.radius, ro, pr.half_angle, self._annulus()["w"])
+        i_sat = bias / sicm.pipette_resistance(pr.radius, pr.half_angle, self.options.conductivity)
+        out = i_sat * norm
+        return float(out) if np.ndim(out) == 0 else out
 
     # ------------------------------------------------------------------ SECCM
     def meniscus_height(self) -> float:

@@ -282,7 +282,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
             criterion="current_drop" if technique == "SICM" else "contact",
             setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
             approach_step=spec.fine_step, max_travel=max_travel,
-            stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset, measure=meas is not None))
+            stop_offset=spec.stop_offset, measure=meas is not None))
         yield from cell_on(potentiostat)
         yield from configure_measure(potentiostat, meas)
         topo = []
