@@ -73,7 +73,10 @@ def sicm_hop_surface(z_stop: float, i_stop: float, i_top: float, z_top: float, a
     surface = math.nan
     gap = math.nan
     for _ in range(max(1, int(n_iter))):
-        gap = float(sicm_gap_from_ratio(abs(i_stop / i_sat), access_length))
+        s = abs(i_stop / i_sat)
+        gap = float(sicm_gap_from_ratio(s, access_length))
+        if s < 1:  # d(S) is convex: E[d(S + noise)] = d(S) + A σ²/(1 − S)³ to second order
+            gap -= access_length * sigma_ratio**2 / (1.0 - s) ** 3
         surface = z_stop - gap
         i_sat = sicm_far_current(i_top, z_top - surface, access_length)
     s = abs(i_stop / i_sat)

@@ -22,12 +22,13 @@ Criteria (``criterion`` config signal):
 =================  ===================================================================================
 ``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_sat (each reading the mean of 4
                     samples; I_sat from the mean of 5 readings at the top; confirmed by the mean of 2 fresh
-                    readings, not the one that fired).  The height then comes from 4 more fresh readings at
-                    the stop, mapped through the pipette's current–distance curve
+                    readings, not the one that fired).  The height then comes from fresh samples at the stop
+                    (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
+                    through the pipette's current–distance curve
                     (:func:`espt_bluesky.analysis.hop_height.sicm_hop_surface`): no half-step bias, no
                     selection bias, and an error bar from the noise measured at the top.  Where the hops
-                    around are steep, the stop distance grows to 2·slope·r_o + d_set/4 so that the glass rim
-                    stays clear (:func:`espt_bluesky.physics.sicm.slope_safe_distance`).
+                    around are steep, or ``max_slope`` says the sample may be, the stop distance grows to
+                    slope·r_o + d_set/4 (neighbour slopes doubled) so that the glass rim stays clear (:func:`espt_bluesky.physics.sicm.slope_safe_distance`).
 ``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched); the landing is
                     the midpoint of the last two heights (error step/√12)
 =================  ===================================================================================
@@ -77,6 +78,7 @@ class SimHopController(Device):
     approach_step = Cpt(QuantitySignal, value=0.02, kind="config", units="um")
     max_travel = Cpt(QuantitySignal, value=20.0, kind="config", units="um")
     stop_offset = Cpt(QuantitySignal, value=0.0, kind="config", units="um")
+    max_slope = Cpt(QuantitySignal, value=0.0, kind="config", units="1")
     measure = Cpt(Signal, value=0, kind="config")
 
     def __init__(self, *args, stage=None, potentiostat=None, **kwargs):
@@ -92,7 +94,7 @@ class SimHopController(Device):
         self.device_time = 0.0
         self._measured_time = 0.0
         for sig in (self.criterion, self.setpoint, self.hop_height, self.approach_step, self.max_travel,
-                    self.stop_offset, self.measure):
+                    self.stop_offset, self.max_slope, self.measure):
             sig.subscribe(self._forget_contact, run=False)
 
     HISTORY = 256  # hops remembered for the local slope
@@ -108,15 +110,17 @@ class SimHopController(Device):
         self._forget_contact()
 
     def configure_hop(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
-                      max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> None:
+                      max_travel: float, stop_offset: float = 0.0, max_slope: float = 0.0,
+                      measure: bool = False) -> None:
         """Load the hop programme (validated)."""
         for sig, v in self.hop_settings(criterion=criterion, setpoint=setpoint, hop_height=hop_height,
                                         approach_step=approach_step, max_travel=max_travel, stop_offset=stop_offset,
-                                        measure=measure):
+                                        max_slope=max_slope, measure=measure):
             sig.put(v)
 
     def hop_settings(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
-                     max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> list[tuple[Any, Any]]:
+                     max_travel: float, stop_offset: float = 0.0, max_slope: float = 0.0,
+                     measure: bool = False) -> list[tuple[Any, Any]]:
         """The ``(signal, value)`` writes of a hop programme, validated, without writing anything.
 
         Plans apply them as messages (``bps.mv``) so that ``summarize_plan`` changes nothing.  Writing any of
@@ -129,10 +133,12 @@ class SimHopController(Device):
                         ("max_travel", max_travel)):
             check_positive(name, v)
         check_number("stop_offset", stop_offset, units="µm")
+        check_number("max_slope", max_slope, 0.0, 100.0)
         measure = check_bool("measure", measure)
         return [(self.criterion, criterion), (self.setpoint, float(setpoint)), (self.hop_height, float(hop_height)),
                 (self.approach_step, float(approach_step)), (self.max_travel, float(max_travel)),
-                (self.stop_offset, float(stop_offset)), (self.measure, int(bool(measure)))]
+                (self.stop_offset, float(stop_offset)), (self.max_slope, float(max_slope)),
+                (self.measure, int(bool(measure)))]
 
     def check_value(self, value) -> None:
         """Raise if the hop position (x, y) µm lies outside the stage's soft limits (``check_limits`` calls it)."""
@@ -173,7 +179,6 @@ class SimHopController(Device):
     N_AVG = 4  # samples the controller averages per reading
     N_REF = 5  # readings at the top of the hop (the reference)
     N_CONFIRM = 2  # fresh readings that must confirm a crossing (the reading that fired is not among them)
-    N_FINAL = 4  # fresh readings at the stop that give the height (no decision selected them)
     SLOPE_FACTOR = 2.0  # neighbour slopes (one hop spacing) underestimate the steepest slope under the face
 
     def _reading(self, i_true: float | None = None) -> float:
@@ -198,14 +203,21 @@ class SimHopController(Device):
         return p.radius, p.end_radius, p.half_angle
 
     def _stop_distance(self, x: float, y: float, setpoint: float) -> float:
-        """Axis gap to stop at: the setpoint distance, or more where the hops around are steep (µm)."""
+        """Axis gap to stop at (µm): the setpoint distance, or more where the sample may be steep.
+
+        The end face's rim clears a slope s only if the axis gap exceeds s·r_o: ``max_slope`` (the steepest slope
+        the user expects) and the slopes between the hops made around this point (doubled: hop spacings smooth
+        a rim) both raise the stop distance, plus a quarter of the setpoint distance as margin.
+        """
         ri, ro, th = self._pipette()
         d_set = float(sicm.distance_for_current_drop(setpoint, ri, ro, th))
-        if len(self._history) < 2:
+        s = float(self.max_slope.get())
+        if len(self._history) >= 2:
+            hx, hy, hz = zip(*self._history)
+            s = max(s, self.SLOPE_FACTOR * hop_height.local_slope(hx, hy, hz, x, y))
+        if s <= 0:
             return d_set
-        hx, hy, hz = zip(*self._history)
-        s = hop_height.local_slope(hx, hy, hz, x, y)
-        return max(d_set, float(sicm.slope_safe_distance(self.SLOPE_FACTOR * s, ro, 0.25 * d_set)))
+        return max(d_set, float(sicm.slope_safe_distance(s, ro, 0.25 * d_set)))
 
     def _approach_sicm(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
         """Step down from ``z_top`` until the averaged ion current confirms the stop; heights from fresh readings.
@@ -215,67 +227,86 @@ class SimHopController(Device):
         m = self._model
         ri, ro, th = self._pipette()
         A = float(sicm.access_length(ri, ro, th))
-        setpoint = float(self.setpoint.get())
+        d_stop = self._stop_distance(x, y, float(self.setpoint.get()))
+        s_stop = d_stop / (d_stop + A)  # I/I_sat at the stop
         i_here = m.sicm_current()
         refs = [self._reading(i_here) for _ in range(self.N_REF)]
-        i_top = float(np.mean(refs))
-        # relative noise of one sample, measured at the top (for the error bar)
-        sigma1 = float(np.std(refs, ddof=1)) * math.sqrt(self.N_AVG) / abs(i_top) if i_top else 0.0
+        # relative noise of one sample, measured at the top; the controller then averages as many samples (at the
+        # top and at the stop) as give the height to a quarter step: the gap's sensitivity to the current,
+        # A/(1 − S)², grows fast above the setpoint
+        sigma1 = float(np.std(refs, ddof=1)) * math.sqrt(self.N_AVG) / abs(np.mean(refs)) if np.mean(refs) else 0.0
+        per_sample = sigma1 * A / (1.0 - s_stop) ** 2  # µm of gap per sample's noise
+        n_avg = int(np.clip(np.ceil(2.0 * (per_sample / (0.25 * step)) ** 2), 4 * self.N_AVG, 4096))
+        extra = max(n_avg - self.N_REF * self.N_AVG, 0)
+        i_top = (float(np.sum(refs)) * self.N_AVG + float(np.sum(m.add_noise(np.full(extra, i_here))))) \
+            / (self.N_REF * self.N_AVG + extra)
         gap_top = (z_top - self._last_surface) if self._last_surface is not None else math.inf
         i_sat = hop_height.sicm_far_current(i_top, gap_top, A)
-        d_stop = self._stop_distance(x, y, setpoint)
-        thr = abs(i_sat) * d_stop / (d_stop + A)
+        thr = abs(i_sat) * s_stop
+        sigma = sigma1 / math.sqrt(n_avg)
         zs = z_top - step * np.arange(1, max_steps + 1)
-        if not any(m.options.drift):
-            z, n, i_now = self._descend_still(x, y, z_top, zs, thr)
-        else:  # a drifting sample: evaluate step by step at the instrument clock
-            n = 0
-            while True:
-                if n >= max_steps:
-                    self._no_crossing(x, y)
-                z = float(zs[n])
-                n += 1
-                self._vertical(z)  # raises TipCrash where the face touches
-                i_now = m.sicm_current()
-                if abs(self._reading(i_now)) < thr and \
-                        abs(np.mean([self._reading(i_now) for _ in range(self.N_CONFIRM)])) < thr:
-                    break
-        i_stop = float(np.mean([self._reading(i_now) for _ in range(self.N_FINAL)]))
-        sigma = sigma1 / math.sqrt(self.N_FINAL * self.N_AVG)
-        surface, err, i_sat = hop_height.sicm_hop_surface(z, i_stop, i_top, z_top, A, sigma_ratio=sigma)
-        return dict(z=z, n=n, surface=surface, err=err, i_ref=i_sat)
+        k = 0
+        while True:
+            if not any(m.options.drift):
+                z, k, i_now = self._descend_still(x, y, z_top, zs, thr, k)
+            else:
+                z, k, i_now = self._descend_drifting(x, y, zs, thr, k)
+            i_stop = float(np.mean(m.add_noise(np.full(n_avg, i_now))))
+            # a stop the long average does not confirm (the short readings were unlucky) goes on down
+            if abs(i_stop) < thr * (1.0 + 3.0 * sigma):
+                break
+        surface, err, i_sat = hop_height.sicm_hop_surface(z, i_stop, i_top, z_top, A,
+                                                          sigma_ratio=math.sqrt(2.0) * sigma)
+        return dict(z=z, n=k, surface=surface, err=err, i_ref=i_sat)
+
+    def _descend_drifting(self, x: float, y: float, zs: np.ndarray, thr: float, start: int):
+        """The approach over a drifting sample: every step evaluated at the instrument clock."""
+        m = self._model
+        n = start
+        while True:
+            if n >= zs.size:
+                self._no_crossing(x, y)
+            z = float(zs[n])
+            n += 1
+            self._vertical(z)  # raises TipCrash where the face touches
+            i_now = m.sicm_current()
+            if abs(self._reading(i_now)) < thr and \
+                    abs(np.mean([self._reading(i_now) for _ in range(self.N_CONFIRM)])) < thr:
+                return z, n, i_now
 
     def _no_crossing(self, x: float, y: float):
         raise ApproachLimitReached(
             f"hop at x={x:.3f}, y={y:.3f} µm: criterion 'current_drop' not met within max_travel="
             f"{self.max_travel.get()} µm", reason="criterion_not_met")
 
-    def _descend_still(self, x: float, y: float, z_top: float, zs: np.ndarray, thr: float):
+    def _descend_still(self, x: float, y: float, z_top: float, zs: np.ndarray, thr: float, start: int = 0):
         """The approach over a still sample, vectorised: the face heights hold, so every step's current (and
         its noisy reading) is computed at once; the steps are then walked in order, as the controller does."""
         m = self._model
         face = m.sicm_face(x, y)
         h_max = max(float(np.max(face)), float(m.surface_z(x, y)))  # the face points of clearance()
         n_safe = int(np.searchsorted(-zs, -h_max, side="right"))  # steps with z >= h_max
-        i_true = m.sicm_current(z=zs[:n_safe], face=face)
-        readings = np.mean(m.add_noise(np.repeat(i_true[:, None], self.N_AVG, axis=1)), axis=1)
+        i_true = np.zeros(zs.size)
+        i_true[start:n_safe] = m.sicm_current(z=zs[start:n_safe], face=face)
+        readings = np.mean(m.add_noise(np.repeat(i_true[start:n_safe, None], self.N_AVG, axis=1)), axis=1)
         stop = None
-        for k in np.flatnonzero(np.abs(readings) < thr):
+        for k in start + np.flatnonzero(np.abs(readings) < thr):
             if abs(np.mean([self._reading(float(i_true[k])) for _ in range(self.N_CONFIRM)])) < thr:
                 stop = int(k)
                 break
         velocity = max(self.stage.z.velocity.get(), 1e-9) if self.stage is not None else math.inf
+        z_from = float(m.position[2])
         if stop is None:
             last = n_safe - 1
-            if last >= 0:
+            if last >= start:
                 m.position = np.array([x, y, float(zs[last])])
-                m.clock += (z_top - float(zs[last])) / velocity
+                m.clock += (z_from - float(zs[last])) / velocity
             if n_safe < zs.size:
                 self._vertical(float(zs[n_safe]))  # the face touches on this step: TipCrash
             self._no_crossing(x, y)
         z = float(zs[stop])
         m.position = np.array([x, y, z])
-        m.clock += (z_top - z) / velocity
+        m.clock += (z_from - z) / velocity
         return z, stop + 1, float(i_true[stop])
 
     def _approach_contact(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:

@@ -6,7 +6,8 @@ import numpy as np
 import bluesky.plan_stubs as bps
 from bluesky.protocols import Configurable, Movable, Readable
 
-from ..errors import FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, fault_reason
+from ..errors import (FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, check_number,
+                      fault_reason)
 from ._detectors import check_detectors
 from ._common import (apply_settings, cell_on, check_points, check_step, check_xy, checked_plan,
                       configure_technique, device_error, grid_points, managed_run, probe_of, put_values,
@@ -180,7 +181,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
                  snake: bool = True, seed: int | None = None, hop_height: float = 2.0,
                  approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
-                 contact_current: float = 5e-13, stop_offset: float = 0.0, measure: Mapping | None = None,
+                 contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float = 0.0,
+                 measure: Mapping | None = None,
                  mode: str = "device", hopper: Movable | None = None, on_fault: str = "skip",
                  max_consecutive_faults: int = 5, probe: Configurable | None = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None, detectors: Sequence[Readable] | None = None,
@@ -204,6 +206,14 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         SECCM: |substrate current| that signals meniscus contact.
     stop_offset : float, µm
         SECCM: subtracted from the landing height to give the surface height (default 0: the landing height).
+    max_slope : float
+        SICM: the steepest sample slope |∇h| the map may meet (0–100, e.g. 5 for particles with near-vertical
+        rims).  The pipette's flat end face (outer radius r_o) touches a slope s before its axis reaches the
+        setpoint distance d_set whenever s·r_o > d_set, and the ion current gives no warning of it (it averages
+        the gap under the face); each hop therefore stops at least s·r_o + d_set/4 above the surface (a smaller
+        current drop there; the height still comes from the current–distance curve, with more averaging).
+        Steep slopes between hops already made raise the stop distance by themselves; 0 (default) relies on
+        those and on the setpoint alone.
     measure : dict, optional
         A waveform per hop: ``{"technique": "CV"|"CA"|"LSV", **potentiostat parameters}`` (``n_samples`` fixes
         the waveform length, default 200), or None for the ion/surface current at the setpoint.
@@ -246,6 +256,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     hop_height = check_step("hop_height", hop_height)
     if approach_step is not None:
         approach_step = check_step("approach_step", approach_step)
+    max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
     meas = _measure_spec(potentiostat, technique, measure)
     dets = check_detectors(detectors)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
@@ -266,7 +277,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         topo_key, valid_key = sigs["surface_z"].name, sigs["hop_valid"].name
     args = dict(technique=technique, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake,
                 seed=seed, hop_height=hop_height, approach_step=spec.fine_step, max_travel=max_travel, drop=drop,
-                contact_current=contact_current, stop_offset=stop_offset, measure=measure, mode=mode,
+                contact_current=contact_current, stop_offset=stop_offset, max_slope=max_slope, measure=measure,
+                mode=mode,
                 on_fault=on_fault, max_consecutive_faults=max_consecutive_faults,
                 detectors=[d.name for d in dets])
     start_md = build_start_md("hopping_scan", args, technique=technique, mode="hopping", probe=pr, context=context,
@@ -282,7 +294,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
             criterion="current_drop" if technique == "SICM" else "contact",
             setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
             approach_step=spec.fine_step, max_travel=max_travel,
-            stop_offset=spec.stop_offset, measure=meas is not None))
+            stop_offset=spec.stop_offset, max_slope=max_slope, measure=meas is not None))
         yield from cell_on(potentiostat)
         yield from configure_measure(potentiostat, meas)
         topo = []
