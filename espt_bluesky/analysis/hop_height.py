@@ -20,7 +20,11 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["sicm_gap_from_ratio", "sicm_far_current", "sicm_hop_surface", "contact_crossing", "local_slope"]
+__all__ = ["sicm_gap_from_ratio", "sicm_far_current", "sicm_hop_surface", "contact_crossing", "local_slope",
+           "sicm_stop_distance", "samples_for_precision"]
+
+#: neighbour slopes (one hop spacing) underestimate the steepest slope under the end face near a rim
+SLOPE_FACTOR = 2.0
 
 
 def sicm_gap_from_ratio(ratio: ArrayLike, access_length: float) -> np.ndarray:
@@ -117,3 +121,31 @@ def local_slope(xs: Sequence[float], ys: Sequence[float], zs: Sequence[float], x
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(dxy > 1e-9, dz / dxy, 0.0)
     return float(s.max())
+
+
+def sicm_stop_distance(d_set: float, outer_radius: float, max_slope: float = 0.0,
+                       history: Sequence[tuple[float, float, float]] = (), x: float = 0.0, y: float = 0.0) -> float:
+    """Axis gap (µm) a SICM hop stops at: the setpoint distance, or more where the sample may be steep.
+
+    The end face's rim clears a slope s only if the axis gap exceeds s·r_o.  ``max_slope`` (the steepest slope the
+    user expects) and the slopes between the hops already made around (x, y) (``history`` of (x, y, surface),
+    times :data:`SLOPE_FACTOR`) raise the stop distance to s·r_o + d_set/4.
+    """
+    s = float(max_slope)
+    if len(history) >= 2:
+        hx, hy, hz = zip(*history)
+        s = max(s, SLOPE_FACTOR * local_slope(hx, hy, hz, x, y))
+    if s <= 0:
+        return float(d_set)
+    return max(float(d_set), s * float(outer_radius) + 0.25 * float(d_set))
+
+
+def samples_for_precision(sigma_sample: float, ratio: float, access_length: float, target: float, *,
+                          low: int = 16, high: int = 4096) -> int:
+    """Samples to average so that the gap from a SICM reading at I/I_sat = ``ratio`` is known to ``target`` µm.
+
+    The gap's sensitivity to the normalised current is A/(1 − S)²; with ``sigma_sample`` the relative noise of one
+    sample, n = (σ·A/(1 − S)²/target)², clipped to [low, high].
+    """
+    per_sample = float(sigma_sample) * access_length / max(1.0 - float(ratio), 1e-9) ** 2
+    return int(np.clip(np.ceil((per_sample / max(float(target), 1e-12)) ** 2), low, high))

@@ -179,7 +179,6 @@ class SimHopController(Device):
     N_AVG = 4  # samples the controller averages per reading
     N_REF = 5  # readings at the top of the hop (the reference)
     N_CONFIRM = 2  # fresh readings that must confirm a crossing (the reading that fired is not among them)
-    SLOPE_FACTOR = 2.0  # neighbour slopes (one hop spacing) underestimate the steepest slope under the face
 
     def _reading(self, i_true: float | None = None) -> float:
         m = self._model
@@ -203,21 +202,10 @@ class SimHopController(Device):
         return p.radius, p.end_radius, p.half_angle
 
     def _stop_distance(self, x: float, y: float, setpoint: float) -> float:
-        """Axis gap to stop at (µm): the setpoint distance, or more where the sample may be steep.
-
-        The end face's rim clears a slope s only if the axis gap exceeds s·r_o: ``max_slope`` (the steepest slope
-        the user expects) and the slopes between the hops made around this point (doubled: hop spacings smooth
-        a rim) both raise the stop distance, plus a quarter of the setpoint distance as margin.
-        """
+        """Axis gap to stop at (µm), :func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`."""
         ri, ro, th = self._pipette()
         d_set = float(sicm.distance_for_current_drop(setpoint, ri, ro, th))
-        s = float(self.max_slope.get())
-        if len(self._history) >= 2:
-            hx, hy, hz = zip(*self._history)
-            s = max(s, self.SLOPE_FACTOR * hop_height.local_slope(hx, hy, hz, x, y))
-        if s <= 0:
-            return d_set
-        return max(d_set, float(sicm.slope_safe_distance(s, ro, 0.25 * d_set)))
+        return hop_height.sicm_stop_distance(d_set, ro, float(self.max_slope.get()), self._history, x, y)
 
     def _approach_sicm(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
         """Step down from ``z_top`` until the averaged ion current confirms the stop; heights from fresh readings.
@@ -235,8 +223,7 @@ class SimHopController(Device):
         # top and at the stop) as give the height to a quarter step: the gap's sensitivity to the current,
         # A/(1 − S)², grows fast above the setpoint
         sigma1 = float(np.std(refs, ddof=1)) * math.sqrt(self.N_AVG) / abs(np.mean(refs)) if np.mean(refs) else 0.0
-        per_sample = sigma1 * A / (1.0 - s_stop) ** 2  # µm of gap per sample's noise
-        n_avg = int(np.clip(np.ceil(2.0 * (per_sample / (0.25 * step)) ** 2), 4 * self.N_AVG, 4096))
+        n_avg = hop_height.samples_for_precision(sigma1, s_stop, A, 0.25 * step / math.sqrt(2.0))
         extra = max(n_avg - self.N_REF * self.N_AVG, 0)
         i_top = (float(np.sum(refs)) * self.N_AVG + float(np.sum(m.add_noise(np.full(extra, i_here))))) \
             / (self.N_REF * self.N_AVG + extra)

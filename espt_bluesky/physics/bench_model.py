@@ -91,6 +91,7 @@ class BenchOptions:
     ion_bias: float = 0.2  # V, SICM pipette bias
     conductivity: float = 1.3  # S/m, SICM electrolyte (≈ 0.1 M KCl)
     meniscus_height: float | None = None  # µm, SECCM droplet reach below the pipette end (default: r_i/2)
+    sample_time: float = 0.01  # s, one current sample: a steady reading integrated longer averages its noise
 
 
 class BenchModel:
@@ -375,15 +376,19 @@ class BenchModel:
         return i_dl + i_sei - 1e-12  # a 1 pA leakage makes the landing detectable at any bias
 
     # ------------------------------------------------------------------ steady readings
-    def read_currents(self, e_tip: float, e_sub: float) -> tuple[float, float]:
+    def read_currents(self, e_tip: float, e_sub: float, integration_time: float | None = None) -> tuple[float, float]:
         """Steady-state (tip, substrate) currents in A at the set potentials, with noise.
 
         SECM tip noise is additive (the amplifier floor, a fraction of i_T,inf whatever the feedback); SICM and
         SECCM noise is relative to the reading.  The substrate current is the SECCM droplet's; 0 otherwise.
+        A SICM reading integrated over ``integration_time`` (s) averages that many ``sample_time`` samples (white
+        noise: σ/√n); None or up to one sample time: one sample.
         """
         self._substrate_potential = float(e_sub)
         if self.technique == "SICM":
-            i_tip = self.add_noise(self.sicm_current(e_tip))
+            n = 1 if integration_time is None else max(1, int(round(integration_time / self.options.sample_time)))
+            i_sicm = self.sicm_current(e_tip)
+            i_tip = self.add_noise(i_sicm) if n == 1 else float(np.mean(self.add_noise(np.full(n, i_sicm))))
         elif self.technique == "SECM":
             i_tip = self.add_noise(self.secm_tip_current(e_tip), scale=self.i_tip_inf())
         else:
