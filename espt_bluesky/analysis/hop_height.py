@@ -20,8 +20,10 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..physics import sicm
+
 __all__ = ["sicm_gap_from_ratio", "sicm_far_current", "sicm_hop_surface", "contact_crossing", "local_slope",
-           "sicm_stop_distance", "samples_for_precision"]
+           "sicm_stop_distance", "samples_for_precision", "pipette_access_length"]
 
 #: neighbour slopes (one hop spacing) underestimate the steepest slope under the end face near a rim
 SLOPE_FACTOR = 2.0
@@ -149,3 +151,9 @@ def samples_for_precision(sigma_sample: float, ratio: float, access_length: floa
     """
     per_sample = float(sigma_sample) * access_length / max(1.0 - float(ratio), 1e-9) ** 2
     return int(np.clip(np.ceil((per_sample / max(float(target), 1e-12)) ** 2), low, high))
+
+
+def pipette_access_length(inner_radius: float, outer_radius: float, half_angle: float) -> float:
+    """A (µm) of a pipette's current–distance curve I/I_sat = d/(d + A) (:func:`espt_bluesky.physics.sicm.
+    access_length`)."""
+    return float(sicm.access_length(inner_radius, outer_radius, half_angle))
