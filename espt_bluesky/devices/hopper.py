@@ -91,6 +91,8 @@ class SimHopController(Device):
         self._last_contact: float | None = None
         self._last_surface: float | None = None
         self._history: list[tuple[float, float, float]] = []
+        self._noise_ss = 0.0
+        self._noise_dof = 0
         self.device_time = 0.0
         self._measured_time = 0.0
         for sig in (self.criterion, self.setpoint, self.hop_height, self.approach_step, self.max_travel,
@@ -103,6 +105,8 @@ class SimHopController(Device):
         self._last_contact = None
         self._last_surface = None
         self._history = []
+        self._noise_ss = 0.0
+        self._noise_dof = 0
 
     def attach(self, model: BenchModel, time_scale: float = 0.0) -> None:
         self._model = model
@@ -218,15 +222,18 @@ class SimHopController(Device):
         d_stop = self._stop_distance(x, y, float(self.setpoint.get()))
         s_stop = d_stop / (d_stop + A)  # I/I_sat at the stop
         i_here = m.sicm_current()
-        refs = [self._reading(i_here) for _ in range(self.N_REF)]
-        # relative noise of one sample, measured at the top; the controller then averages as many samples (at the
-        # top and at the stop) as give the height to a quarter step: the gap's sensitivity to the current,
-        # A/(1 − S)², grows fast above the setpoint
-        sigma1 = float(np.std(refs, ddof=1)) * math.sqrt(self.N_AVG) / abs(np.mean(refs)) if np.mean(refs) else 0.0
+        samples = np.asarray(m.add_noise(np.full(self.N_REF * self.N_AVG, i_here)), float)
+        # the relative noise of one sample, pooled over the hops of this programme (a few samples per hop give
+        # a noisy σ, and error bars computed from it would be too small on average); the controller then
+        # averages as many samples (at the top and at the stop) as give the height to a quarter step: the gap's
+        # sensitivity to the current, A/(1 − S)², grows fast above the setpoint
+        if np.mean(samples):
+            self._noise_ss += float(np.var(samples / np.mean(samples), ddof=1)) * (samples.size - 1)
+            self._noise_dof += samples.size - 1
+        sigma1 = math.sqrt(self._noise_ss / self._noise_dof) if self._noise_dof else 0.0
         n_avg = hop_height.samples_for_precision(sigma1, s_stop, A, 0.25 * step / math.sqrt(2.0))
-        extra = max(n_avg - self.N_REF * self.N_AVG, 0)
-        i_top = (float(np.sum(refs)) * self.N_AVG + float(np.sum(m.add_noise(np.full(extra, i_here))))) \
-            / (self.N_REF * self.N_AVG + extra)
+        extra = max(n_avg - samples.size, 0)
+        i_top = (float(np.sum(samples)) + float(np.sum(m.add_noise(np.full(extra, i_here))))) / (samples.size + extra)
         gap_top = (z_top - self._last_surface) if self._last_surface is not None else math.inf
         i_sat = hop_height.sicm_far_current(i_top, gap_top, A)
         thr = abs(i_sat) * s_stop

@@ -165,7 +165,7 @@ class SicmHops:
     far-current correction at the top).
     """
 
-    N_NOISE = 8  # readings at the base integration that measure the noise, once per map
+    N_NOISE = 32  # readings at the base integration that measure the noise, once per map
     N_INT = 4  # base samples per reading (device mode averages 4 per step)
 
     K_MAX = 16  # readings per reference / height at most
