@@ -278,7 +278,8 @@ class SimHopController(Device):
         its noisy reading) is computed at once; the steps are then walked in order, as the controller does."""
         m = self._model
         face = m.sicm_face(x, y)
-        h_max = max(float(np.max(face)), float(m.surface_z(x, y)))  # the face points of clearance()
+        fx, fy = m._end_face_points(x, y)
+        h_max = float(np.max(m.surface_z(fx, fy)))  # the face points of clearance()
         n_safe = int(np.searchsorted(-zs, -h_max, side="right"))  # steps with z >= h_max
         i_true = np.zeros(zs.size)
         i_true[start:n_safe] = m.sicm_current(z=zs[start:n_safe], face=face)

@@ -166,11 +166,15 @@ class BenchModel:
         """Points of the probe's end face that can touch the sample (µm, stage frame).
 
         A nanopipette's face is the glass annulus between r_i and r_o: the same quadrature points as its ion
-        current (:meth:`sicm_face`), plus the axis, so that contact and current see one geometry.
+        current (:meth:`sicm_face`), plus its outer rim (32 points at r_o, where a tilted face touches first) and the
+        axis, so that contact and current see one geometry.
         """
         if self.probe.kind == "Nanopipette":
             pts = self._annulus()
-            return (np.concatenate([[x], x + pts["dx"].ravel()]), np.concatenate([[y], y + pts["dy"].ravel()]))
+            ro = self.probe.end_radius
+            rim = np.linspace(0.0, 2 * np.pi, 32, endpoint=False)
+            return (np.concatenate([[x], x + pts["dx"].ravel(), x + ro * np.cos(rim)]),
+                    np.concatenate([[y], y + pts["dy"].ravel(), y + ro * np.sin(rim)]))
         r = self.probe.end_radius
         ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
         xs = np.concatenate([[x], x + r * np.cos(ang), x + 0.5 * r * np.cos(ang + 0.26)])
