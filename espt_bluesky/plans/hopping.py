@@ -181,6 +181,8 @@ class SicmHops:
         self.history: list[tuple[float, float, float]] = []
         self.last_surface: float | None = None
         self._base = None
+        self._ss = 0.0
+        self._dof = 0
 
     def setup(self, stage: Any, potentiostat: Any):
         """Plan stub: measure the noise at the start height (stream ``sicm_noise``), then set the integration."""
@@ -193,13 +195,23 @@ class SicmHops:
             vals.append(value_of(r, sig))
         v = np.asarray(vals, float)
         if np.all(np.isfinite(v)) and np.mean(v) != 0:
-            self.sigma1 = float(np.std(v, ddof=1) / abs(np.mean(v)))
+            self._pool(v, 1)
             # integrate each reading long enough that ~4 of them give the height at the stop max_slope implies
             d_stop = hop_height.sicm_stop_distance(self.d_set, self.ro, self.max_slope)
             n_need = self._samples(d_stop)
             self.n_int = int(np.clip(math.ceil(n_need / 4), self.N_INT, 1024))
         yield from configure_technique(potentiostat, "READ", channel="tip",
                                        integration_time=self._base * self.n_int)
+
+    def _pool(self, readings: np.ndarray, n_int: int) -> None:
+        """Pool the relative noise of one base sample over every group of repeated readings (one estimate from a
+        few readings is noisy, and error bars from it too small on average)."""
+        v = np.asarray(readings, float)
+        if v.size < 2 or not np.all(np.isfinite(v)) or np.mean(v) == 0:
+            return
+        self._ss += float(np.var(v / np.mean(v), ddof=1)) * n_int * (v.size - 1)
+        self._dof += v.size - 1
+        self.sigma1 = math.sqrt(self._ss / self._dof)
 
     def _samples(self, d_stop: float) -> int:
         """Base samples that give the gap at ``d_stop`` to a quarter step (reference and stop readings: √2)."""
@@ -217,7 +229,6 @@ class SicmHops:
         sig = potentiostat.tip.current
         d_stop = hop_height.sicm_stop_distance(spec.stop_distance, self.ro, self.max_slope, self.history, x, y)
         s_stop = d_stop / (d_stop + self.A)
-        sigma_read = self.sigma1 / math.sqrt(self.n_int) if math.isfinite(self.sigma1) else 0.0
         k = int(np.clip(math.ceil(self._samples(d_stop) / self.n_int), 1, self.K_MAX))
 
         def mean_of(n):
@@ -225,6 +236,7 @@ class SicmHops:
             for _ in range(n):
                 r = yield from bps.trigger_and_read([potentiostat, stage.z], name=stream)
                 vals.append(value_of(r, sig))
+            self._pool(vals, self.n_int)
             return float(np.mean(vals))
 
         z_top = float(stage.z.position)
@@ -234,13 +246,13 @@ class SicmHops:
             return (yield from approach_stub(stage, potentiostat, spec, stream=stream, park=False))
         gap_top = (z_top - self.last_surface) if self.last_surface is not None else math.inf
         i_sat = hop_height.sicm_far_current(i_top, gap_top, self.A)
-        sigma = sigma_read / math.sqrt(k)
         hop_spec = replace(spec, reference_current=i_sat, threshold=s_stop, stop_distance=d_stop)
         n = 0
         while True:
             res = yield from approach_stub(stage, potentiostat, hop_spec, stream=stream, park=False)
             n += res["n_steps"]
             i_stop = yield from mean_of(k)
+            sigma = self.sigma1 / math.sqrt(self.n_int * k) if math.isfinite(self.sigma1) else 0.0
             if abs(i_stop) < abs(i_sat) * s_stop * (1.0 + 3.0 * sigma):
                 break
             # the long average does not confirm the stop: go on down, within what is left of max_travel
