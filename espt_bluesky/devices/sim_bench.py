@@ -55,7 +55,7 @@ OPTION_RANGES: dict[str, tuple[float, float, str]] = {
     "noise": (0.0, 1.0, ""), "current_noise_floor": (0.0, 1e-6, "A"), "height_noise": (0.0, 1.0, "µm"),
     "deflection_noise": (0.0, 1e-6, "m"), "drift": (-10.0, 10.0, "µm/s"), "tilt": (-20.0, 20.0, "deg"),
     "tilt_centre": (-1e4, 1e4, "µm"), "substrate_area": (1e-12, 1.0, "m²"), "ion_bias": (-10.0, 10.0, "V"),
-    "conductivity": (1e-6, 1e3, "S/m"), "meniscus_height": (1e-6, 100.0, "µm"),
+    "conductivity": (1e-6, 1e3, "S/m"), "meniscus_height": (1e-6, 100.0, "µm"), "sample_time": (1e-6, 10.0, "s"),
 }
 
 
