@@ -6,9 +6,12 @@ Units: distances and heights in µm, currents normalised (SECM: I_T = i_T/i_T,in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import numpy as np
 
-from ..errors import check_choice, check_positive, check_range
+from ..errors import InvalidArgument, check_choice, check_positive, check_range
 from ..physics import secm, sicm
 
 SUBSTRATES = ("conductor", "insulator")
@@ -144,3 +147,236 @@ def secm_distance_estimate(current, rg: float) -> np.ndarray:
     L_ins = secm_distance(np.clip(i, 1e-6, 1 - 1e-9), rg, "insulator")
     L_con = secm_distance(np.clip(i, 1 + 1e-9, None), rg, "conductor")
     return np.where(i < 1.0, L_ins, L_con)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Online estimate of the surface from a partial SECM approach curve, for any substrate kinetics
+# --------------------------------------------------------------------------------------------------------------
+
+#: log10 κ grid of the profile fit when κ is unknown (plus κ = 0 and κ = ∞); refined locally around the best
+_K_COARSE = np.concatenate([[0.0], np.logspace(-2.5, 2.5, 21), [np.inf]])
+#: L = d/a of the last reading: grid of the profile fit (ratio 1.077 between neighbours)
+_L_GRID = np.geomspace(0.01, 300.0, 140)
+
+
+@dataclass
+class SurfaceEstimate:
+    """Where the surface is, from the SECM approach curve recorded so far (:func:`secm_surface_estimate`).
+
+    Heights in µm (the unit of z), κ dimensionless.  ``z0_lo``/``z0_hi`` bound every surface height whose model
+    curve fits the data within ``n_sigma`` (profile likelihood over κ when κ is unknown, one grid step wider):
+    a tip above ``z0_hi`` is above the surface whatever the kinetics.  ``z0_err`` is the 1σ equivalent.
+    """
+
+    z0: float
+    z0_err: float
+    z0_lo: float
+    z0_hi: float
+    kappa: float
+    kappa_lo: float
+    kappa_hi: float
+    distance: float  # z of the last reading − z0 (µm)
+    noise: float  # relative current noise used for the weights (after inflation by a poor fit)
+    chi2: float  # χ² per degree of freedom of the best model with the given noise
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+def check_kappa(kappa) -> float:
+    """κ validated: a number in [0, ∞] (``numpy.inf`` is the diffusion-limited conductor)."""
+    try:
+        k = float(kappa)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"kappa={kappa!r} is not a number; allowed: 0 <= kappa <= inf") from None
+    if not k >= 0:
+        raise InvalidArgument(f"kappa={kappa!r}; allowed: 0 <= kappa <= inf (0 insulator, inf conductor)")
+    return k
+
+
+def _parabola_min(x3, y3) -> float:
+    """Abscissa of the vertex of the parabola through three points (the middle one if degenerate)."""
+    (x0, x1, x2), (y0, y1, y2) = x3, y3
+    den = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    A = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den if den else 0.0
+    B = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den if den else 0.0
+    if A <= 0:
+        return float(x1)
+    return float(np.clip(-B / (2 * A), min(x0, x2), max(x0, x2)))
+
+
+_LN_L = np.linspace(np.log(0.005), np.log(2000.0), 3001)  # dense ln L axis of the per-κ model tables
+
+
+@lru_cache(maxsize=512)
+def _kappa_curve(rg: float, kappa: float) -> np.ndarray:
+    """I_T on the dense ln L axis for one (RG, κ): the exact model once, then linear interpolation (< 1e-5)."""
+    return secm.feedback_current(np.exp(_LN_L), rg, kappa)
+
+
+def _model(L: np.ndarray, rg: float, kappas: np.ndarray) -> np.ndarray:
+    """I_T[κ, ...L] by interpolation of the cached per-κ curves (L clipped to the table, 0.005–2000)."""
+    x = (np.log(np.clip(L, 0.005, 2000.0)) - _LN_L[0]) / (_LN_L[1] - _LN_L[0])
+    i = np.minimum(x.astype(int), _LN_L.size - 2)
+    f = x - i
+    out = np.empty((kappas.size,) + L.shape)
+    for j, k in enumerate(kappas):
+        c = _kappa_curve(float(rg), float(k))
+        out[j] = c[i] * (1.0 - f) + c[i + 1] * f
+    return out
+
+
+def _chi2(L_last: np.ndarray, kappas: np.ndarray, dz: np.ndarray, data: np.ndarray, w: np.ndarray, rg: float,
+          scale_err: float) -> np.ndarray:
+    """χ²[κ, L] of the model I_T(dz + L; κ) (times a near-1 scale with a Gaussian prior) against ``data``."""
+    M = _model(dz[None, :] + L_last[:, None], rg, kappas)
+    if scale_err > 0:
+        p = 1.0 / scale_err**2
+        s = (np.sum(w * M * data, axis=-1) + p) / (np.sum(w * M * M, axis=-1) + p)
+        return np.sum(w * (s[..., None] * M - data) ** 2, axis=-1) + p * (s - 1.0) ** 2
+    return np.sum(w * (M - data) ** 2, axis=-1)
+
+
+def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float | None = None,
+                          noise: float = 0.005, scale_err: float = 0.0, n_sigma: float = 3.0,
+                          start_distance: float = 0.0, max_points: int = 40) -> SurfaceEstimate:
+    """Surface height under an SECM tip from the approach curve so far, for any substrate kinetics.
+
+    Fits the contact offset z0 (and κ when ``kappa`` is None) of the exact feedback curve
+    I_T((z − z0)/a; RG, κ) (:func:`espt_bluesky.physics.secm.feedback_current`) to the readings by a profile
+    over a grid of the last reading's distance (L from 0.01 to 300, 140 steps) and of κ (0, 10^-2.5 … 10^2.5 in
+    21 steps, ∞, then 9 values around the best), with parabolic refinement of the best point.  The current
+    noise is relative (``noise`` × |I|); when the best model's χ²/dof exceeds 1 the noise is inflated
+    accordingly, so that a model that does not quite fit (a mixed footprint, drift) widens the bounds instead of
+    narrowing them.  Only the last ``max_points`` readings are used.
+
+    Parameters
+    ----------
+    z : array_like
+        Tip heights (µm), the probe approaching as z decreases.
+    current : array_like
+        Normalised tip currents I_T = i_T/i_T,∞ at those heights.
+    radius, rg : float
+        Tip radius a (µm) and RG.
+    kappa : float, optional
+        Known κ = k·a/D (0: insulator, ``inf``: conductor); None fits it.
+    noise : float
+        Relative 1σ noise of one reading (> 0).
+    scale_err : float
+        Relative 1σ uncertainty of i_T,∞ (the normalisation); 0 holds it exact.
+    n_sigma : float
+        Width of the bounds ``z0_lo``/``z0_hi`` in σ (Δχ² = n_sigma²).
+    start_distance : float
+        Prior (µm): the first reading was taken at least this far from the surface.  i_T,∞ is read there, so the
+        start must be far anyway; without this prior a single height cannot tell a far tip from one close to a
+        surface whose kinetics happen to give I_T = 1 there.
+
+    Returns
+    -------
+    SurfaceEstimate
+    """
+    check_positive("radius", radius, units="µm")
+    check_range("rg", rg, 1.0, np.inf, low_inclusive=False)
+    check_positive("noise", noise)
+    z = np.asarray(z, float)
+    data = np.asarray(current, float)
+    if z.size == 0 or z.size != data.size:
+        raise InvalidArgument(f"z and current must be non-empty and of equal length, got {z.size} and {data.size}")
+    L_min = (float(start_distance) - (float(z[0]) - float(z[-1]))) / radius  # the prior, on the last reading
+    z, data = z[-int(max_points):], data[-int(max_points):]
+    z_last = float(z[-1])
+    dz = (z - z_last) / radius
+    w = 1.0 / (noise * np.maximum(np.abs(data), 1e-3)) ** 2
+    if kappa is None:
+        kap = _K_COARSE
+    else:
+        kap = np.array([check_kappa(kappa)])
+    c2 = _chi2(_L_GRID, kap, dz, data, w, rg, scale_err)
+    c2[:, _L_GRID < L_min] = np.inf
+    if kappa is None:
+        ik = int(np.unravel_index(np.argmin(c2), c2.shape)[0])
+        finite = np.isfinite(kap) & (kap > 0)
+        if finite[ik]:  # refine κ between the neighbours of the best grid value
+            lw = np.log10(kap[ik])
+            fine = 10.0 ** np.linspace(lw - 0.25, lw + 0.25, 9)
+            kap = np.concatenate([kap, fine])
+            c2f = _chi2(_L_GRID, fine, dz, data, w, rg, scale_err)
+            c2f[:, _L_GRID < L_min] = np.inf
+            c2 = np.concatenate([c2, c2f])
+    n_par = 1 + (kappa is None) + (scale_err > 0)
+    dof = max(z.size - n_par, 1)
+    c_min = float(c2.min())
+    infl = max(1.0, c_min / dof)  # a fit worse than the noise: trust the noise less
+    c2 = c2 / infl
+    c_min /= infl
+    ik, il = np.unravel_index(np.argmin(c2), c2.shape)
+    lg = np.log(_L_GRID)
+    if 0 < il < _L_GRID.size - 1 and np.all(np.isfinite(c2[ik, il - 1:il + 2])):
+        L_best = float(np.exp(_parabola_min(lg[il - 1:il + 2], c2[ik, il - 1:il + 2])))
+    else:
+        L_best = float(_L_GRID[il])
+    ok = c2 <= c_min + n_sigma**2
+    rows, cols = np.nonzero(ok)
+    i_lo = max(int(cols.min()) - 1, 0)
+    i_hi = min(int(cols.max()) + 1, _L_GRID.size - 1)
+    L_lo, L_hi = float(_L_GRID[i_lo]), float(_L_GRID[i_hi])
+    if i_hi == _L_GRID.size - 1:
+        L_hi = np.inf  # still far: no lower bound on the surface yet
+    kap_ok = kap[np.unique(rows)]
+    z0 = z_last - radius * L_best
+    z0_lo = z_last - radius * L_hi
+    z0_hi = z_last - radius * L_lo
+    half = 0.5 * (z0_hi - z0_lo)
+    return SurfaceEstimate(z0=z0, z0_err=float(half / n_sigma) if np.isfinite(half) else np.inf, z0_lo=z0_lo,
+                           z0_hi=z0_hi, kappa=float(kap[ik]), kappa_lo=float(kap_ok.min()),
+                           kappa_hi=float(kap_ok.max()), distance=radius * L_best,
+                           noise=float(noise * np.sqrt(infl)), chi2=float(c_min * infl / dof), n=int(z.size))
+
+
+def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, margin: float, coarse_step: float,
+                       radius: float, tolerance: float | None = None, accuracy: float | None = None,
+                       gain: float = 0.6) -> tuple[float, str]:
+    """The next downward step (µm) of an approach steered by a surface estimate, or 0 with the reason to stop.
+
+    The goal is ``estimate.z0 + target``; the tip never goes below ``estimate.z0_hi + margin`` (the highest
+    surface the data allow plus the safety margin: a margin never spent) and moves at most ``gain`` of the room
+    above that floor, so the steps shrink as the tip nears the surface and grow as the estimate tightens.
+
+    Parameters
+    ----------
+    z : float
+        Present tip height (µm).
+    estimate : SurfaceEstimate
+        From :func:`secm_surface_estimate` (or any estimate with ``z0``, ``z0_lo``, ``z0_hi``).
+    target : float
+        Requested tip–surface distance (µm).
+    margin : float
+        Safety margin (µm, < target): no step ends closer than this to the highest plausible surface.
+    coarse_step : float
+        Largest step (µm).
+    radius : float
+        Probe radius a (µm): sets the defaults ``tolerance`` = 0.02·a (how close to the goal is "there") and
+        ``accuracy`` = 0.05·a (bound half-width at which the goal is trusted).
+
+    Returns
+    -------
+    (step, status)
+        ``step`` > 0 with status ``"approach"`` (towards the goal) or ``"probe"`` (at the goal, surface not yet
+        pinned down: a little closer, still above the floor); ``step`` = 0 with ``"done"`` (at the goal within
+        tolerance, estimate within accuracy) or ``"floor"`` (the floor is reached and the estimate is still wider
+        than ``accuracy``: stop, the uncertainty is what it is).
+    """
+    tol = 0.02 * radius if tolerance is None else tolerance
+    acc = 0.05 * radius if accuracy is None else accuracy
+    goal = estimate.z0 + target
+    half = 0.5 * (estimate.z0_hi - estimate.z0_lo)
+    remaining = z - goal
+    room = z - (estimate.z0_hi + margin)
+    if remaining <= tol and half <= acc:
+        return 0.0, "done"
+    if room <= tol:
+        return 0.0, "floor" if remaining <= tol else "floor"
+    if remaining > tol:
+        return float(min(coarse_step, remaining, gain * room)), "approach"
+    return float(min(gain * room, 0.25 * radius)), "probe"
