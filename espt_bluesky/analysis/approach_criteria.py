@@ -178,7 +178,8 @@ class SurfaceEstimate:
     distance: float  # z of the last reading − z0 (µm)
     noise: float  # relative current noise used for the weights (after inflation by a poor fit)
     chi2: float  # χ² per degree of freedom of the best model with the given noise
-    n: int
+    n: int  # readings used
+    consistent: bool = True  # False: one substrate does not explain the whole curve (a shorter stretch was fitted)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
@@ -357,7 +358,7 @@ def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, ma
         Largest step (µm).
     radius : float
         Probe radius a (µm): sets the defaults ``tolerance`` = 0.02·a (how close to the goal is "there") and
-        ``accuracy`` = 0.05·a (bound half-width at which the goal is trusted).
+        ``accuracy`` = 0.08·a (3σ bound half-width at which the goal is trusted).
 
     Returns
     -------
@@ -368,7 +369,7 @@ def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, ma
         than ``accuracy``: stop, the uncertainty is what it is).
     """
     tol = 0.02 * radius if tolerance is None else tolerance
-    acc = 0.05 * radius if accuracy is None else accuracy
+    acc = 0.08 * radius if accuracy is None else accuracy
     goal = estimate.z0 + target
     half = 0.5 * (estimate.z0_hi - estimate.z0_lo)
     remaining = z - goal
@@ -380,3 +381,27 @@ def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, ma
     if remaining > tol:
         return float(min(coarse_step, remaining, gain * room)), "approach"
     return float(min(gain * room, 0.25 * radius)), "probe"
+
+
+def secm_surface_estimate_local(z, current, radius: float, rg: float, *, max_chi2: float = 3.0, min_points: int = 4,
+                                **kwargs) -> SurfaceEstimate:
+    """:func:`secm_surface_estimate` over the longest recent stretch of the curve that one substrate explains.
+
+    The tip senses a footprint of radius ≈ a + d: far away it averages over neighbouring materials (an Au disc
+    in SiO2 reads as an insulator from afar, as a conductor close in), so no single κ fits the whole curve.
+    When the fit's χ²/dof exceeds ``max_chi2`` the oldest readings are dropped (halving the stretch each time,
+    down to ``min_points``) until it does not; the shorter stretch gives wider, honest bounds.
+    """
+    z = np.asarray(z, float)
+    current = np.asarray(current, float)
+    est = secm_surface_estimate(z, current, radius, rg, **kwargs)
+    n = min(est.n, z.size)
+    while est.chi2 > max_chi2 and n > min_points:
+        n = max(min_points, n // 2)
+        kw = dict(kwargs)
+        # the prior on the first reading still bounds the last one: keep it by shifting it to the kept stretch
+        if kw.get("start_distance"):
+            kw["start_distance"] = kw["start_distance"] - (float(z[0]) - float(z[-n]))
+        est = secm_surface_estimate(z[-n:], current[-n:], radius, rg, **kw)
+    est.consistent = est.chi2 <= max_chi2
+    return est

@@ -5,6 +5,7 @@
 an :class:`ApproachSpec` before anything moves (:func:`make_approach_spec`).
 """
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Generator
@@ -24,6 +25,8 @@ from .metadata import build_start_md
 FEEDBACK = ("negative", "positive")
 UNITS = ("radius", "um")
 STRATEGIES = ("fit", "threshold")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -292,13 +295,21 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
     z = float(zs[-1])
 
     def estimate():
-        return crit.secm_surface_estimate(zs, np.asarray(vals, float) / ref, a, spec.rg, kappa=spec.kappa,
+        return crit.secm_surface_estimate_local(zs, np.asarray(vals, float) / ref, a, spec.rg, kappa=spec.kappa,
                                           noise=noise, scale_err=scale_err, start_distance=spec.start_distance)
 
     est = estimate()
     while True:
         step, status = crit.next_approach_step(z, est, target, margin=spec.safety_margin,
                                                coarse_step=spec.coarse_step, radius=a)
+        # a model-free cap as well: never more than 30 % of the distance the present current implies
+        cap = max(spec.fine_step, 0.3 * a * float(crit.secm_distance_estimate(vals[-1] / ref, spec.rg)))
+        if not est.consistent and status != "done":
+            # one substrate does not explain the curve (a mixed footprint): small steps until the stretch close
+            # to the surface, which one substrate does explain, pins it down
+            step, status = min(cap, max(spec.fine_step, 0.25 * a)), "cautious"
+        elif status in ("approach", "probe"):
+            step = min(step, cap)
         if status in ("done", "floor"):
             if status == "floor" and n == 0:
                 raise ApproachLimitReached(
@@ -331,7 +342,14 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
                         chi2=(est.chi2, ""), n_points=(est.n, ""), converged=(int(status == "done"), ""))
     yield from bps.trigger_and_read(list(sigs.values()), name=f"{stream}_fit")
     if park and math.isfinite(spec.working_distance):
-        yield from bps.mv(stage.z, surface + spec.working_distance)
+        # never closer than the margin above the highest plausible surface; an unconverged estimate parks the
+        # working distance above that highest surface (never closer than asked)
+        zp = surface + spec.working_distance if status == "done" else est.z0_hi + spec.working_distance
+        yield from bps.mv(stage.z, max(zp, est.z0_hi + spec.safety_margin))
+    if status != "done":
+        logger.warning("SECM approach: surface known only to ±%.3g µm (κ between %.3g and %.3g); parked the "
+                       "working distance above the highest plausible surface", 0.5 * (est.z0_hi - est.z0_lo),
+                       est.kappa_lo, est.kappa_hi)
     return dict(surface_z=float(surface), surface_z_err=float(err), stop_z=float(z), n_steps=n,
                 reference_current=float(ref), kappa=est.kappa, kappa_lo=est.kappa_lo, kappa_hi=est.kappa_hi,
                 surface_z_lo=est.z0_lo, surface_z_hi=est.z0_hi, converged=status == "done", noise=est.noise)
