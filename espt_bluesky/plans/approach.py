@@ -277,6 +277,19 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
                 reference_current=float(ref) if ref is not None else math.nan)
 
 
+_FIT_SIGNALS: dict[str, dict] = {}
+
+
+def _fit_signals(stream: str) -> dict:
+    """The soft signals of the ``<stream>_fit`` stream (one set per stream name: a stream reads the same objects)."""
+    if stream not in _FIT_SIGNALS:
+        _FIT_SIGNALS[stream] = soft_signals(
+            surface_z=(0.0, "um"), surface_z_err=(0.0, "um"), surface_z_lo=(0.0, "um"), surface_z_hi=(0.0, "um"),
+            kappa=(0.0, ""), kappa_lo=(0.0, ""), kappa_hi=(0.0, ""), distance=(0.0, "um"), noise=(0.0, ""),
+            chi2=(0.0, ""), n_points=(0, ""), converged=(0, ""))
+    return _FIT_SIGNALS[stream]
+
+
 def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[float], ref: float, measure, *,
                        stream: str, park: bool, ref_measured: bool):
     """SECM approach steered by the exact feedback theory: after every reading the surface height (and κ when
@@ -336,10 +349,10 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
         yield from measure()
         est = estimate()
     surface, err = est.z0, est.z0_err
-    sigs = soft_signals(surface_z=(surface, "um"), surface_z_err=(err, "um"), surface_z_lo=(est.z0_lo, "um"),
-                        surface_z_hi=(est.z0_hi, "um"), kappa=(est.kappa, ""), kappa_lo=(est.kappa_lo, ""),
-                        kappa_hi=(est.kappa_hi, ""), distance=(z - surface, "um"), noise=(est.noise, ""),
-                        chi2=(est.chi2, ""), n_points=(est.n, ""), converged=(int(status == "done"), ""))
+    sigs = _fit_signals(f"{stream}_fit")
+    put_values(sigs, surface_z=surface, surface_z_err=err, surface_z_lo=est.z0_lo, surface_z_hi=est.z0_hi,
+               kappa=est.kappa, kappa_lo=est.kappa_lo, kappa_hi=est.kappa_hi, distance=z - surface,
+               noise=est.noise, chi2=est.chi2, n_points=est.n, converged=int(status == "done"))
     yield from bps.trigger_and_read(list(sigs.values()), name=f"{stream}_fit")
     if park and math.isfinite(spec.working_distance):
         # never closer than the margin above the highest plausible surface; an unconverged estimate parks the
