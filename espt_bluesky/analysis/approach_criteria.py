@@ -381,7 +381,7 @@ def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, ma
     return float(min(gain * room, 0.25 * radius)), "probe"
 
 
-def secm_surface_estimate_local(z, current, radius: float, rg: float, *, max_chi2: float = 3.0, min_points: int = 4,
+def secm_surface_estimate_local(z, current, radius: float, rg: float, *, max_chi2: float = 10.0, min_points: int = 4,
                                 **kwargs) -> SurfaceEstimate:
     """:func:`secm_surface_estimate` over the longest recent stretch of the curve that one substrate explains.
 

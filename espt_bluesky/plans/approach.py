@@ -317,10 +317,10 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
                                                coarse_step=spec.coarse_step, radius=a)
         # a model-free cap as well: never more than 30 % of the distance the present current implies
         cap = max(spec.fine_step, 0.3 * a * float(crit.secm_distance_estimate(vals[-1] / ref, spec.rg)))
-        if not est.consistent and status != "done":
+        if not est.consistent and status not in ("done", "floor"):
             # one substrate does not explain the curve (a mixed footprint): small steps until the stretch close
-            # to the surface, which one substrate does explain, pins it down
-            step, status = min(cap, max(spec.fine_step, 0.25 * a)), "cautious"
+            # to the surface, which one substrate does explain, pins it down (never below the floor either)
+            step, status = min(step, cap, max(spec.fine_step, 0.25 * a)), "cautious"
         elif status in ("approach", "probe"):
             step = min(step, cap)
         if status in ("done", "floor"):
