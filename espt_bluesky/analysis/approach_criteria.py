@@ -182,6 +182,17 @@ class SurfaceEstimate:
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
 
+    def predict(self, z, radius: float, rg: float) -> np.ndarray:
+        """I_T the best model expects at tip height(s) z (µm)."""
+        L = np.maximum((np.asarray(z, float) - self.z0) / radius, 1e-3)
+        return secm.feedback_current(L, rg, self.kappa)
+
+    def surprised_by(self, z: float, current: float, radius: float, rg: float, n_sigma: float = 5.0) -> bool:
+        """True when a new reading (normalised ``current`` at height ``z``) lies more than ``n_sigma`` noise
+        widths from what this estimate predicted: the substrate under the footprint is not the one fitted."""
+        pred = float(self.predict(z, radius, rg))
+        return abs(current - pred) > n_sigma * self.noise * max(abs(pred), 1e-3)
+
 
 def check_kappa(kappa) -> float:
     """κ validated: a number in [0, ∞] (``numpy.inf`` is the diffusion-limited conductor)."""
@@ -309,10 +320,15 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
     infl = max(1.0, c_min / dof)  # a fit worse than the noise: trust the noise less
     c2 = c2 / infl
     c_min /= infl
-    ik, il = np.unravel_index(np.argmin(c2), c2.shape)
+    # Occam: a finite κ is one parameter more than an insulator or a conductor (AIC: Δχ² = 2); where the data
+    # cannot tell (fast kinetics read like a conductor 1/κ farther away) the best estimate is the simpler one,
+    # while the bounds below keep every κ the data allow
+    finite_k = ((kap > 0) & np.isfinite(kap)).astype(float)
+    pen = c2 + (2.0 * finite_k[:, None] if kappa is None else 0.0)
+    ik, il = np.unravel_index(np.argmin(pen), pen.shape)
     lg = np.log(_L_GRID)
-    if 0 < il < _L_GRID.size - 1 and np.all(np.isfinite(c2[ik, il - 1:il + 2])):
-        L_best = float(np.exp(_parabola_min(lg[il - 1:il + 2], c2[ik, il - 1:il + 2])))
+    if 0 < il < _L_GRID.size - 1 and np.all(np.isfinite(pen[ik, il - 1:il + 2])):
+        L_best = float(np.exp(_parabola_min(lg[il - 1:il + 2], pen[ik, il - 1:il + 2])))
     else:
         L_best = float(_L_GRID[il])
     ok = c2 <= c_min + n_sigma**2
@@ -403,3 +419,20 @@ def secm_surface_estimate_local(z, current, radius: float, rg: float, *, max_chi
         est = secm_surface_estimate(z[-n:], current[-n:], radius, rg, **kw)
     est.consistent = est.chi2 <= max_chi2
     return est
+
+
+def secm_cautious_distance(current: float, rg: float) -> float:
+    """L = d/a to size cautious steps by, from one normalised reading whatever the kinetics.
+
+    I_T < 1: the smallest L at which any κ in [0, ∞] reaches I_T (kinetic curves lie above the insulator's, so
+    a partly active surface gives the same low current closer in); I_T ≥ 1: the conductor's L (a kinetic
+    curve can peak at any I_T > 1 close in, so no reading above 1 bounds the distance; this is the classical
+    rule of thumb that keeps each step below ~30 % of it)."""
+    i = float(current)
+    if i >= 1.0:
+        return float(secm_distance(i, rg, "conductor"))
+    C = np.stack([_kappa_curve(float(rg), float(k)) for k in _K_COARSE])
+    reach = C >= i
+    first = np.argmax(reach, axis=1)
+    ok = reach[np.arange(C.shape[0]), first]
+    return float(np.exp(_LN_L[first[ok]].min())) if ok.any() else float(_L_MIN)

@@ -316,11 +316,12 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
         step, status = crit.next_approach_step(z, est, target, margin=spec.safety_margin,
                                                coarse_step=spec.coarse_step, radius=a)
         # a model-free cap as well: never more than 30 % of the distance the present current implies
-        cap = max(spec.fine_step, 0.3 * a * float(crit.secm_distance_estimate(vals[-1] / ref, spec.rg)))
-        if not est.consistent and status not in ("done", "floor"):
-            # one substrate does not explain the curve (a mixed footprint): small steps until the stretch close
-            # to the surface, which one substrate does explain, pins it down (never below the floor either)
-            step, status = min(step, cap, max(spec.fine_step, 0.25 * a)), "cautious"
+        cap = max(spec.fine_step, 0.3 * a * crit.secm_cautious_distance(vals[-1] / ref, spec.rg))
+        if not est.consistent and status != "done":
+            # one substrate does not explain the curve (a mixed footprint), so its bounds mean little: small
+            # steps sized by the present current until the stretch close to the surface, which one substrate
+            # does explain, pins it down
+            step, status = min(cap, max(spec.fine_step, 0.25 * a)), "cautious"
         elif status in ("approach", "probe"):
             step = min(step, cap)
         if status in ("done", "floor"):
@@ -347,7 +348,9 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
         z = z_next
         n += 1
         yield from measure()
-        est = estimate()
+        prev, est = est, estimate()
+        if prev.surprised_by(z, vals[-1] / ref, a, spec.rg):
+            est.consistent = False  # the curve turned away from the prediction: small steps until it is explained
     surface, err = est.z0, est.z0_err
     sigs = _fit_signals(f"{stream}_fit")
     put_values(sigs, surface_z=surface, surface_z_err=err, surface_z_lo=est.z0_lo, surface_z_hi=est.z0_hi,
@@ -355,14 +358,12 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
                noise=est.noise, chi2=est.chi2, n_points=est.n, converged=int(status == "done"))
     yield from bps.trigger_and_read(list(sigs.values()), name=f"{stream}_fit")
     if park and math.isfinite(spec.working_distance):
-        # never closer than the margin above the highest plausible surface; an unconverged estimate parks the
-        # working distance above that highest surface (never closer than asked)
-        zp = surface + spec.working_distance if status == "done" else est.z0_hi + spec.working_distance
-        yield from bps.mv(stage.z, max(zp, est.z0_hi + spec.safety_margin))
+        # at the best estimate, but never closer than the safety margin above the highest plausible surface
+        yield from bps.mv(stage.z, max(surface + spec.working_distance, est.z0_hi + spec.safety_margin))
     if status != "done":
-        logger.warning("SECM approach: surface known only to ±%.3g µm (κ between %.3g and %.3g); parked the "
-                       "working distance above the highest plausible surface", 0.5 * (est.z0_hi - est.z0_lo),
-                       est.kappa_lo, est.kappa_hi)
+        logger.warning("SECM approach: surface known only to ±%.3g µm (κ between %.3g and %.3g; best %.3g): pass "
+                       "kappa= if the kinetics are known", 0.5 * (est.z0_hi - est.z0_lo), est.kappa_lo,
+                       est.kappa_hi, est.kappa)
     return dict(surface_z=float(surface), surface_z_err=float(err), stop_z=float(z), n_steps=n,
                 reference_current=float(ref), kappa=est.kappa, kappa_lo=est.kappa_lo, kappa_hi=est.kappa_hi,
                 surface_z_lo=est.z0_lo, surface_z_hi=est.z0_hi, converged=status == "done", noise=est.noise)
