@@ -174,7 +174,7 @@ class SurfaceEstimate:
     kappa_lo: float
     kappa_hi: float
     distance: float  # z of the last reading − z0 (µm)
-    noise: float  # relative current noise used for the weights (after inflation by a poor fit)
+    noise: float  # 1σ noise of I_T used for the weights (after inflation by a poor fit)
     chi2: float  # χ² per degree of freedom of the best model with the given noise
     n: int  # readings used
     consistent: bool = True  # False: one substrate does not explain the whole curve (a shorter stretch was fitted)
@@ -191,7 +191,7 @@ class SurfaceEstimate:
         """True when a new reading (normalised ``current`` at height ``z``) lies more than ``n_sigma`` noise
         widths from what this estimate predicted: the substrate under the footprint is not the one fitted."""
         pred = float(self.predict(z, radius, rg))
-        return abs(current - pred) > n_sigma * self.noise * max(abs(pred), 1e-3)
+        return abs(current - pred) > n_sigma * self.noise
 
 
 def check_kappa(kappa) -> float:
@@ -256,8 +256,7 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
     Fits the contact offset z0 (and κ when ``kappa`` is None) of the exact feedback curve
     I_T((z − z0)/a; RG, κ) (:func:`espt_bluesky.physics.secm.feedback_current`) to the readings by a profile
     over a grid of the last reading's distance (L from 0.01 to 300, 140 steps) and of κ (0, 10^-2.5 … 10^2.5 in
-    21 steps, ∞, then 9 values around the best), with parabolic refinement of the best point.  The current
-    noise is relative (``noise`` × |I|); when the best model's χ²/dof exceeds 1 the noise is inflated
+    21 steps, ∞, then 9 values around the best), with parabolic refinement of the best point.  When the best model's χ²/dof exceeds 1 the noise is inflated
     accordingly, so that a model that does not quite fit (a mixed footprint, drift) widens the bounds instead of
     narrowing them.  Only the last ``max_points`` readings are used.
 
@@ -272,7 +271,8 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
     kappa : float, optional
         Known κ = k·a/D (0: insulator, ``inf``: conductor); None fits it.
     noise : float
-        Relative 1σ noise of one reading (> 0).
+        1σ noise of one normalised reading I_T (> 0), the same at every distance: an SECM tip current's noise is
+        the amplifier's floor, a fraction of i_T,∞ whatever the feedback.
     scale_err : float
         Relative 1σ uncertainty of i_T,∞ (the normalisation); 0 holds it exact.
     n_sigma : float
@@ -297,7 +297,7 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
     z, data = z[-int(max_points):], data[-int(max_points):]
     z_last = float(z[-1])
     dz = (z - z_last) / radius
-    w = 1.0 / (noise * np.maximum(np.abs(data), 1e-3)) ** 2
+    w = np.full(data.shape, 1.0 / noise**2)
     if kappa is None:
         kap = _K_COARSE
     else:
@@ -320,10 +320,11 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
     infl = max(1.0, c_min / dof)  # a fit worse than the noise: trust the noise less
     c2 = c2 / infl
     c_min /= infl
-    # Occam: a finite κ is one parameter more than an insulator or a conductor (AIC: Δχ² = 2); where the data
-    # cannot tell (fast kinetics read like a conductor 1/κ farther away) the best estimate is the simpler one,
-    # while the bounds below keep every κ the data allow
-    finite_k = ((kap > 0) & np.isfinite(kap)).astype(float)
+    # Occam for fast kinetics: a finite κ >= 1 is one parameter more than a conductor (AIC: Δχ² = 2); where the
+    # data cannot tell (at L >~ 0.3 fast kinetics read like a conductor 1/κ farther away) the best estimate is
+    # the conductor, while the bounds below keep every κ the data allow.  (No such preference for κ = 0: slow
+    # kinetics read as an insulator would put the surface too far, the very bias this fit removes.)
+    finite_k = ((kap >= 1.0) & np.isfinite(kap)).astype(float)
     pen = c2 + (2.0 * finite_k[:, None] if kappa is None else 0.0)
     ik, il = np.unravel_index(np.argmin(pen), pen.shape)
     lg = np.log(_L_GRID)

@@ -301,7 +301,7 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
     target = spec.working_distance if math.isfinite(spec.working_distance) else a
     z_start = float(zs[0])
     rel = np.asarray(vals, float) / ref
-    # the relative noise of one reading, from the repeated readings at the start (never below 0.1 %)
+    # the noise of one normalised reading, from the repeated readings at the start (never below 0.1 % of i_T,inf)
     noise = max(float(np.std(rel, ddof=1)) if rel.size > 1 else 0.0, 1e-3)
     scale_err = 0.03  # i_T,inf read at a finite start height: let the fit correct the normalisation by a few %
     n, n_stay = 0, 0
