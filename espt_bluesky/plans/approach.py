@@ -315,15 +315,12 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
     while True:
         step, status = crit.next_approach_step(z, est, target, margin=spec.safety_margin,
                                                coarse_step=spec.coarse_step, radius=a)
-        # a model-free cap as well: never more than 30 % of the distance the present current implies
-        cap = max(spec.fine_step, 0.3 * a * crit.secm_cautious_distance(vals[-1] / ref, spec.rg))
         if not est.consistent and status != "done":
-            # one substrate does not explain the curve (a mixed footprint), so its bounds mean little: small
-            # steps sized by the present current until the stretch close to the surface, which one substrate
-            # does explain, pins it down
+            # one substrate does not explain the curve (a mixed footprint, or the curve just turned away from
+            # the prediction), so its bounds mean little: steps of at most 30 % of the smallest distance the
+            # present current allows for any κ, until the stretch close to the surface pins the surface down
+            cap = max(spec.fine_step, 0.3 * a * crit.secm_cautious_distance(vals[-1] / ref, spec.rg))
             step, status = min(cap, max(spec.fine_step, 0.25 * a)), "cautious"
-        elif status in ("approach", "probe"):
-            step = min(step, cap)
         if status in ("done", "floor"):
             if status == "floor" and n == 0:
                 raise ApproachLimitReached(
