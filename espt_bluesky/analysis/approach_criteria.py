@@ -437,3 +437,28 @@ def secm_cautious_distance(current: float, rg: float) -> float:
     first = np.argmax(reach, axis=1)
     ok = reach[np.arange(C.shape[0]), first]
     return float(np.exp(_LN_L[first[ok]].min())) if ok.any() else float(_L_MIN)
+
+
+def interpolate_crossing(z_above: float, s_above: float, z_below: float, s_below: float, threshold: float, *,
+                         sigma: float | None = None, n_after: int = 1) -> tuple[float, float]:
+    """Height (µm) at which a normalised signal crossed ``threshold`` between two readings, and its 1σ.
+
+    Linear interpolation between the last reading on the near side of the threshold (``z_above``,
+    ``s_above``) and the first past it (``z_below``, ``s_below``, the mean of ``n_after`` readings), clamped
+    to the interval.  The uncertainty propagates the reading noise ``sigma`` (one reading, normalised units)
+    through the interpolation and adds the step's own share (step/√12 when the slope is lost in the noise);
+    without ``sigma`` it is step/√12.
+    """
+    dz = float(z_above - z_below)
+    ds = float(s_above - s_below)
+    if dz <= 0 or abs(ds) <= 0 or not np.isfinite(ds):
+        return float(z_below), abs(dz) / np.sqrt(12.0)
+    f = float(np.clip((threshold - s_below) / ds, 0.0, 1.0))
+    z = float(z_below + f * dz)
+    if sigma is None or not np.isfinite(sigma):
+        return z, abs(dz) / np.sqrt(12.0)
+    # ∂z/∂s_above = −dz·(thr − s_below)/ds², ∂z/∂s_below = dz·(thr − s_above)/ds²
+    e_a = dz * (threshold - s_below) / ds**2 * sigma
+    e_b = dz * (threshold - s_above) / ds**2 * sigma / np.sqrt(max(n_after, 1))
+    err = float(np.hypot(e_a, e_b))
+    return z, float(min(err, abs(dz) / np.sqrt(12.0)) if abs(ds) < 2 * sigma else err)

@@ -221,10 +221,15 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
     zp: list[float] = []
     pp: list[float] = []
     s_last = 1.0
+    # noise of one normalised reading, from the repeated readings at the start (None: not measured here)
+    sigma = float(np.std(np.asarray(vals) / ref, ddof=1)) if len(vals) > 1 and ref else None
     if zs:
         s_last = norm(float(np.mean(vals)))
         zp.append(z0)
         pp.append(progress(s_last))
+    z_prev, s_prev = z, s_last  # the last height (and its reading) where the criterion was not met
+    n_conf = spec.n_confirm if spec.technique != "SECCM" else max(spec.n_confirm, 1)
+    s_met = s_last
     while True:
         if spec.technique == "SECM" and pp:
             # once the current departs from i_T,inf by more than near_deviation the surface is within a few
@@ -255,22 +260,33 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
         zp.append(z)
         pp.append(progress(s))
         if met(s):
-            if spec.n_confirm:
-                for _ in range(spec.n_confirm):
+            s_met = s
+            if n_conf:
+                # confirm with fresh readings at the same height; the one that triggered is left out of the
+                # average (it was selected for being past the threshold: including it biases towards early stops)
+                for _ in range(n_conf):
                     yield from measure()
-                s = norm(float(np.mean(vals[-spec.n_confirm - 1:])))
-                if not met(s):
+                s_met = norm(float(np.mean(vals[-n_conf:])))
+                s_last = norm(float(np.mean(vals[-n_conf - 1:])))
+                if not met(s_met):
+                    z_prev, s_prev = z, s_last
                     continue
             break
+        z_prev, s_prev = z, s
     if preview:
         surface, err = z - spec.stop_distance - spec.stop_offset, math.nan
     elif spec.technique == "SECM":
         s_all = np.asarray(vals) / ref
         surface, err = crit.surface_from_secm_curve(zs, s_all, spec.radius, spec.rg, spec.substrate, spec.threshold)
     elif spec.technique == "SICM":
-        surface, err = z - spec.stop_distance, spec.fine_step / math.sqrt(12)
+        # the crossing of the set drop, interpolated between the last reading above it and the confirmed one
+        # below (the stop itself lies up to a step past the crossing: an unbiased height needs the crossing)
+        z_cross, err = crit.interpolate_crossing(z_prev, s_prev, z, s_met, spec.threshold,
+                                                 sigma=sigma, n_after=max(n_conf, 1))
+        surface = z_cross - spec.stop_distance
     else:
-        surface, err = z - spec.stop_offset, spec.fine_step / math.sqrt(12)
+        # SECCM: the meniscus landed somewhere between the last height without contact and the stop
+        surface, err = 0.5 * (z + z_prev) - spec.stop_offset, abs(z_prev - z) / math.sqrt(12)
     if park and math.isfinite(spec.working_distance):
         yield from bps.mv(stage.z, surface + spec.working_distance)
     return dict(surface_z=float(surface), surface_z_err=float(err), stop_z=float(z), n_steps=n,
