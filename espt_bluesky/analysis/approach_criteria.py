@@ -250,7 +250,8 @@ def _chi2(L_last: np.ndarray, kappas: np.ndarray, dz: np.ndarray, data: np.ndarr
 
 def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float | None = None,
                           noise: float = 0.005, scale_err: float = 0.0, n_sigma: float = 3.0,
-                          start_distance: float = 0.0, max_points: int = 40) -> SurfaceEstimate:
+                          start_distance: float = 0.0, max_points: int = 40,
+                          footprint_scale: float | None = None) -> SurfaceEstimate:
     """Surface height under an SECM tip from the approach curve so far, for any substrate kinetics.
 
     Fits the contact offset z0 (and κ when ``kappa`` is None) of the exact feedback curve
@@ -277,6 +278,10 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
         Relative 1σ uncertainty of i_T,∞ (the normalisation); 0 holds it exact.
     n_sigma : float
         Width of the bounds ``z0_lo``/``z0_hi`` in σ (Δχ² = n_sigma²).
+    footprint_scale : float, optional
+        (µm) Down-weight readings taken far above the last one: their σ grows as √(1 + (Δz/scale)²).  The tip
+        senses a footprint ≈ a + d wide, so far readings average over more of the neighbourhood than the last
+        ones do and carry more model error over a heterogeneous sample.
     start_distance : float
         Prior (µm): the first reading was taken at least this far from the surface.  i_T,∞ is read there, so the
         start must be far anyway; without this prior a single height cannot tell a far tip from one close to a
@@ -298,6 +303,8 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
     z_last = float(z[-1])
     dz = (z - z_last) / radius
     w = np.full(data.shape, 1.0 / noise**2)
+    if footprint_scale:
+        w = w / (1.0 + ((z - z_last) / float(footprint_scale)) ** 2)
     if kappa is None:
         kap = _K_COARSE
     else:
@@ -352,7 +359,7 @@ def secm_surface_estimate(z, current, radius: float, rg: float, *, kappa: float 
 
 def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, margin: float, coarse_step: float,
                        radius: float, tolerance: float | None = None, accuracy: float | None = None,
-                       gain: float = 0.6) -> tuple[float, str]:
+                       gain: float = 0.6, previous: SurfaceEstimate | None = None) -> tuple[float, str]:
     """The next downward step (µm) of an approach steered by a surface estimate, or 0 with the reason to stop.
 
     The goal is ``estimate.z0 + target``; the tip never goes below ``estimate.z0_hi + margin`` (the highest
@@ -374,6 +381,10 @@ def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, ma
     radius : float
         Probe radius a (µm): sets the defaults ``tolerance`` = 0.02·a (how close to the goal is "there") and
         ``accuracy`` = 0.08·a (3σ bound half-width at which the goal is trusted).
+    previous : SurfaceEstimate, optional
+        The estimate one reading earlier: the goal is trusted only once the surface estimate also stopped
+        moving (by less than half the accuracy), which a model that does not quite fit (a mixed footprint)
+        would not show.
 
     Returns
     -------
@@ -389,7 +400,8 @@ def next_approach_step(z: float, estimate: SurfaceEstimate, target: float, *, ma
     half = 0.5 * (estimate.z0_hi - estimate.z0_lo)
     remaining = z - goal
     room = z - (estimate.z0_hi + margin)
-    if remaining <= tol and half <= acc:
+    stable = previous is None or abs(estimate.z0 - previous.z0) <= 0.5 * acc
+    if remaining <= tol and half <= acc and stable:
         return 0.0, "done"
     if room <= tol:
         return 0.0, "floor" if remaining <= tol else "floor"

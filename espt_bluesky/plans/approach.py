@@ -319,18 +319,20 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
     rel = np.asarray(vals, float) / ref
     # the noise of one normalised reading, from the repeated readings at the start (never below 0.1 % of i_T,inf)
     noise = max(float(np.std(rel, ddof=1)) if rel.size > 1 else 0.0, 1e-3)
-    scale_err = 0.03  # i_T,inf read at a finite start height: let the fit correct the normalisation by a few %
+    scale_err = 0.1  # i_T,inf read at a finite start height (its footprint may see other materials): fitted too
     n, n_stay = 0, 0
     z = float(zs[-1])
 
     def estimate():
         return crit.secm_surface_estimate_local(zs, np.asarray(vals, float) / ref, a, spec.rg, kappa=spec.kappa,
-                                          noise=noise, scale_err=scale_err, start_distance=spec.start_distance)
+                                          noise=noise, scale_err=scale_err, start_distance=spec.start_distance,
+                                          footprint_scale=5.0 * a)
 
-    est = estimate()
+    est = prev = estimate()
     while True:
         step, status = crit.next_approach_step(z, est, target, margin=spec.safety_margin,
-                                               coarse_step=spec.coarse_step, radius=a)
+                                               coarse_step=spec.coarse_step, radius=a,
+                                               previous=prev if n else None)
         if not est.consistent and status != "done":
             # one substrate does not explain the curve (a mixed footprint, or the curve just turned away from
             # the prediction), so its bounds mean little: steps of at most 30 % of the smallest distance the
@@ -346,7 +348,7 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
             if status == "floor" and n_stay < 3:
                 n_stay += 1  # more readings where we are before settling for a wide estimate
                 yield from measure()
-                est = estimate()
+                prev, est = est, estimate()
                 continue
             break
         z_next = z - step
