@@ -196,3 +196,40 @@ def test_chi_and_two_column_exports(tmp_path):
     bad.write_text("1, 2\n3, x\n")
     with pytest.raises(InvalidArgument, match="line 2"):
         read_approach_curve(bad)
+
+
+# ------------------------------------------------------------------------------------------------ tip state
+def test_tip_that_does_not_match_its_record_is_stopped_before_use(RE):
+    """A UME whose real RG is 3 while the record says 10 (a chipped sheath): the approach finds the surface,
+    records the apparent RG in ``approach_fit`` and, with tip_check="stop", ends with TipStateError (the tip is
+    retracted, nothing touched); the same tip with its true record passes."""
+    from espt_bluesky.devices.probes import UME
+    from espt_bluesky.errors import TipStateError
+
+    bench = make_sim_bench("SECM", uniform_kinetics(0.0), seed=2, probe=UME(radius=5.0, rg=3.0))
+    bench.probe.rg.put(10.0)  # the record is wrong; the bench keeps the real geometry
+    RE(bps.mv(bench.stage.z, 75.0))
+    with pytest.raises(TipStateError, match="apparent RG"):
+        RE(approach(bench.stage, bench.potentiostat, technique="SECM", working_distance=1.0, kappa=0.0,
+                    tip_check="stop"))
+    f = _events(RE, "approach_fit")[-1]["data"]
+    assert f["tip_ok"] == 0 and abs(f["rg_apparent"] - 3.0) < 1.0
+    assert not bench.model.crashed and RE.collector.of("stop")[-1]["exit_status"] == "fail"
+    bench.probe.rg.put(3.0)
+    d, _, _ = _approach_to(RE, bench, 1.0, kappa=0.0, tip_check="stop")
+    assert _events(RE, "approach_fit")[-1]["data"]["tip_ok"] == 1 and abs(d - A) < 0.1 * A
+
+
+def test_noisy_tip_is_flagged():
+    """Readings scattered far above the amplifier floor (5 % of i_T,inf) are named; the plain numbers."""
+    from espt_bluesky.analysis.approach_criteria import check_tip_state
+    from espt_bluesky.physics.secm import feedback_current
+
+    z = np.geomspace(70.0, 2.5, 25)
+    clean = feedback_current(z / A, 10.0, 0.0)
+    assert check_tip_state(z, clean, A, 10.0, kappa=0.0, noise=0.005).ok
+    noisy = check_tip_state(z, clean, A, 10.0, kappa=0.0, noise=0.05)
+    assert not noisy.ok and "noise 5 %" in noisy.findings[0]
+    # a bulk current 40 % below what the recorded radius gives: the apparent radius is named
+    small = check_tip_state(z, clean, A, 10.0, kappa=0.0, noise=0.005, i_inf=0.6e-9, expected_i_inf=1e-9)
+    assert not small.ok and small.radius_apparent == pytest.approx(3.0)

@@ -474,3 +474,75 @@ def interpolate_crossing(z_above: float, s_above: float, z_below: float, s_below
     e_b = dz * (threshold - s_above) / ds**2 * sigma / np.sqrt(max(n_after, 1))
     err = float(np.hypot(e_a, e_b))
     return z, float(min(err, abs(dz) / np.sqrt(12.0)) if abs(ds) < 2 * sigma else err)
+
+
+@dataclass
+class TipState:
+    """What an SECM approach curve says about the tip (:func:`check_tip_state`).
+
+    ``findings`` is empty for a tip that matches its record; each entry is a sentence naming the quantity, the
+    value and what was expected.
+    """
+
+    findings: list
+    rg_apparent: float
+    rg_apparent_err: float
+    noise: float
+    chi2: float
+    radius_apparent: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def check_tip_state(z, current, radius: float, rg: float, *, kappa: float | None = None, noise: float,
+                    noise_limit: float = 0.02, rg_tolerance: float = 0.35, chi2_limit: float = 9.0,
+                    i_inf: float | None = None, expected_i_inf: float | None = None,
+                    radius_tolerance: float = 0.2) -> TipState:
+    """Check a recorded SECM approach curve against the tip's recorded geometry before the tip is used.
+
+    * noise: the scatter of repeated readings (``noise``, normalised to i_T,∞) above ``noise_limit``
+      (default 2 % of i_T,∞, ~10× a healthy amplifier's floor at SECM currents): a loose contact, a noisy
+      reference or a bubble;
+    * apparent RG: the curve fitted with RG free (κ held at ``kappa`` when given) gives an RG more than
+      ``rg_tolerance`` (relative) from the recorded one: a broken, recessed or contaminated tip reads as
+      another geometry;
+    * shape: even the best geometry leaves χ²/dof > ``chi2_limit``: the curve is not an approach curve of a
+      clean inlaid disk (recessed or contaminated electrode, or the tip touched);
+    * apparent radius: with ``i_inf`` (measured bulk current, A) and ``expected_i_inf`` (4nFDc·a·β(RG) from the
+      recorded radius), a radius more than ``radius_tolerance`` off.
+
+    ``z`` (µm) and ``current`` (normalised I_T) are the approach readings.
+    """
+    from .approach_fit import fit_approach_curve  # same layer, imported late (approach_fit imports this module's peers)
+
+    findings = []
+    if noise > noise_limit:
+        findings.append(f"noise {100 * noise:.2g} % of i_T,inf per reading, above {100 * noise_limit:.2g} %: "
+                        "check the cell, the reference electrode and the tip connection")
+    z = np.asarray(z, float)
+    cur = np.asarray(current, float)
+    rg_app = rg_err = chi2 = np.nan
+    if z.size >= 8 and np.ptp(z) > 0:
+        fix = {"kappa": kappa} if kappa is not None else {}
+        try:
+            fit = fit_approach_curve(z, cur, a=radius, rg=rg, fit_rg=True, fix=fix)
+        except InvalidArgument:
+            fit = None
+        if fit is not None:
+            rg_app, rg_err = fit.rg, fit.rg_err
+            chi2 = float(np.sum(fit.residuals**2) / max(z.size - len(fit.parameters), 1) / noise**2)
+            if abs(rg_app - rg) > rg_tolerance * rg and abs(rg_app - rg) > 3 * rg_err:
+                findings.append(f"apparent RG {rg_app:.3g} ± {rg_err:.2g} from the approach curve, recorded RG "
+                                f"{rg:.3g}: the tip is not the one recorded (broken, recessed or contaminated?)")
+            if chi2 > chi2_limit:
+                findings.append(f"the approach curve does not fit an inlaid disk of any RG (χ²/dof {chi2:.3g} > "
+                                f"{chi2_limit:g}): recessed or contaminated electrode?")
+    r_app = None
+    if i_inf is not None and expected_i_inf:
+        r_app = radius * abs(float(i_inf) / float(expected_i_inf))
+        if abs(r_app - radius) > radius_tolerance * radius:
+            findings.append(f"apparent radius {r_app:.3g} µm from i_T,inf = {i_inf:.3g} A, recorded {radius:.3g} "
+                            f"µm (expected i_T,inf {expected_i_inf:.3g} A)")
+    return TipState(findings, float(rg_app), float(rg_err), float(noise), float(chi2), r_app)

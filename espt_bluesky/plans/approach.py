@@ -16,7 +16,7 @@ from bluesky.protocols import Configurable, Readable
 import bluesky.preprocessors as bpp
 
 from ..analysis import approach_criteria as crit
-from ..errors import InvalidArgument, check_choice, check_number, check_positive, check_range
+from ..errors import InvalidArgument, TipStateError, check_choice, check_number, check_positive, check_range
 from ._common import (ApproachLimitReached, apply_settings, cell_on, check_int, check_potential, check_step,
                       check_technique, checked_plan, configure_technique, managed_run, pipette_geometry, probe_of,
                       probe_radius, probe_rg, put_values, set_potential, simulated, soft_signals, value_of)
@@ -25,6 +25,7 @@ from .metadata import build_start_md
 FEEDBACK = ("negative", "positive")
 UNITS = ("radius", "um")
 STRATEGIES = ("fit", "threshold")
+TIP_CHECKS = ("off", "warn", "stop")
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ApproachSpec:
     kappa: float | None = None  # SECM "fit": known κ = k·a/D (0 … inf), None = fitted as the curve comes in
     safety_margin: float = math.nan  # µm the tip never goes below the highest plausible surface ("fit")
     start_distance: float = math.nan  # µm the start is at least above the surface (prior of the "fit")
+    tip_check: str = "warn"  # SECM "fit": what a tip that does not match its record does: off | warn | stop
 
     @property
     def substrate(self) -> str:
@@ -71,7 +73,8 @@ def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: 
                        surface_guess: float | None = None, fine_zone: float | None = None,
                        stop_offset: float = 0.0, piezo_range: float = 1.0,
                        near_deviation: float = 0.02, strategy: str = "fit", kappa: float | None = None,
-                       safety_margin: float | None = None, start_distance: float | None = None) -> ApproachSpec:
+                       safety_margin: float | None = None, start_distance: float | None = None,
+                       tip_check: str = "warn") -> ApproachSpec:
     """Validate approach arguments (no motion); see :func:`approach` for their meaning."""
     technique = check_technique(technique)
     if technique == "EC-AFM" and afm is None:
@@ -88,6 +91,7 @@ def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: 
         working_distance *= a if distance_units == "radius" else 1.0
     stop_distance = 0.0
     strategy = check_choice("strategy", strategy, STRATEGIES)
+    tip_check = check_choice("tip_check", tip_check, TIP_CHECKS)
     unit = a if distance_units == "radius" else 1.0
     if kappa is not None:
         kappa = crit.check_kappa(kappa)
@@ -146,7 +150,7 @@ def make_approach_spec(stage: Any, potentiostat: Any, *, technique: str, probe: 
                         math.nan if working_distance is None else working_distance, coarse, fine, travel, n_conf,
                         tip_potential, reference_current, surface_guess, fz, float(stop_offset), float(piezo_range),
                         float(near_deviation), strategy if technique == "SECM" else "threshold", kappa, margin,
-                        start)
+                        start, tip_check)
 
 
 def _signal_key(spec: ApproachSpec, potentiostat: Any):
@@ -302,7 +306,8 @@ def _fit_signals(stream: str) -> dict:
         _FIT_SIGNALS[stream] = soft_signals(
             surface_z=(0.0, "um"), surface_z_err=(0.0, "um"), surface_z_lo=(0.0, "um"), surface_z_hi=(0.0, "um"),
             kappa=(0.0, ""), kappa_lo=(0.0, ""), kappa_hi=(0.0, ""), distance=(0.0, "um"), noise=(0.0, ""),
-            chi2=(0.0, ""), n_points=(0, ""), converged=(0, ""))
+            chi2=(0.0, ""), n_points=(0, ""), converged=(0, ""), rg_apparent=(math.nan, ""),
+            tip_ok=(1, ""))
     return _FIT_SIGNALS[stream]
 
 
@@ -367,11 +372,21 @@ def _secm_fit_approach(stage, spec: ApproachSpec, zs: list[float], vals: list[fl
         if prev.surprised_by(z, vals[-1] / ref, a, spec.rg):
             est.consistent = False  # the curve turned away from the prediction: small steps until it is explained
     surface, err = est.z0, est.z0_err
+    tip = None
+    if spec.tip_check != "off":  # does the curve match the recorded tip? (the closest 25 readings)
+        tip = crit.check_tip_state(zs[-25:], np.asarray(vals[-25:], float) / ref, a, spec.rg, kappa=est.kappa,
+                                   noise=noise)
     sigs = _fit_signals(f"{stream}_fit")
     put_values(sigs, surface_z=surface, surface_z_err=err, surface_z_lo=est.z0_lo, surface_z_hi=est.z0_hi,
                kappa=est.kappa, kappa_lo=est.kappa_lo, kappa_hi=est.kappa_hi, distance=z - surface,
-               noise=est.noise, chi2=est.chi2, n_points=est.n, converged=int(status == "done"))
+               noise=est.noise, chi2=est.chi2, n_points=est.n, converged=int(status == "done"),
+               rg_apparent=tip.rg_apparent if tip else math.nan, tip_ok=int(tip.ok) if tip else 1)
     yield from bps.trigger_and_read(list(sigs.values()), name=f"{stream}_fit")
+    if tip is not None and not tip.ok:
+        msg = "SECM approach: the tip does not match its record: " + "; ".join(tip.findings)
+        if spec.tip_check == "stop":
+            raise TipStateError(msg, tip.findings)
+        logger.warning(msg)
     if park and math.isfinite(spec.working_distance):
         # at the best estimate, but never closer than the safety margin above the highest plausible surface
         yield from bps.mv(stage.z, max(surface + spec.working_distance, est.z0_hi + spec.safety_margin))
@@ -430,7 +445,7 @@ def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: 
              tip_potential: float | None = None, reference_current: float | None = None,
              surface_guess: float | None = None, fine_zone: float | None = None, stop_offset: float = 0.0,
              near_deviation: float = 0.02, strategy: str = "fit", kappa: float | None = None,
-             safety_margin: float | None = None, start_distance: float | None = None,
+             safety_margin: float | None = None, start_distance: float | None = None, tip_check: str = "warn",
              retract: float | None = None, context: Any = None, sample_md: dict | None = None,
              md: dict | None = None) -> Generator[Any, Any, float]:
     """Bring the probe to the surface, stop on the technique's criterion, park at a working distance.
@@ -481,7 +496,7 @@ def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: 
                               reference_current=reference_current, surface_guess=surface_guess,
                               fine_zone=fine_zone, stop_offset=stop_offset, near_deviation=near_deviation,
                               strategy=strategy, kappa=kappa, safety_margin=safety_margin,
-                              start_distance=start_distance)
+                              start_distance=start_distance, tip_check=tip_check)
     retract = check_step("retract", max(5.0 * spec.radius, 2.0) if retract is None else retract)
     pr = probe_of(potentiostat, probe, afm)
     args = dict(technique=technique, feedback=feedback, threshold=spec.threshold,
