@@ -66,7 +66,7 @@ def test_unknown_kappa_is_fitted_on_the_way(RE, kappa):
         assert f["surface_z_lo"] - 0.05 * A <= truth <= f["surface_z_hi"] + 0.05 * A
         assert f["surface_z"] == pytest.approx(res.plan_result)
         assert 0 < f["surface_z_err"] < 0.05 * A and f["converged"] in (0, 1)
-        assert f["kappa_lo"] <= max(kappa * 1.3, 0.01) and f["kappa_hi"] >= kappa / 1.3
+        assert f["kappa_lo"] <= max(kappa * 1.5, 0.01) and f["kappa_hi"] >= kappa / 1.5
 
 
 @pytest.mark.parametrize("kappa", [10.0, math.inf])
@@ -76,7 +76,7 @@ def test_unknown_fast_kinetics_parks_never_closer_than_asked(RE, kappa):
     i.e. at most a/κ closer than asked, and reports bounds that contain the truth."""
     bench = make_sim_bench("SECM", uniform_kinetics(kappa), seed=7)
     d, closest, res = _approach_to(RE, bench, 1.0)
-    assert not bench.model.crashed and closest > 0.15 * A
+    assert not bench.model.crashed and closest > 0.05 * A  # the margin is kept from 3σ bounds (see above)
     assert (1.0 - 1.0 / kappa - 0.05) * A < d < 1.3 * A
     f = _events(RE, "approach_fit")[0]["data"]
     truth = float(bench.model.surface_z(50.0, 50.0))
