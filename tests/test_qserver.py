@@ -30,6 +30,8 @@ CALLS = [
                                           "measure": {"technique": "CV", "e_start": 0.0, "e_vertex1": -0.3,
                                                       "e_vertex2": 0.3, "scan_rate": 1.0}}),
     ("hopping_scan", ["stage", "pstat"], {"technique": "SECCM", "mode": "plan", "points": [[40, 40], [50, 50]]}),
+    ("adaptive_hopping_scan", ["stage", "pstat"], {"technique": "SECCM", "hopper": "hopper", "x_range": [40, 60],
+                                                   "y_range": [40, 60], "max_hops": 7, "strategy": "balanced"}),
     ("combinatorial_sweep", ["stage", "pstat"], {"parameters": {"scan_rate": [0.5, 1.0]}, "seed": 3,
                                                  "x_range": [40, 60, 2], "y_range": [40, 60, 2]}),
     ("constant_height_image", ["stage", "pstat"], {**GRID, "height": 5.0, "plane": 0.0}),

@@ -14,7 +14,6 @@ reason in words, the GP's hyperparameters) and what came of it (valid, objective
 (:func:`espt_bluesky.callbacks.adaptive.adaptive_map_dataset`).
 """
 
-from __future__ import annotations
 
 import math
 import time
