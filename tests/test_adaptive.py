@@ -257,3 +257,52 @@ def test_point_in_polygon_and_acquisitions_against_independent_values():
     assert abs(mu[0] - np.sin(10 / 3)) < 0.05 and sd[0] < 0.1 and sd[1] > 5 * sd[0]  # σ grows away from data
     noise_var = gps.gp_parameters(gp)["noise"] * np.std(y) ** 2
     assert 0.02 < math.sqrt(noise_var) < 0.1
+
+
+@pytest.mark.slow
+def test_final_map_product_in_tiled_and_live_view(tmp_path):
+    """Through Tiled: the run reads back as scattered hops, its final GP mean/σ maps are written as a product
+    linked to it, the live view draws hops, prediction, uncertainty and the last proposal; a new run resumes from
+    the Tiled node."""
+    from bluesky import RunEngine
+
+    from espt_bluesky.callbacks.adaptive import AdaptiveProductCallback, LiveAdaptiveMap
+    from espt_bluesky.storage import LocalCatalog, make_writer, read_product
+
+    cat = LocalCatalog.in_process(tmp_path / "tiled")
+    try:
+        client = cat.client()
+        RE = RunEngine({}, call_returns_result=True)
+        RE.subscribe(make_writer(cat))
+        prod = AdaptiveProductCallback(client)
+        live = LiveAdaptiveMap(directory=tmp_path / "png", redraw_every=4, resolution=21)
+        RE.subscribe(prod)
+        RE.subscribe(live)
+        bench = _bench(seed=5)
+        poly = [[20, 20], [36, 20], [36, 36]]  # a triangle: landings only below the diagonal
+        res = _run(RE, bench, max_hops=9, region=poly, strategy="balanced")
+        uid = res.run_start_uids[0]
+        assert prod.written and prod.written[0][0] == uid, prod.errors
+        run = client[uid]
+        ds = read_map(run)
+        assert ds.sizes["spot"] == 9 and np.all(ds["y"].values <= ds["x"].values + 1e-9)
+        m = read_product(run, "adaptive_map")
+        assert m["mean"].dims == ("y", "x") and m.attrs["source_uid"] == uid and m.attrs["n_hops"] == 9
+        X, Y = np.meshgrid(m["x"].values, m["y"].values)
+        assert np.all(np.isnan(m["mean"].values[Y > X + 0.5])) and np.all(
+            np.isfinite(m["std"].values[(Y < X - 0.5) & (X < 35.5) & (Y > 20.5)]))  # edges: either side
+        # the map passes near the measured hops (within a few of its own σ plus the fitted noise)
+        z = ds["hopper_surface_z"].values
+        ix = np.abs(m["x"].values[None, :] - ds["x"].values[:, None]).argmin(1)
+        iy = np.abs(m["y"].values[None, :] - ds["y"].values[:, None]).argmin(1)
+        assert np.median(np.abs(m["mean"].values[iy, ix] - z)) < 0.5
+        assert live.saved and live.saved[-1].exists() and live.mean is not None and live.proposal is not None
+        assert live.proposal == (float(ds["x"].values[-1]), float(ds["y"].values[-1]))
+        # resume from the stored run: no survey, the model starts from its 9 hops
+        RE2 = RunEngine({}, call_returns_result=True)
+        RE2.subscribe(make_writer(cat))
+        res2 = _run(RE2, bench, max_hops=11, region=poly, strategy="balanced", resume=run)
+        d2 = client[res2.run_start_uids[0]]["decisions"].read()
+        assert list(d2["decision_n_model"].values) == [9, 10]
+    finally:
+        cat.stop()
