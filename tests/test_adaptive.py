@@ -306,3 +306,25 @@ def test_final_map_product_in_tiled_and_live_view(tmp_path):
         assert list(d2["decision_n_model"].values) == [9, 10]
     finally:
         cat.stop()
+
+
+def test_seccm_passivation_ratio_objective_from_the_recorded_cv(RE):
+    """SECCM over HOPG with a two-cycle CV per landing: the objective is analysis.voltammetry's Q_p2/Q_p1 of the
+    CV recorded in the same event."""
+    from espt_bluesky.analysis.voltammetry import passivation_ratio
+
+    bench = make_sim_bench("SECCM", "hopg", seed=4, start=(28.0, 28.0))
+    RE(bps.mv(bench.stage.z, float(bench.model.surface_z(28, 28)) + 2.0))
+    cv = dict(technique="CV", e_start=3.0, e_vertex1=0.0, e_vertex2=3.0, scan_rate=1.0, n_cycles=2, n_samples=300)
+    res = RE(adaptive_hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", x_range=XR, y_range=YR,
+                                   objective="passivation_ratio", strategy="hotspots", measure=cv, max_hops=6,
+                                   min_separation=2.0, hopper=bench.hopper))
+    assert res.exit_status == "success"
+    d = _decisions(RE)
+    prim = RE.collector.events("primary")
+    ok = np.array(d["decision_valid"], bool)
+    assert ok.sum() == 6 and d["decision_strategy"][-1] == "hotspots"
+    expect = [passivation_ratio(e["data"]["pstat_wf_time"], e["data"]["pstat_wf_potential"],
+                                e["data"]["pstat_wf_current"]) for e, v in zip(prim, ok) if v]
+    assert np.allclose(np.array(d["decision_objective"])[ok], expect)
+    assert all(0 < r < 1 for r in expect)  # later cycles pass less cathodic charge (SEI)
