@@ -328,3 +328,18 @@ def test_seccm_passivation_ratio_objective_from_the_recorded_cv(RE):
                                 e["data"]["pstat_wf_current"]) for e, v in zip(prim, ok) if v]
     assert np.allclose(np.array(d["decision_objective"])[ok], expect)
     assert all(0 < r < 1 for r in expect)  # later cycles pass less cathodic charge (SEI)
+
+
+def test_plan_mode_objective_is_the_recorded_height(RE):
+    bench = make_sim_bench("SICM", "patterned", seed=6, start=(28.0, 28.0))
+    RE(bps.mv(bench.stage.z, float(bench.model.surface_z(28, 28)) + 2.0))
+    res = RE(adaptive_hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=XR, y_range=YR,
+                                   mode="plan", max_hops=6, min_separation=1.0, hop_height=2.0, drop=0.02))
+    assert res.exit_status == "success"
+    d = _decisions(RE)
+    prim = RE.collector.events("primary")
+    ok = np.array([e["data"]["hop_valid"] for e in prim]) == 1
+    assert ok.sum() == 6 and list(ok.astype(int)) == d["decision_valid"]
+    z = np.array([e["data"]["surface_z"] for e in prim])
+    assert np.allclose(np.array(d["decision_objective"])[ok], z[ok])
+    assert len(RE.collector.events("approach")) > 0 and bench.model.clearance() > 0
