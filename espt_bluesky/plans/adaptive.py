@@ -27,7 +27,7 @@ from ..analysis import gp_sampling as gps
 from ..analysis import voltammetry as volt
 from ..errors import (InvalidArgument, check_choice, check_int, check_number, check_positive, fault_reason)
 from ._common import (apply_settings, cell_on, check_step, check_xy, checked_plan, device_error, managed_run,
-                      pipette_geometry, probe_of, probe_radius, put_values, soft_signals, value_of)
+                      pipette_geometry, probe_of, probe_radius, put_values, simulated, soft_signals)
 from ._detectors import check_detectors
 from .adaptive_agent import GPMapAgent
 from .approach import make_approach_spec
@@ -354,6 +354,8 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     def value_for(res):
         if not res["valid"]:
             return math.nan
+        if simulated(reading):  # a preview (summarize_plan, check_limits) reads nothing: follow a flat map
+            return 0.0
         if obj_name in _WAVEFORM_OBJECTIVES or (obj_name == "current" and meas is not None):
             # waveforms written as external assets are not in the reading: take them from the device
             for f in ("time", "potential", "current"):
