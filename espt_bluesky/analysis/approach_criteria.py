@@ -44,8 +44,9 @@ def secm_distance(current, rg: float, substrate: str) -> np.ndarray:
 
     Examples
     --------
-    >>> float(secm_distance(0.498, 10, "insulator"))  # doctest: +ELLIPSIS
-    1.01...
+    >>> I_T = secm_current([0.5, 1.0, 2.0], 10, "insulator")   # 0.286, 0.491, 0.722 (exact model)
+    >>> np.round(secm_distance(I_T, 10, "insulator"), 6).tolist()
+    [0.5, 1.0, 2.0]
     """
     substrate = check_choice("substrate", substrate, SUBSTRATES)
     check_range("rg", rg, 1.0, np.inf, low_inclusive=False)
