@@ -285,9 +285,10 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
     elif spec.technique == "SICM":
         # the crossing of the set drop, interpolated between the last reading above it and the confirmed one
         # below (the stop itself lies up to a step past the crossing: an unbiased height needs the crossing)
-        z_cross, err = crit.interpolate_crossing(z_prev, s_prev, z, s_met, spec.threshold,
-                                                 sigma=sigma, n_after=max(n_conf, 1))
-        surface = z_cross - spec.stop_distance
+        # (against the bulk current: the reference read at the start height is itself a little below it)
+        surface, err = crit.sicm_surface_from_curve(zs, np.asarray(vals) / ref, 1.0 - spec.threshold,
+                                                    spec.stop_distance, sigma=sigma,
+                                                    n_reference=5 if spec.reference_current is None else 0)
     else:
         # SECCM: the meniscus landed somewhere between the last height without contact and the stop
         surface, err = 0.5 * (z + z_prev) - spec.stop_offset, abs(z_prev - z) / math.sqrt(12)
