@@ -233,3 +233,37 @@ def test_noisy_tip_is_flagged():
     # a bulk current 40 % below what the recorded radius gives: the apparent radius is named
     small = check_tip_state(z, clean, A, 10.0, kappa=0.0, noise=0.005, i_inf=0.6e-9, expected_i_inf=1e-9)
     assert not small.ok and small.radius_apparent == pytest.approx(3.0)
+
+
+# ------------------------------------------------------------------------------------------------ SICM / SECCM stub
+def test_sicm_surface_from_the_interpolated_crossing_is_unbiased(RE):
+    """Plan-mode SICM approach (approach_stub, as hopping's plan mode runs it), 16 times over a flat stretch:
+    the crossing of the set drop (against the bulk current, not the reference read at the start height) is
+    interpolated between the last two heights, so the heights are unbiased (mean error within a tenth of the
+    step or 3 standard errors, whichever is larger; the old rule, stop height − setpoint distance, is more than
+    a step low on the same runs) and scatter by less than a step; the reported σ is of the scatter's size."""
+    from espt_bluesky.analysis.approach_criteria import sicm_setpoint_distance
+    from espt_bluesky.plans._common import pipette_geometry
+
+    bench = make_sim_bench("SICM", "patterned", seed=5, start=(35.0, 35.0))
+    truth = float(bench.model.surface_z(35.0, 35.0))
+    d_stop = sicm_setpoint_distance(0.02, *pipette_geometry(bench.probe))
+    rng = np.random.default_rng(0)
+    errs, old, sig, steps = [], [], [], []
+    for _ in range(16):
+        RE(bps.mv(bench.stage.z, truth + 0.4 + 0.1 * rng.random()))
+        RE.collector.docs.clear()
+        res = RE(approach(bench.stage, bench.potentiostat, technique="SICM", drop=0.02, working_distance=0.3,
+                          distance_units="um"))
+        z = np.array([e["data"]["stage_z"] for e in _events(RE, "approach")])
+        steps.append(float(np.max(-np.diff(z))))
+        s = _events(RE, "surface")[0]["data"]
+        errs.append(res.plan_result - truth)
+        old.append(s["stop_z"] - d_stop - truth)
+        sig.append(s["surface_z_err"])
+    errs, old, step = np.array(errs), np.array(old), float(np.median(steps))
+    sem = errs.std(ddof=1) / np.sqrt(errs.size)
+    assert abs(errs.mean()) < max(0.1 * step, 3 * sem), (errs.mean(), step, sem)
+    assert old.mean() < -step and old.mean() < errs.mean() - 3 * sem  # what the interpolation removed
+    rms = float(np.sqrt(np.mean(errs**2)))
+    assert rms < step and 0.5 < rms / float(np.mean(sig)) < 2.0, (rms, np.mean(sig), step)

@@ -547,3 +547,42 @@ def check_tip_state(z, current, radius: float, rg: float, *, kappa: float | None
             findings.append(f"apparent radius {r_app:.3g} µm from i_T,inf = {i_inf:.3g} A, recorded {radius:.3g} "
                             f"µm (expected i_T,inf {expected_i_inf:.3g} A)")
     return TipState(findings, float(rg_app), float(rg_err), float(noise), float(chi2), r_app)
+
+
+def sicm_surface_from_curve(z, current, drop: float, stop_distance: float, *, sigma: float | None = None,
+                            n_reference: int = 0, iterations: int = 3) -> tuple[float, float]:
+    """Surface height (µm) and 1σ from a SICM approach curve normalised to the current read at its start.
+
+    The set drop is defined against the bulk current I_sat, but the reference is read at the start height,
+    where the ohmic model (:func:`espt_bluesky.physics.sicm.distance_for_current_drop`) already gives
+    I/I_sat = 1/(1 + K/d0) with K = d_stop·drop/(1 − drop): the threshold in units of the reference is
+    (1 − drop)·(1 + K/d0), found by iterating on the surface estimate.  Its crossing is interpolated between the
+    last height above it and the next one below (readings at one height averaged), the surface is the crossing
+    minus ``stop_distance``.  Heights in µm, ``current`` normalised, ``sigma`` the noise of one reading; with
+    ``n_reference`` (the readings averaged into the reference) the reference's own noise, which moves the
+    threshold, is part of the uncertainty.
+    """
+    z = np.asarray(z, float)
+    s = np.asarray(current, float)
+    zu, inv = np.unique(z, return_inverse=True)
+    su = np.bincount(inv, weights=s) / np.bincount(inv)
+    nu = np.bincount(inv)
+    zu, su, nu = zu[::-1], su[::-1], nu[::-1]  # from the start (highest) down
+    K = stop_distance * drop / (1.0 - drop)
+    surface = zu[-1] - stop_distance
+    err = np.nan
+    for _ in range(max(int(iterations), 1)):
+        d0 = max(zu[0] - surface, 1e-6)
+        thr = (1.0 - drop) * (1.0 + K / d0)
+        above = np.flatnonzero(su >= thr)
+        j = int(above[-1]) if above.size else 0
+        if j + 1 < zu.size:
+            zc, err = interpolate_crossing(zu[j], su[j], zu[j + 1], su[j + 1], thr, sigma=sigma,
+                                           n_after=int(nu[j + 1]))
+            slope = (su[j] - su[j + 1]) / (zu[j] - zu[j + 1])
+            if sigma and n_reference and slope > 0:
+                err = float(np.hypot(err, thr * sigma / np.sqrt(n_reference) / slope))
+        else:
+            zc, err = float(zu[-1]), 0.0
+        surface = zc - stop_distance
+    return float(surface), float(err)

@@ -285,9 +285,10 @@ def approach_stub(stage: Any, potentiostat: Any, spec: ApproachSpec, *, afm: Any
     elif spec.technique == "SICM":
         # the crossing of the set drop, interpolated between the last reading above it and the confirmed one
         # below (the stop itself lies up to a step past the crossing: an unbiased height needs the crossing)
-        z_cross, err = crit.interpolate_crossing(z_prev, s_prev, z, s_met, spec.threshold,
-                                                 sigma=sigma, n_after=max(n_conf, 1))
-        surface = z_cross - spec.stop_distance
+        # (against the bulk current: the reference read at the start height is itself a little below it)
+        surface, err = crit.sicm_surface_from_curve(zs, np.asarray(vals) / ref, 1.0 - spec.threshold,
+                                                    spec.stop_distance, sigma=sigma,
+                                                    n_reference=5 if spec.reference_current is None else 0)
     else:
         # SECCM: the meniscus landed somewhere between the last height without contact and the stop
         surface, err = 0.5 * (z + z_prev) - spec.stop_offset, abs(z_prev - z) / math.sqrt(12)
@@ -450,7 +451,10 @@ def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: 
              md: dict | None = None) -> Generator[Any, Any, float]:
     """Bring the probe to the surface, stop on the technique's criterion, park at a working distance.
 
-    Criteria: SECM — normalised tip current I_T = i_T/i_T,inf (i_T,inf read first at the start height) crossing
+    SECM, default ``strategy="fit"``: the surface (and κ unless ``kappa`` is given) is re-fitted with the exact
+    feedback theory after every reading; steps head for ``surface + working_distance``, never below the highest
+    plausible surface plus ``safety_margin``; the fit is recorded in the ``approach_fit`` stream.
+    Criteria of ``strategy="threshold"``: SECM — normalised tip current I_T = i_T/i_T,inf (i_T,inf read first at the start height) crossing
     ``threshold`` (below for ``feedback="negative"``/insulator, default 0.5; above for ``"positive"``/conductor,
     default 2.0); SICM — ion current dropping by ``drop`` (fraction, typically 0.005–0.02; confirmed by
     ``n_confirm`` repeat readings); SECCM — meniscus contact, |substrate current| > ``contact_current`` (A);
@@ -471,6 +475,21 @@ def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: 
         Where to park above the surface, in ``distance_units`` ("radius": probe radii; "um").
     coarse_step, fine_step, max_travel : float, µm
         Step bounds and the hard travel limit (defaults scale with the probe).
+    strategy : {"fit", "threshold"}
+        SECM: ``"fit"`` (default) steers every step by the exact feedback theory fitted to the curve so far
+        (surface height, and κ unless given) and stops at ``working_distance``; ``"threshold"`` is the classical
+        programme (stop at a fixed I_T read on the insulator/conductor curve, then park).
+    kappa : float, optional
+        SECM ``"fit"``: the substrate's κ = k·a/D when known (0 insulator … ``math.inf`` conductor); None fits it.
+    safety_margin : float, optional
+        SECM ``"fit"``: the tip never goes closer than this to the highest surface the data allow (in
+        ``distance_units``; default min(0.2 a, working_distance/2)).
+    start_distance : float, optional
+        SECM ``"fit"``: the start is at least this far above the surface (``distance_units``, default 5 a); i_T,∞
+        is read there.
+    tip_check : {"warn", "stop", "off"}
+        SECM ``"fit"``: what to do when the curve says the tip is not the one recorded (apparent RG, recessed or
+        contaminated electrode, noise): log a warning, or end the run with ``TipStateError``.
     retract : float, µm
         How far the cleanup raises the tip after a failure (default 5 probe radii, at least 2 µm).
     context, sample_md, md : dict
