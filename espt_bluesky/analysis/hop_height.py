@@ -126,12 +126,14 @@ def local_slope(xs: Sequence[float], ys: Sequence[float], zs: Sequence[float], x
 
 
 def sicm_stop_distance(d_set: float, outer_radius: float, max_slope: float = 0.0,
-                       history: Sequence[tuple[float, float, float]] = (), x: float = 0.0, y: float = 0.0) -> float:
+                       history: Sequence[tuple[float, float, float]] = (), x: float = 0.0, y: float = 0.0,
+                       step: float = 0.0) -> float:
     """Axis gap (µm) a SICM hop stops at: the setpoint distance, or more where the sample may be steep.
 
     The end face's rim clears a slope s only if the axis gap exceeds s·r_o.  ``max_slope`` (the steepest slope the
     user expects) and the slopes between the hops already made around (x, y) (``history`` of (x, y, surface),
-    times :data:`SLOPE_FACTOR`) raise the stop distance to s·r_o + d_set/4.
+    times :data:`SLOPE_FACTOR`) raise the stop distance to s·r_o + max(d_set/4, step): an approach stops up to
+    one ``step`` past the distance it looks for.
     """
     s = float(max_slope)
     if len(history) >= 2:
@@ -139,7 +141,7 @@ def sicm_stop_distance(d_set: float, outer_radius: float, max_slope: float = 0.0
         s = max(s, SLOPE_FACTOR * local_slope(hx, hy, hz, x, y))
     if s <= 0:
         return float(d_set)
-    return max(float(d_set), s * float(outer_radius) + 0.25 * float(d_set))
+    return max(float(d_set), s * float(outer_radius) + max(0.25 * float(d_set), float(step)))
 
 
 def samples_for_precision(sigma_sample: float, ratio: float, access_length: float, target: float, *,

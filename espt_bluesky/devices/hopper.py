@@ -26,9 +26,10 @@ Criteria (``criterion`` config signal):
                     (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
                     through the pipette's current–distance curve
                     (:func:`espt_bluesky.analysis.hop_height.sicm_hop_surface`): no half-step bias, no
-                    selection bias, and an error bar from the noise measured at the top.  Where the hops
+                    selection bias, and an error bar from the noise (pooled over the hops).  Where the hops
                     around are steep, or ``max_slope`` says the sample may be, the stop distance grows to
-                    slope·r_o + d_set/4 (neighbour slopes doubled) so that the glass rim stays clear (:func:`espt_bluesky.physics.sicm.slope_safe_distance`).
+                    slope·r_o + max(d_set/4, step) (neighbour slopes doubled) so that the glass rim stays
+                    clear (:func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`).
 ``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched); the landing is
                     the midpoint of the last two heights (error step/√12)
 =================  ===================================================================================
@@ -205,11 +206,11 @@ class SimHopController(Device):
         p = self._model.probe
         return p.radius, p.end_radius, p.half_angle
 
-    def _stop_distance(self, x: float, y: float, setpoint: float) -> float:
+    def _stop_distance(self, x: float, y: float, setpoint: float, step: float) -> float:
         """Axis gap to stop at (µm), :func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`."""
         ri, ro, th = self._pipette()
         d_set = float(sicm.distance_for_current_drop(setpoint, ri, ro, th))
-        return hop_height.sicm_stop_distance(d_set, ro, float(self.max_slope.get()), self._history, x, y)
+        return hop_height.sicm_stop_distance(d_set, ro, float(self.max_slope.get()), self._history, x, y, step)
 
     def _approach_sicm(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
         """Step down from ``z_top`` until the averaged ion current confirms the stop; heights from fresh readings.
@@ -219,7 +220,7 @@ class SimHopController(Device):
         m = self._model
         ri, ro, th = self._pipette()
         A = float(sicm.access_length(ri, ro, th))
-        d_stop = self._stop_distance(x, y, float(self.setpoint.get()))
+        d_stop = self._stop_distance(x, y, float(self.setpoint.get()), step)
         s_stop = d_stop / (d_stop + A)  # I/I_sat at the stop
         i_here = m.sicm_current()
         samples = np.asarray(m.add_noise(np.full(self.N_REF * self.N_AVG, i_here)), float)

@@ -160,8 +160,8 @@ class SicmHops:
 
     Every reading integrates ``n_int`` base samples (the potentiostat's ``integration_time`` times ``n_int``, set
     once for the whole map so that every stream's configuration stays true); the reference and the height each
-    average ``k`` readings, ``k`` chosen per hop for a quarter-step precision from the noise measured once at the
-    start (the ``sicm_noise`` stream).  Remembers the hops made (for the slope margin) and the last surface (for the
+    average ``k`` ≥ 2 readings, ``k`` chosen per hop for a quarter-step precision from the noise (measured at the
+    start in the ``sicm_noise`` stream, then pooled over the repeated readings of every hop).  Remembers the hops made (for the slope margin) and the last surface (for the
     far-current correction at the top).
     """
 
@@ -196,10 +196,11 @@ class SicmHops:
         v = np.asarray(vals, float)
         if np.all(np.isfinite(v)) and np.mean(v) != 0:
             self._pool(v, 1)
-            # integrate each reading long enough that ~4 of them give the height at the stop max_slope implies
-            d_stop = hop_height.sicm_stop_distance(self.d_set, self.ro, self.max_slope)
+            # integrate each reading long enough that 2 of them (2 for the noise pool) give the height at the stop
+            # max_slope implies: few events per hop
+            d_stop = hop_height.sicm_stop_distance(self.d_set, self.ro, self.max_slope, step=self.step)
             n_need = self._samples(d_stop)
-            self.n_int = int(np.clip(math.ceil(n_need / 4), self.N_INT, 1024))
+            self.n_int = int(np.clip(math.ceil(n_need / 2), self.N_INT, 4096))
         yield from configure_technique(potentiostat, "READ", channel="tip",
                                        integration_time=self._base * self.n_int)
 
@@ -227,9 +228,10 @@ class SicmHops:
     def approach(self, stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, stream: str):
         """Plan stub: one SICM approach at (x, y) from the present height; returns approach_stub's dict."""
         sig = potentiostat.tip.current
-        d_stop = hop_height.sicm_stop_distance(spec.stop_distance, self.ro, self.max_slope, self.history, x, y)
+        d_stop = hop_height.sicm_stop_distance(spec.stop_distance, self.ro, self.max_slope, self.history, x, y,
+                                               self.step)
         s_stop = d_stop / (d_stop + self.A)
-        k = int(np.clip(math.ceil(self._samples(d_stop) / self.n_int), 1, self.K_MAX))
+        k = int(np.clip(math.ceil(self._samples(d_stop) / self.n_int), 2, self.K_MAX))
 
         def mean_of(n):
             vals = []
@@ -337,7 +339,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         SICM: the steepest sample slope |∇h| the map may meet (0–100, e.g. 5 for particles with near-vertical
         rims).  The pipette's flat end face (outer radius r_o) touches a slope s before its axis reaches the
         setpoint distance d_set whenever s·r_o > d_set, and the ion current gives no warning of it (it averages
-        the gap under the face); each hop therefore stops at least s·r_o + d_set/4 above the surface (a smaller
+        the gap under the face); each hop therefore stops at least s·r_o + max(d_set/4, approach_step) above the
+        surface (a smaller
         current drop there; the height still comes from the current–distance curve, with more averaging).
         Steep slopes between hops already made raise the stop distance by themselves; 0 (default) relies on
         those and on the setpoint alone.
