@@ -200,8 +200,14 @@ def main():
                          "composite_cathode: mapping, a continuous height map)")
     ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS),
                     help="hop budgets (prefixes of one run); the goal is judged at 132 (30 %% of the grid)")
+    ap.add_argument("--replot", action="store_true", help="redraw the figure from the saved json only")
     ap.add_argument("--out", default=None, help="suffix of the json/png files (default: none)")
     a = ap.parse_args()
+    if a.replot:
+        saved = json.loads((HERE / ("bench_adaptive.json" if a.out is None else f"bench_adaptive_{a.out}.json"))
+                           .read_text())
+        _figure(saved["rows"], sorted({r["sample"] for r in saved["rows"]}), a.out)
+        return
     rows = []
     t0 = time.perf_counter()
     for sample in a.samples:
@@ -247,7 +253,7 @@ def _figure(rows, samples, tag=None):
                 continue
             ax.errorbar(ns, med, yerr=[np.subtract(med, lo), np.subtract(hi, med)], marker="o", capsize=3,
                         label=f"{meth} (median, range over {len(seeds)} seeds)")
-        ax.set_xlabel("valid hops")
+        ax.set_xlabel("hops (budget)")
         ax.set_ylabel("RMS height error (µm)" if CASES[sample]["error"] == "rmse" else "misclassified fraction")
         ax.set_title(f"{sample} ({CASES[sample]['technique']})")
         ax.legend(fontsize=7)
