@@ -7,12 +7,14 @@ does) and hands it to an I/O thread (``bluesky_nats.nats_runtime.NatsRuntime``) 
 JetStream takes the run, and whose stream sequence every later document of the run carries in its
 ``Espt-Start-Seq`` header), and at the stop, for the rest of the run -- each wait at most ``publish_timeout``.
 
-Backup: with ``journal="always"`` (default) every document is also appended to ``<backup>/<start uid>.journal``
-first (:mod:`espt_bluesky.storage.journal`, the format ``espt replay`` reads; write-ahead, so not even the death of
-this process loses a document); with ``journal="on_failure"`` the run's documents are kept in memory instead and
-journaled only if the bus fails (cheaper per document for documents that carry waveforms; the documents still in
-flight when this process dies are lost).  A run whose documents JetStream acknowledged completely has its journal
-removed (``keep_journals`` keeps it).
+Backup: with ``journal="on_failure"`` (default) the run's documents are kept in memory (references, no copy) until
+JetStream acknowledged them all, and written to ``<backup>/<start uid>.journal`` (:mod:`espt_bluesky.storage.journal`,
+the format ``espt replay`` reads) only if the bus fails the run -- the whole run, so that the journal holds strictly
+more than the partial copy a worker wrote.  With ``journal="always"`` every document is appended to the journal
+before it is published (write-ahead: not even the death of this process loses a document in flight), at the price of
+a JSON encoding, a write and a wake-up of the journal's fsync thread per document (about 1 ms for a document carrying
+a 2000-sample CV, see benchmarks/bench_bus.py).  A run whose documents JetStream acknowledged completely has its
+journal removed (``keep_journals`` keeps it).
 
 When JetStream is unreachable at a run's start, or fails during the run (an error, or no acknowledgement within
 ``publish_timeout``), the run goes to its journal -- say so loudly (ERROR log, :attr:`BusPublisher.runs`) -- and
@@ -68,8 +70,8 @@ class BusPublisher:
         The ``[bus]`` settings (servers, stream, subject, timeouts, limits).
     backup_directory : path
         Where journals go (the catalog's ``backup/``, which ``espt replay`` reads).
-    journal : {"always", "on_failure"}, optional
-        Journal every document first, or only the runs the bus fails (default: ``config.journal``).
+    journal : {"on_failure", "always"}, optional
+        Journal only the runs the bus fails, or every document first (default: ``config.journal``).
     """
 
     def __init__(self, config: BusConfig | dict, backup_directory: str | os.PathLike, *,
