@@ -80,31 +80,50 @@ def main() -> None:
             b.potentiostat.asset_writer = HDF5WaveformWriter(cat.asset_dir)
         return b
 
-    def timed(subscriber=None, after=None, points=pts):
+    cpu: dict[str, float] = {}
+    inside: dict[str, float] = {}
+
+    def timed(subscriber=None, after=None, points=pts, label=None):
+        """RE(...) wall time; with ``label``, also this process's CPU time (every thread: the publisher's I/O thread
+        or the writer's thread included; robust on a shared machine) and the time spent inside the subscriber."""
         RE = RunEngine({})
+        spent = [0.0]
         if subscriber is not None:
-            RE.subscribe(subscriber)
+            def wrapped(name, doc):
+                t = time.perf_counter()
+                subscriber(name, doc)
+                spent[0] += time.perf_counter() - t
+
+            RE.subscribe(wrapped)
         b = bench()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         (uid,) = RE(hopping(b, points))
         t = time.perf_counter() - t0
         if after is not None:
             after()
+        if label is not None:
+            cpu[label] = min(cpu.get(label, float("inf")), time.process_time() - c0)
+            inside[label] = spent[0]
         return t, uid
 
     cat = LocalCatalog.start(tmp / "data")
     results: dict[str, float] = {}
     try:
         timed(points=pts[:20])  # warm up imports and the simulation's caches
-        results["no subscriber"] = timed()[0]
+        base = "no subscriber"
+        results[base] = timed(label=base)[0]
         pub = BusPublisher(cfg, tmp / "backup-bus", journal="on_failure")
-        results["JetStream publish (journal on failure)"], uid_bus = timed(pub)
+        k1 = "JetStream publish (journal on failure)"
+        results[k1], uid_bus = timed(pub, label=k1)
         assert pub.runs[uid_bus].state == "published", pub.runs[uid_bus]
         pub2 = BusPublisher(cfg, tmp / "backup-bus2", journal="always")
-        results["JetStream publish + local journal"], uid_bus2 = timed(pub2)
+        k2 = "JetStream publish + local journal"
+        results[k2], uid_bus2 = timed(pub2, label=k2)
         assert pub2.runs[uid_bus2].state == "published", pub2.runs[uid_bus2]
         w = make_writer(cat)
-        results["in-process writer (make_writer)"] = timed(w, after=lambda: w.flush(600))[0]
+        k3 = "in-process writer (make_writer)"
+        results[k3] = timed(w, after=lambda: w.flush(600), label=k3)[0]
+        results[base] = min(results[base], timed(label=base)[0])  # the baseline again: the machine drifts
 
         # 5. worker throughput on the first published run (the second waits behind it: both are written)
         worker = TiledWorker(cfg, cat.client, health_url=f"{cat.base_url}/healthz", batch=200)
@@ -200,10 +219,14 @@ def main() -> None:
     base = results["no subscriber"]
     where = "in HDF5 asset files" if args.assets else "in the event documents"
     print(f"hopping run, {args.spots} spots x {args.samples}-sample CV {where}")
+    print("  wall time of RE(...) (noisy on a shared machine):")
     for k, t in results.items():
-        add = 1e3 * (t - base) / args.spots
-        print(f"  {k:40s} {t:8.2f} s   {t / base:6.2f} x baseline   {1e3 * t / args.spots:7.2f} ms/spot"
-              f"   (+{add:6.2f} ms/spot over the baseline)")
+        print(f"    {k:40s} {t:8.2f} s   {t / base:6.2f} x baseline   {1e3 * t / args.spots:7.2f} ms/spot")
+    print("  CPU time of this process (all threads) and time inside the subscriber, per spot:")
+    cb = cpu["no subscriber"]
+    for k, c in cpu.items():
+        print(f"    {k:40s} {1e3 * c / args.spots:7.2f} ms/spot CPU  (+{1e3 * (c - cb) / args.spots:6.2f} over the "
+              f"baseline, {c / cb:5.2f} x)   in the subscriber {1e3 * inside[k] / args.spots:6.3f} ms/spot")
     print(f"  Tiled worker: {args.spots} spots written in {t_worker:.2f} s = {args.spots / t_worker:.0f} spots/s")
     if lat:
         print(f"  event -> readable in Tiled via `espt worker tiled` ({len(lat)}/{len(sent)} events seen): "

@@ -34,7 +34,7 @@ defaults, file, environment, explicit dict)::
     max_pending = 1000      # unacknowledged publishes before the RunEngine waits
     max_age_days = 30.0     # stream retention (age, bytes)
     max_bytes = -1          # -1: up to the server's JetStream storage (set a limit at a facility)
-    journal = "always"      # always: every document journaled first | on_failure: only runs the bus fails
+    journal = "on_failure"  # on_failure: a run is journaled only if the bus fails it | always: every document first
 
     [session]
     md_dir = "..."          # RE.md persisted here (scan_id survives restarts); default DATA_DIR/runengine_md;

@@ -319,9 +319,11 @@ def test_jetstream_unreachable_run_goes_to_backup_and_replay_delivers(catalog, t
     assert sorted(_seq_nums(run)) == list(range(1, 31))
 
 
-def test_jetstream_failing_mid_run_whole_run_to_backup(bus, catalog, tmp_path, caplog, capsys):
+@pytest.mark.parametrize("journal", ["on_failure", "always"])
+def test_jetstream_failing_mid_run_whole_run_to_backup(bus, catalog, tmp_path, caplog, capsys, journal):
     """The stream disappears in the middle of a run: the publisher says so loudly, the run completes into its
-    journal (which holds the whole run), and `espt replay` delivers every event."""
+    journal (which holds the whole run, journaled from memory or written ahead), and `espt replay` delivers every
+    event."""
     import threading
 
     from bluesky import RunEngine
@@ -329,7 +331,7 @@ def test_jetstream_failing_mid_run_whole_run_to_backup(bus, catalog, tmp_path, c
     from espt_bluesky.workers.publisher import BusPublisher
 
     backup = tmp_path / "backup"
-    pub = BusPublisher(bus, backup)
+    pub = BusPublisher(bus, backup, journal=journal)
 
     def delete_stream():
         import nats

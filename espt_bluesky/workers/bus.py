@@ -41,7 +41,7 @@ BUS_DEFAULTS: dict[str, Any] = {
     "mode": "off", "servers": "nats://127.0.0.1:4222", "stream": "ESPT", "subject": "espt.docs.default",
     "live_subject": "espt.live.default", "creds": None, "connect_timeout": 2.0, "publish_timeout": 2.0,
     "max_pending": 1000, "max_age_days": 30.0, "max_bytes": -1, "duplicate_window": 120.0,
-    "backup_dir": None, "keep_journals": False, "journal": "always",
+    "backup_dir": None, "keep_journals": False, "journal": "on_failure",
 }
 JOURNAL_MODES = ("always", "on_failure")
 
@@ -81,9 +81,9 @@ class BusConfig:
         The local backup (journals ``espt replay`` reads); default the data directory's ``backup/``.
     keep_journals : bool
         Keep a run's journal after JetStream acknowledged all of it (default: remove it).
-    journal : {"always", "on_failure"}
-        Journal every document locally before publishing it, or only the runs the bus fails
-        (see :mod:`.publisher`).
+    journal : {"on_failure", "always"}
+        Journal a run locally only when the bus fails it (default: the run's documents are kept in memory until
+        JetStream acknowledged them all), or every document before publishing it (see :mod:`.publisher`).
     """
 
     mode: str = "off"
@@ -100,7 +100,7 @@ class BusConfig:
     duplicate_window: float = 120.0
     backup_dir: str | None = None
     keep_journals: bool = False
-    journal: str = "always"
+    journal: str = "on_failure"
     extra: dict = field(default_factory=dict, repr=False)
 
     @classmethod

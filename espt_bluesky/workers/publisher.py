@@ -7,12 +7,14 @@ does) and hands it to an I/O thread (``bluesky_nats.nats_runtime.NatsRuntime``) 
 JetStream takes the run, and whose stream sequence every later document of the run carries in its
 ``Espt-Start-Seq`` header), and at the stop, for the rest of the run -- each wait at most ``publish_timeout``.
 
-Backup: with ``journal="always"`` (default) every document is also appended to ``<backup>/<start uid>.journal``
-first (:mod:`espt_bluesky.storage.journal`, the format ``espt replay`` reads; write-ahead, so not even the death of
-this process loses a document); with ``journal="on_failure"`` the run's documents are kept in memory instead and
-journaled only if the bus fails (cheaper per document for documents that carry waveforms; the documents still in
-flight when this process dies are lost).  A run whose documents JetStream acknowledged completely has its journal
-removed (``keep_journals`` keeps it).
+Backup: with ``journal="on_failure"`` (default) the run's documents are kept in memory (references, no copy) until
+JetStream acknowledged them all, and written to ``<backup>/<start uid>.journal`` (:mod:`espt_bluesky.storage.journal`,
+the format ``espt replay`` reads) only if the bus fails the run -- the whole run, so that the journal holds strictly
+more than the partial copy a worker wrote.  With ``journal="always"`` every document is appended to the journal
+before it is published (write-ahead: not even the death of this process loses a document in flight), at the price of
+a JSON encoding, a write and a wake-up of the journal's fsync thread per document (about 1 ms for a document carrying
+a 2000-sample CV, see benchmarks/bench_bus.py).  A run whose documents JetStream acknowledged completely has its
+journal removed (``keep_journals`` keeps it).
 
 When JetStream is unreachable at a run's start, or fails during the run (an error, or no acknowledgement within
 ``publish_timeout``), the run goes to its journal -- say so loudly (ERROR log, :attr:`BusPublisher.runs`) -- and
@@ -23,6 +25,7 @@ The next run tries the bus again.  Nothing here raises into the RunEngine.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import threading
@@ -35,6 +38,9 @@ from ..errors import InvalidArgument, check_choice
 from .bus import H_MSG_ID, H_RUN, H_START_SEQ, JOURNAL_MODES, BusConfig, doc_id, ensure_stream, pack
 
 logger = logging.getLogger(__name__)
+
+#: seconds between two looks of the sender at its queue while documents keep coming
+POLL = 0.002
 
 
 @dataclass
@@ -64,8 +70,8 @@ class BusPublisher:
         The ``[bus]`` settings (servers, stream, subject, timeouts, limits).
     backup_directory : path
         Where journals go (the catalog's ``backup/``, which ``espt replay`` reads).
-    journal : {"always", "on_failure"}, optional
-        Journal every document first, or only the runs the bus fails (default: ``config.journal``).
+    journal : {"on_failure", "always"}, optional
+        Journal only the runs the bus fails, or every document first (default: ``config.journal``).
     """
 
     def __init__(self, config: BusConfig | dict, backup_directory: str | os.PathLike, *,
@@ -84,7 +90,10 @@ class BusPublisher:
         self._rt = NatsRuntime(name="espt-bus-publisher", owns_client=False)
         self._nc: Any = None
         self._js: Any = None
-        self._queue: asyncio.Queue | None = None
+        self._queue: collections.deque = collections.deque()  # (run, subject, payload, headers, waiter)
+        self._sending = False
+        self._idle = True  # the sender waits for a wake-up (else it looks at the queue by itself)
+        self._wake: asyncio.Event | None = None
         self._connecting: Any = None
         self.last_error: str | None = None
         self._closing = False
@@ -111,8 +120,9 @@ class BusPublisher:
             await nc.close()
             raise
         self._nc, self._js = nc, js
-        if self._queue is None:
-            self._queue = asyncio.Queue()
+        if not self._sending:
+            self._sending = True
+            self._wake = asyncio.Event()
             self._rt.loop.create_task(self._sender())
 
     def _connect(self, wait: bool) -> bool:
@@ -139,17 +149,32 @@ class BusPublisher:
         return self._nc is not None and self._nc.is_connected and self._js is not None
 
     async def _sender(self) -> None:
-        """Publish queued documents in order; each acknowledgement is awaited by a task of its own."""
+        """Publish queued documents in order; each acknowledgement is awaited by a task of its own.
+
+        The RunEngine's thread only appends to a deque: it wakes this loop (a write to its self-pipe, which hands
+        the GIL over at once and costs the RunEngine milliseconds on a busy machine) only when the sender has gone
+        idle.  While documents keep coming the sender looks at the deque every ``POLL`` seconds by itself.
+        """
+        q = self._queue
         while True:
-            item = await self._queue.get()
-            run, subject, payload, headers, waiter = item
-            try:
-                ack = await self._js.publish_async(subject, payload, headers=headers,
-                                                   wait_stall=self.cfg.publish_timeout)
-            except Exception as exc:  # noqa: BLE001
-                self._settled(run, None, exc, waiter)
-                continue
-            asyncio.ensure_future(self._await_ack(run, ack, waiter))
+            if not q:
+                await asyncio.sleep(POLL)
+                if not q:
+                    self._wake.clear()
+                    self._idle = True
+                    if not q:
+                        await self._wake.wait()
+                    self._idle = False
+                    continue
+            while q:
+                run, subject, payload, headers, waiter = q.popleft()
+                try:
+                    ack = await self._js.publish_async(subject, payload, headers=headers,
+                                                       wait_stall=self.cfg.publish_timeout)
+                except Exception as exc:  # noqa: BLE001
+                    self._settled(run, None, exc, waiter)
+                    continue
+                asyncio.ensure_future(self._await_ack(run, ack, waiter))
 
     async def _await_ack(self, run: BusRun, fut: Any, waiter: Any) -> None:
         try:
@@ -229,7 +254,10 @@ class BusPublisher:
         item = (run, self.cfg.subject_of(name), pack(doc), headers, waiter)
         with run._cond:
             run.sent += 1
-        self._rt.loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self._queue.append(item)
+        if self._idle or waiter is not None:
+            self._idle = False
+            self._rt.loop.call_soon_threadsafe(self._wake.set)
 
     def _start(self, run: BusRun, doc: dict) -> None:
         if self.journal_mode == "always":
