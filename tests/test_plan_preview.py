@@ -39,6 +39,9 @@ CASES = {
                             ("SECCM", lambda b: plans.combinatorial_sweep(
         b.stage, b.potentiostat, seed=1, x_range=(40, 60, 2), y_range=(40, 60, 2),
         parameters={"scan_rate": [0.1, 1.0]}, mode="device", hopper=b.hopper))],
+    "adaptive_hopping_scan": [("SICM", lambda b: plans.adaptive_hopping_scan(
+        b.stage, b.potentiostat, technique="SICM", hopper=b.hopper, x_range=(40, 60), y_range=(40, 60),
+        max_hops=7, min_separation=2.0))],
     "sgtc": [("SECM", lambda b: plans.sgtc(b.stage, b.potentiostat, tip_potential=0.1, steps=[0.1, 0.2],
                                            locations=[(50, 50)], height=5.0, plane=0.0))],
 }

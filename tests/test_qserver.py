@@ -30,6 +30,8 @@ CALLS = [
                                           "measure": {"technique": "CV", "e_start": 0.0, "e_vertex1": -0.3,
                                                       "e_vertex2": 0.3, "scan_rate": 1.0}}),
     ("hopping_scan", ["stage", "pstat"], {"technique": "SECCM", "mode": "plan", "points": [[40, 40], [50, 50]]}),
+    ("adaptive_hopping_scan", ["stage", "pstat"], {"technique": "SECCM", "hopper": "hopper", "x_range": [40, 60],
+                                                   "y_range": [40, 60], "max_hops": 7, "strategy": "balanced"}),
     ("combinatorial_sweep", ["stage", "pstat"], {"parameters": {"scan_rate": [0.5, 1.0]}, "seed": 3,
                                                  "x_range": [40, 60, 2], "y_range": [40, 60, 2]}),
     ("constant_height_image", ["stage", "pstat"], {**GRID, "height": 5.0, "plane": 0.0}),
@@ -182,20 +184,23 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
                        measure={"technique": "CV", "e_start": 0.0, "e_vertex1": -0.3, "e_vertex2": 0.3,
                                 "scan_rate": 1.0}),
                  BPlan("combinatorial_sweep", "stage", "pstat", parameters={"scan_rate": [0.5, 1.0]}, seed=3,
-                       x_range=[40, 60, 2], y_range=[40, 60, 2])]
+                       x_range=[40, 60, 2], y_range=[40, 60, 2]),
+                 BPlan("adaptive_hopping_scan", "stage", "pstat", technique="SECCM", hopper="hopper",
+                       x_range=[40, 60], y_range=[40, 60], max_hops=7, strategy="balanced")]
         for item in items:
             rm.item_add(item)  # validated by the manager against existing_plans_and_devices.yaml
         rm.queue_start()
         rm.wait_for_idle(timeout=HANG)
         history = rm.history_get()["items"]
-        assert [h["name"] for h in history] == ["approach", "hopping_scan", "combinatorial_sweep"]
+        assert [h["name"] for h in history] == ["approach", "hopping_scan", "combinatorial_sweep",
+                                                "adaptive_hopping_scan"]
         results = [h["result"] for h in history]
-        assert [r["exit_status"] for r in results] == ["completed"] * 3, results
+        assert [r["exit_status"] for r in results] == ["completed"] * 4, results
         uids = [u for r in results for u in r["run_uids"]]
         client = cat.client()
         runs = [client[u] for u in uids]
         assert [r.metadata["start"]["plan_name"] for r in runs] == ["approach", "hopping_scan",
-                                                                    "combinatorial_sweep"]
+                                                                    "combinatorial_sweep", "adaptive_hopping_scan"]
         assert all(r.metadata["stop"]["exit_status"] == "success" for r in runs)
         hop = runs[1]["primary"].read()
         assert hop["hopper_surface_z"].size == 9 and hop["pstat_wf_current"].shape == (9, 200)
@@ -203,6 +208,8 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
         assert source.mimetype == "application/x-hdf5"
         assert sorted(runs[2]["primary"].read()["param_scan_rate"].values) == [0.5, 1.0]  # 2 combinations
         assert "baseline" in runs[0]
+        dec = runs[3]["decisions"].read()  # the adaptive run: every decision recorded, 7 valid hops
+        assert int(dec["decision_valid"].sum()) == 7 and set(dec["decision_strategy"].values[5:]) == {"balanced"}
         rm.environment_close()
         rm.wait_for_idle(timeout=60)
     finally:

@@ -499,7 +499,8 @@ class PotentiostatGroup(PVGroup):
 
     def _read_scalar(self) -> tuple[float, float]:
         """Steady-state currents (A) of both channels: the same model call as the simulated potentiostat."""
-        return self.model.read_currents(float(self.tip_potential.value), float(self.sub_potential.value))
+        return self.model.read_currents(float(self.tip_potential.value), float(self.sub_potential.value),
+                                        float(self.integration_time.value))
 
 
 # -------------------------------------------------------------------------------------------- IOCs

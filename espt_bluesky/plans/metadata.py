@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InvalidArgument
 from ..summary import run_summary
 
-MAP_ORDERS = ("snake", "raster", "hopping", "random", "points")
+MAP_ORDERS = ("snake", "raster", "hopping", "random", "points", "adaptive")
 
 
 @dataclass

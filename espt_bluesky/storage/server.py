@@ -205,7 +205,7 @@ class DataDir:
             return info
         # the owner is gone; a tiled process of an older version (no parent-death signal) may live on
         pid = int(info.get("pid") or 0)
-        if pid_alive(pid) and server_alive(info.get("uri", ""), timeout=1.0):
+        if pid_alive(pid) and probe_server(info.get("uri", ""), timeout=1.0) != "down":  # slow is still there
             return dict(info, orphan=True)
         return None
 
@@ -316,18 +316,34 @@ def tiled_config(dd: DataDir, api_key: str, *, host: str = "127.0.0.1", port: in
     }
 
 
-def server_alive(uri: str, timeout: float = 1.0) -> bool:
-    """True if the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) answers its
-    health check within ``timeout`` s."""
+def probe_server(uri: str, timeout: float = 1.0) -> str:
+    """Ask the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) whether it is up.
+
+    Returns
+    -------
+    str
+        ``"up"``: it answered its health check; ``"down"``: nothing can answer (connection refused, no route,
+        unknown host, connection reset) or it answered that it is not healthy; ``"slow"``: no answer within
+        ``timeout`` s (connect or read timeout).  A slow server may be a loaded but working one: only ``"down"``
+        means that waiting longer cannot help.
+    """
     import httpx
 
     base = uri.split("?", 1)[0].split("/api/v1")[0].rstrip("/")
     url = base if base.endswith("/healthz") else f"{base}/healthz"
     try:
         with httpx.Client(trust_env=False) as http:
-            return http.get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+            return "up" if http.get(url, timeout=timeout).status_code == 200 else "down"
+    except httpx.TimeoutException:
+        return "slow"
+    except httpx.HTTPError:  # ConnectError (refused, no route, DNS), ReadError / RemoteProtocolError (reset)
+        return "down"
+
+
+def server_alive(uri: str, timeout: float = 1.0) -> bool:
+    """True if the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) answers its
+    health check within ``timeout`` s (see :func:`probe_server` to tell a slow server from a gone one)."""
+    return probe_server(uri, timeout) == "up"
 
 
 def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -487,7 +503,7 @@ class LocalCatalog:
     def in_process(cls, data_dir: str | os.PathLike | None = None, *, port: int = 0,
                    catalog_uri: str | None = None, table_uri: str | None = None,
                    readable: list[str | os.PathLike] | None = None, public: bool = False,
-                   timeout: float = 30.0) -> "LocalCatalog":
+                   timeout: float = 60.0) -> "LocalCatalog":
         """Serve the data directory from a thread of this process (tests, the demo).
 
         The server shares the GIL with the RunEngine: use :meth:`start` for throughput.
@@ -499,6 +515,9 @@ class LocalCatalog:
         from tiled.server.simple import ThreadedServer
 
         dd = _resolve_dir(data_dir)
+        from .duckdb_guard import install as guard_duckdb
+
+        guard_duckdb()  # the server's threads share one DuckDB connection: one at a time
         # Tiled keeps its server settings (the API key among them) in one object per process: every in-process
         # server of this process must share one key, or the last one started locks the others out.
         live = [c for c in _IN_PROCESS if c._cm is not None]

@@ -13,6 +13,7 @@ from bluesky.simulators import check_limits, summarize_plan  # noqa: F401
 from espt_bluesky.plans import (approach, combinatorial_sweep, constant_height_image, hopping_scan,  # noqa: F401
                                 measure_tilt, operando_imaging, sgtc)
 from espt_bluesky.plans.fly import fly_hops, fly_image  # noqa: F401
+from espt_bluesky.plans.adaptive import adaptive_hopping_scan  # noqa: F401
 from espt_bluesky.plans.standard import list_scan  # noqa: F401  (a signature the queue server understands)
 from espt_bluesky.profile import start_session, wh_pos  # noqa: F401
 from espt_bluesky.storage import read_map, write_product  # noqa: F401

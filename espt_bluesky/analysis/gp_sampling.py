@@ -1,0 +1,346 @@
+"""Gaussian-process sampling of a map: where to hop next, given the hops so far.
+
+Plain numpy + scikit-learn; nothing here knows about bluesky.  Positions are (x, y) in µm; the objective is any
+scalar per hop, in its own units (µm for a height, A for a current, dimensionless for a ratio).
+
+The model (:func:`fit_gp`) is scikit-learn's :class:`~sklearn.gaussian_process.GaussianProcessRegressor` with a
+constant × Matérn kernel plus a white-noise term; the length scale, amplitude and noise are chosen by maximising
+the log marginal likelihood, always starting from the same initial kernel, so the same hops give the same model
+and the same proposal (a decision can be replayed from the recorded hops).
+
+Acquisition by strategy (:func:`acquisition`), on the candidates of a bounded grid (:func:`candidate_grid`) that lie
+inside the region and farther than the minimum separation from every attempted landing (:func:`far_enough`):
+
+``"mapping"``
+    the largest predicted standard deviation σ (uncertainty sampling: the map converges everywhere);
+``"hotspots"``
+    the upper confidence bound μ + β·σ (Srinivas et al. 2010): high values of the objective found and refined;
+``"balanced"``
+    the mean of the two scores above, each scaled to 0…1 over the candidates;
+``"boundary"``
+    the straddle score 1.96·σ − |μ − t| (Bryan et al. 2005): points whose predicted class (above / below the
+    threshold t) is least certain, i.e. along the edges of an edge/basal or particle/binder map.  t defaults to the
+    midpoint of the objective values measured so far.
+
+Proposal (:func:`propose`) = the best candidate; ties go to the first in the candidate order (deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ..errors import InvalidArgument, check_choice, check_positive
+
+__all__ = ["STRATEGIES", "SURVEYS", "Proposal", "points_in_polygon", "candidate_grid", "survey_points",
+           "far_enough", "fit_gp", "predict", "acquisition", "propose", "map_error"]
+
+STRATEGIES = ("mapping", "hotspots", "balanced", "boundary")
+SURVEYS = ("corners", "3x3")
+#: Most candidates a grid may hold (the spacing grows to stay under it).
+MAX_CANDIDATES = 20_000
+
+
+@dataclass
+class Proposal:
+    """The next hop and why.
+
+    Attributes
+    ----------
+    x, y : float
+        Proposed landing, µm.
+    strategy : str
+    mean, std : float
+        Predicted objective and its standard deviation there (objective units; NaN for a survey point).
+    score : float
+        Acquisition value of the chosen candidate.
+    reason : str
+        One line a person can read ("max σ = ...", "survey 3 of 5", ...).
+    n_model : int
+        Number of valid hops the model was fitted to.
+    n_attempted : int
+        Number of landings (valid or not) excluded by the minimum separation.
+    length_scale, noise, amplitude : float
+        Kernel hyperparameters: length scale (µm), white-noise and signal variances (normalised units); NaN
+        without a model.
+    refit : bool
+        True when they were fitted for this proposal (by maximum marginal likelihood), False when kept.
+    threshold : float
+        The class threshold used by ``"boundary"`` (NaN otherwise).
+    n_candidates : int
+        Candidates left after the region and the minimum separation.
+    """
+
+    x: float
+    y: float
+    strategy: str
+    mean: float = math.nan
+    std: float = math.nan
+    score: float = math.nan
+    reason: str = ""
+    n_model: int = 0
+    n_attempted: int = 0
+    length_scale: float = math.nan
+    noise: float = math.nan
+    amplitude: float = math.nan
+    refit: bool = False
+    threshold: float = math.nan
+    n_candidates: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+def _as_xy(name: str, pts: Any) -> np.ndarray:
+    a = np.asarray(pts, float)
+    if a.size == 0:
+        return np.zeros((0, 2))
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise InvalidArgument(f"{name} of shape {a.shape} must be a list of (x, y) pairs in µm")
+    return a
+
+
+def check_polygon(polygon: Any) -> np.ndarray:
+    """A region polygon as an (M, 2) array of finite vertices (µm) with a nonzero area."""
+    poly = _as_xy("region", polygon)
+    if poly.shape[0] < 3 or not np.all(np.isfinite(poly)):
+        raise InvalidArgument(f"region={polygon!r} must be at least three finite (x, y) vertices in µm")
+    x, y = poly[:, 0], poly[:, 1]
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    if area <= 0:
+        raise InvalidArgument(f"region={polygon!r} encloses no area (its vertices are on one line)")
+    return poly
+
+
+def points_in_polygon(x: Any, y: Any, polygon: Any) -> np.ndarray:
+    """True where (x, y) µm lies inside ``polygon`` ((M, 2) vertices, µm; even-odd rule, vectorised ray casting).
+
+    Points exactly on an edge may fall either side.
+    """
+    poly = check_polygon(polygon)
+    x = np.asarray(x, float)[..., None]
+    y = np.asarray(y, float)[..., None]
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    crosses = (y0 > y) != (y1 > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xi = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+    return (np.count_nonzero(crosses & (x < xi), axis=-1) % 2) == 1
+
+
+def candidate_grid(bounds: Sequence[float], spacing: float, polygon: Any = None) -> np.ndarray:
+    """Candidate landings: a square grid of pitch ``spacing`` µm over ``bounds`` = (x0, x1, y0, y1) µm, kept
+    inside ``polygon`` when given.  The pitch grows if the grid would exceed :data:`MAX_CANDIDATES`.
+
+    Returns
+    -------
+    ndarray (N, 2)
+        (x, y) µm, in row order (y slow, x fast).
+    """
+    x0, x1, y0, y1 = (float(b) for b in bounds)
+    spacing = float(check_positive("spacing", spacing, units="µm"))
+    if not (x1 >= x0 and y1 >= y0):
+        raise InvalidArgument(f"bounds={tuple(bounds)!r} must be (x0, x1, y0, y1) with x0 <= x1 and y0 <= y1")
+    n = ((x1 - x0) / spacing + 1) * ((y1 - y0) / spacing + 1)
+    if n > MAX_CANDIDATES:
+        spacing *= math.sqrt(n / MAX_CANDIDATES)
+    xs = np.arange(x0, x1 + 1e-9 * max(1.0, abs(x1)), spacing)
+    ys = np.arange(y0, y1 + 1e-9 * max(1.0, abs(y1)), spacing)
+    # centre the lattice in the box (the leftover is split on both sides)
+    xs = xs + 0.5 * (x1 - xs[-1]) if xs.size else xs
+    ys = ys + 0.5 * (y1 - ys[-1]) if ys.size else ys
+    X, Y = np.meshgrid(xs, ys)
+    pts = np.column_stack([X.ravel(), Y.ravel()])
+    if polygon is not None:
+        pts = pts[points_in_polygon(pts[:, 0], pts[:, 1], polygon)]
+    return pts
+
+
+def survey_points(candidates: np.ndarray, kind: str = "corners", *, margin: float = 0.0) -> np.ndarray:
+    """The seed hops: ``"corners"`` (the four corners and the centre of the candidates' bounding box, moved in by
+    ``margin`` µm) or ``"3x3"`` (a 3 × 3 grid over it), each snapped to the nearest candidate; duplicates dropped.
+    """
+    kind = check_choice("survey", kind, SURVEYS)
+    c = _as_xy("candidates", candidates)
+    if c.shape[0] == 0:
+        raise InvalidArgument("the region holds no candidate landing: nothing to survey")
+    lo, hi = c.min(axis=0), c.max(axis=0)
+    m = np.minimum(float(margin), 0.5 * (hi - lo))
+    lo, hi = lo + m, hi - m
+    if kind == "corners":
+        f = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]])
+    else:
+        g = np.array([0.0, 0.5, 1.0])
+        f = np.array([[a, b] for b in g for a in (g if int(b * 2) % 2 == 0 else g[::-1])])
+    nominal = lo + f * (hi - lo)
+    idx = [int(np.argmin(np.hypot(*(c - p).T))) for p in nominal]
+    return c[list(dict.fromkeys(idx))]
+
+
+def far_enough(candidates: np.ndarray, attempted: Any, min_separation: float) -> np.ndarray:
+    """True for the candidates farther than ``min_separation`` µm from every attempted landing."""
+    c = _as_xy("candidates", candidates)
+    a = _as_xy("attempted", attempted)
+    if a.shape[0] == 0 or min_separation <= 0:
+        return np.ones(c.shape[0], bool)
+    keep = np.ones(c.shape[0], bool)
+    r2 = float(min_separation) ** 2
+    for i in range(0, a.shape[0], 256):  # chunked: candidates × landings can be large
+        d2 = ((c[:, None, :] - a[None, i:i + 256, :]) ** 2).sum(-1)
+        keep &= (d2 >= r2).all(axis=1)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------- model
+def fit_gp(X: Any, y: Any, *, span: float, min_length: float, nu: float = 1.5,
+           kernel_params: Mapping[str, float] | None = None):
+    """Fit the map model to valid hops.
+
+    Parameters
+    ----------
+    X : (n, 2) µm
+    y : (n,) objective values (finite)
+    span : float, µm
+        Size of the mapped region (largest side); bounds the length scale from above (2·span).
+    min_length : float, µm
+        Smallest length scale allowed (e.g. half the probe footprint: the map cannot resolve finer).
+    nu : {0.5, 1.5, 2.5}
+        Matérn smoothness (1.5: once-differentiable maps, which tolerates edges better than a squared
+        exponential).
+    kernel_params : dict, optional
+        ``length_scale``, ``amplitude``, ``noise`` (from :func:`gp_parameters` of an earlier fit): keep these
+        hyperparameters instead of maximising the marginal likelihood again (a cheap update between refits).
+
+    Returns
+    -------
+    sklearn.gaussian_process.GaussianProcessRegressor (fitted, ``normalize_y=True``)
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    X = _as_xy("X", X)
+    y = np.asarray(y, float).ravel()
+    if X.shape[0] != y.size or y.size < 2:
+        raise InvalidArgument(f"fit_gp needs at least 2 hops with one value each (got {X.shape[0]} positions, "
+                              f"{y.size} values)")
+    if not np.all(np.isfinite(y)) or not np.all(np.isfinite(X)):
+        raise InvalidArgument("fit_gp: positions and values must be finite (leave invalid hops out)")
+    lo = float(min_length)
+    hi = max(2.0 * float(span), 2.0 * lo)
+    l0 = float(np.clip(0.2 * span, lo, hi))
+    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(length_scale=l0, length_scale_bounds=(lo, hi), nu=nu)
+              + WhiteKernel(1e-2, (1e-6, 1.0)))
+    if kernel_params is not None:
+        kernel = (ConstantKernel(float(kernel_params["amplitude"]), "fixed")
+                  * Matern(length_scale=float(kernel_params["length_scale"]), length_scale_bounds="fixed", nu=nu)
+                  + WhiteKernel(float(kernel_params["noise"]), "fixed"))
+    gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0)
+    # one BLAS thread: on a shared machine threaded BLAS is 10x slower for these small matrices, and a single
+    # thread makes the fit bit-for-bit reproducible (a decision replays exactly)
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if np.ptp(y) == 0 or kernel_params is not None:  # flat so far (nothing to learn from), or kept
+            gp.set_params(optimizer=None)
+        gp.fit(X, y)
+    return gp
+
+
+def gp_parameters(gp) -> dict[str, float]:
+    """Fitted ``length_scale`` (µm), ``amplitude`` (normalised variance) and ``noise`` (normalised variance)."""
+    k = gp.kernel_
+    return dict(length_scale=float(k.k1.k2.length_scale), amplitude=float(k.k1.k1.constant_value),
+                noise=float(k.k2.noise_level))
+
+
+def predict(gp, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted mean and standard deviation (objective units) at X (µm); the white noise is not included in σ
+    (it is the uncertainty of the map, not of one more measurement)."""
+    X = _as_xy("X", X)
+    with threadpool_limits(1):
+        mu, sd = gp.predict(X, return_std=True)
+    noise = gp_parameters(gp)["noise"] * float(np.atleast_1d(gp._y_train_std)[0]) ** 2
+    var = np.clip(sd ** 2 - noise, 0.0, None)
+    return np.asarray(mu, float), np.sqrt(var)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(a)), float(np.max(a))
+    return np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
+
+
+def acquisition(strategy: str, mean: np.ndarray, std: np.ndarray, *, scale: float = 1.0, beta: float = 2.0,
+                threshold: float = math.nan) -> np.ndarray:
+    """Acquisition score of each candidate (higher is better); see the module docstring.
+
+    ``scale`` (objective units) puts μ and σ on the scale of the measured values (their standard deviation), so
+    β has the same meaning whatever the objective's units.
+    """
+    strategy = check_choice("strategy", strategy, STRATEGIES)
+    mean, std = np.asarray(mean, float), np.asarray(std, float)
+    s = float(scale) if scale > 0 else 1.0
+    if strategy == "mapping":
+        return std / s
+    ucb = (mean + beta * std) / s
+    if strategy == "hotspots":
+        return ucb
+    if strategy == "balanced":
+        return 0.5 * _unit(std) + 0.5 * _unit(ucb)
+    return (1.96 * std - np.abs(mean - threshold)) / s
+
+
+def propose(X: Any, y: Any, attempted: Any, candidates: np.ndarray, *, strategy: str, min_separation: float,
+            span: float, min_length: float, beta: float = 2.0, threshold: float | None = None,
+            nu: float = 1.5, kernel_params: Mapping[str, float] | None = None) -> Proposal | None:
+    """The next landing from the valid hops (``X``, ``y``) and every attempted landing (valid or not).
+
+    ``kernel_params`` keeps earlier hyperparameters (see :func:`fit_gp`); otherwise they are fitted.
+    Returns None when no candidate is left (every one is within ``min_separation`` of a landing).
+    """
+    X = _as_xy("X", X)
+    y = np.asarray(y, float).ravel()
+    att = _as_xy("attempted", attempted)
+    ok = far_enough(candidates, att, min_separation)
+    cand = np.asarray(candidates, float)[ok]
+    if cand.shape[0] == 0:
+        return None
+    gp = fit_gp(X, y, span=span, min_length=min_length, nu=nu, kernel_params=kernel_params)
+    mu, sd = predict(gp, cand)
+    t = math.nan
+    if strategy == "boundary":
+        t = float(0.5 * (y.min() + y.max())) if threshold is None else float(threshold)
+    score = acquisition(strategy, mu, sd, scale=float(np.std(y)) or 1.0, beta=beta, threshold=t)
+    k = int(np.argmax(score))
+    p = gp_parameters(gp)
+    refit = "kept" if kernel_params is not None else "fitted"
+    what = {"mapping": "max σ", "hotspots": f"max μ+{beta:g}σ", "balanced": "max ½(σ̂ + UCB̂)",
+            "boundary": f"max straddle at t={t:.4g}"}[strategy]
+    reason = (f"{what}: μ={mu[k]:.4g}, σ={sd[k]:.4g} among {cand.shape[0]} candidates "
+              f"(GP on {y.size} hops, ℓ={p['length_scale']:.3g} µm {refit})")
+    return Proposal(x=float(cand[k, 0]), y=float(cand[k, 1]), strategy=strategy, mean=float(mu[k]),
+                    std=float(sd[k]), score=float(score[k]), reason=reason, n_model=int(y.size),
+                    n_attempted=int(att.shape[0]), length_scale=p["length_scale"], noise=p["noise"],
+                    amplitude=p["amplitude"], refit=kernel_params is None, threshold=t,
+                    n_candidates=int(cand.shape[0]))
+
+
+def map_error(predicted: Any, truth: Any, *, kind: str = "rmse", threshold: float | None = None) -> float:
+    """Error of a predicted map against the truth on the same points: ``"rmse"`` (objective units), ``"nrmse"``
+    (RMSE over the truth's standard deviation) or ``"misclassified"`` (fraction of points on the wrong side of
+    ``threshold``)."""
+    p, t = np.asarray(predicted, float).ravel(), np.asarray(truth, float).ravel()
+    if p.shape != t.shape:
+        raise InvalidArgument(f"predicted {p.shape} and truth {t.shape} must have the same size")
+    kind = check_choice("kind", kind, ("rmse", "nrmse", "misclassified"))
+    if kind == "misclassified":
+        if threshold is None:
+            raise InvalidArgument("kind='misclassified' needs a threshold")
+        return float(np.mean((p > threshold) != (t > threshold)))
+    rmse = float(np.sqrt(np.mean((p - t) ** 2)))
+    return rmse / float(np.std(t)) if kind == "nrmse" else rmse
