@@ -6,10 +6,7 @@ Usage: python tests/fly_epics_child.py WORKDIR
 """
 
 import json
-import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np

@@ -97,3 +97,23 @@ def test_speed_check_on_shifted_lines():
     # a 10–90 % edge width of a tanh edge of width w is w·atanh(0.8)·2
     edge = np.tanh((x - 40) / 3.0)
     assert edge_width(x, edge) == pytest.approx(2 * 3.0 * math.atanh(0.8), rel=0.01)
+
+
+def test_raster_trajectory_kinematics():
+    from espt_bluesky.devices.fly import FlyRaster
+
+    r = FlyRaster(10.0, 50.0, (20.0, 30.0), speed=100.0, sample_rate=1000.0, acceleration=1e5,
+                  plane=(5.0, 0.01, -0.02, 50.0, 50.0))
+    assert r.samples_per_line == 400 and r.n_passes == 4 and r.ramp == pytest.approx(100.0 ** 2 / 2e5)
+    tl = r.timeline()
+    lo, hi = r.x_travel
+    assert tl["x"].min() >= lo - 1e-9 and tl["x"].max() <= hi + 1e-9  # run-ups and turnarounds inside the travel
+    for p, (row, direction, y) in enumerate(r.passes()):
+        g = tl["gate"] == p
+        assert g.sum() == 400
+        x = tl["x"][g]
+        np.testing.assert_allclose(np.diff(x), direction * 0.1)  # constant speed: v / rate apart
+        assert x.min() == pytest.approx(10.05) and x.max() == pytest.approx(49.95)  # sample centres
+        np.testing.assert_allclose(tl["y"][g], y)
+        np.testing.assert_allclose(tl["z"][g], 5.0 + 0.01 * (x - 50.0) - 0.02 * (y - 50.0))
+    assert [d for _, d, _ in r.passes()] == [1, -1, 1, -1]

@@ -19,7 +19,7 @@ from ..devices.fly.trajectory import FlyRaster, HopSequence
 from ..devices.fly.devices import trigger_info_for
 from ..errors import InvalidArgument, check_bool, check_number, check_range
 from ._common import (cell_on, check_potential, check_step, check_xy, check_z, checked_plan, configure_technique,
-                      grid_points, managed_run, probe_of, set_potential)
+                      managed_run, probe_of, set_potential)
 from .hopping import scan_points
 from .imaging import _as_plane
 from .metadata import build_start_md
@@ -255,8 +255,8 @@ def fly_hops(fly_stage: Any, fly_detector: Any, stage: Readable, potentiostat: R
                      order="points" if points is not None else "grid", snake=snake)
     hop_height = check_step("hop_height", hop_height)
     drop = float(check_range("drop", drop, 0.001, 0.5))
-    approach_speed = check_number("approach_speed", approach_speed, 0.0, float(stage.z.velocity.get()) * 100,
-                                  low_inclusive=False, units="µm/s")
+    approach_speed = check_number("approach_speed", approach_speed, 0.0, ctl.max_speed, low_inclusive=False,
+                                  units="µm/s")
     lateral_speed = check_number("lateral_speed", lateral_speed, 0.0, ctl.max_speed, low_inclusive=False,
                                  units="µm/s")
     retract = check_step("retract", max(5.0 * hop_height, 10.0) if retract is None else retract)

@@ -15,7 +15,6 @@ safe point and the error is :class:`~espt_bluesky.errors.TipCrash`.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any

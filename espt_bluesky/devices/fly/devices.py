@@ -19,7 +19,6 @@ Prepare the stage before the detector: the detector takes its channels and shape
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from contextlib import suppress
 from functools import cached_property

@@ -118,14 +118,13 @@ class FlyRaster:
         return x, y, float(self.z_at(x, y))
 
     # ------------------------------------------------------------------ timeline
-    def _ramp_segment(self, x_from: float, v_from: float, v_to: float, dt: float, t0: float):
-        """Constant-acceleration segment from velocity v_from to v_to starting at x_from; samples at t0 + k·dt."""
+    def _ramp_segment(self, x_from: float, v_from: float, v_to: float, dt: float) -> np.ndarray:
+        """Positions every ``dt`` of a constant-acceleration segment from velocity v_from to v_to starting at
+        x_from (µm)."""
         acc = math.copysign(self.acceleration, v_to - v_from) if v_to != v_from else 0.0
         dur = abs(v_to - v_from) / self.acceleration
-        n = int(math.floor(dur / dt + 1e-9))
-        tt = t0 + np.arange(n) * dt - t0
-        x = x_from + v_from * tt + 0.5 * acc * tt ** 2
-        return x, dur, x_from + v_from * dur + 0.5 * acc * dur ** 2
+        tt = np.arange(int(math.floor(dur / dt + 1e-9))) * dt
+        return x_from + v_from * tt + 0.5 * acc * tt ** 2
 
     def timeline(self) -> dict[str, np.ndarray]:
         """The whole path sampled every 1/``sample_rate`` s: ``t``, ``x``, ``y``, ``z`` and ``gate`` (the pass
@@ -142,13 +141,13 @@ class FlyRaster:
             v_dir = v * direction
             x_gate0 = self.x_start if direction > 0 else self.x_stop
             # run-up from rest at x_gate0 - dir·ramp (turnaround halves join into one deceleration + acceleration)
-            xr, _, _ = self._ramp_segment(x_gate0 - direction * self.ramp, 0.0, v_dir, dt, 0.0)
+            xr = self._ramp_segment(x_gate0 - direction * self.ramp, 0.0, v_dir, dt)
             yr = np.linspace(y_prev, y, xr.size) if xr.size else np.zeros(0)
             xs.append(xr); ys.append(yr); gate.append(np.full(xr.size, -1))
             xg = self.sample_x(direction)
             xs.append(xg); ys.append(np.full(n, y)); gate.append(np.full(n, p))
             x_end = x_gate0 + direction * n * v * dt
-            xd, _, _ = self._ramp_segment(x_end, v_dir, 0.0, dt, 0.0)
+            xd = self._ramp_segment(x_end, v_dir, 0.0, dt)
             xs.append(xd); ys.append(np.full(xd.size, y)); gate.append(np.full(xd.size, -1))
             if not self.bidirectional and p + 1 < len(passes):  # fly-back to the start of the next row
                 nb = max(int(math.ceil(2 * math.sqrt(self.length / self.acceleration) / dt)), 1)
