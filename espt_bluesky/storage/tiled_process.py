@@ -20,8 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     from tiled.server.app import build_app_from_config
 
     from .redact import install, server_log_config
+    from .server import _init_here
 
     config = parse_configs(argv[0])
+    for tree in config.trees:  # the catalog database made here, not by a second Python process (seconds)
+        if isinstance(tree.args, dict):
+            _init_here(tree.args)
     kwargs = dict(config.uvicorn)
     kwargs.setdefault("host", "127.0.0.1")
     kwargs.setdefault("port", 8000)
