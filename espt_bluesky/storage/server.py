@@ -365,6 +365,72 @@ def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None =
             time.sleep(0.1)
 
 
+def init_catalog(uri: str) -> bool:
+    """Create the tables of a new catalog database (or check an existing one), in this process.
+
+    What Tiled's ``init_if_not_exists`` does, without its cost: Tiled runs ``python -m tiled catalog init
+    --if-not-exists URI`` as a subprocess at every server start, a second import of Tiled that takes seconds.
+    This runs the same steps (Tiled's ``check_database`` / ``initialize_database``, then alembic ``stamp head``)
+    in a short-lived thread of this process (their ``asyncio.run`` needs a thread without a running event loop).
+
+    Returns
+    -------
+    bool
+        True if the database is ready; False if this Tiled version lacks those functions (the caller then leaves
+        ``init_if_not_exists`` to Tiled).  Errors while creating the database are raised as :class:`ServerError`
+        (the password in the URI redacted).
+    """
+    try:
+        import asyncio
+
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from tiled.alembic_utils import UninitializedDatabase, check_database, stamp_head
+        from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+        from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+        from tiled.utils import ensure_specified_sql_driver
+    except ImportError:  # another Tiled version: let Tiled initialise the database its own way
+        return False
+    uri = ensure_specified_sql_driver(uri)
+
+    async def setup() -> None:
+        engine = create_async_engine(uri)
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+        except UninitializedDatabase:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        import warnings
+
+        try:
+            asyncio.run(setup())
+            with warnings.catch_warnings():  # alembic's note on Tiled's ini template (Tiled's subprocess hid it)
+                warnings.filterwarnings("ignore", message="No path_separator found", category=DeprecationWarning)
+                stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=work, name="espt-catalog-init")
+    thread.start()
+    thread.join()
+    if failed:
+        from .redact import redact
+
+        raise ServerError(f"could not initialise the catalog database {redact(uri)}: "
+                          f"{redact(str(failed[0]))}") from None
+    return True
+
+
+def _init_here(catalog_args: dict[str, Any]) -> None:
+    """Initialise the catalog of a tree's arguments in this process and turn Tiled's own (subprocess) init off."""
+    if catalog_args.get("init_if_not_exists") and catalog_args.get("uri") and init_catalog(catalog_args["uri"]):
+        catalog_args["init_if_not_exists"] = False
+
+
 _IN_PROCESS: list["LocalCatalog"] = []
 
 
@@ -526,6 +592,7 @@ class LocalCatalog:
         cfg = tiled_config(dd, key, port=port, catalog_uri=catalog_uri, table_uri=table_uri,
                            readable=readable, public=public)
         cfg.pop("uvicorn")
+        _init_here(cfg["catalog"])
         app = build_app_from_config(cfg)
         server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio",
                                                log_level="warning", access_log=False))

@@ -22,9 +22,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .duckdb_guard import install as guard_duckdb
     from .redact import install, server_log_config
+    from .server import _init_here
 
     guard_duckdb()  # the server's threads share one DuckDB connection: one at a time
     config = parse_configs(argv[0])
+    for tree in config.trees:  # the catalog database made here, not by a second Python process (seconds)
+        if isinstance(tree.args, dict):
+            _init_here(tree.args)
     kwargs = dict(config.uvicorn)
     kwargs.setdefault("host", "127.0.0.1")
     kwargs.setdefault("port", 8000)
