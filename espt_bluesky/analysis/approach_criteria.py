@@ -2,6 +2,11 @@
 approach curve.  Plain numpy over the forward models of ``physics`` (the plans call these, never the physics).
 
 Units: distances and heights in µm, currents normalised (SECM: I_T = i_T/i_T,inf; SICM: I/I_far).
+
+The steered SECM approach (``approach(strategy="fit")``) uses :func:`secm_surface_estimate` /
+:func:`secm_surface_estimate_local` (surface and κ with 3σ bounds from the curve so far, any κ),
+:func:`next_approach_step` (the step towards the goal, never below the floor) and :func:`check_tip_state`;
+SICM/SECCM heights come from :func:`sicm_surface_from_curve` / :func:`interpolate_crossing`.
 """
 
 from __future__ import annotations
