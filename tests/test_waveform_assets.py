@@ -141,9 +141,15 @@ def test_skipped_hop_keeps_its_row(RE_tiled, catalog, mode):
     s.topography = s.topography - 30.0 * (np.hypot(xx - 20.0, yy - 10.0) <= 1.0)
     bench.model.invalidate()
     draws = with_assets(bench, catalog)
+    # an extra detector with its own asset file: the skipped spot's spectrum row is NaN, not the previous spot's
+    from espt_bluesky.devices.raman import SimRamanSpectrometer
+
+    raman = SimRamanSpectrometer(name="raman")
+    raman.attach(bench.model)
+    raman.asset_writer = HDF5WaveformWriter(catalog.asset_dir)
     RE_tiled(hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", x_range=(10, 30, 3),
                           y_range=(10, 30, 2), measure=seccm_cv(bench, 40), mode=mode, hopper=bench.hopper,
-                          max_travel=8.0))
+                          max_travel=8.0, detectors=[raman]))
     run = last_run(RE_tiled, catalog)
     ds = read_map(run, valid_only=False)
     cur = by_seq(ds, "pstat_wf_current")
@@ -151,6 +157,10 @@ def test_skipped_hop_keeps_its_row(RE_tiled, catalog, mode):
     assert cur.shape == (6, 40) and valid.sum() == 5 and not valid[1]
     assert np.all(np.isnan(cur[~valid]))
     np.testing.assert_array_equal(cur[valid], draws.array("current"))
+    spectra = by_seq(ds, "raman_spectrum")
+    assert spectra.shape[0] == 6
+    assert np.all(np.isnan(spectra[~valid])) and np.all(np.isfinite(spectra[valid]))
+    assert len({spectra[i].tobytes() for i in np.flatnonzero(valid)}) == 5  # five different spots, none repeated
 
 
 @pytest.mark.parametrize("mode", ["plan", "device"])

@@ -89,6 +89,16 @@ def hop_signals() -> dict[str, Any]:
                         hop_valid=(1, None), hop_fault=("", None))
 
 
+def mark_not_measured(detectors: Sequence[Any]) -> None:
+    """Tell each extra detector of a skipped spot that nothing was measured: it reads NaN and still writes its
+    asset row, so the spectra stay aligned with the events (detectors without ``mark_not_measured`` are read as
+    they are)."""
+    for det in detectors:
+        mark = getattr(det, "mark_not_measured", None)
+        if mark is not None:
+            mark()
+
+
 def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, hop_height: float,
              signals: Mapping[str, Any], top: float | None = None, measure: Mapping | None = None,
              on_fault: str = "skip", stream: str = "primary", approach_stream: str = "approach",
@@ -144,6 +154,7 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
     yield from bps.mv(stage.z, min(z + hop_height, stage.z.limits[1]))
     yield from configure_measure(potentiostat, measure)
     potentiostat.mark_not_measured()
+    mark_not_measured(extra)
     put_values(signals, surface_z=np.nan, surface_z_err=np.nan, contact_z=np.nan, hop_valid=0, hop_fault=reason)
     yield from bps.create(stream)
     for d in devices:
@@ -438,6 +449,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                 if fault_reason(err) is None:
                     raise
                 # the controller retracted and marked the hop invalid: record it, then skip or stop
+                mark_not_measured(dets)
                 yield from bps.create("primary")
                 for dev in (hopper, *dets):
                     yield from bps.read(dev)
