@@ -121,6 +121,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated benches")
     p.add_argument("--time-scale", type=float, default=0.0, help="0: instantly; 1: instrument time")
     p.add_argument("--spots", type=int, default=8, help="the SECCM screen is SPOTS x SPOTS (default 8)")
+    p.add_argument("--image-side", type=int, default=31, help="the SECM image is N x N points (default 31)")
     p.add_argument("--serve", action="store_true", help="keep serving the catalog after the demo (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
 
@@ -135,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         catalog = LocalCatalog.start(args.data_dir)
     try:
         run_demo(args.data_dir, args.output, seed=args.seed, time_scale=args.time_scale, n_side=args.spots,
-                 catalog=catalog)
+                 image_side=args.image_side, catalog=catalog)
         if catalog is not None:
             print(f"serving {catalog.browse_url} (Ctrl-C stops)", flush=True)
             catalog.process.wait()

@@ -32,7 +32,8 @@ def test_version(capsys):
 @pytest.mark.slow
 def test_demo_says_where_its_data_is_and_what_it_serves(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--data-dir", str(tmp_path / "data"), "--spots", "2", "--output", "figs"]) == 0
+    assert main(["demo", "--data-dir", str(tmp_path / "data"), "--spots", "2", "--image-side", "5",
+                 "--output", "figs"]) == 0
     out = capsys.readouterr().out
     assert f"data directory: {(tmp_path / 'data').resolve()}" in out
     served = re.search(r"serving the catalog at (http://127\.0\.0\.1:(\d+)/api/v1)", out)
