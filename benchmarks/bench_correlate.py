@@ -5,6 +5,8 @@
    of the 1000 x 1000 image from an .npy file.
 2. Import of the largest file in shared/data (validation, units, checksum, element ROI maps), against the plain
    reader call on the same file.
+3. Raman band ratios (D/G, carbonate/G: background removal + window sums) of 400 spectra of 1024 pixels, against
+   a plain sum over the same spectra.
 
 Run: ``python benchmarks/bench_correlate.py`` (set ESPT_SHARED_DATA if shared/data is elsewhere).
 """
@@ -92,6 +94,26 @@ def bench_import_largest() -> None:
           f"{t_plain * 1e3:.0f} ms; ratio {t_import / t_plain:.2f}")
 
 
+def bench_raman_ratios() -> None:
+    from espt_bluesky.analysis.raman import band_ratio
+    from espt_bluesky.physics import raman as phys
+
+    rng = np.random.default_rng(0)
+    n = 400
+    nu = phys.shift_axis(1024, 150.0, 3.0)
+    la = np.where(rng.random(n) < 0.3, 40.0, 2000.0)  # 30 % of the spots on HOPG edges
+    local = dict(graphite_G=np.ones(n), graphite_D=phys.d_over_g(la), graphite_2D=phys.two_d_over_g(la),
+                 sei_um=rng.uniform(0, 0.04, n), nmc=np.zeros(n), si=np.zeros(n), lithiation=np.zeros(n))
+    spectra = phys.detect(phys.expected_spectrum(phys.band_intensities(local), nu, power_mw=5.0, exposure_s=1.0),
+                          rng)[0]
+    band_ratio(nu, spectra[:2], "D", "G")  # imports
+    t_plain = _best(lambda: spectra.sum(axis=1))
+    t_work = _best(lambda: (band_ratio(nu, spectra, "D", "G"), band_ratio(nu, spectra, "carbonate", "G")), n=2)
+    print(f"Raman D/G + carbonate/G of {n} spectra: {t_work * 1e3:.0f} ms ({t_work / n * 1e3:.2f} ms a spectrum); "
+          f"plain sum {t_plain * 1e3:.2f} ms; ratio {t_work / t_plain:.0f}")
+
+
 if __name__ == "__main__":
     bench_register_resample()
     bench_import_largest()
+    bench_raman_ratios()

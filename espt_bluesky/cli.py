@@ -6,6 +6,8 @@ Subcommands
     Start the persistent local Tiled server on the data directory and print its URI and browse URL.
 ``espt replay DIR``
     Send the runs backed up in DIR (TiledWriter's backup directory) to Tiled; safe to repeat.
+``espt worker {tiled,analysis,livemap}`` / ``espt status``
+    Services fed by the document bus (NATS JetStream) and a check of the pipeline (:mod:`espt_bluesky.workers.cli`).
 ``espt demo`` / ``espt ioc``
     Owned by other modules (see the marked section below).
 
@@ -165,8 +167,20 @@ def add_qserver(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
+def add_worker(sub: argparse._SubParsersAction) -> None:
+    from .workers.cli import add_worker as add
+
+    add(sub)
+
+
+def add_status(sub: argparse._SubParsersAction) -> None:
+    from .workers.cli import add_status as add
+
+    add(sub)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_replay, add_demo, add_ioc, add_import,
-                                                               add_qserver]
+                                                               add_qserver, add_worker, add_status]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -247,3 +247,12 @@ def check_samples_cap(name: str, n: Any, low: int = 2) -> int:
                               f"waveform ({32 * n / 1e6:.0f} MB per event); if you mean it, raise "
                               f"espt_bluesky.errors.LIMITS.max_waveform_samples")
     return n
+
+
+class TipStateError(EsptError, RuntimeError):
+    """An approach curve says the tip is not the one recorded (geometry, recess, contamination, noise): the tip
+    should not be used for a map before it is checked.  ``findings`` lists what was seen."""
+
+    def __init__(self, message: str = "", findings: list | None = None):
+        super().__init__(message)
+        self.findings = list(findings or [])

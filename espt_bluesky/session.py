@@ -23,6 +23,19 @@ defaults, file, environment, explicit dict)::
     ca_auto_addr_list = false                 # EPICS_CA_AUTO_ADDR_LIST
     ca_repeater_port = 5065                   # EPICS_CA_REPEATER_PORT
 
+    [bus]                   # publish documents to NATS JetStream (docs/bus.md); ESPT_BUS_MODE, ESPT_NATS_SERVERS
+    mode = "off"            # off: Tiled writer in-process | bus: publish only (`espt worker tiled` writes) | both
+    servers = "nats://127.0.0.1:4222"
+    stream = "ESPT"         # JetStream stream (created if missing, with the limits below)
+    subject = "espt.docs.default"       # documents go to <subject>.<document name>
+    live_subject = "espt.live.default"  # `espt worker livemap` publishes here
+    creds = "..."           # NATS credentials file
+    publish_timeout = 2.0   # the longest the RunEngine waits for the bus; then the run goes to the local backup
+    max_pending = 1000      # unacknowledged publishes before the RunEngine waits
+    max_age_days = 30.0     # stream retention (age, bytes)
+    max_bytes = -1          # -1: up to the server's JetStream storage (set a limit at a facility)
+    journal = "on_failure"  # on_failure: a run is journaled only if the bus fails it | always: every document first
+
     [session]
     md_dir = "..."          # RE.md persisted here (scan_id survives restarts); default DATA_DIR/runengine_md;
                             # "" keeps RE.md in memory
@@ -35,6 +48,7 @@ defaults, file, environment, explicit dict)::
     mode = "auto"           # auto | connect | in_process | none
     batch_size = 25         # rows per write (a reader sees the run while it runs)
     waveform_assets = true  # CVs as HDF5 external assets in the data directory's asset dir
+    max_wait = 10.0         # s the RunEngine may wait on a Tiled server that makes no progress
 
 ``ESPT_CONFIG`` names the file.  :func:`load_config` checks everything before any server starts or device is built
 (:func:`check_config`): an unknown section or key, a bad value, or a malformed file (named, with the parser's line)
@@ -58,7 +72,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InvalidArgument, check_bool, check_choice, check_int, check_keys
+from .errors import InvalidArgument, check_bool, check_choice, check_int, check_keys, check_range
+from .workers.bus import BUS_DEFAULTS
 
 ENV_CONFIG = "ESPT_CONFIG"
 ENV_BENCH = "ESPT_BENCH"
@@ -73,8 +88,9 @@ DEFAULTS: dict[str, Any] = {
     "bench": {"technique": "SECCM", "sample": "patterned", "seed": 0, "time_scale": 0.0, "options": {}},
     "epics": None,
     "storage": {"data_dir": None, "tiled_uri": None, "api_key": None, "mode": "auto", "batch_size": 25,
-                "waveform_assets": True},
+                "waveform_assets": True, "max_wait": 10.0},
     "session": {"md_dir": None, "suspenders": True},
+    "bus": dict(BUS_DEFAULTS),
 }
 STORAGE_MODES = ("auto", "connect", "in_process", "none")
 #: keys a section may have beyond those in DEFAULTS
@@ -147,6 +163,13 @@ def _env_config() -> dict:
         st["mode"] = check_choice("ESPT_STORAGE_MODE", st["mode"], STORAGE_MODES)
     if st:
         cfg["storage"] = st
+    bus = {}
+    if os.environ.get("ESPT_BUS_MODE"):
+        bus["mode"] = os.environ["ESPT_BUS_MODE"]
+    if os.environ.get("ESPT_NATS_SERVERS"):
+        bus["servers"] = os.environ["ESPT_NATS_SERVERS"].split(",")
+    if bus:
+        cfg["bus"] = bus
     return cfg
 
 
@@ -192,9 +215,14 @@ def check_config(cfg: Mapping, *, partial: bool = False) -> dict:
     st["mode"] = check_choice("storage.mode", st["mode"], STORAGE_MODES)
     st["batch_size"] = check_int("storage.batch_size", st["batch_size"], 1, 100_000)
     st["waveform_assets"] = check_bool("storage.waveform_assets", st["waveform_assets"])
+    st["max_wait"] = float(check_range("storage.max_wait", st["max_wait"], 0.0, 3600.0, units="s"))
     for k in ("data_dir", "tiled_uri", "api_key"):
         if st[k] is not None and not isinstance(st[k], (str, os.PathLike)):
             raise InvalidArgument(f"storage.{k}={st[k]!r} must be a string (or absent)")
+    from .workers.bus import BusConfig
+
+    checked = BusConfig.from_mapping(cfg["bus"])
+    cfg["bus"] = {k: getattr(checked, k) for k in BUS_DEFAULTS}
     se = cfg["session"]
     se["suspenders"] = check_bool("session.suspenders", se["suspenders"])
     if se["md_dir"] is not None and not isinstance(se["md_dir"], (str, os.PathLike)):
@@ -234,6 +262,9 @@ class Session:
     catalog: Any = None
     writer: Any = None
     writer_token: int | None = None
+    #: the bus publisher (``[bus] mode = "bus"`` or ``"both"``), subscribed to ``RE``
+    publisher: Any = None
+    publisher_token: int | None = None
     bench: Any = None
     devices: dict[str, Any] = field(default_factory=dict)
     #: the baseline preprocessor (``sd.baseline`` lists what is read at the start and end of every run)
@@ -256,11 +287,21 @@ class Session:
 
             md_dir.mkdir(parents=True, exist_ok=True)
             RE.md = PersistentDict(str(md_dir))
-        if self.catalog is not None:
+        bus_mode = cfg["bus"]["mode"]
+        if self.catalog is not None and bus_mode in ("off", "both"):
             from .storage.writer import make_writer
 
-            self.writer = make_writer(self.catalog, batch_size=int(cfg["storage"]["batch_size"]))
+            self.writer = make_writer(self.catalog, batch_size=int(cfg["storage"]["batch_size"]),
+                                      max_wait=float(cfg["storage"]["max_wait"]))
             self.writer_token = RE.subscribe(self.writer)
+        if bus_mode in ("bus", "both"):
+            from .workers.publisher import BusPublisher
+
+            bus = cfg["bus"]
+            backup = bus.get("backup_dir") or (self.catalog.backup_dir if self.catalog is not None else None) \
+                or self.data_dir / "backup"
+            self.publisher = BusPublisher(bus, backup)
+            self.publisher_token = RE.subscribe(self.publisher)
         return self
 
     def make_bench(self):
@@ -292,6 +333,12 @@ class Session:
         for name in ("hopper", "afm"):
             if getattr(b, name, None) is not None:
                 self.devices[name] = getattr(b, name)
+        fly_dir = self.catalog.asset_dir if self.catalog is not None else None
+        if fly_dir is not None and getattr(b, "model", None) is not None and \
+                b.technique in ("SECM", "SICM", "EC-AFM"):  # ophyd-async fly devices over the bench
+            from .devices.fly import make_fly_devices
+
+            self.devices["fly_stage"], self.devices["fly_det"] = make_fly_devices(b, fly_dir, name="fly")
         if self.sd is not None and self.sd in self.RE.preprocessors:
             self.RE.preprocessors.remove(self.sd)
         self.sd = SupplementalData(baseline=baseline_of(b))
@@ -348,11 +395,20 @@ class Session:
         lines = [f"espt_bluesky {__version__}",
                  f"  instrument: {self.instrument()}",
                  f"  catalog:    {where}",
+                 *([f"  bus:        {self.bus_line()}"] if self.publisher is not None else []),
                  f"  data dir:   {self.data_dir}",
                  f"  RE.md:      {md if md is not None else 'in memory'} (next scan_id "
                  f"{int(self.RE.md.get('scan_id', 0)) + 1})",
                  f"  devices:    {', '.join(self.devices) or '-'}"]
         return "\n".join(lines)
+
+    def bus_line(self) -> str:
+        """Where documents are published, and whether the bus answers (for the banner)."""
+        p = self.publisher
+        h = p.health()
+        state = "connected" if h["connected"] else f"UNREACHABLE: runs go to {p.backup_directory}"
+        writer = "Tiled written by `espt worker tiled`" if self.writer is None else "and written in-process"
+        return f"{', '.join(h['servers'])} stream {h['stream']} subject {h['subject']}.* ({state}; {writer})"
 
     @property
     def client(self):
@@ -383,6 +439,11 @@ class Session:
             self.writer_token = None
         if hasattr(self.writer, "close"):  # send what is queued before the server goes (journals keep the rest)
             self.writer.close(timeout=30.0)
+        if self.publisher_token is not None:
+            self.RE.unsubscribe(self.publisher_token)
+            self.publisher_token = None
+        if self.publisher is not None:
+            self.publisher.close()
         if self.catalog is not None and self.catalog._cm is not None:
             self.catalog.stop()
 
@@ -423,7 +484,7 @@ def baseline_of(bench: Any) -> list:
 
 
 def _open_storage(st: Mapping[str, Any]):
-    from .storage.server import DataDir, LocalCatalog, _resolve_dir, server_alive
+    from .storage.server import DataDir, LocalCatalog, _resolve_dir
 
     mode = st["mode"]
     if mode == "none":
@@ -431,9 +492,11 @@ def _open_storage(st: Mapping[str, Any]):
     if mode == "connect" or (mode == "auto" and st.get("tiled_uri")):
         return LocalCatalog.connect(st.get("tiled_uri"), st.get("api_key"), st.get("data_dir"))
     dd: DataDir = _resolve_dir(st.get("data_dir"))
-    if mode == "auto" and dd.state.exists():
-        uri = json.loads(dd.state.read_text()).get("uri", "")
-        if uri and server_alive(uri):
+    if mode == "auto":
+        # a server owns this directory (`espt serve` holds its lock; a slow answer under load still counts):
+        # attach to it rather than start a second server on the same files
+        uri = (dd.running_server() or {}).get("uri", "")
+        if uri:
             return LocalCatalog.connect(uri, st.get("api_key"), dd.root)
     if st.get("api_key"):
         os.environ.setdefault("ESPT_TILED_API_KEY", st["api_key"])

@@ -102,3 +102,33 @@ def test_stop_policy_and_consecutive_limit(RE):
                         hop_height=1.0, max_travel=4.0, drop=0.02, hopper=bench.hopper, max_consecutive_faults=1))
     assert RE.collector.of("stop")[-1]["exit_status"] == "fail"
     assert len(_events(RE, "faults")) == 1 and bench.model.clearance() > 0
+
+
+def test_seccm_lost_contact_is_skipped_and_landings_are_unbiased(RE):
+    """SECCM (device mode) over a pit deeper than the travel: the meniscus never lands there ("no_contact"); the
+    other landings lie midway between the last two heights, so they scatter around the true surface."""
+    bench = make_sim_bench("SECCM", "patterned", seed=5, start=(30.0, 30.0))
+    s = bench.model.sample
+    xx, yy = np.meshgrid(s.x, s.y)
+    # wider than the pipette's end face (r_o = 1.3 µm): the face goes down into it without touching its edge
+    s.topography = s.topography - 10.0 * (np.hypot(xx - PIT[0], yy - PIT[1]) <= 2.0)
+    bench.model.invalidate()
+    RE(bps.mv(bench.stage.z, float(bench.model.surface_z(30, 30)) + 2.0))
+    res = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", x_range=(29.0, 37.0, 3),
+                          y_range=(29.0, 37.0, 3), hop_height=2.0, max_travel=4.0, mode="device",
+                          hopper=bench.hopper))
+    stop = RE.collector.of("stop")[-1]
+    assert res.exit_status == "success" and "1 of 9 hops skipped" in stop["reason"] and "no_contact" in stop["reason"]
+    ev = _events(RE)
+    valid = np.array([e["data"]["hopper_valid"] for e in ev])
+    assert [e["data"]["hopper_fault"] for e in ev].count("no_contact") == 1 and valid.sum() == 8
+    x, y = (np.array([e["data"][k] for e in ev]) for k in ("hopper_x", "hopper_y"))
+    z, zerr = (np.array([e["data"][k] for e in ev]) for k in ("hopper_surface_z", "hopper_surface_z_err"))
+    bad = int(np.flatnonzero(valid == 0)[0])
+    assert (x[bad], y[bad]) == PIT and np.isnan(z[bad])
+    ok = valid == 1
+    # the meniscus lands meniscus_height below the pipette end: the landing height is surface + reach
+    err = z[ok] - bench.model.meniscus_height() - bench.model.surface_z(x[ok], y[ok])
+    step = RE.collector.of("start")[-1]["plan_args"]["approach_step"]
+    assert np.all(np.abs(err) <= 0.5 * step + 1e-9) and np.allclose(zerr[ok], step / np.sqrt(12))
+    assert abs(err.mean()) < 0.25 * step  # the landing height of the old controller was half a step low

@@ -213,8 +213,8 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
         rm.environment_close()
         rm.wait_for_idle(timeout=60)
     finally:
-        try:
-            rm.manager_stop()
+        try:  # `qserver manager stop`: REManagerAPI has no manager_stop(); without this the manager was killed
+            rm.send_request(method="manager_stop", params={"option": "safe_off"})  # after waiting 30 s below
         except Exception:  # noqa: BLE001
             pass
         rm.close()

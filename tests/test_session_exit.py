@@ -49,8 +49,7 @@ def test_close_is_idempotent(tmp_path):
         httpx.get(uri.replace("/api/v1", "/healthz"), timeout=2.0)
 
 
-@pytest.mark.slow
-def test_script_that_raises_before_close_exits(tmp_path):
+def _script(tmp_path: Path) -> dict:
     script = tmp_path / "fails.py"
     script.write_text(textwrap.dedent("""
         from espt_bluesky.session import build_session
@@ -58,8 +57,36 @@ def test_script_that_raises_before_close_exits(tmp_path):
         print("session", s.catalog.uri, flush=True)
         raise RuntimeError("before close")
     """))
-    proc = subprocess.run([sys.executable, str(script)], env=session_env(tmp_path / "data"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=HANG)
+    return dict(args=[sys.executable, str(script)], env=session_env(tmp_path / "data"), cwd=tmp_path)
+
+
+def _ipython(tmp_path: Path, how: str) -> dict:
+    profile = profile_copy(tmp_path)
+    cmd = [sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--no-banner", "--colors=NoColor"]
+    if how == "-c":
+        return dict(args=cmd + ["-c", "print('alive', catalog.uri)"], env=session_env(tmp_path / "data"),
+                    cwd=tmp_path)
+    return dict(args=cmd + ["--simple-prompt"], input="print('alive', catalog.uri)\nexit\n",
+                env=session_env(tmp_path / "data"), cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory):
+    """The interpreters of this module's checks, started together: they are independent processes (own data
+    directory, own port), so they share the machine's cores instead of waiting for each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = {"script": _script(tmp_path_factory.mktemp("script")),
+            "-c": _ipython(tmp_path_factory.mktemp("ipython_c"), "-c"),
+            "exit": _ipython(tmp_path_factory.mktemp("ipython_exit"), "exit")}
+    with ThreadPoolExecutor(len(runs)) as pool:
+        yield {name: pool.submit(subprocess.run, capture_output=True, text=True, timeout=HANG, **kw)
+               for name, kw in runs.items()}
+
+
+@pytest.mark.slow
+def test_script_that_raises_before_close_exits(sessions):
+    proc = sessions["script"].result()
     assert proc.returncode == 1, proc.stderr
     assert "session http://127.0.0.1:" in proc.stdout
     assert "RuntimeError: before close" in proc.stderr
@@ -67,15 +94,7 @@ def test_script_that_raises_before_close_exits(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["-c", "exit"])
-def test_ipython_profile_exits(tmp_path, how):
-    profile = profile_copy(tmp_path)
-    cmd = [sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--no-banner", "--colors=NoColor"]
-    if how == "-c":
-        proc = subprocess.run(cmd + ["-c", "print('alive', catalog.uri)"], env=session_env(tmp_path / "data"),
-                              cwd=tmp_path, capture_output=True, text=True, timeout=HANG)
-    else:
-        proc = subprocess.run(cmd + ["--simple-prompt"], input="print('alive', catalog.uri)\nexit\n",
-                              env=session_env(tmp_path / "data"), cwd=tmp_path, capture_output=True, text=True,
-                              timeout=HANG)
+def test_ipython_profile_exits(sessions, how):
+    proc = sessions[how].result()
     assert proc.returncode == 0, proc.stderr
     assert "alive http://127.0.0.1:" in proc.stdout

@@ -241,13 +241,17 @@ def test_server_killed_mid_run_then_replayed_twice(tmp_path, retry_window, capsy
         longest["killed_then_failed"] = (gaps.longest, gaps.where)
         assert writer.flush(120)
 
-        # during the outages the RunEngine was never held longer than the writer's bound for a server that is
-        # gone (probe_timeout without progress, then a probe of at most probe_timeout), far less than the client's
-        # retry window that the old writer waited out, and than max_wait (the bound for a hung server).  Healthy
-        # runs are not timed: there the RunEngine may wait for a slow but working server, by design.
-        assert 2 * probe + 2.0 < min(retry_window, writer.max_wait)
+        # during the outages the writer gave each run up because a probe found the server unreachable (about
+        # probe_timeout without progress, then a refused connection) or a write failed in its own thread -- never
+        # by waiting out max_wait (the bound for a hung or slow server); so the RunEngine was never held as long as
+        # that, nor as the client's retry window that the old writer waited out (a loaded machine stretches the
+        # ~1 s hold, not to those bounds).  Healthy runs are not timed: there the RunEngine may wait for a slow but
+        # working server, by design.
+        assert 2 * probe < min(retry_window, writer.max_wait)
         for key in ("killed", "down_at_start", "killed_then_failed"):
-            assert longest[key][0] < 2 * probe + 2.0, (key, longest[key])
+            why = writer.runs[runs[key][0]].error
+            assert "unreachable" in why or "writing to Tiled failed" in why, (key, why)
+            assert longest[key][0] < min(retry_window, writer.max_wait), (key, longest[key])
         state = {k: writer.runs[uid].state for k, (uid, _) in runs.items()}
         assert state["healthy"] == state["back"] == "written"
         assert state["killed"] == state["down_at_start"] == state["killed_then_failed"] == "backup"

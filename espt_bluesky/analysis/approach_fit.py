@@ -99,6 +99,7 @@ def fit_approach_curve(
     z_direction: str = "decreasing",
     model: str = "exact",
     noise: str = "absolute",
+    fix: dict | None = None,
 ) -> ApproachFitResult:
     """Fit an SECM feedback approach curve for the contact offset, κ (and optionally RG, i_inf).
 
@@ -127,11 +128,25 @@ def fit_approach_curve(
     noise : {"absolute", "relative"}
         Noise model: residuals are model − data ("absolute", constant noise) or (model − data)/model
         ("relative", noise proportional to the current).  ``residuals``/``rms`` in the result follow it.
+    fix : dict, optional
+        Hold any subset of the parameters at given values: ``{"z0": µm, "kappa": κ (0 … inf), "rg": RG,
+        "i_inf": bulk current}``.  A fixed ``z0`` must lie beyond every point (all L > 0); a fixed ``kappa``
+        overrides ``substrate``; fixed ``rg``/``i_inf`` are the same as passing ``rg=``/``i_inf=`` without
+        ``fit_rg``.  Fixed parameters have zero uncertainty in the result.  Example: SECM-Fitter's analysis
+        (offset from the distance axis, RG and i_T,∞ from the user) is ``fix={"z0": 0.0, "rg": 5, "i_inf": i}``.
 
     Returns
     -------
     ApproachFitResult
     """
+    fix = dict(fix or {})
+    from ..errors import check_keys
+
+    check_keys("fix", fix, optional=("z0", "kappa", "rg", "i_inf"))
+    if "rg" in fix:
+        rg, fit_rg = fix["rg"], False
+    if "i_inf" in fix:
+        i_inf = fix["i_inf"]
     z = check_finite("z", z).ravel()
     cur = check_finite("current", current).ravel()
     if z.size != cur.size:
@@ -162,6 +177,19 @@ def fit_approach_curve(
 
     fit_k = substrate == "kinetic"
     fixed_kappa = {"conductor": np.inf, "insulator": 0.0}.get(substrate, None)
+    if "kappa" in fix:
+        from .approach_criteria import check_kappa
+
+        fixed_kappa, fit_k = check_kappa(fix["kappa"]), False
+        substrate = f"kappa={fixed_kappa:g}"
+    z_close = z.min() if sgn > 0 else z.max()
+    l_fixed = None
+    if "z0" in fix:
+        z0_fix = float(check_finite("fix['z0']", fix["z0"]))
+        l_fixed = sgn * (z_close - z0_fix) / a
+        if l_fixed <= 0:
+            raise InvalidArgument(f"fix['z0']={z0_fix!r} lies within the data (closest point z={z_close!r}); "
+                                  f"allowed: a contact offset beyond every point, L = d/a > 0 everywhere")
     fit_i = i_inf is None
     # fit in normalised units: with i_inf unknown the current is divided by its largest magnitude
     cscale = float(np.max(np.abs(cur))) if fit_i else float(i_inf)
@@ -170,14 +198,16 @@ def fit_approach_curve(
     data = cur / cscale
 
     # parameter vector: [log10 l_off, (log10 κ), (ln(rg - 1)), (i_inf)]
-    names = ["log10_l_off"] + (["log10_kappa"] if fit_k else []) + (["ln_rg_minus_1"] if fit_rg else []) + (
-        ["i_inf"] if fit_i else []
-    )
+    fit_l = l_fixed is None
+    names = (["log10_l_off"] if fit_l else []) + (["log10_kappa"] if fit_k else []) + (
+        ["ln_rg_minus_1"] if fit_rg else []) + (["i_inf"] if fit_i else [])
 
     def unpack(p):
         q = 0
-        l_off = 10.0 ** p[q]
-        q += 1
+        l_off = l_fixed
+        if fit_l:
+            l_off = 10.0 ** p[q]
+            q += 1
         kap = fixed_kappa
         if fit_k:
             kap = 10.0 ** p[q]
@@ -195,7 +225,7 @@ def fit_approach_curve(
         return (mdl - data) / np.abs(mdl) if rel else mdl - data
 
     # --- coarse start: grid over (l_off, κ), i_inf by linear least squares -----------------------------------
-    l_grid = np.geomspace(2e-3, 3.0, 36)
+    l_grid = np.geomspace(2e-3, 3.0, 36) if fit_l else np.array([l_fixed])
     k_grid = np.logspace(-3.5, 3.5, 36) if fit_k else np.array([fixed_kappa])
     LL = dz[None, None, :] + l_grid[:, None, None]
     KK = np.broadcast_to(k_grid[None, :, None], (l_grid.size, k_grid.size, dz.size))
@@ -219,7 +249,7 @@ def fit_approach_curve(
             starts.append(int(ik))
         if len(starts) == (4 if fit_k else 1):
             break
-    lo, hi = [np.log10(1e-4)], [np.log10(50.0)]
+    lo, hi = ([np.log10(1e-4)], [np.log10(50.0)]) if fit_l else ([], [])
     if fit_k:
         lo.append(_W_MIN - 1.0)
         hi.append(_W_MAX + 1.0)
@@ -230,9 +260,16 @@ def fit_approach_curve(
         lo.append(-np.inf)
         hi.append(np.inf)
     sol = None
+    if not names:  # everything fixed: just the residuals of the given model
+        from types import SimpleNamespace
+
+        r0 = resid(np.array([]))
+        sol = SimpleNamespace(x=np.array([]), fun=r0, cost=0.5 * float(r0 @ r0), jac=np.zeros((r0.size, 0)),
+                              success=True, message="all parameters fixed")
+        starts = []
     for ik in starts:
         il = best_l[ik]
-        p0 = [np.log10(l_grid[il])]
+        p0 = [np.log10(l_grid[il])] if fit_l else []
         if fit_k:
             p0.append(np.log10(k_grid[ik]))
         if fit_rg:
@@ -249,7 +286,7 @@ def fit_approach_curve(
     J = sol.jac
     s2 = 2.0 * sol.cost / max(n - m, 1)
     try:
-        cov = np.linalg.pinv(J.T @ J) * s2
+        cov = np.linalg.pinv(J.T @ J) * s2 if m else np.zeros((0, 0))
     except np.linalg.LinAlgError:  # pragma: no cover
         cov = np.full((m, m), np.nan)
     perr = np.sqrt(np.abs(np.diag(cov)))
@@ -259,8 +296,8 @@ def fit_approach_curve(
     # contact offset: z0 = z_closest - sgn*a*l_off
     z_close = z.min() if sgn > 0 else z.max()
     z0 = z_close - sgn * a * l_off
-    z0_err = a * l_off * np.log(10.0) * perr[0]
-    q = 1
+    z0_err = a * l_off * np.log(10.0) * perr[0] if fit_l else 0.0
+    q = 1 if fit_l else 0
     kap_err = 0.0
     if fit_k:
         kap_err = kap * np.log(10.0) * perr[q]

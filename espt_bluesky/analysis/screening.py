@@ -1,17 +1,18 @@
 """SECCM passivation screening: per-spot CV features, clustering of spots, statistics per parameter group.
 
-Plain numpy/scipy.  Units: time s, potential V, current A (anodic positive, cathodic negative), charge C
-(reported positive for both directions), positions µm.
+numpy/scipy, clustering by scikit-learn. Units: time s, potential V, current A (anodic positive, cathodic negative),
+charge C (reported positive for both directions), positions µm.
 
 Per spot (one multi-cycle CV of the droplet cell) :func:`spot_features` gives the cathodic and anodic charge of
 every cycle, the passivation ratio Q_p2/Q_p1 (cathodic charge of cycle 2 over cycle 1, Martín-Yerga et al. 2021,
 2022), the first-cycle cathodic and anodic peak currents and potentials, and the onset potential of the cathodic
 (SEI) current on the first sweep.  It only calls :mod:`espt_bluesky.analysis.voltammetry`.
 
-:func:`cluster_spots` groups spots on a standardised feature matrix with a Gaussian mixture (EM, own small
-implementation, number of clusters by BIC) or k-means (:func:`scipy.cluster.vq.kmeans2`, number of clusters by
-the mean silhouette).  :func:`group_statistics` compares a feature between the parameter groups of a combinatorial
-sweep (Welch t-test for two groups, Kruskal–Wallis and Welch ANOVA-free one-way ANOVA for more).
+:func:`cluster_spots` groups spots on a standardised feature matrix with a Gaussian mixture
+(``sklearn.mixture.GaussianMixture``, number of clusters by BIC) or k-means (``sklearn.cluster.KMeans``, number of
+clusters by the mean silhouette, ``sklearn.metrics.silhouette_score``). :func:`group_statistics` compares a feature
+between the parameter groups of a combinatorial sweep (Welch t-test for two groups, Kruskal–Wallis and Welch
+ANOVA-free one-way ANOVA for more).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from . import voltammetry as _cv
 
 __all__ = [
     "SpotFeatures", "ScreeningResult", "ClusterResult", "GroupStatistics",
-    "spot_features", "screen_spots", "feature_matrix", "gaussian_mixture", "kmeans",
-    "silhouette_score", "cluster_spots", "group_statistics", "DEFAULT_CLUSTER_FEATURES",
+    "spot_features", "screen_spots", "feature_matrix", "cluster_spots", "group_statistics", "DEFAULT_CLUSTER_FEATURES",
 ]
 
 #: Features used for clustering by default (logarithms of charges and currents; see :func:`feature_matrix`).
@@ -274,139 +274,12 @@ def feature_matrix(result: ScreeningResult, names: Sequence[str] = DEFAULT_CLUST
 
 
 # ------------------------------------------------------------------------------------------------ clustering
-def _standardise(X: np.ndarray) -> np.ndarray:
-    mu = X.mean(axis=0)
-    sd = X.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
-    return (X - mu) / sd
+def _silhouette(X: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette (scikit-learn; singletons count 0); NaN when it is undefined (k < 2 or k = n)."""
+    from sklearn.metrics import silhouette_score
 
-
-def _kmeanspp(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    centres = [X[rng.integers(X.shape[0])]]
-    for _ in range(1, k):
-        d2 = np.min(((X[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        p = d2 / d2.sum() if d2.sum() > 0 else np.full(X.shape[0], 1.0 / X.shape[0])
-        centres.append(X[rng.choice(X.shape[0], p=p)])
-    return np.asarray(centres)
-
-
-def kmeans(X, k: int, *, n_init: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
-    """k-means (scipy.cluster.vq.kmeans2 with k-means++ starts), best of ``n_init`` runs.
-
-    Parameters
-    ----------
-    X : array_like
-        (n, d) features (already scaled as wanted).
-    k : int
-        Number of clusters (1 ≤ k ≤ n).
-
-    Returns
-    -------
-    labels : ndarray of int, (n,)
-    centres : ndarray, (k, d)
-    inertia : float
-        Sum of squared distances to the assigned centres.
-    """
-    from scipy.cluster.vq import kmeans2
-
-    X = np.asarray(X, dtype=float)
-    k = _check_k(k, X.shape[0])
-    rng = np.random.default_rng(seed)
-    best = None
-    for _ in range(n_init):
-        init = _kmeanspp(X, k, rng)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cent, lab = kmeans2(X, init, minit="matrix", iter=100, seed=rng)
-        inertia = float(((X - cent[lab]) ** 2).sum())
-        if best is None or inertia < best[2]:
-            best = (lab.astype(int), cent, inertia)
-    return best
-
-
-def silhouette_score(X, labels) -> float:
-    """Mean silhouette coefficient (Rousseeuw 1987) of a clustering; singletons count 0.  NaN for k < 2."""
-    X = np.asarray(X, float)
-    labels = np.asarray(labels)
-    ks = np.unique(labels)
-    if ks.size < 2:
-        return float("nan")
-    D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
-    s = np.zeros(X.shape[0])
-    for n in range(X.shape[0]):
-        own = labels == labels[n]
-        if own.sum() <= 1:
-            continue
-        a = D[n, own].sum() / (own.sum() - 1)
-        b = min(D[n, labels == c].mean() for c in ks if c != labels[n])
-        s[n] = (b - a) / max(a, b) if max(a, b) > 0 else 0.0
-    return float(s.mean())
-
-
-def _check_k(k, n) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise InvalidArgument(f"k={k!r} must be an integer between 1 and the number of spots ({n})")
-    return int(k)
-
-
-def gaussian_mixture(X, k: int, *, n_init: int = 5, max_iter: int = 300, tol: float = 1e-6,
-                     reg_covar: float = 1e-2, seed: int = 0) -> dict[str, Any]:
-    """Fit a full-covariance Gaussian mixture by EM (k-means++ starts); best log-likelihood of ``n_init``.
-
-    Parameters
-    ----------
-    X : array_like
-        (n, d) features (standardise them first; ``reg_covar`` is added to every covariance diagonal in those
-        units and sets the smallest spread a cluster may have).
-    k : int
-        Components.
-
-    Returns
-    -------
-    dict
-        ``labels`` (n,), ``responsibilities`` (n, k), ``weights`` (k,), ``means`` (k, d), ``covariances``
-        (k, d, d), ``log_likelihood`` (float), ``bic`` (float, −2·lnL + p·ln n with p = k−1 + k·d + k·d(d+1)/2).
-    """
-    X = np.asarray(X, dtype=float)
-    n, d = X.shape
-    k = _check_k(k, n)
-    rng = np.random.default_rng(seed)
-    best = None
-    for _ in range(n_init):
-        mu = _kmeanspp(X, k, rng)
-        lab = np.argmin(((X[:, None] - mu[None]) ** 2).sum(-1), axis=1)
-        R = np.eye(k)[lab]
-        ll_old = -np.inf
-        for _it in range(max_iter):
-            Nk = R.sum(0) + 1e-12
-            w = Nk / n
-            mu = (R.T @ X) / Nk[:, None]
-            cov = np.empty((k, d, d))
-            for j in range(k):
-                Xc = X - mu[j]
-                cov[j] = (R[:, j, None] * Xc).T @ Xc / Nk[j] + reg_covar * np.eye(d)
-            logp = np.empty((n, k))
-            for j in range(k):
-                L = np.linalg.cholesky(cov[j])
-                z = np.linalg.solve(L, (X - mu[j]).T)
-                logdet = 2.0 * np.log(np.diag(L)).sum()
-                logp[:, j] = math.log(w[j]) - 0.5 * (d * math.log(2 * math.pi) + logdet + (z * z).sum(0))
-            m = logp.max(1, keepdims=True)
-            lse = m[:, 0] + np.log(np.exp(logp - m).sum(1))
-            ll = float(lse.sum())
-            R = np.exp(logp - lse[:, None])
-            if ll - ll_old < tol * max(1.0, abs(ll)):
-                break
-            ll_old = ll
-        if best is None or ll > best["log_likelihood"]:
-            best = dict(labels=R.argmax(1), responsibilities=R, weights=w, means=mu, covariances=cov,
-                        log_likelihood=ll)
-    p = (k - 1) + k * d + k * d * (d + 1) / 2
-    best["bic"] = float(-2.0 * best["log_likelihood"] + p * math.log(n))
-    return best
+    k = np.unique(labels).size
+    return float(silhouette_score(X, labels)) if 2 <= k < X.shape[0] else float("nan")
 
 
 @dataclass
@@ -494,33 +367,46 @@ def cluster_spots(features, *, names: Sequence[str] = DEFAULT_CLUSTER_FEATURES, 
     if isinstance(k_max, bool) or not isinstance(k_max, (int, np.integer)) or k_max < 1:
         raise InvalidArgument(f"k_max={k_max!r} must be an integer >= 1")
     k_max = min(int(k_max), n_ok - 1)
-    Xs = _standardise(X[ok])
+    from sklearn.preprocessing import StandardScaler
+
+    Xs = StandardScaler().fit_transform(X[ok])  # a constant feature is left at 0 (scale 1)
     ks = range(1 if criterion == "bic" else 2, k_max + 1)
     if not len(ks):
         raise InvalidArgument(f"k_max={k_max} leaves no candidate for criterion {criterion!r} (needs k >= 2)")
     if min_cluster_size is None:
         min_cluster_size = max(3, int(round(0.05 * n_ok)))
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
     fits, scores, rejected = {}, {}, []
-    for k in ks:
-        if method == "gmm":
-            g = gaussian_mixture(Xs, k, seed=seed)
-            lab = g["labels"]
-            fits[k] = lab
-            scores[k] = g["bic"] if criterion == "bic" else silhouette_score(Xs, lab)
-        else:
-            lab, _, inertia = kmeans(Xs, k, seed=seed)
-            fits[k] = lab
-            if criterion == "silhouette":
-                scores[k] = silhouette_score(Xs, lab)
-            else:  # spherical-Gaussian BIC of k-means (shared variance)
-                nn, dd = Xs.shape
-                var = max(inertia / max(nn * dd, 1), 1e-12)
-                ll = -0.5 * nn * dd * (math.log(2 * math.pi * var) + 1.0)
-                counts = np.bincount(lab, minlength=k)
-                ll += float(np.sum(counts[counts > 0] * np.log(counts[counts > 0] / nn)))
-                scores[k] = -2 * ll + (k * dd + k) * math.log(nn)
-        if np.bincount(fits[k], minlength=k).min() < min_cluster_size:
-            rejected.append(k)
+    # a few spots x a few features: one BLAS/OpenMP thread (more threads only add synchronisation, and on a busy
+    # machine their spin-waits made a Gaussian-mixture fit ~25x slower)
+    with threadpool_limits(limits=1):
+        for k in ks:
+            if method == "gmm":
+                # reg_covar in standardised units: the smallest spread a cluster may have (a cluster of
+                # near-identical spots would otherwise collapse onto a singular covariance and win the BIC)
+                g = GaussianMixture(k, covariance_type="full", reg_covar=1e-2, n_init=5, max_iter=300, tol=1e-6,
+                                    init_params="k-means++", random_state=seed).fit(Xs)
+                lab = g.predict(Xs)
+                fits[k] = lab
+                scores[k] = float(g.bic(Xs)) if criterion == "bic" else _silhouette(Xs, lab)
+            else:
+                km = KMeans(k, n_init=10, random_state=seed).fit(Xs)
+                lab = km.labels_
+                fits[k] = lab
+                if criterion == "silhouette":
+                    scores[k] = _silhouette(Xs, lab)
+                else:  # spherical-Gaussian BIC of k-means (shared variance)
+                    nn, dd = Xs.shape
+                    var = max(float(km.inertia_) / max(nn * dd, 1), 1e-12)
+                    ll = -0.5 * nn * dd * (math.log(2 * math.pi * var) + 1.0)
+                    counts = np.bincount(lab, minlength=k)
+                    ll += float(np.sum(counts[counts > 0] * np.log(counts[counts > 0] / nn)))
+                    scores[k] = -2 * ll + (k * dd + k) * math.log(nn)
+            if np.bincount(fits[k], minlength=k).min() < min_cluster_size:
+                rejected.append(k)
     eligible = [kk for kk in scores if kk not in rejected] or [min(scores)]
     if criterion == "bic":
         k_best = min(eligible, key=lambda kk: scores[kk])

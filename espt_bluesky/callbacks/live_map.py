@@ -30,7 +30,7 @@ from bluesky.callbacks.core import CallbackBase
 from ..analysis.kinetic_maps import theoretical_i_inf
 from ..errors import InvalidArgument
 
-__all__ = ["LiveFeedbackMap", "probe_radius_from_metadata", "map_layout"]
+__all__ = ["LiveFeedbackMap", "LiveFlyMap", "probe_radius_from_metadata", "map_layout"]
 
 _IINF_KEYS = ("i_inf", "i_tip_inf", "i_T_inf", "reference_current")
 logger = logging.getLogger(__name__)
@@ -325,3 +325,128 @@ class LiveFeedbackMap(CallbackBase):
     def figure(self):
         """The matplotlib Figure drawn into."""
         return self._fig
+
+
+class LiveFlyMap(CallbackBase):
+    """Live forward and backward images of a fly scan (``fly_image``), drawn from its HDF5 assets as they land.
+
+    A fly run carries no values in its documents: each ``stream_datum`` says which passes of the detector's file
+    are complete.  The callback reads those rows from the file (SWMR, while the detector still writes it), and
+    rebuilds the images with :func:`espt_bluesky.storage.read_map` (samples binned by their recorded encoder x).
+    Runs that are not fly images are skipped with a log message.
+
+    Parameters
+    ----------
+    directory : path, optional
+        Save ``<uid>_fly.png`` (forward | backward) there at every update and at the end.
+    stream : str
+        Event stream drawn.
+
+    Attributes
+    ----------
+    forward, backward : ndarray
+        (ny, nx) images of the present run (NaN where not scanned yet); ``signal`` is the data key drawn.
+    updates : list of int
+        Number of passes available at each update (grows while the scan runs).
+    """
+
+    def __init__(self, *, directory: str | os.PathLike | None = None, stream: str = "primary"):
+        super().__init__()
+        self.directory = Path(directory) if directory is not None else None
+        self.stream = stream
+        self.forward = self.backward = np.zeros((0, 0))
+        self.signal: str | None = None
+        self.updates: list[int] = []
+        self.saved: list[Path] = []
+        self.skipped: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start_doc: dict | None = None
+        self._desc: set[str] = set()
+        self._data_keys: dict[str, dict] = {}
+        self._resources: dict[str, dict] = {}
+        self._rows: dict[str, list[np.ndarray]] = {}
+
+    def start(self, doc):
+        self._reset()
+        self.updates = []
+        self.skipped = None
+        if doc.get("mode") != "fly" or not isinstance(doc.get("fly"), Mapping):
+            self.skipped = "not a fly image"
+            logger.info("LiveFlyMap: run %s skipped (%s)", doc.get("uid"), self.skipped)
+            return
+        self._start_doc = doc
+        self.signal = doc["fly"].get("signal")
+        (ny, nx) = doc.get("shape", (0, 0))
+        self.forward = np.full((ny, nx), np.nan)
+        self.backward = np.full((ny, nx), np.nan)
+
+    def descriptor(self, doc):
+        if self._start_doc is not None and doc.get("name", "primary") == self.stream:
+            self._desc.add(doc["uid"])
+            self._data_keys.update(doc.get("data_keys", {}))
+
+    def stream_resource(self, doc):
+        if self._start_doc is not None:
+            self._resources[doc["uid"]] = doc
+
+    def stream_datum(self, doc):
+        if self._start_doc is None or doc["descriptor"] not in self._desc:
+            return
+        from ..storage.maps import _read_external
+
+        res = self._resources.get(doc["stream_resource"])
+        if res is None:
+            return
+        try:
+            block = _read_external(res, doc["indices"]["start"], doc["indices"]["stop"])
+        except Exception as exc:  # a live view never aborts a run
+            logger.warning("LiveFlyMap: could not read %s: %s", res.get("uri"), exc)
+            return
+        self._rows.setdefault(res["data_key"], []).append(block)
+        self._update()
+
+    def _update(self) -> None:
+        from ..storage.maps import RunData, read_map
+
+        det = self._start_doc["fly"].get("detector", "fly")
+        need = [f"{det}_x", f"{det}_y", f"{det}_direction", self.signal]
+        if any(k not in self._rows for k in need):
+            return
+        arrays = {k: np.concatenate(self._rows[k]) for k in need}
+        n = min(len(a) for a in arrays.values())
+        if n == 0:
+            return
+        arrays = {k: a[:n] for k, a in arrays.items()}
+        rd = RunData(self._start_doc, self._data_keys, arrays, np.arange(1, n + 1))
+        ds = read_map(rd)
+        for label in ("forward", "backward"):
+            var = f"{self.signal}_{label}"
+            if var in ds:
+                setattr(self, label, ds[var].values)
+        self.updates.append(n)
+        self._save()
+
+    def _save(self) -> None:
+        if self.directory is None:
+            return
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 3.5))
+        FigureCanvasAgg(fig)
+        ext = self._start_doc.get("extents")
+        extent = [ext[1][0], ext[1][1], ext[0][0], ext[0][1]] if ext else None
+        for ax, img, title in zip(fig.subplots(1, 2), (self.forward, self.backward), ("forward", "backward")):
+            ax.imshow(img, origin="lower", extent=extent, aspect="auto")
+            ax.set_title(f"{self.signal} ({title})")
+            ax.set_xlabel("x (µm)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{self._start_doc['uid']}_fly.png"
+        fig.savefig(path, dpi=70)
+        if path not in self.saved:
+            self.saved.append(path)
+
+    def stop(self, doc):
+        self._start_doc = None

@@ -1,5 +1,5 @@
 """Joint analysis of co-registered channels: a stacked Dataset, correlation with confidence intervals, 2-D
-histograms and clustering (scikit-learn)."""
+histograms, clustering (scikit-learn) and Raman band-ratio channels."""
 
 from __future__ import annotations
 
@@ -74,3 +74,33 @@ def cluster(ds: xr.Dataset, channels, *, n_clusters: int = 2, seed: int = 0) -> 
     labels[ok] = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(
         StandardScaler().fit_transform(X[ok]))
     return labels.reshape(np.asarray(ds[channels[0]].values).shape)
+
+
+def band_ratio_map(ds: xr.Dataset, numerator: str, denominator: str, *, shift=None,
+                   spectrum: str = "raman_spectrum", windows: Mapping | None = None) -> xr.DataArray:
+    """Raman band ratio (e.g. D/G, carbonate/G) of every spot or pixel of a map, as a channel to stack, correlate
+    or cluster with the others (``ds[name] = band_ratio_map(...)``).
+
+    ``ds[spectrum]`` holds one spectrum per point along its last dimension; ``shift`` is its Raman shift axis
+    (cm⁻¹): by default the coordinate of that dimension (an imported map has one); for a bench run, from the run's
+    configuration with :func:`espt_bluesky.analysis.raman.shift_from_configuration`.
+    The background is removed and the band windows summed by :func:`espt_bluesky.analysis.raman.band_ratio`.
+    """
+    from ..analysis.raman import DEFAULT_WINDOWS, band_ratio
+
+    if spectrum not in ds:
+        raise InvalidArgument(f"spectrum={spectrum!r} is not in the map; it has {sorted(ds.data_vars)}")
+    da = ds[spectrum]
+    if shift is None:
+        if da.dims[-1] not in da.coords:
+            raise InvalidArgument(f"{spectrum!r} has no coordinate along {da.dims[-1]!r}: pass shift= (cm⁻¹), e.g. "
+                                  "analysis.raman.shift_from_configuration(run configuration)")
+        shift = da.coords[da.dims[-1]].values
+    windows = dict(DEFAULT_WINDOWS if windows is None else windows)
+    r = band_ratio(shift, np.asarray(da.values, float), numerator, denominator, windows=windows)
+    dims = da.dims[:-1]
+    return xr.DataArray(r, dims=dims, coords={k: v for k, v in da.coords.items() if set(v.dims) <= set(dims)},
+                        name=f"{numerator}_{denominator}",
+                        attrs={"units": "", "long_name": f"Raman {numerator}/{denominator} band ratio",
+                               "windows_cm-1": {k: list(map(float, windows[k])) for k in (numerator, denominator)},
+                               "source": spectrum})

@@ -5,9 +5,10 @@ is the simulated one: ``set((x, y))`` loads the next hop position (returns at on
 hop height, moves laterally, approaches in steps of ``approach_step`` until the criterion is met, optionally runs
 the potentiostat's configured technique at the contact position, retracts by ``hop_height`` and reports.
 
-Readings (µm): ``hopper_x``, ``hopper_y`` (lateral position of the hop), ``hopper_surface_z`` (contact height minus
-``stop_offset``), ``hopper_contact_z`` (tip height where the criterion was met), ``hopper_reference_current`` (A,
-the reading at the top of the hop), ``hopper_n_steps``, ``hopper_valid`` (1, or 0 for a hop that faulted) and
+Readings (µm): ``hopper_x``, ``hopper_y`` (lateral position of the hop), ``hopper_surface_z`` (the surface height
+estimated by the hop, minus ``stop_offset``), ``hopper_surface_z_err`` (its standard error), ``hopper_contact_z``
+(tip height where the approach stopped), ``hopper_reference_current`` (A, SICM: the far current I_sat, from the
+readings at the top of the hop corrected for the gap there; SECCM: the current before landing), ``hopper_n_steps``, ``hopper_valid`` (1, or 0 for a hop that faulted) and
 ``hopper_fault`` (the reason: "" or "crash", "overload", "no_contact", "criterion_not_met"); when ``measure`` is on,
 the potentiostat's own reading (currents and waveform keys) is merged into the hopper's.
 
@@ -19,9 +20,18 @@ records the faulted hop, and the next ``trigger()`` hops again (``hopping_scan(o
 Criteria (``criterion`` config signal):
 
 =================  ===================================================================================
-``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_top (each reading the mean of 4
-                    samples; I_top the mean of 5 readings; confirmed by 2 more readings)
-``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched)
+``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_sat (each reading the mean of 4
+                    samples; I_sat from the mean of 5 readings at the top; confirmed by the mean of 2 fresh
+                    readings, not the one that fired).  The height then comes from fresh samples at the stop
+                    (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
+                    through the pipette's current–distance curve
+                    (:func:`espt_bluesky.analysis.hop_height.sicm_hop_surface`): no half-step bias, no
+                    selection bias, and an error bar from the noise (pooled over the hops).  Where the hops
+                    around are steep, or ``max_slope`` says the sample may be, the stop distance grows to
+                    slope·r_o + max(d_set/4, step) (neighbour slopes doubled) so that the glass rim stays
+                    clear (:func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`).
+``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched); the landing is
+                    the midpoint of the last two heights (error step/√12)
 =================  ===================================================================================
 
 ``device_time`` accumulates the wall time (s) spent inside ``trigger()``: on hardware this is the controller's
@@ -30,6 +40,7 @@ time, on the bench the simulation's; benchmarks subtract it to get the software 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -40,6 +51,8 @@ from ophyd.status import DeviceStatus
 
 from ..errors import (ApproachLimitReached, InvalidArgument, check_bool, check_choice, check_number, check_positive,
                       check_vector, fault_reason)
+from ..analysis import hop_height
+from ..physics import sicm
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
 from .signals import CURRENT_PRECISION, QuantitySignal
@@ -54,6 +67,7 @@ class SimHopController(Device):
     y = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
     surface_z = Cpt(QuantitySignal, value=0.0, kind="hinted", units="um")
     contact_z = Cpt(QuantitySignal, value=0.0, kind="normal", units="um")
+    surface_z_err = Cpt(QuantitySignal, value=0.0, kind="normal", units="um")
     reference_current = Cpt(QuantitySignal, value=0.0, kind="normal", units="A", precision=CURRENT_PRECISION)
     n_steps = Cpt(Signal, value=0, kind="normal")
     valid = Cpt(Signal, value=1, kind="normal")
@@ -65,6 +79,7 @@ class SimHopController(Device):
     approach_step = Cpt(QuantitySignal, value=0.02, kind="config", units="um")
     max_travel = Cpt(QuantitySignal, value=20.0, kind="config", units="um")
     stop_offset = Cpt(QuantitySignal, value=0.0, kind="config", units="um")
+    max_slope = Cpt(QuantitySignal, value=0.0, kind="config", units="1")
     measure = Cpt(Signal, value=0, kind="config")
 
     def __init__(self, *args, stage=None, potentiostat=None, **kwargs):
@@ -75,30 +90,42 @@ class SimHopController(Device):
         self._time_scale = 0.0
         self._target = (0.0, 0.0)
         self._last_contact: float | None = None
+        self._last_surface: float | None = None
+        self._history: list[tuple[float, float, float]] = []
+        self._noise_ss = 0.0
+        self._noise_dof = 0
         self.device_time = 0.0
         self._measured_time = 0.0
         for sig in (self.criterion, self.setpoint, self.hop_height, self.approach_step, self.max_travel,
-                    self.stop_offset, self.measure):
+                    self.stop_offset, self.max_slope, self.measure):
             sig.subscribe(self._forget_contact, run=False)
+
+    HISTORY = 256  # hops remembered for the local slope
 
     def _forget_contact(self, **kwargs) -> None:
         self._last_contact = None
+        self._last_surface = None
+        self._history = []
+        self._noise_ss = 0.0
+        self._noise_dof = 0
 
     def attach(self, model: BenchModel, time_scale: float = 0.0) -> None:
         self._model = model
         self._time_scale = time_scale
-        self._last_contact = None
+        self._forget_contact()
 
     def configure_hop(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
-                      max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> None:
+                      max_travel: float, stop_offset: float = 0.0, max_slope: float = 0.0,
+                      measure: bool = False) -> None:
         """Load the hop programme (validated)."""
         for sig, v in self.hop_settings(criterion=criterion, setpoint=setpoint, hop_height=hop_height,
                                         approach_step=approach_step, max_travel=max_travel, stop_offset=stop_offset,
-                                        measure=measure):
+                                        max_slope=max_slope, measure=measure):
             sig.put(v)
 
     def hop_settings(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
-                     max_travel: float, stop_offset: float = 0.0, measure: bool = False) -> list[tuple[Any, Any]]:
+                     max_travel: float, stop_offset: float = 0.0, max_slope: float = 0.0,
+                     measure: bool = False) -> list[tuple[Any, Any]]:
         """The ``(signal, value)`` writes of a hop programme, validated, without writing anything.
 
         Plans apply them as messages (``bps.mv``) so that ``summarize_plan`` changes nothing.  Writing any of
@@ -111,10 +138,12 @@ class SimHopController(Device):
                         ("max_travel", max_travel)):
             check_positive(name, v)
         check_number("stop_offset", stop_offset, units="µm")
+        check_number("max_slope", max_slope, 0.0, 100.0)
         measure = check_bool("measure", measure)
         return [(self.criterion, criterion), (self.setpoint, float(setpoint)), (self.hop_height, float(hop_height)),
                 (self.approach_step, float(approach_step)), (self.max_travel, float(max_travel)),
-                (self.stop_offset, float(stop_offset)), (self.measure, int(bool(measure)))]
+                (self.stop_offset, float(stop_offset)), (self.max_slope, float(max_slope)),
+                (self.measure, int(bool(measure)))]
 
     def check_value(self, value) -> None:
         """Raise if the hop position (x, y) µm lies outside the stage's soft limits (``check_limits`` calls it)."""
@@ -152,10 +181,15 @@ class SimHopController(Device):
         if self.measure.get() and self.potentiostat is not None and hasattr(self.potentiostat, "collect_asset_docs"):
             yield from self.potentiostat.collect_asset_docs()
 
-    def _reading(self) -> float:
+    N_AVG = 4  # samples the controller averages per reading
+    N_REF = 5  # readings at the top of the hop (the reference)
+    N_CONFIRM = 2  # fresh readings that must confirm a crossing (the reading that fired is not among them)
+
+    def _reading(self, i_true: float | None = None) -> float:
         m = self._model
-        if self.criterion.get() == "current_drop":  # the controller averages 4 samples per step
-            return float(np.mean(m.add_noise(np.full(4, m.sicm_current()))))
+        if self.criterion.get() == "current_drop":  # the controller averages N_AVG samples per reading
+            i = m.sicm_current() if i_true is None else i_true
+            return float(np.mean(m.add_noise(np.full(self.N_AVG, i))))
         return float(m.add_noise(m.contact_current(float(self.potentiostat.substrate.potential.get()))))
 
     def _vertical(self, z: float) -> None:
@@ -168,45 +202,157 @@ class SimHopController(Device):
             m.position = np.array([x, y, z])
             m.clock += abs(z - z0) / max(self.stage.z.velocity.get(), 1e-9) if self.stage is not None else 0.0
 
+    def _pipette(self) -> tuple[float, float, float]:
+        p = self._model.probe
+        return p.radius, p.end_radius, p.half_angle
+
+    def _stop_distance(self, x: float, y: float, setpoint: float, step: float) -> float:
+        """Axis gap to stop at (µm), :func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`."""
+        ri, ro, th = self._pipette()
+        d_set = float(sicm.distance_for_current_drop(setpoint, ri, ro, th))
+        return hop_height.sicm_stop_distance(d_set, ro, float(self.max_slope.get()), self._history, x, y, step)
+
+    def _approach_sicm(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
+        """Step down from ``z_top`` until the averaged ion current confirms the stop; heights from fresh readings.
+
+        Returns the stop height, the number of steps, the surface estimate and its error and the far current.
+        """
+        m = self._model
+        ri, ro, th = self._pipette()
+        A = float(sicm.access_length(ri, ro, th))
+        d_stop = self._stop_distance(x, y, float(self.setpoint.get()), step)
+        s_stop = d_stop / (d_stop + A)  # I/I_sat at the stop
+        i_here = m.sicm_current()
+        samples = np.asarray(m.add_noise(np.full(self.N_REF * self.N_AVG, i_here)), float)
+        # the relative noise of one sample, pooled over the hops of this programme (a few samples per hop give
+        # a noisy σ, and error bars computed from it would be too small on average); the controller then
+        # averages as many samples (at the top and at the stop) as give the height to a quarter step: the gap's
+        # sensitivity to the current, A/(1 − S)², grows fast above the setpoint
+        if np.mean(samples):
+            self._noise_ss += float(np.var(samples / np.mean(samples), ddof=1)) * (samples.size - 1)
+            self._noise_dof += samples.size - 1
+        sigma1 = math.sqrt(self._noise_ss / self._noise_dof) if self._noise_dof else 0.0
+        n_avg = hop_height.samples_for_precision(sigma1, s_stop, A, 0.25 * step / math.sqrt(2.0))
+        extra = max(n_avg - samples.size, 0)
+        i_top = (float(np.sum(samples)) + float(np.sum(m.add_noise(np.full(extra, i_here))))) / (samples.size + extra)
+        gap_top = (z_top - self._last_surface) if self._last_surface is not None else math.inf
+        i_sat = hop_height.sicm_far_current(i_top, gap_top, A)
+        thr = abs(i_sat) * s_stop
+        sigma = sigma1 / math.sqrt(n_avg)
+        zs = z_top - step * np.arange(1, max_steps + 1)
+        k = 0
+        while True:
+            if not any(m.options.drift):
+                z, k, i_now = self._descend_still(x, y, z_top, zs, thr, k)
+            else:
+                z, k, i_now = self._descend_drifting(x, y, zs, thr, k)
+            i_stop = float(np.mean(m.add_noise(np.full(n_avg, i_now))))
+            # a stop the long average does not confirm (the short readings were unlucky) goes on down
+            if abs(i_stop) < thr * (1.0 + 3.0 * sigma):
+                break
+        surface, err, i_sat = hop_height.sicm_hop_surface(z, i_stop, i_top, z_top, A,
+                                                          sigma_ratio=math.sqrt(2.0) * sigma)
+        return dict(z=z, n=k, surface=surface, err=err, i_ref=i_sat)
+
+    def _descend_drifting(self, x: float, y: float, zs: np.ndarray, thr: float, start: int):
+        """The approach over a drifting sample: every step evaluated at the instrument clock."""
+        m = self._model
+        n = start
+        while True:
+            if n >= zs.size:
+                self._no_crossing(x, y)
+            z = float(zs[n])
+            n += 1
+            self._vertical(z)  # raises TipCrash where the face touches
+            i_now = m.sicm_current()
+            if abs(self._reading(i_now)) < thr and \
+                    abs(np.mean([self._reading(i_now) for _ in range(self.N_CONFIRM)])) < thr:
+                return z, n, i_now
+
+    def _no_crossing(self, x: float, y: float):
+        raise ApproachLimitReached(
+            f"hop at x={x:.3f}, y={y:.3f} µm: criterion 'current_drop' not met within max_travel="
+            f"{self.max_travel.get()} µm", reason="criterion_not_met")
+
+    def _descend_still(self, x: float, y: float, z_top: float, zs: np.ndarray, thr: float, start: int = 0):
+        """The approach over a still sample, vectorised: the face heights hold, so every step's current (and
+        its noisy reading) is computed at once; the steps are then walked in order, as the controller does."""
+        m = self._model
+        face = m.sicm_face(x, y)
+        fx, fy = m._end_face_points(x, y)
+        h_max = float(np.max(m.surface_z(fx, fy)))  # the face points of clearance()
+        n_safe = int(np.searchsorted(-zs, -h_max, side="right"))  # steps with z >= h_max
+        i_true = np.zeros(zs.size)
+        i_true[start:n_safe] = m.sicm_current(z=zs[start:n_safe], face=face)
+        readings = np.mean(m.add_noise(np.repeat(i_true[start:n_safe, None], self.N_AVG, axis=1)), axis=1)
+        stop = None
+        for k in start + np.flatnonzero(np.abs(readings) < thr):
+            if abs(np.mean([self._reading(float(i_true[k])) for _ in range(self.N_CONFIRM)])) < thr:
+                stop = int(k)
+                break
+        velocity = max(self.stage.z.velocity.get(), 1e-9) if self.stage is not None else math.inf
+        z_from = float(m.position[2])
+        if stop is None:
+            last = n_safe - 1
+            if last >= start:
+                m.position = np.array([x, y, float(zs[last])])
+                m.clock += (z_from - float(zs[last])) / velocity
+            if n_safe < zs.size:
+                self._vertical(float(zs[n_safe]))  # the face touches on this step: TipCrash
+            self._no_crossing(x, y)
+        z = float(zs[stop])
+        m.position = np.array([x, y, z])
+        m.clock += (z_from - z) / velocity
+        return z, stop + 1, float(i_true[stop])
+
+    def _approach_contact(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
+        """SECCM: step down until the substrate current jumps; the landing lies between the last two heights."""
+        setpoint = float(self.setpoint.get())
+        ref = float(np.mean([self._reading() for _ in range(self.N_REF)]))
+        z = z_top
+        n = 0
+        while True:
+            if n >= max_steps:
+                raise ApproachLimitReached(
+                    f"hop at x={x:.3f}, y={y:.3f} µm: criterion 'contact' not met within max_travel="
+                    f"{self.max_travel.get()} µm", reason="no_contact")
+            z_prev = z
+            z -= step
+            n += 1
+            self._vertical(z)
+            if abs(self._reading()) > setpoint:
+                break
+        landing, err = hop_height.contact_crossing(z_prev, z)
+        return dict(z=z, n=n, surface=landing - float(self.stop_offset.get()), err=err, i_ref=ref)
+
     def _hop(self) -> None:
         m = self._model
         hop = float(self.hop_height.get())
         step = float(self.approach_step.get())
-        setpoint = float(self.setpoint.get())
         crit = self.criterion.get()
         x, y = self._target
         z_now = float(m.position[2])
         z_top = max(z_now, (self._last_contact + hop) if self._last_contact is not None else z_now)
         self._vertical(z_top)
         m.move_to(x, y, z_top)
-        ref = float(np.mean([self._reading() for _ in range(5)]))
-        z = z_top
-        n = 0
         max_steps = int(np.ceil(float(self.max_travel.get()) / step))
-        while True:
-            if n >= max_steps:
-                raise ApproachLimitReached(
-                    f"hop at x={x:.3f}, y={y:.3f} µm: criterion {crit!r} not met within max_travel="
-                    f"{self.max_travel.get()} µm", reason="no_contact" if crit == "contact" else "criterion_not_met")
-            z -= step
-            n += 1
-            self._vertical(z)
-            r = self._reading()
-            if crit == "current_drop":
-                met = abs(r) < (1 - setpoint) * abs(ref)
-                if met:  # confirm against noise
-                    met = abs(np.mean([r] + [self._reading() for _ in range(2)])) < (1 - setpoint) * abs(ref)
-            else:
-                met = abs(r) > setpoint
-            if met:
-                break
+        if crit == "current_drop":
+            res = self._approach_sicm(x, y, z_top, step, max_steps)
+            res["surface"] -= float(self.stop_offset.get())
+        else:
+            res = self._approach_contact(x, y, z_top, step, max_steps)
+        z = res["z"]
         self._last_contact = z
+        self._last_surface = res["surface"]
+        self._history.append((x, y, res["surface"]))
+        del self._history[:-self.HISTORY]
         self.x.put(x)
         self.y.put(y)
         self.contact_z.put(z)
-        self.surface_z.put(z - float(self.stop_offset.get()))
-        self.reference_current.put(ref)
-        self.n_steps.put(n)
+        self.surface_z.put(res["surface"])
+        self.surface_z_err.put(res["err"])
+        self.reference_current.put(res["i_ref"])
+        self.n_steps.put(res["n"])
         self.valid.put(1)
         self.fault.put("")
         if self.measure.get():
@@ -226,7 +372,7 @@ class SimHopController(Device):
         self._vertical(max(z_top, z))
         self.x.put(self._target[0])
         self.y.put(self._target[1])
-        for sig in (self.surface_z, self.contact_z):
+        for sig in (self.surface_z, self.contact_z, self.surface_z_err):
             sig.put(float("nan"))
         self.valid.put(0)
         self.fault.put(fault_reason(exc) or type(exc).__name__)

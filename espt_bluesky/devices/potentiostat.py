@@ -408,4 +408,5 @@ class SimBipotentiostat(Bipotentiostat):
         return complete_status(status, error, duration, self._time_scale)
 
     def _read_scalar(self) -> tuple[float, float]:
-        return self._model.read_currents(self.tip.potential.get(), self.substrate.potential.get())
+        return self._model.read_currents(self.tip.potential.get(), self.substrate.potential.get(),
+                                         self.params.integration_time.get())

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from ..errors import (InvalidArgument, check_bool, check_choice, check_int, check_number,
                       check_vector)
 from ..physics.bench_model import TECHNIQUES, BenchModel, BenchOptions, default_probe
-from ..physics.sample import PRESETS
+from ..physics.sample import PRESETS, VirtualSample
 from .afm import ECAFMHead
 from .hopper import SimHopController
 from .potentiostat import SimBipotentiostat
@@ -55,7 +55,7 @@ OPTION_RANGES: dict[str, tuple[float, float, str]] = {
     "noise": (0.0, 1.0, ""), "current_noise_floor": (0.0, 1e-6, "A"), "height_noise": (0.0, 1.0, "µm"),
     "deflection_noise": (0.0, 1e-6, "m"), "drift": (-10.0, 10.0, "µm/s"), "tilt": (-20.0, 20.0, "deg"),
     "tilt_centre": (-1e4, 1e4, "µm"), "substrate_area": (1e-12, 1.0, "m²"), "ion_bias": (-10.0, 10.0, "V"),
-    "conductivity": (1e-6, 1e3, "S/m"), "meniscus_height": (1e-6, 100.0, "µm"),
+    "conductivity": (1e-6, 1e3, "S/m"), "meniscus_height": (1e-6, 100.0, "µm"), "sample_time": (1e-6, 10.0, "s"),
 }
 
 
@@ -89,7 +89,8 @@ def check_bench_arguments(technique: Any, sample: Any, seed: Any, time_scale: An
                                                                 BenchOptions]:
     """The validated arguments of :func:`make_sim_bench` (also used on a session's ``[bench]`` configuration)."""
     technique = check_choice("technique", technique, TECHNIQUES)
-    sample = check_choice("sample", sample, PRESETS)
+    if not isinstance(sample, VirtualSample):  # a preset by name, or a sample built by physics.sample
+        sample = check_choice("sample", sample, PRESETS)
     seed = check_int("seed", seed, 0, 2**63 - 1)
     time_scale = check_number("time_scale", time_scale, 0.0, 1e3)
     start = check_vector("start", start, 2, low=XY_LIMITS[0], high=XY_LIMITS[1], units="µm")
@@ -104,7 +105,8 @@ def make_sim_bench(technique: str = "SECM", sample: str = "patterned", seed: int
     Parameters
     ----------
     technique : {"SECM", "SICM", "SECCM", "EC-AFM"}
-    sample : {"patterned", "hopg", "composite_cathode", "si_film"}
+    sample : {"patterned", "hopg", "composite_cathode", "si_film"} or VirtualSample
+        A preset name, or a sample built in :mod:`espt_bluesky.physics.sample` (e.g. ``uniform_kinetics(0.1)``).
     seed : int
         Seeds the sample's random features and every noise source.
     time_scale : float

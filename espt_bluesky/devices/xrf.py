@@ -132,6 +132,13 @@ class XRFDetector(WritesWaveformAssets, Device):
     def read(self):
         return self._read_assets(super().read())
 
+    def mark_not_measured(self) -> None:
+        """Make the next ``read()`` say that nothing was measured (a point skipped after a fault): spectrum (also
+        written to the asset writer), ROI counts and rates read NaN instead of repeating the previous spot."""
+        nan = float("nan")
+        self._publish(np.full(int(self.n_channels.get()), nan), nan, nan, nan, nan)
+        self._note_acquisition()  # an acquisition that measured nothing: its NaN row is written like any other
+
     def _publish(self, spectrum: np.ndarray, real: float, live: float, icr: float, ocr: float) -> None:
         self.spectrum.put(spectrum)
         for k, v in self.roi_counts(spectrum).items():
@@ -140,7 +147,7 @@ class XRFDetector(WritesWaveformAssets, Device):
         self.elapsed_live_time.put(live)
         self.input_count_rate.put(icr)
         self.output_count_rate.put(ocr)
-        self.dead_time.put(1.0 - (ocr / icr if icr > 0 else 1.0))
+        self.dead_time.put(1.0 - (ocr / icr if icr > 0 else 1.0) if np.isfinite(icr) else float("nan"))
 
 
 class SimXRFDetector(XRFDetector):

@@ -499,12 +499,14 @@ class PotentiostatGroup(PVGroup):
 
     def _read_scalar(self) -> tuple[float, float]:
         """Steady-state currents (A) of both channels: the same model call as the simulated potentiostat."""
-        return self.model.read_currents(float(self.tip_potential.value), float(self.sub_potential.value))
+        return self.model.read_currents(float(self.tip_potential.value), float(self.sub_potential.value),
+                                        float(self.integration_time.value))
 
 
 # -------------------------------------------------------------------------------------------- IOCs
 class BenchIOC(PVGroup):
-    """Both PV groups over ONE model in one process: ``{P}stage:...`` and ``{P}pstat:...``."""
+    """Both PV groups over ONE model in one process: ``{P}stage:...`` and ``{P}pstat:...``; on SECM, SICM and
+    EC-AFM benches also the fly controller ``{P}fly:...`` (:mod:`espt_bluesky.ioc.fly_ioc`)."""
 
     def __init__(self, prefix: str, *, model: BenchModel, time_scale: float = 0.0, **kwargs):
         super().__init__(prefix, **kwargs)
@@ -513,6 +515,11 @@ class BenchIOC(PVGroup):
                                        time_scale=time_scale, stage=self.stage)
         self.pvdb.update(self.stage.pvdb)
         self.pvdb.update(self.pstat.pvdb)
+        if model.technique in ("SECM", "SICM", "EC-AFM"):  # the fly controller: trajectory and waveform PVs
+            from .fly_ioc import FlyGroup
+
+            self.fly = FlyGroup(f"{prefix}fly:", model=model, stage=self.stage, time_scale=time_scale)
+            self.pvdb.update(self.fly.pvdb)
 
 
 def make_pvdb(role: str, prefix: str, model: BenchModel, time_scale: float = 0.0,

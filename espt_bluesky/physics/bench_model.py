@@ -91,6 +91,7 @@ class BenchOptions:
     ion_bias: float = 0.2  # V, SICM pipette bias
     conductivity: float = 1.3  # S/m, SICM electrolyte (≈ 0.1 M KCl)
     meniscus_height: float | None = None  # µm, SECCM droplet reach below the pipette end (default: r_i/2)
+    sample_time: float = 0.01  # s, one current sample: a steady reading integrated longer averages its noise
 
 
 class BenchModel:
@@ -162,11 +163,31 @@ class BenchModel:
         return h + self.options.drift[2] * self.clock
 
     def _end_face_points(self, x: float, y: float) -> tuple[np.ndarray, np.ndarray]:
+        """Points of the probe's end face that can touch the sample (µm, stage frame).
+
+        A nanopipette's face is the glass annulus between r_i and r_o: the same quadrature points as its ion
+        current (:meth:`sicm_face`), plus its outer rim (32 points at r_o, where a tilted face touches first) and the
+        axis, so that contact and current see one geometry.
+        """
+        if self.probe.kind == "Nanopipette":
+            pts = self._annulus()
+            ro = self.probe.end_radius
+            rim = np.linspace(0.0, 2 * np.pi, 32, endpoint=False)
+            return (np.concatenate([[x], x + pts["dx"].ravel(), x + ro * np.cos(rim)]),
+                    np.concatenate([[y], y + pts["dy"].ravel(), y + ro * np.sin(rim)]))
         r = self.probe.end_radius
         ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
         xs = np.concatenate([[x], x + r * np.cos(ang), x + 0.5 * r * np.cos(ang + 0.26)])
         ys = np.concatenate([[y], y + r * np.sin(ang), y + 0.5 * r * np.sin(ang + 0.26)])
         return xs, ys
+
+    def _annulus(self) -> dict[str, np.ndarray]:
+        key = (self.probe.radius, self.probe.end_radius)
+        cache = getattr(self, "_annulus_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, sicm.annulus_points(self.probe.radius, self.probe.end_radius))
+            self._annulus_cache = cache
+        return cache[1]
 
     def clearance(self, x: float | None = None, y: float | None = None, z: float | None = None) -> float:
         """Smallest gap (µm) between the probe's end face and the surface; negative means a crash."""
@@ -304,12 +325,31 @@ class BenchModel:
         return float(i[0]) if np.ndim(e_sub) == 0 else i
 
     # ------------------------------------------------------------------ SICM
-    def sicm_current(self, bias: float | None = None) -> float:
-        """Ion current (A) through the pipette at the current gap (noise free)."""
+    def sicm_face(self, x: float | None = None, y: float | None = None) -> np.ndarray:
+        """Sample height (µm) under the quadrature points of the pipette's end face at (x, y), shape
+        ``(n_azimuth, n_radial)`` (see :func:`espt_bluesky.physics.sicm.annulus_points`)."""
+        px, py, _ = self.position
+        x = px if x is None else x
+        y = py if y is None else y
+        pts = self._annulus()
+        return self.surface_z(x + pts["dx"], y + pts["dy"])
+
+    def sicm_current(self, bias: float | None = None, z=None, face: np.ndarray | None = None):
+        """Ion current (A) through the pipette (noise free), from the gap under its whole end face.
+
+        ``z`` (µm, scalar or array) evaluates the current at other tip heights over the same (x, y) without
+        moving (a controller's look-up of one approach); ``face`` reuses heights from :meth:`sicm_face`.
+        """
         bias = self.options.ion_bias if bias is None else bias
-        d = max(self.distance(), 1e-4)
-        return float(sicm.ion_current(d, self.probe.radius, self.probe.outer_radius or 1.5 * self.probe.radius,
-                                      self.probe.half_angle, self.options.conductivity, bias))
+        pr = self.probe
+        ro = pr.end_radius
+        h = self.sicm_face() if face is None else face
+        zz = self.position[2] if z is None else np.asarray(z, float)
+        gaps = np.asarray(zz, float)[..., None, None] - h
+        norm = sicm.ion_current_normalized_face(gaps, pr.radius, ro, pr.half_angle, self._annulus()["w"])
+        i_sat = bias / sicm.pipette_resistance(pr.radius, pr.half_angle, self.options.conductivity)
+        out = i_sat * norm
+        return float(out) if np.ndim(out) == 0 else out
 
     # ------------------------------------------------------------------ SECCM
     def meniscus_height(self) -> float:
@@ -340,15 +380,19 @@ class BenchModel:
         return i_dl + i_sei - 1e-12  # a 1 pA leakage makes the landing detectable at any bias
 
     # ------------------------------------------------------------------ steady readings
-    def read_currents(self, e_tip: float, e_sub: float) -> tuple[float, float]:
+    def read_currents(self, e_tip: float, e_sub: float, integration_time: float | None = None) -> tuple[float, float]:
         """Steady-state (tip, substrate) currents in A at the set potentials, with noise.
 
         SECM tip noise is additive (the amplifier floor, a fraction of i_T,inf whatever the feedback); SICM and
         SECCM noise is relative to the reading.  The substrate current is the SECCM droplet's; 0 otherwise.
+        A SICM reading integrated over ``integration_time`` (s) averages that many ``sample_time`` samples (white
+        noise: σ/√n); None or up to one sample time: one sample.
         """
         self._substrate_potential = float(e_sub)
         if self.technique == "SICM":
-            i_tip = self.add_noise(self.sicm_current(e_tip))
+            n = 1 if integration_time is None else max(1, int(round(integration_time / self.options.sample_time)))
+            i_sicm = self.sicm_current(e_tip)
+            i_tip = self.add_noise(i_sicm) if n == 1 else float(np.mean(self.add_noise(np.full(n, i_sicm))))
         elif self.technique == "SECM":
             i_tip = self.add_noise(self.secm_tip_current(e_tip), scale=self.i_tip_inf())
         else:

@@ -337,6 +337,43 @@ def si_film(seed: int = 0, pixel: float = 0.25) -> VirtualSample:
     )
 
 
+def uniform_kinetics(kappa: float, radius: float = 5.0, D: float = 7.8e-10, height: float = 0.0,
+                     pixel: float = 1.0) -> VirtualSample:
+    """A flat surface of one feedback kinetics: κ = k·a/D for a tip of ``radius`` a (µm) and mediator ``D`` (m²/s).
+
+    k = κ·D/a (m/s) everywhere (0: insulator, ``inf``: conductor), at ``height`` µm; an inert, rigid surface
+    otherwise (no SEI, no O2).  ``D`` defaults to the mediator of the default (aqueous FcMeOH) bench environment,
+    which is the one a sample of this name gets, so the bench's κ is the one asked for.  Pass the result as
+    ``make_sim_bench(..., sample=uniform_kinetics(0.1))``.
+    """
+    k = float(kappa)
+    if not k >= 0:
+        raise InvalidArgument(f"kappa={kappa!r}; allowed: 0 <= kappa <= inf")
+    check_positive("radius", radius, units="µm")
+    check_positive("D", D, units="m²/s")
+    x, y = _grid(pixel=pixel)
+    shape = (y.size, x.size)
+    kfb = k * D / (radius * 1e-6) if np.isfinite(k) else np.inf
+    sample = VirtualSample(
+        name="uniform_kinetics", x=x, y=y,
+        topography=np.full(shape, float(height)),
+        k_feedback=np.full(shape, kfb),
+        k0=np.full(shape, 1e-5),
+        sei_rate=np.zeros(shape),
+        sei_capacity=np.full(shape, 5.0),
+        sei_thickness_max=np.zeros(shape),
+        o2_onset=np.full(shape, np.inf),
+        modulus=np.full(shape, 70e9),
+        label=np.zeros(shape, dtype=int),
+        labels={0: f"kappa={k:g}"},
+        description=f"flat surface, uniform feedback kinetics kappa={k:g} for a = {radius:g} um (k = {kfb:.3g} m/s)",
+    )
+    from .composition import composition_fields
+
+    sample.composition, sample.phase, sample.phase_names = composition_fields(sample, 0)
+    return sample
+
+
 _FACTORIES = {"patterned": patterned, "hopg": hopg, "composite_cathode": composite_cathode, "si_film": si_film}
 
 

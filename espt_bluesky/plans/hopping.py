@@ -1,16 +1,21 @@
 """Hopping scans (SICM, SECCM): approach at each point, measure, retract by the hop height, move on."""
 
+import math
+from dataclasses import replace
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 from bluesky.protocols import Configurable, Movable, Readable
 
-from ..errors import FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, fault_reason
+from ..errors import (FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, check_number,
+                      fault_reason)
+from ..analysis import hop_height
 from ._detectors import check_detectors
-from ._common import (apply_settings, cell_on, check_points, check_step, check_xy, checked_plan,
-                      configure_technique, device_error, grid_points, managed_run, probe_of, put_values,
-                      soft_signals, value_of)
+from ._common import (ApproachLimitReached, apply_settings, cell_on, check_points, check_step, check_xy,
+                      checked_plan, configure_technique, device_error, grid_points, managed_run, pipette_geometry,
+                      probe_of, put_values, soft_signals, value_of)
 from .approach import approach_stub, make_approach_spec
 from .imaging import _validate_technique_params
 from .metadata import build_start_md
@@ -87,12 +92,17 @@ def hop_signals() -> dict[str, Any]:
 def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, hop_height: float,
              signals: Mapping[str, Any], top: float | None = None, measure: Mapping | None = None,
              on_fault: str = "skip", stream: str = "primary", approach_stream: str = "approach",
-             extra: Sequence[Any] = ()) -> Generator[Any, Any, dict]:
+             extra: Sequence[Any] = (), sicm: "SicmHops | None" = None) -> Generator[Any, Any, dict]:
     """Plan stub (inside an open run): one plan-driven hop at (x, y) µm.
 
     Raise the tip to ``top`` (if it is lower), move laterally, approach with ``spec`` (the curve goes to
     ``approach_stream``), record one event in ``stream`` (the potentiostat after the per-hop ``measure``, the stage
     x/y and ``signals`` from :func:`hop_signals`), and retract ``hop_height`` above the contact.
+
+    SICM with ``sicm`` (a :class:`SicmHops`, made by ``hopping_scan``): the reference is read at the top and
+    corrected to the far current, the stop distance keeps the end face clear of steep ground, and the height comes
+    from fresh readings at the stop (:mod:`espt_bluesky.analysis.hop_height`), as the device-mode controller does;
+    a stop those readings do not confirm goes on down.
 
     A fault (:func:`espt_bluesky.errors.fault_reason`: crash, overload, no contact, criterion never met) retracts
     the tip straight up by ``hop_height`` and records the hop with ``hop_valid=0``, ``hop_fault=<reason>``, NaN
@@ -112,7 +122,10 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
         if top is not None and top > float(stage.z.position):
             yield from bps.mv(stage.z, float(top))
         yield from bps.mv(stage.x, float(x), stage.y, float(y))
-        res = yield from approach_stub(stage, potentiostat, spec, stream=approach_stream, park=False)
+        if sicm is not None:
+            res = yield from sicm.approach(stage, potentiostat, spec, float(x), float(y), stream=approach_stream)
+        else:
+            res = yield from approach_stub(stage, potentiostat, spec, stream=approach_stream, park=False)
         yield from configure_measure(potentiostat, measure)
         put_values(signals, surface_z=res["surface_z"], surface_z_err=res["surface_z_err"],
                    contact_z=res["stop_z"], hop_valid=1, hop_fault="")
@@ -140,6 +153,123 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
     if on_fault == "stop":
         raise err
     return out
+
+
+class SicmHops:
+    """Plan-driven SICM hops that estimate heights as the device-mode controller does.
+
+    Every reading integrates ``n_int`` base samples (the potentiostat's ``integration_time`` times ``n_int``, set
+    once for the whole map so that every stream's configuration stays true); the reference and the height each
+    average ``k`` ≥ 2 readings, ``k`` chosen per hop for a quarter-step precision from the noise (measured at the
+    start in the ``sicm_noise`` stream, then pooled over the repeated readings of every hop).  Remembers the hops made (for the slope margin) and the last surface (for the
+    far-current correction at the top).
+    """
+
+    N_NOISE = 32  # readings at the base integration that measure the noise, once per map
+    N_INT = 4  # base samples per reading (device mode averages 4 per step)
+
+    K_MAX = 16  # readings per reference / height at most
+
+    def __init__(self, pipette: tuple[float, float, float], max_slope: float, step: float, d_set: float):
+        self.ri, self.ro, self.th = pipette
+        self.A = hop_height.pipette_access_length(self.ri, self.ro, self.th)
+        self.max_slope = max_slope
+        self.step = step
+        self.d_set = d_set
+        self.sigma1 = math.nan  # relative noise of one base sample
+        self.n_int = self.N_INT
+        self.history: list[tuple[float, float, float]] = []
+        self.last_surface: float | None = None
+        self._base = None
+        self._ss = 0.0
+        self._dof = 0
+
+    def setup(self, stage: Any, potentiostat: Any):
+        """Plan stub: measure the noise at the start height (stream ``sicm_noise``), then set the integration."""
+        yield from configure_technique(potentiostat, "READ", channel="tip")
+        sig = potentiostat.tip.current
+        self._base = float(potentiostat.params.integration_time.get())
+        vals = []
+        for _ in range(self.N_NOISE):
+            r = yield from bps.trigger_and_read([potentiostat, stage.z], name="sicm_noise")
+            vals.append(value_of(r, sig))
+        v = np.asarray(vals, float)
+        if np.all(np.isfinite(v)) and np.mean(v) != 0:
+            self._pool(v, 1)
+            # integrate each reading long enough that 2 of them (2 for the noise pool) give the height at the stop
+            # max_slope implies: few events per hop
+            d_stop = hop_height.sicm_stop_distance(self.d_set, self.ro, self.max_slope, step=self.step)
+            n_need = self._samples(d_stop)
+            self.n_int = int(np.clip(math.ceil(n_need / 2), self.N_INT, 4096))
+        yield from configure_technique(potentiostat, "READ", channel="tip",
+                                       integration_time=self._base * self.n_int)
+
+    def _pool(self, readings: np.ndarray, n_int: int) -> None:
+        """Pool the relative noise of one base sample over every group of repeated readings (one estimate from a
+        few readings is noisy, and error bars from it too small on average)."""
+        v = np.asarray(readings, float)
+        if v.size < 2 or not np.all(np.isfinite(v)) or np.mean(v) == 0:
+            return
+        self._ss += float(np.var(v / np.mean(v), ddof=1)) * n_int * (v.size - 1)
+        self._dof += v.size - 1
+        self.sigma1 = math.sqrt(self._ss / self._dof)
+
+    def _samples(self, d_stop: float) -> int:
+        """Base samples that give the gap at ``d_stop`` to a quarter step (reference and stop readings: √2)."""
+        sigma1 = self.sigma1 if math.isfinite(self.sigma1) else 0.0
+        return hop_height.samples_for_precision(sigma1, d_stop / (d_stop + self.A), self.A,
+                                                0.25 * self.step / math.sqrt(2.0), low=1, high=2**20)
+
+    def restore(self, potentiostat: Any):
+        """Plan stub: the potentiostat's integration time as it was."""
+        if self._base is not None:
+            yield from configure_technique(potentiostat, "READ", channel="tip", integration_time=self._base)
+
+    def approach(self, stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, stream: str):
+        """Plan stub: one SICM approach at (x, y) from the present height; returns approach_stub's dict."""
+        sig = potentiostat.tip.current
+        d_stop = hop_height.sicm_stop_distance(spec.stop_distance, self.ro, self.max_slope, self.history, x, y,
+                                               self.step)
+        s_stop = d_stop / (d_stop + self.A)
+        k = int(np.clip(math.ceil(self._samples(d_stop) / self.n_int), 2, self.K_MAX))
+
+        def mean_of(n):
+            vals = []
+            for _ in range(n):
+                r = yield from bps.trigger_and_read([potentiostat, stage.z], name=stream)
+                vals.append(value_of(r, sig))
+            self._pool(vals, self.n_int)
+            return float(np.mean(vals))
+
+        z_top = float(stage.z.position)
+        yield from configure_technique(potentiostat, "READ", channel="tip")
+        i_top = yield from mean_of(k)
+        if not math.isfinite(i_top):  # a preview (summarize_plan): no readings to decide from
+            return (yield from approach_stub(stage, potentiostat, spec, stream=stream, park=False))
+        gap_top = (z_top - self.last_surface) if self.last_surface is not None else math.inf
+        i_sat = hop_height.sicm_far_current(i_top, gap_top, self.A)
+        hop_spec = replace(spec, reference_current=i_sat, threshold=s_stop, stop_distance=d_stop)
+        n = 0
+        while True:
+            res = yield from approach_stub(stage, potentiostat, hop_spec, stream=stream, park=False)
+            n += res["n_steps"]
+            i_stop = yield from mean_of(k)
+            sigma = self.sigma1 / math.sqrt(self.n_int * k) if math.isfinite(self.sigma1) else 0.0
+            if abs(i_stop) < abs(i_sat) * s_stop * (1.0 + 3.0 * sigma):
+                break
+            # the long average does not confirm the stop: go on down, within what is left of max_travel
+            left = spec.max_travel - (z_top - res["stop_z"])
+            if left <= spec.fine_step:
+                raise ApproachLimitReached(f"SICM hop at x={x:.3f}, y={y:.3f} µm: criterion not confirmed within "
+                                           f"max_travel={spec.max_travel} µm", reason="criterion_not_met")
+            hop_spec = replace(hop_spec, max_travel=left)
+        surface, err, i_sat = hop_height.sicm_hop_surface(res["stop_z"], i_stop, i_top, z_top, self.A,
+                                                          sigma_ratio=math.sqrt(2.0) * sigma)
+        surface -= spec.stop_offset
+        self.last_surface = surface
+        self.history.append((x, y, surface))
+        del self.history[:-256]
+        return dict(surface_z=surface, surface_z_err=err, stop_z=res["stop_z"], n_steps=n, reference_current=i_sat)
 
 
 class _FaultLog:
@@ -180,7 +310,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
                  snake: bool = True, seed: int | None = None, hop_height: float = 2.0,
                  approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
-                 contact_current: float = 5e-13, stop_offset: float = 0.0, measure: Mapping | None = None,
+                 contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float = 0.0,
+                 measure: Mapping | None = None,
                  mode: str = "device", hopper: Movable | None = None, on_fault: str = "skip",
                  max_consecutive_faults: int = 5, probe: Configurable | None = None, retract: float | None = None,
                  context: Any = None, sample_md: dict | None = None, detectors: Sequence[Readable] | None = None,
@@ -204,6 +335,15 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         SECCM: |substrate current| that signals meniscus contact.
     stop_offset : float, µm
         SECCM: subtracted from the landing height to give the surface height (default 0: the landing height).
+    max_slope : float
+        SICM: the steepest sample slope |∇h| the map may meet (0–100, e.g. 5 for particles with near-vertical
+        rims).  The pipette's flat end face (outer radius r_o) touches a slope s before its axis reaches the
+        setpoint distance d_set whenever s·r_o > d_set, and the ion current gives no warning of it (it averages
+        the gap under the face); each hop therefore stops at least s·r_o + max(d_set/4, approach_step) above the
+        surface (a smaller
+        current drop there; the height still comes from the current–distance curve, with more averaging).
+        Steep slopes between hops already made raise the stop distance by themselves; 0 (default) relies on
+        those and on the setpoint alone.
     measure : dict, optional
         A waveform per hop: ``{"technique": "CV"|"CA"|"LSV", **potentiostat parameters}`` (``n_samples`` fixes
         the waveform length, default 200), or None for the ion/surface current at the setpoint.
@@ -246,6 +386,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     hop_height = check_step("hop_height", hop_height)
     if approach_step is not None:
         approach_step = check_step("approach_step", approach_step)
+    max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
     meas = _measure_spec(potentiostat, technique, measure)
     dets = check_detectors(detectors)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
@@ -266,7 +407,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         topo_key, valid_key = sigs["surface_z"].name, sigs["hop_valid"].name
     args = dict(technique=technique, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake,
                 seed=seed, hop_height=hop_height, approach_step=spec.fine_step, max_travel=max_travel, drop=drop,
-                contact_current=contact_current, stop_offset=stop_offset, measure=measure, mode=mode,
+                contact_current=contact_current, stop_offset=stop_offset, max_slope=max_slope, measure=measure,
+                mode=mode,
                 on_fault=on_fault, max_consecutive_faults=max_consecutive_faults,
                 detectors=[d.name for d in dets])
     start_md = build_start_md("hopping_scan", args, technique=technique, mode="hopping", probe=pr, context=context,
@@ -282,7 +424,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
             criterion="current_drop" if technique == "SICM" else "contact",
             setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
             approach_step=spec.fine_step, max_travel=max_travel,
-            stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset, measure=meas is not None))
+            stop_offset=spec.stop_offset, max_slope=max_slope, measure=meas is not None))
         yield from cell_on(potentiostat)
         yield from configure_measure(potentiostat, meas)
         topo = []
@@ -311,20 +453,29 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
 
     def plan_body():
         yield from cell_on(potentiostat)
-        topo = []
-        last = None
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            yield from bps.checkpoint()
-            res = yield from hop_stub(stage, potentiostat, spec, x, y, hop_height=hop_height, signals=sigs,
-                                      top=None if last is None else last + hop_height, measure=meas,
-                                      on_fault=on_fault, extra=dets)
-            topo.append(res["surface_z"])
-            if res["valid"]:
-                last = res["contact_z"]
-                faults.ok()
-            else:
-                yield from faults.record(i, x, y, res["fault"], res["message"])
-        return np.asarray(topo, float)
+        sh = SicmHops(pipette_geometry(pr), max_slope, spec.fine_step, spec.stop_distance) if technique == "SICM" else None
+
+        def hops():
+            if sh is not None:
+                yield from sh.setup(stage, potentiostat)
+            topo = []
+            last = None
+            for i, (x, y) in enumerate(zip(xs, ys)):
+                yield from bps.checkpoint()
+                res = yield from hop_stub(stage, potentiostat, spec, x, y, hop_height=hop_height, signals=sigs,
+                                          top=None if last is None else last + hop_height, measure=meas,
+                                          on_fault=on_fault, extra=dets, sicm=sh)
+                topo.append(res["surface_z"])
+                if res["valid"]:
+                    last = res["contact_z"]
+                    faults.ok()
+                else:
+                    yield from faults.record(i, x, y, res["fault"], res["message"])
+            return np.asarray(topo, float)
+
+        if sh is None:
+            return (yield from hops())
+        return (yield from bpp.finalize_wrapper(hops(), sh.restore(potentiostat)))
 
     body = device_body() if mode == "device" else plan_body()
     return (yield from managed_run(body, md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,

@@ -88,6 +88,9 @@ def measure_tilt(stage: Readable, potentiostat: Readable, points: Sequence[tuple
         raise InvalidArgument(f"points={pts.tolist()!r} are collinear: a plane is undetermined")
     check_keys("approach_kwargs", approach_kwargs, optional=_APPROACH_KWARGS)
     approach_kwargs.setdefault("working_distance", 1.0)
+    # a tilt needs height differences, not heights: the fixed-threshold stop reads every point on the same part
+    # of the same curve, so a kinetic offset cancels and the steep slope gives the best repeatability
+    approach_kwargs.setdefault("strategy", "threshold")
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, afm=afm, **approach_kwargs)
     lift = check_step("lift", max(5.0 * spec.radius, 2.0) if lift is None else lift)
     retract = check_step("retract", max(5.0 * spec.radius, 2.0) if retract is None else retract)

@@ -280,10 +280,14 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
                     if k in dks and (waveforms or not dks[k].get("shape"))]
             keys = list(dict.fromkeys([x_key, y_key] + ([start["valid_key"]] if start.get("valid_key") else [])
                                       + keys))
+            if isinstance(start.get("fly"), Mapping):  # a fly image also needs each pass's direction
+                keys.append(f"{start['fly'].get('detector', 'fly')}_direction")
         rd = RunData.from_tiled(run, stream, keys)
     else:
         rd = as_run_data(run, stream)
     start = rd.start
+    if isinstance(start.get("fly"), Mapping) and start.get("mode") == "fly":
+        return _read_fly_map(rd, stream, variables)
     x_key, y_key, order = map_keys(start)
     if not rd.data_keys:
         raise InvalidArgument(f"stream={stream!r}: the run has no such stream (or it holds no data yet)")
@@ -343,6 +347,82 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
                      _var_attrs(k, rd.data_keys)) for k in names}
     coords = {"x": ("spot", xs, {"units": "µm", "key": x_key}), "y": ("spot", ys, {"units": "µm", "key": y_key}),
               "seq_num": ("spot", rd.seq_num)}
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+FLY_POSITION_CHANNELS = ("x", "y", "time", "direction", "row")
+
+
+def _read_fly_map(rd: RunData, stream: str, variables: list[str] | None) -> xr.Dataset:
+    """A fly image (``fly_image``: one event per pass, arrays of samples) on the µm grid of its start document.
+
+    Every sample is binned to the nearest pixel by its *recorded* encoder x, every pass to the nearest row by its
+    recorded y; the samples of a pixel give its value by a local linear fit evaluated at the pixel centre (their mean,
+    corrected for the slope across the pixel).  Forward passes (x increasing) and backward passes go to
+    ``<key>_forward`` and ``<key>_backward``; ``<key>_n_forward``/``_n_backward`` count the samples averaged.
+    """
+    start = rd.start
+    fly = start["fly"]
+    det = fly.get("detector", "fly")
+    x_key, y_key = f"{det}_x", f"{det}_y"
+    dir_key = f"{det}_direction"
+    if not rd.data_keys:
+        raise InvalidArgument(f"stream={stream!r}: the run has no such stream (or it holds no data yet)")
+    missing = [k for k in (x_key, y_key, dir_key) if k not in rd.arrays]
+    if missing:
+        raise InvalidArgument(f"fly run: position key(s) {missing} are not in stream {stream!r} "
+                              f"(its data keys: {sorted(rd.data_keys)})")
+    (ny, nx) = _grid_shape(start) or (1, 2)
+    (ey, ex) = start["extents"]
+    xc = np.linspace(float(ex[0]), float(ex[1]), nx)
+    yc = np.linspace(float(ey[0]), float(ey[1]), ny)
+    xs = _to_um(np.asarray(rd.arrays[x_key]), rd.data_keys[x_key].get("units"), x_key)
+    ys = _to_um(np.asarray(rd.arrays[y_key]), rd.data_keys[y_key].get("units"), y_key)
+    direction = np.asarray(rd.arrays[dir_key]).reshape(-1)
+    n_pass = xs.shape[0]
+    step_x = (xc[-1] - xc[0]) / (nx - 1) if nx > 1 else 1.0
+    ix = np.rint((xs - xc[0]) / step_x).astype(int)
+    in_x = (ix >= 0) & (ix < nx)
+    y_pass = ys.mean(axis=1) if ys.ndim == 2 else ys
+    iy = (np.rint((y_pass - yc[0]) / ((yc[-1] - yc[0]) / (ny - 1))).astype(int) if ny > 1
+          else np.zeros(n_pass, int))
+    iy = np.clip(iy, 0, ny - 1)
+    prefix = f"{det}_"
+    names = [k for k, a in rd.arrays.items() if k.startswith(prefix) and np.ndim(a) == 2
+             and k[len(prefix):] not in FLY_POSITION_CHANNELS]
+    if variables is not None:
+        names = [k for k in names if k in set(variables)]
+    data_vars: dict[str, Any] = {}
+    for label, sel_dir in (("forward", 1), ("backward", -1)):
+        passes = np.flatnonzero(direction == sel_dir)
+        if passes.size == 0:
+            continue
+        m = in_x[passes]
+        cell = (iy[passes][:, None] * nx + ix[passes])[m]
+        count = np.bincount(cell, minlength=ny * nx).reshape(ny, nx)
+        data_vars[f"n_{label}"] = (("y", "x"), count, {"description": f"samples averaged per pixel ({label})"})
+        # a pixel's value is the local linear fit of its samples evaluated at the pixel centre: the mean of the
+        # samples, corrected for the signal's slope across the pixel (unbiased where the pixel is only partly
+        # covered, e.g. the first and last pixels of a pass)
+        dx = (xs[passes] - xc[np.clip(ix[passes], 0, nx - 1)])[m]
+
+        def bsum(w):
+            return np.bincount(cell, weights=w, minlength=ny * nx).reshape(ny, nx)
+
+        s1, sxx = bsum(dx), bsum(dx * dx)
+        den = count * sxx - s1 * s1
+        for k in names:
+            a = np.asarray(rd.arrays[k], float)[passes][m]
+            sy, sxy = bsum(a), bsum(a * dx)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                slope = np.where((count >= 3) & (den > 1e-12 * np.maximum(count * sxx, 1e-300)),
+                                 (count * sxy - s1 * sy) / den, 0.0)
+                img = np.where(count > 0, (sy - slope * s1) / np.maximum(count, 1), np.nan)
+            data_vars[f"{k}_{label}"] = (("y", "x"), img, _var_attrs(k, rd.data_keys))
+    attrs = {k: start[k] for k in METADATA_KEYS if k in start}
+    attrs.update(map_order="fly", x_key=x_key, y_key=y_key, position_units="µm", stream=stream,
+                 n_passes=int(n_pass), fly=dict(fly), exit_status=(rd.stop or {}).get("exit_status"))
+    coords = {"x": ("x", xc, {"units": "µm", "key": x_key}), "y": ("y", yc, {"units": "µm", "key": y_key})}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 

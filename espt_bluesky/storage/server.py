@@ -205,7 +205,7 @@ class DataDir:
             return info
         # the owner is gone; a tiled process of an older version (no parent-death signal) may live on
         pid = int(info.get("pid") or 0)
-        if pid_alive(pid) and server_alive(info.get("uri", ""), timeout=1.0):
+        if pid_alive(pid) and probe_server(info.get("uri", ""), timeout=1.0) != "down":  # slow is still there
             return dict(info, orphan=True)
         return None
 
@@ -316,18 +316,34 @@ def tiled_config(dd: DataDir, api_key: str, *, host: str = "127.0.0.1", port: in
     }
 
 
-def server_alive(uri: str, timeout: float = 1.0) -> bool:
-    """True if the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) answers its
-    health check within ``timeout`` s."""
+def probe_server(uri: str, timeout: float = 1.0) -> str:
+    """Ask the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) whether it is up.
+
+    Returns
+    -------
+    str
+        ``"up"``: it answered its health check; ``"down"``: nothing can answer (connection refused, no route,
+        unknown host, connection reset) or it answered that it is not healthy; ``"slow"``: no answer within
+        ``timeout`` s (connect or read timeout).  A slow server may be a loaded but working one: only ``"down"``
+        means that waiting longer cannot help.
+    """
     import httpx
 
     base = uri.split("?", 1)[0].split("/api/v1")[0].rstrip("/")
     url = base if base.endswith("/healthz") else f"{base}/healthz"
     try:
         with httpx.Client(trust_env=False) as http:
-            return http.get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+            return "up" if http.get(url, timeout=timeout).status_code == 200 else "down"
+    except httpx.TimeoutException:
+        return "slow"
+    except httpx.HTTPError:  # ConnectError (refused, no route, DNS), ReadError / RemoteProtocolError (reset)
+        return "down"
+
+
+def server_alive(uri: str, timeout: float = 1.0) -> bool:
+    """True if the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) answers its
+    health check within ``timeout`` s (see :func:`probe_server` to tell a slow server from a gone one)."""
+    return probe_server(uri, timeout) == "up"
 
 
 def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -347,6 +363,72 @@ def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None =
             if time.monotonic() > deadline:
                 raise ServerError(f"the Tiled server at {base_url} did not answer within {timeout} s")
             time.sleep(0.1)
+
+
+def init_catalog(uri: str) -> bool:
+    """Create the tables of a new catalog database (or check an existing one), in this process.
+
+    What Tiled's ``init_if_not_exists`` does, without its cost: Tiled runs ``python -m tiled catalog init
+    --if-not-exists URI`` as a subprocess at every server start, a second import of Tiled that takes seconds.
+    This runs the same steps (Tiled's ``check_database`` / ``initialize_database``, then alembic ``stamp head``)
+    in a short-lived thread of this process (their ``asyncio.run`` needs a thread without a running event loop).
+
+    Returns
+    -------
+    bool
+        True if the database is ready; False if this Tiled version lacks those functions (the caller then leaves
+        ``init_if_not_exists`` to Tiled).  Errors while creating the database are raised as :class:`ServerError`
+        (the password in the URI redacted).
+    """
+    try:
+        import asyncio
+
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from tiled.alembic_utils import UninitializedDatabase, check_database, stamp_head
+        from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+        from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+        from tiled.utils import ensure_specified_sql_driver
+    except ImportError:  # another Tiled version: let Tiled initialise the database its own way
+        return False
+    uri = ensure_specified_sql_driver(uri)
+
+    async def setup() -> None:
+        engine = create_async_engine(uri)
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+        except UninitializedDatabase:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        import warnings
+
+        try:
+            asyncio.run(setup())
+            with warnings.catch_warnings():  # alembic's note on Tiled's ini template (Tiled's subprocess hid it)
+                warnings.filterwarnings("ignore", message="No path_separator found", category=DeprecationWarning)
+                stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=work, name="espt-catalog-init")
+    thread.start()
+    thread.join()
+    if failed:
+        from .redact import redact
+
+        raise ServerError(f"could not initialise the catalog database {redact(uri)}: "
+                          f"{redact(str(failed[0]))}") from None
+    return True
+
+
+def _init_here(catalog_args: dict[str, Any]) -> None:
+    """Initialise the catalog of a tree's arguments in this process and turn Tiled's own (subprocess) init off."""
+    if catalog_args.get("init_if_not_exists") and catalog_args.get("uri") and init_catalog(catalog_args["uri"]):
+        catalog_args["init_if_not_exists"] = False
 
 
 _IN_PROCESS: list["LocalCatalog"] = []
@@ -487,7 +569,7 @@ class LocalCatalog:
     def in_process(cls, data_dir: str | os.PathLike | None = None, *, port: int = 0,
                    catalog_uri: str | None = None, table_uri: str | None = None,
                    readable: list[str | os.PathLike] | None = None, public: bool = False,
-                   timeout: float = 30.0) -> "LocalCatalog":
+                   timeout: float = 60.0) -> "LocalCatalog":
         """Serve the data directory from a thread of this process (tests, the demo).
 
         The server shares the GIL with the RunEngine: use :meth:`start` for throughput.
@@ -499,6 +581,9 @@ class LocalCatalog:
         from tiled.server.simple import ThreadedServer
 
         dd = _resolve_dir(data_dir)
+        from .duckdb_guard import install as guard_duckdb
+
+        guard_duckdb()  # the server's threads share one DuckDB connection: one at a time
         # Tiled keeps its server settings (the API key among them) in one object per process: every in-process
         # server of this process must share one key, or the last one started locks the others out.
         live = [c for c in _IN_PROCESS if c._cm is not None]
@@ -507,6 +592,7 @@ class LocalCatalog:
         cfg = tiled_config(dd, key, port=port, catalog_uri=catalog_uri, table_uri=table_uri,
                            readable=readable, public=public)
         cfg.pop("uvicorn")
+        _init_here(cfg["catalog"])
         app = build_app_from_config(cfg)
         server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio",
                                                log_level="warning", access_log=False))

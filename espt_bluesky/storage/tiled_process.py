@@ -1,8 +1,9 @@
 """The Tiled server process of :meth:`~espt_bluesky.storage.server.LocalCatalog.start`.
 
 ``python -m espt_bluesky.storage.tiled_process CONFIG`` serves a ``tiled serve config`` file as ``tiled serve
-config`` does, with two differences: the start-up banner that prints the API key is not printed, and every log
-line goes through :class:`~espt_bluesky.storage.redact.RedactSecrets` (no ``?api_key=`` in the access log).
+config`` does, with three differences: the start-up banner that prints the API key is not printed, every log
+line goes through :class:`~espt_bluesky.storage.redact.RedactSecrets` (no ``?api_key=`` in the access log), and the
+DuckDB table store is used by one thread at a time (:mod:`~espt_bluesky.storage.duckdb_guard`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     from tiled.config import parse_configs
     from tiled.server.app import build_app_from_config
 
+    from .duckdb_guard import install as guard_duckdb
     from .redact import install, server_log_config
+    from .server import _init_here
 
+    guard_duckdb()  # the server's threads share one DuckDB connection: one at a time
     config = parse_configs(argv[0])
+    for tree in config.trees:  # the catalog database made here, not by a second Python process (seconds)
+        if isinstance(tree.args, dict):
+            _init_here(tree.args)
     kwargs = dict(config.uvicorn)
     kwargs.setdefault("host", "127.0.0.1")
     kwargs.setdefault("port", 8000)

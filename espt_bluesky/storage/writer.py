@@ -10,9 +10,11 @@ document the RunEngine emits:
 The RunEngine waits for the server only when the writer thread falls behind (more than ``max_queue`` documents
 or ``max_queue_bytes`` queued: a slow but working server sets the pace, as a synchronous writer would) and at a
 ``stop`` (so that a run is in Tiled when ``RE(...)`` returns) -- and only while the writer makes progress: after
-``max_wait`` seconds in which not one document was written, or as soon as the server fails a health probe
-(``probe_timeout``, tried after that long without progress), the RunEngine goes on.  So a storage failure holds the
-experiment about ``probe_timeout`` (server gone) or at most ``max_wait`` (server hung) seconds, once per run.  When Tiled
+``max_wait`` seconds in which not one document was written, or as soon as a health probe (tried every
+``probe_timeout`` without progress) finds the server *unreachable* (connection refused, no route, reset), the
+RunEngine goes on.  A probe that merely times out is a slow server (a loaded machine), not a gone one: the RunEngine
+keeps waiting for it, up to ``max_wait`` without progress.  So a storage failure holds the experiment about
+``probe_timeout`` (server gone) or at most ``max_wait`` (server hung or too slow) seconds, once per run.  When Tiled
 is unreachable at the start of a run, fails during a run, or makes no progress for ``max_wait``, the run is left to
 its journal (it is already all there) and ``espt replay`` sends it later; the next run tries the server again.  A
 run written completely has its journal removed (``keep_journals=True`` keeps it).
@@ -38,7 +40,7 @@ from bluesky_tiled_plugins import TiledWriter
 
 from ..errors import InvalidArgument
 from .journal import Journal, open_journal
-from .server import LocalCatalog, server_alive
+from .server import LocalCatalog, probe_server
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +117,12 @@ class ResilientTiledWriter:
         Documents, and journaled bytes, waiting for the writer thread before the RunEngine waits (at most
         ``max_wait``, then the rest of that run stays in its journal only).
     health_url : str, optional
-        ``http://host:port/healthz`` of the server, probed before each run and when the RunEngine has waited
-        ``probe_timeout`` without progress: an unreachable server sends the run to its journal at once.  Without
-        one, the writer finds out by trying (and the RunEngine waits up to ``max_wait``).
+        ``http://host:port/healthz`` of the server, probed before each run and every ``probe_timeout`` while the
+        RunEngine waits without progress: an unreachable server sends the run to its journal at once; a slow one
+        (no answer within ``probe_timeout``) is waited for, up to ``max_wait``.  Without one, the writer finds out
+        by trying (and the RunEngine waits up to ``max_wait``).
     probe_timeout : float, s
-        How long a health probe may take, and how long the RunEngine waits without progress before probing.
+        How long a health probe may take, and how long the RunEngine waits without progress between probes.
     fsync : {"group", "always", "close"}
         When journal records reach the disk (see :func:`~espt_bluesky.storage.journal.open_journal`).
     keep_journals : bool
@@ -224,27 +227,33 @@ class ResilientTiledWriter:
 
     def _hold(self, run: RunRecord, ready: Callable[[], bool], why: str) -> bool:
         """Wait (RunEngine thread) until ``ready()``, while the writer makes progress; False after giving ``run``
-        up (no progress for ``max_wait``, or the server fails the probe tried after ``PROBE_TIMEOUT`` without)."""
-        seen, since, probed = self._handled, time.monotonic(), False
+        up: at once if the server is unreachable (probed after ``probe_timeout`` without progress, then every
+        ``probe_timeout``), else after ``max_wait`` without progress.  A slow answer is not a dead server: under
+        load a working server may take longer than ``probe_timeout`` to answer, so only ``max_wait`` ends that."""
+        seen = self._handled
+        since = last_probe = time.monotonic()
+        step = min(self.probe_timeout, self.max_wait)
         while True:
             with self._space:
                 if ready():
                     return True
-                self._space.wait(min(self.probe_timeout, self.max_wait) / 4 or 0.01)
+                self._space.wait(step / 4 or 0.01)
                 if ready():
                     return True
             now = time.monotonic()
             if self._handled != seen:
-                seen, since, probed = self._handled, now, False
+                seen, since, last_probe = self._handled, now, now
                 continue
-            if now - since >= self.max_wait:
+            left = self.max_wait - (now - since)
+            if left <= 0:
                 self._give_up(run, f"the Tiled writer made no progress for max_wait={self.max_wait} s ({why})")
                 return False
-            if not probed and self.health_url is not None and now - since >= min(self.probe_timeout, self.max_wait):
-                probed = True
-                if not server_alive(self.health_url, timeout=self.probe_timeout):
+            if self.health_url is not None and now - last_probe >= step:
+                state = probe_server(self.health_url, timeout=max(min(self.probe_timeout, left), 0.01))
+                last_probe = time.monotonic()
+                if state == "down":
                     self.server_up = False
-                    self._give_up(run, "the Tiled server stopped answering during the run")
+                    self._give_up(run, "the Tiled server stopped answering during the run (unreachable)")
                     return False
 
     def _full(self, nbytes: int) -> bool:
@@ -327,9 +336,12 @@ class ResilientTiledWriter:
     def _write(self, run: RunRecord, name: str, doc: dict) -> None:
         try:
             if name == "start":
-                if self.health_url is not None and not server_alive(self.health_url, timeout=self.probe_timeout):
+                # unreachable: the run goes to its journal at once; slow (a loaded server): try it anyway, the
+                # RunEngine's wait on this thread stays bounded by max_wait without progress
+                if self.health_url is not None and \
+                        probe_server(self.health_url, timeout=self.probe_timeout) == "down":
                     self.server_up = False
-                    raise ConnectionError(f"the Tiled server does not answer at {self.health_url}")
+                    raise ConnectionError(f"the Tiled server is unreachable at {self.health_url}")
                 if self._client is None:
                     self._client = self._client_factory().include_data_sources()
                 run._tw = TiledWriter(self._client, batch_size=self.batch_size)
@@ -418,3 +430,36 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
         return TiledWriter(factory(), batch_size=int(batch_size))
     return ResilientTiledWriter(factory, backup_directory, batch_size, max_wait=max_wait, health_url=health,
                                 **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- bus workers
+def new_tiled_writer(client: Any, batch_size: int = 10_000) -> TiledWriter:
+    """A plain ``TiledWriter`` of ``client`` (the bus's Tiled worker commits batches itself with
+    :func:`flush_tiled_writer` before it acknowledges them)."""
+    return TiledWriter(client, batch_size=int(batch_size))
+
+
+def flush_tiled_writer(tw: TiledWriter) -> int:
+    """Write every row and stream datum ``tw`` holds in its batches now; return how many batches were written.
+
+    ``TiledWriter`` has no public flush: this reaches into its per-run writers (bluesky-tiled-plugins 2.0) the way
+    its own ``stop`` does, so that a caller knows which documents are in Tiled.
+    """
+    from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
+
+    n = 0
+    for callbacks in list(tw._run_router._factory_cbs_by_start.values()):
+        for cb in callbacks:
+            writers = [cb] if isinstance(cb, _RunWriter) else \
+                [w for w in getattr(cb, "_token_refs", {}).values() if isinstance(w, _RunWriter)]
+            for rw in writers:
+                for desc_name, cache in rw._internal_data_cache.items():
+                    if cache:
+                        rw._write_internal_data(cache, desc_node=rw._desc_nodes[desc_name])
+                        cache.clear()
+                        n += 1
+                for sres_uid in list(rw._external_data_cache):
+                    rw._write_external_data(rw._external_data_cache[sres_uid])
+                    del rw._external_data_cache[sres_uid]
+                    n += 1
+    return n

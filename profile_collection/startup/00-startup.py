@@ -12,6 +12,7 @@ from bluesky.simulators import check_limits, summarize_plan  # noqa: F401
 
 from espt_bluesky.plans import (approach, combinatorial_sweep, constant_height_image, hopping_scan,  # noqa: F401
                                 measure_tilt, operando_imaging, sgtc)
+from espt_bluesky.plans.fly import fly_hops, fly_image  # noqa: F401
 from espt_bluesky.plans.adaptive import adaptive_hopping_scan  # noqa: F401
 from espt_bluesky.plans.standard import list_scan  # noqa: F401  (a signature the queue server understands)
 from espt_bluesky.profile import start_session, wh_pos  # noqa: F401
@@ -28,3 +29,5 @@ pstat = session.devices["pstat"]
 probe = session.devices["probe"]
 hopper = session.devices.get("hopper")  # device-side hopping controller (SICM/SECCM benches)
 afm = session.devices.get("afm")  # EC-AFM head (EC-AFM benches)
+fly_stage = session.devices.get("fly_stage")  # ophyd-async fly stage (SECM/SICM/EC-AFM benches with a catalog)
+fly_det = session.devices.get("fly_det")  # ophyd-async fly detector writing HDF5 assets

@@ -1,0 +1,308 @@
+"""The simulated fly controller: executes a :class:`FlyRaster` or a :class:`HopSequence` on the bench model.
+
+This is the simulated firmware behind the ophyd-async devices of :mod:`espt_bluesky.devices.fly.devices`: the
+motion controller that runs the loaded trajectory and the acquisition board that samples during it.  It is plain
+Python over :class:`~espt_bluesky.physics.bench_model.BenchModel` (read-only use of the model's physics, plus moving
+its tip and clock), so the same executed data can be served over EPICS waveform PVs.
+
+Executing a raster: the whole path (run-ups, passes, turnarounds) is sampled at the detector rate, the stationary
+signal along it comes from :func:`~espt_bluesky.physics.scan_dynamics.stationary_along_path`, the probe's response
+(:func:`~espt_bluesky.physics.scan_dynamics.apply_lag` with the technique's time constants) is applied over the
+whole path, then noise; the gated samples of each pass are kept.  If the probe's end face would touch the surface
+anywhere on the path, the controller stops there: the passes completed before are kept, the tip stays at the last
+safe point and the error is :class:`~espt_bluesky.errors.TipCrash`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...errors import InvalidArgument, TipCrash
+from ...physics import scan_dynamics as sd
+from ...physics import sicm as sicm_physics
+from .trajectory import FlyRaster, HopSequence
+
+#: Channels recorded per technique: name -> (units, description)
+LINE_CHANNELS: dict[str, dict[str, tuple[str, str]]] = {
+    "SECM": {"current": ("A", "tip current")},
+    "SICM": {"current": ("A", "ion current")},
+    "EC-AFM": {"height": ("um", "height reported by the z feedback"),
+               "error": ("um", "feedback error: reported minus true height")},
+}
+POSITION_CHANNELS = {"x": ("um", "encoder x"), "y": ("um", "encoder y"), "z": ("um", "encoder z"),
+                     "time": ("s", "time since kickoff")}
+PASS_CHANNELS = {"direction": ("", "+1 forward (x increasing), -1 backward"), "row": ("", "row index")}
+HOP_CHANNELS = {"x": ("um", "hop x"), "y": ("um", "hop y"), "surface_z": ("um", "surface height found"),
+                "current_ref": ("A", "ion current at the top of the hop"),
+                "current": ("A", "ion current at contact"), "time": ("s", "time since kickoff"),
+                "valid": ("", "1, or 0 for a hop that faulted")}
+
+
+@dataclass
+class FlyResult:
+    """What one execution recorded.  Line channels are (n_passes_done, samples_per_line); hop channels (n_done,)."""
+
+    kind: str  # "lines" | "hops"
+    data: dict[str, np.ndarray]
+    end_times: np.ndarray  # s after kickoff at which each pass / hop is complete
+    duration: float
+    error: BaseException | None = None
+    compute_time: float = 0.0  # wall time spent simulating (the instrument's time on hardware)
+
+    @property
+    def n_done(self) -> int:
+        return int(len(self.end_times))
+
+
+@dataclass
+class SimFlyController:
+    """Simulated motion controller and acquisition board of a fly scan over one :class:`SimBench`.
+
+    Parameters
+    ----------
+    bench : SimBench
+    acceleration : float
+        Stage acceleration (µm/s²) for run-ups and turnarounds (5 m/s²: a piezo scanner).
+    max_speed : float
+        Fastest constant speed the stage can fly (µm/s; 10 mm/s).
+    max_sample_rate : float
+        Fastest sampling of the acquisition board (Hz).
+    feedback_bandwidth : float
+        EC-AFM z-feedback bandwidth (Hz).
+    pipette_capacitance, filter_bandwidth : float
+        SICM pipette wall capacitance (F) and current-amplifier filter (Hz).
+    path_resolution : float, optional
+        Spacing (µm) at which the stationary signal is evaluated along the path and interpolated between; default
+        a tenth of the probe radius.
+    """
+
+    bench: Any
+    acceleration: float = 5e6
+    max_speed: float = 1e4
+    max_sample_rate: float = 1e5
+    feedback_bandwidth: float = 500.0
+    pipette_capacitance: float = 2e-12
+    filter_bandwidth: float = 10e3
+    path_resolution: float | None = None
+    e_tip: float | None = None
+    loaded: FlyRaster | HopSequence | None = field(default=None, init=False)
+    result: FlyResult | None = field(default=None, init=False)
+    compute_time: float = field(default=0.0, init=False)
+
+    @property
+    def model(self):
+        return self.bench.model
+
+    @property
+    def technique(self) -> str:
+        return self.bench.technique
+
+    @property
+    def time_scale(self) -> float:
+        return float(self.bench.time_scale)
+
+    # ------------------------------------------------------------------ what the controller reports
+    def time_constants(self, height: float | None = None) -> tuple[float, ...]:
+        """The probe's response times (s) on this bench; SECM's depend on the tip–sample ``height`` (µm)."""
+        m = self.model
+        p = m.probe
+        if self.technique == "SECM":
+            d = p.radius if height is None else float(height)
+            return sd.secm_time_constants(p.radius, d, m.environment["mediator"]["D"])
+        if self.technique == "SICM":
+            return sd.sicm_time_constants(p.radius, p.half_angle, m.options.conductivity,
+                                          capacitance=self.pipette_capacitance,
+                                          filter_bandwidth=self.filter_bandwidth)
+        if self.technique == "EC-AFM":
+            return sd.afm_time_constants(self.feedback_bandwidth)
+        raise InvalidArgument(f"technique={self.technique!r}: fly scanning covers SECM, SICM and EC-AFM")
+
+    def channels(self) -> dict[str, tuple[str, str]]:
+        """The per-sample (lines) or per-hop channels of what is loaded."""
+        if isinstance(self.loaded, HopSequence):
+            return dict(HOP_CHANNELS)
+        return {**LINE_CHANNELS[self.technique], **POSITION_CHANNELS}
+
+    def per_collection(self) -> int:
+        return self.loaded.samples_per_line if isinstance(self.loaded, FlyRaster) else 1
+
+    # ------------------------------------------------------------------ motion
+    def _sync_stage(self) -> None:
+        st = self.bench.stage
+        for ax in (st.x, st.y, st.z):
+            ax.sync()
+
+    def load(self, program: FlyRaster | HopSequence) -> float:
+        """Load a program and move to its start (up first, then across, then down); returns the move's time (s)."""
+        if not isinstance(program, (FlyRaster, HopSequence)):
+            raise InvalidArgument(f"{program!r} is not a FlyRaster or a HopSequence")
+        self.loaded = program
+        self.result = None
+        m = self.model
+        if isinstance(program, FlyRaster):
+            x, y, z = program.start_position
+        else:
+            x, y = program.x[0], program.y[0]
+            z = max(float(m.position[2]), float(m.surface_z(x, y)) + program.hop_height)
+        vxy = float(self.bench.stage.x.velocity.get())
+        vz = float(self.bench.stage.z.velocity.get())
+        x0, y0, z0 = m.position
+        t = 0.0
+        try:
+            if z >= z0:
+                t += m.move_to(x0, y0, z, velocity=vz)
+                t += m.move_to(x, y, z, velocity=vxy)
+            else:
+                t += m.move_to(x, y, z0, velocity=vxy)
+                t += m.move_to(x, y, z, velocity=vz)
+        finally:
+            self._sync_stage()
+        return t
+
+    def execute(self) -> FlyResult:
+        """Run the loaded program now (instantly: the devices pace the data by ``time_scale``)."""
+        if self.loaded is None:
+            raise RuntimeError("no program loaded: prepare the fly stage first")
+        t0 = time.perf_counter()
+        try:
+            if isinstance(self.loaded, FlyRaster):
+                res = self._execute_raster(self.loaded)
+            else:
+                res = self._execute_hops(self.loaded)
+        finally:
+            self._sync_stage()
+        res.compute_time = time.perf_counter() - t0
+        self.compute_time += res.compute_time
+        self.result = res
+        return res
+
+    def _stationary(self, x, y, z) -> dict[str, np.ndarray]:
+        """Stationary signals along a path, evaluated every ``path_resolution`` µm of path and interpolated."""
+        res = self.path_resolution or 0.1 * self.model.probe.radius
+        seg = np.hypot(np.diff(x), np.diff(y))
+        s = np.concatenate([[0.0], np.cumsum(seg)])
+        if s[-1] / res >= 0.5 * x.size:  # no saving: evaluate every sample
+            return sd.stationary_along_path(self.model, x, y, z, e_tip=self.e_tip)
+        nodes = np.unique(np.concatenate([np.searchsorted(s, np.arange(0.0, s[-1], res)), [x.size - 1]]))
+        nodes = np.clip(nodes, 0, x.size - 1)
+        vals = sd.stationary_along_path(self.model, x[nodes], y[nodes], z[nodes], e_tip=self.e_tip)
+        # interpolate in path length; samples where the stage rests (same s) get the node's value
+        return {k: np.interp(s, s[nodes], v) for k, v in vals.items()}
+
+    def _execute_raster(self, r: FlyRaster) -> FlyResult:
+        m = self.model
+        tl = r.timeline()
+        t, x, y, z, gate = tl["t"], tl["x"], tl["y"], tl["z"], tl["gate"]
+        if self.technique == "EC-AFM":
+            z = None
+        stat = self._stationary(x, y, tl["z"] if z is None else z)
+        error = None
+        n_keep = x.size
+        if "clearance" in stat:
+            bad = np.flatnonzero(stat["clearance"] < 0.0)
+            if bad.size:
+                k = int(bad[0])
+                n_keep = k
+                error = TipCrash(f"tip crash during the fly scan: the probe end touched the sample at "
+                                 f"x={x[k]:.3f}, y={y[k]:.3f} µm, z={tl['z'][k]:.3f} µm (t={t[k]:.4f} s after "
+                                 f"kickoff); passes completed before it are kept")
+        dt = 1.0 / r.sample_rate
+        height = None
+        if self.technique == "SECM":
+            height = float(np.median(tl["z"] - m.surface_z(x, y)))
+        taus = self.time_constants(height)
+        out: dict[str, np.ndarray] = {}
+        if self.technique == "EC-AFM":
+            h_true = stat["height"]
+            h = sd.apply_lag(h_true, dt, taus)
+            if m.options.noise > 0:
+                h = h + m.rng.normal(0.0, m.options.height_noise, h.shape)
+            rec = {"height": h, "error": h - h_true}
+            zrec = h  # the z piezo follows the feedback output
+        else:
+            i = sd.apply_lag(stat["current"], dt, taus)
+            scale = m.i_tip_inf() if self.technique == "SECM" else None
+            rec = {"current": np.asarray(m.add_noise(i, scale=scale), float)}
+            zrec = tl["z"]
+        n = r.samples_per_line
+        done = []
+        for p in range(r.n_passes):
+            idx = np.flatnonzero(gate == p)
+            if idx.size != n or idx[-1] >= n_keep:
+                break
+            done.append(idx)
+        rows = np.array(done, dtype=int).reshape(len(done), n)
+        for k, v in rec.items():
+            out[k] = v[rows]
+        out.update(x=x[rows], y=y[rows], z=zrec[rows], time=t[rows])
+        passes = r.passes()
+        out["direction"] = np.array([passes[p][1] for p in range(len(done))], dtype=int)
+        out["row"] = np.array([passes[p][0] for p in range(len(done))], dtype=int)
+        end_times = t[rows[:, -1]] + dt if len(done) else np.zeros(0)
+        # where the tip is now: the end of the path, or the last safe point before a crash
+        last = x.size - 1 if error is None else max(n_keep - 1, 0)
+        m.position = np.array([x[last], y[last], tl["z"][last] if self.technique != "EC-AFM" else m.position[2]])
+        if error is not None:
+            m.crashed = True
+        duration = float(t[last] + dt)
+        m.clock += duration
+        return FlyResult("lines", out, end_times, duration, error)
+
+    def _execute_hops(self, h: HopSequence) -> FlyResult:
+        """Hops as the firmware runs them: retract, move, approach until the current has dropped by the setpoint.
+
+        The contact height comes from the analytic SICM approach curve (the approach is continuous at
+        ``approach_speed``; the controller stops within one sample of 1/``max_sample_rate`` s)."""
+        m = self.model
+        if self.technique != "SICM":
+            raise InvalidArgument(f"fly_hops runs SICM hops; this bench is {self.technique}")
+        p = m.probe
+        x = np.asarray(h.x, float)
+        y = np.asarray(h.y, float)
+        d_set = float(sicm_physics.distance_for_current_drop(h.setpoint, p.radius, p.outer_radius or 1.5 * p.radius,
+                                                             p.half_angle))
+        surf = m.surface_z(x, y)
+        z_contact = surf + d_set
+        bias, kap = m.options.ion_bias, m.options.conductivity
+        ro = p.outer_radius or 1.5 * p.radius
+        i_sat = float(bias / sicm_physics.pipette_resistance(p.radius, p.half_angle, kap))
+        z_top = np.concatenate([[float(m.position[2])], z_contact[:-1] + h.hop_height])
+        z_top = np.maximum(z_top, z_contact + h.hop_height)
+        i_ref = sicm_physics.ion_current(z_top - surf, p.radius, ro, p.half_angle, kap, bias)
+        i_contact = np.full(x.shape, i_sat * (1.0 - h.setpoint))
+        # time per hop: lateral move at the top, approach and retract
+        lateral = np.hypot(np.diff(np.r_[m.position[0], x]), np.diff(np.r_[m.position[1], y]))
+        t_hop = lateral / h.lateral_speed + 2.0 * (z_top - z_contact) / h.approach_speed
+        end = np.cumsum(t_hop)
+        # the lateral move at z_top must clear the surface everywhere between hops
+        error = None
+        n_ok = x.size
+        fx, fy = m._end_face_points(0.0, 0.0)
+        x_prev = np.r_[m.position[0], x[:-1]]
+        y_prev = np.r_[m.position[1], y[:-1]]
+        s = np.linspace(0.0, 1.0, 9)
+        px = x_prev[:, None] + s[None, :] * (x - x_prev)[:, None]
+        py = y_prev[:, None] + s[None, :] * (y - y_prev)[:, None]
+        tops = m.surface_z(px[..., None] + fx, py[..., None] + fy).max(axis=(1, 2))
+        bad = np.flatnonzero(tops >= z_top)
+        if bad.size:
+            n_ok = int(bad[0])
+            error = TipCrash(f"hop {n_ok}: the lateral move to x={x[n_ok]:.3f}, y={y[n_ok]:.3f} µm at "
+                             f"z={z_top[n_ok]:.3f} µm would touch the sample (hop_height too small for the "
+                             f"topography); hops before it are kept")
+        # the approach is sampled every dz = approach_speed / max_sample_rate: it stops at the first sample past
+        # the setpoint
+        dz = h.approach_speed / self.max_sample_rate
+        z_meas = z_top - np.ceil((z_top - z_contact) / dz) * dz
+        noisy = np.asarray(m.add_noise(i_contact), float)
+        out = dict(x=x[:n_ok], y=y[:n_ok], surface_z=z_meas[:n_ok], current_ref=i_ref[:n_ok],
+                   current=noisy[:n_ok], time=end[:n_ok], valid=np.ones(n_ok, dtype=int))
+        if n_ok:
+            m.position = np.array([x[n_ok - 1], y[n_ok - 1], z_contact[n_ok - 1] + h.hop_height])
+        duration = float(end[n_ok - 1]) if n_ok else 0.0
+        m.clock += duration
+        return FlyResult("hops", out, end[:n_ok], duration, error)

@@ -1,0 +1,309 @@
+"""ophyd-async fly devices: a trajectory stage (:class:`FlyStage`) and a sampling detector (:class:`FlyDetector`).
+
+Both follow ophyd-async 0.21's composition model and run in the same RunEngine as the project's ophyd v1 devices:
+
+* :class:`FlyStage` is a ``StandardFlyable`` whose ``FlyableLogic`` talks to a fly controller
+  (:class:`~espt_bluesky.devices.fly.controller.SimFlyController` on the bench): ``prepare(program)`` loads a
+  :class:`~espt_bluesky.devices.fly.trajectory.FlyRaster` or
+  :class:`~espt_bluesky.devices.fly.trajectory.HopSequence` and moves to its start, ``kickoff()`` starts it,
+  ``complete()`` waits for its end (and fails with the controller's error, e.g. a ``TipCrash``).
+* :class:`FlyDetector` is a ``StandardDetector`` composed of a trigger logic (the sample period and the samples per
+  collection: ``TriggerInfo(livetime=1/rate, exposures_per_collection=samples_per_line,
+  number_of_events=n_passes)``), an acquire logic (writes each pass or hop as it completes) and a data logic that
+  writes one HDF5 file per run where the ``PathProvider`` says, registered through StreamResource/StreamDatum.
+  One collection is one pass of a raster (arrays of ``samples_per_line``) or one hop (scalars).
+
+Prepare the stage before the detector: the detector takes its channels and shapes from the loaded program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from event_model import DataKey
+from ophyd_async.core import (DetectorAcquireLogic, DetectorDataLogic, DetectorTriggerLogic, FlyableLogic,
+                              PathProvider, StandardDetector, StandardFlyable, StreamResourceDataProvider,
+                              StreamResourceInfo, TriggerInfo, soft_signal_r_and_setter)
+
+from ..waveform_assets import MIMETYPE
+from .controller import PASS_CHANNELS, FlyResult
+from .trajectory import FlyRaster, HopSequence
+
+#: Rows of samples per HDF5 chunk target (samples), so that a chunk is ~0.5 MB of float64
+CHUNK_SAMPLES = 65536
+
+
+async def _sleep_until(t0: float, t: float) -> None:
+    delay = t0 + t - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class _TrajectoryLogic(FlyableLogic):
+    def __init__(self, controller: Any):
+        self.controller = controller
+        self.started: asyncio.Event | None = None
+        self.t_kickoff = 0.0
+
+    async def on_prepare(self, value: FlyRaster | HopSequence) -> Any:
+        self.started = asyncio.Event()
+        duration = self.controller.load(value)
+        if self.controller.time_scale > 0:
+            await asyncio.sleep(duration * self.controller.time_scale)
+        return value
+
+    async def on_kickoff(self, ctx: Any) -> Any:
+        self.t_kickoff = time.monotonic()
+        self.controller.execute()
+        self.started.set()
+        return ctx
+
+    async def on_complete(self, ctx: Any) -> None:
+        res: FlyResult = self.controller.result
+        await _sleep_until(self.t_kickoff, res.duration * self.controller.time_scale)
+        if res.error is not None:
+            raise res.error
+
+    async def stop(self) -> None:
+        self.controller.loaded = None
+
+
+class FlyStage(StandardFlyable):
+    """The stage as a fly device: ``prepare(FlyRaster | HopSequence)``, ``kickoff()``, ``complete()``."""
+
+    def __init__(self, controller: Any, name: str = "fly_stage") -> None:
+        self._controller = controller
+        super().__init__(name=name)
+
+    @cached_property
+    def flyable_logic(self) -> _TrajectoryLogic:
+        return _TrajectoryLogic(self._controller)
+
+    @property
+    def controller(self) -> Any:
+        return self._controller
+
+
+class _State:
+    """What the detector's logics share: the sample period, samples per collection, the file and the counter."""
+
+    def __init__(self, controller: Any, stage: FlyStage):
+        self.controller = controller
+        self.stage = stage
+        self.period = 0.0
+        self.per_collection = 1
+        self.n_exposures = 0
+        self.file = None
+        self.path: Path | None = None
+        self.datasets: dict[str, Any] = {}
+        self.written, self.set_written = soft_signal_r_and_setter(int, 0)
+        self.n_written = 0
+
+
+class _SampleTrigger(DetectorTriggerLogic):
+    def __init__(self, state: _State):
+        self.state = state
+
+    async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
+        self.state.period = livetime + deadtime
+        self.state.n_exposures = num
+
+    async def prepare_exposures_per_collection(self, exposures_per_collection: int) -> None:
+        self.state.per_collection = int(exposures_per_collection)
+
+    async def default_trigger_info(self) -> TriggerInfo:
+        return TriggerInfo()
+
+
+class _PacedAcquire(DetectorAcquireLogic):
+    """Writes each pass (or hop) to the file when the controller has finished it, paced by ``time_scale``."""
+
+    def __init__(self, state: _State):
+        self.state = state
+        self.task: asyncio.Task | None = None
+
+    async def start_acquiring(self) -> None:
+        self.task = asyncio.create_task(self._acquire())
+
+    async def _acquire(self) -> None:
+        st = self.state
+        logic = st.stage.flyable_logic
+        if logic.started is None:
+            raise RuntimeError(f"{st.stage.name} was not prepared before the detector was kicked off")
+        await logic.started.wait()
+        res: FlyResult = st.controller.result
+        scale = st.controller.time_scale
+        i = 0
+        while i < res.n_done:
+            if scale > 0:
+                await _sleep_until(logic.t_kickoff, float(res.end_times[i]) * scale)
+                now = (time.monotonic() - logic.t_kickoff) / scale
+                j = max(int(np.searchsorted(res.end_times, now, side="right")), i + 1)
+            else:
+                j = res.n_done
+            _write_rows(st, res.data, i, j)
+            i = j
+        if res.error is not None:
+            raise res.error
+
+    async def wait_for_idle(self) -> None:
+        if self.task is not None:
+            await self.task
+
+    async def ensure_stopped(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self.task
+            self.task = None
+
+
+def _write_rows(st: _State, data: dict[str, np.ndarray], i: int, j: int) -> None:
+    """Append collections i..j-1 to every dataset, flush, and count them as written."""
+    n0 = st.n_written
+    for key, ds in st.datasets.items():
+        block = data[key][i:j]
+        ds.resize(n0 + (j - i), axis=0)
+        ds[n0:n0 + (j - i)] = block
+    st.file.flush()
+    st.n_written = n0 + (j - i)
+    st.set_written(st.n_written)
+
+
+class _UnitsProvider(StreamResourceDataProvider):
+    """StreamResourceDataProvider whose data keys carry units, dims and the shape of one collection."""
+
+    def __init__(self, *args: Any, meta: dict[str, dict], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.meta = meta
+
+    async def make_datakeys(self, collections_per_event: int) -> dict[str, DataKey]:
+        if collections_per_event != 1:
+            raise ValueError("the fly detector emits one collection (a pass or a hop) per event")
+        out = {}
+        for r in self.resources:
+            m = self.meta[r.data_key]
+            dk = DataKey(source=r.source or self.uri, shape=list(r.shape),
+                         dtype="array" if r.shape else ("integer" if m["kind"] == "i" else "number"),
+                         dtype_numpy=r.dtype_numpy, external="STREAM:")
+            if m["units"]:
+                dk["units"] = m["units"]
+            if r.shape:
+                dk["dims"] = ["sample"]
+            out[r.data_key] = dk
+        return out
+
+
+class _HDF5Data(DetectorDataLogic):
+    def __init__(self, state: _State, path_provider: PathProvider):
+        self.state = state
+        self.path_provider = path_provider
+
+    async def prepare_unbounded(self, datakey_name: str):
+        import h5py
+
+        st = self.state
+        ctl = st.controller
+        if ctl.loaded is None:
+            raise RuntimeError(f"prepare {st.stage.name} with a FlyRaster or HopSequence before the detector")
+        await self.stop()
+        info = self.path_provider(datakey_name)
+        directory = Path(str(info.directory_path))
+        directory.mkdir(parents=True, exist_ok=True)
+        st.path = directory / f"{info.filename}.h5"
+        n = st.per_collection
+        expected = ctl.per_collection()
+        if n != expected:
+            raise ValueError(f"{datakey_name}: prepared for {n} samples per collection, the loaded program has "
+                             f"{expected}")
+        channels = dict(ctl.channels())
+        if isinstance(ctl.loaded, FlyRaster):
+            channels.update(PASS_CHANNELS)
+        f = h5py.File(st.path, "w", libver="latest")
+        rows = max(CHUNK_SAMPLES // max(n, 1), 1)
+        resources, meta = [], {}
+        for ch, (units, _desc) in channels.items():
+            per_pass = ch in PASS_CHANNELS or ch == "valid" or n == 1
+            kind = "i" if ch in ("direction", "row", "valid") else "f"
+            dtype = np.dtype("<i8") if kind == "i" else np.dtype("<f8")
+            shape = () if per_pass else (n,)
+            chunks = (1024,) if per_pass else (rows, n)
+            f.create_dataset(f"/{ch}", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks)
+            key = f"{datakey_name}_{ch}"
+            resources.append(StreamResourceInfo(data_key=key, shape=shape, chunk_shape=chunks,
+                                                dtype_numpy=dtype.str, parameters={"dataset": f"/{ch}",
+                                                                                   "swmr": True}))
+            meta[key] = dict(units=units, kind=kind)
+        f.swmr_mode = True
+        st.file = f
+        st.datasets = {ch: f[f"/{ch}"] for ch in channels}
+        st.n_written = 0
+        st.set_written(0)
+        return _UnitsProvider(uri=st.path.as_uri(), resources=resources, mimetype=MIMETYPE,
+                              collections_written_signal=st.written, meta=meta)
+
+    def get_hinted_fields(self, datakey_name: str) -> list[str]:
+        ch = "height" if self.state.controller.technique == "EC-AFM" else "current"
+        return [f"{datakey_name}_{ch}"]
+
+    async def stop(self) -> None:
+        st = self.state
+        if st.file is not None:
+            st.file.close()
+            st.file = None
+            st.datasets = {}
+
+
+class FlyDetector(StandardDetector):
+    """Potentiostat / AFM acquisition sampling at a set rate during a fly scan, writing HDF5 assets.
+
+    Data keys (``<name>_<channel>``): ``current`` (A; SECM tip current, SICM ion current) or ``height`` and
+    ``error`` (µm; EC-AFM), the encoder positions ``x``, ``y``, ``z`` (µm) and ``time`` (s) of every sample, one
+    array of ``samples_per_line`` per pass, plus ``direction`` (+1/−1) and ``row`` per pass; for hops
+    ``x``, ``y``, ``surface_z``, ``current_ref``, ``current``, ``time``, ``valid`` per hop.
+    """
+
+    def __init__(self, controller: Any, stage: FlyStage, path_provider: PathProvider, name: str = "fly") -> None:
+        self._state = _State(controller, stage)
+        self.add_detector_logics(_SampleTrigger(self._state), _PacedAcquire(self._state),
+                                 _HDF5Data(self._state, path_provider))
+        super().__init__(name=name)
+
+    @property
+    def file_path(self) -> Path | None:
+        """The HDF5 file of the current (or last) run."""
+        return self._state.path
+
+
+def trigger_info_for(program: FlyRaster | HopSequence) -> TriggerInfo:
+    """The detector's ``TriggerInfo`` for a program: one event per pass (samples at the raster's rate) or per hop."""
+    if isinstance(program, FlyRaster):
+        return TriggerInfo(livetime=1.0 / program.sample_rate, exposures_per_collection=program.samples_per_line,
+                           number_of_events=program.n_passes,
+                           exposure_timeout=program.line_time * 4 + 60.0)
+    return TriggerInfo(number_of_events=program.n_hops, exposure_timeout=60.0)
+
+
+def make_fly_devices(bench: Any, directory: str | Path, *, name: str = "fly", **controller_options: Any):
+    """The fly stage and detector of a simulated bench, writing HDF5 files into ``directory`` (a Tiled readable
+    location, e.g. ``catalog.asset_dir``).  Returns ``(stage, detector)``; plans connect them in the RunEngine's
+    event loop (``ensure_connected``).
+
+    Examples
+    --------
+    >>> fly_stage, fly_det = make_fly_devices(bench, catalog.asset_dir)
+    """
+    from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider
+
+    from .controller import SimFlyController
+
+    ctl = SimFlyController(bench, **controller_options)
+    stage = FlyStage(ctl, name=f"{name}_stage")
+    det = FlyDetector(ctl, stage, StaticPathProvider(UUIDFilenameProvider(), Path(directory).resolve()), name=name)
+    return stage, det

@@ -1,0 +1,83 @@
+"""Child process of tests/test_fly_epics.py: the same fly plan on the in-process bench and over a caproto bench IOC
+through the ophyd-async EPICS fly devices; prints a JSON summary.  (Its own process: the Channel Access
+environment of a process is fixed when its first channel is made.)
+
+Usage: python tests/fly_epics_child.py WORKDIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from espt_bluesky.ioc.launch import IOCProcess, ca_environment, configure_client_env, free_ports
+
+work = Path(sys.argv[1])
+PORTS = free_ports(2)
+ENV = ca_environment(PORTS[:1], PORTS[1])
+ENV["EPICS_CA_MAX_ARRAY_BYTES"] = str(10_000_000)
+configure_client_env(ENV)
+
+from bluesky import RunEngine  # noqa: E402
+
+from espt_bluesky.devices import make_sim_bench  # noqa: E402
+from espt_bluesky.devices.epics import make_epics_bench  # noqa: E402
+from espt_bluesky.devices.fly import make_fly_devices  # noqa: E402
+from espt_bluesky.devices.fly.epics import make_epics_fly_devices  # noqa: E402
+from espt_bluesky.plans.fly import fly_hops, fly_image  # noqa: E402
+from espt_bluesky.storage import read_map  # noqa: E402
+
+SEED = 5
+IMAGE = dict(x_range=(30.0, 70.0, 21), y_range=(45.0, 55.0, 3), speed=20.0, sample_rate=200.0, height=5.0,
+             plane=0.0)
+out = {}
+RE = RunEngine({}, call_returns_result=True)
+
+
+def run(plan):
+    docs = []
+    res = RE(plan, lambda n, d: docs.append((n, d)))
+    return res, docs
+
+
+ioc = IOCProcess("bench", "F1:", PORTS[0], ENV, technique="SECM", sample="patterned", seed=SEED,
+                 options={"noise": 0.0}, log_path=str(work / "ioc.log")).start()
+try:
+    local = make_sim_bench("SECM", "patterned", seed=SEED, noise=0.0)
+    fs, fd = make_fly_devices(local, work / "local")
+    res, docs = run(fly_image(fs, fd, local.stage, local.potentiostat, **IMAGE))
+    ref = read_map(docs)
+
+    eb = make_epics_bench("F1:")
+    es, ed = make_epics_fly_devices("F1:fly:", work / "epics")
+    res2, docs2 = run(fly_image(es, ed, eb.stage, eb.potentiostat, **IMAGE))
+    got = read_map(docs2)
+    out["image"] = dict(
+        exit=[res.exit_status, res2.exit_status],
+        shape=list(got.fly_current_forward.shape),
+        max_rel_diff=max(float(np.nanmax(np.abs(got[v].values - ref[v].values)) / np.nanmax(np.abs(ref[v].values)))
+                         for v in ("fly_current_forward", "fly_current_backward")),
+        n_samples=int(got.n_forward.sum() + got.n_backward.sum()),
+        file=str(ed.file_path), keys=sorted(k for k in [d for n, d in docs2 if n == "descriptor"][0]["data_keys"]))
+finally:
+    ioc.stop()
+
+ioc = IOCProcess("bench", "F2:", PORTS[0], ENV, technique="SICM", sample="patterned", seed=SEED,
+                 options={"noise": 0.0}, log_path=str(work / "ioc2.log")).start()
+try:
+    local = make_sim_bench("SICM", "patterned", seed=SEED, noise=0.0)
+    fs, fd = make_fly_devices(local, work / "local")
+    HOPS = dict(x_range=(30.0, 70.0, 21), y_range=(50.0, 50.0, 1), hop_height=1.0, drop=0.01)
+    res, docs = run(fly_hops(fs, fd, local.stage, local.potentiostat, **HOPS))
+    ref = read_map(docs)
+    eb = make_epics_bench("F2:")
+    es, ed = make_epics_fly_devices("F2:fly:", work / "epics")
+    res2, docs2 = run(fly_hops(es, ed, eb.stage, eb.potentiostat, **HOPS))
+    got = read_map(docs2)
+    out["hops"] = dict(exit=[res.exit_status, res2.exit_status],
+                       max_abs_diff_um=float(np.nanmax(np.abs(got.fly_surface_z.values - ref.fly_surface_z.values))),
+                       n=int(np.isfinite(got.fly_surface_z.values).sum()))
+finally:
+    ioc.stop()
+print("RESULT " + json.dumps(out))
