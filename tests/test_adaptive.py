@@ -343,3 +343,11 @@ def test_plan_mode_objective_is_the_recorded_height(RE):
     z = np.array([e["data"]["surface_z"] for e in prim])
     assert np.allclose(np.array(d["decision_objective"])[ok], z[ok])
     assert len(RE.collector.events("approach")) > 0 and bench.model.clearance() > 0
+
+
+def test_time_budget_stops_before_a_hop_that_would_overrun(RE):
+    bench = _bench(seed=7)
+    res = _run(RE, bench, max_time=1e-4)  # shorter than any hop: the first one runs, no second starts
+    assert res.exit_status == "success" and len(RE.collector.events("decisions")) == 1
+    assert "time budget used" in res.plan_result["stop_reason"]
+    assert "time budget used" in RE.collector.of("stop")[-1]["reason"]

@@ -18,7 +18,7 @@ from espt_bluesky.devices import make_sim_bench
 from espt_bluesky.errors import LIMITS, InvalidArgument
 
 PLANS = ("approach", "measure_tilt", "constant_height_image", "hopping_scan", "combinatorial_sweep", "sgtc",
-         "operando_imaging")
+         "operando_imaging", "adaptive_hopping_scan")
 
 
 @pytest.mark.parametrize("name", PLANS)

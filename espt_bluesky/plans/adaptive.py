@@ -21,6 +21,7 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 from bluesky.protocols import Configurable, Movable, Readable
 
 from ..analysis import gp_sampling as gps
@@ -31,7 +32,8 @@ from ._common import (apply_settings, cell_on, check_step, check_xy, checked_pla
 from ._detectors import check_detectors
 from .adaptive_agent import GPMapAgent
 from .approach import make_approach_spec
-from .hopping import FAULT_POLICIES, _FaultLog, _measure_spec, configure_measure, hop_signals, hop_stub
+from .hopping import (FAULT_POLICIES, SicmHops, _FaultLog, _measure_spec, configure_measure, hop_signals,
+                      hop_stub)
 from .metadata import build_start_md
 
 __all__ = ["adaptive_hopping_scan", "OBJECTIVES", "DECISION_KEYS"]
@@ -160,7 +162,7 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
                           survey: str = "corners", beta: float = 2.0, threshold: float | None = None,
                           nu: float = 1.5, refit_every: int = 5, resume: Any = None, hop_height: float = 2.0,
                           approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
-                          contact_current: float = 5e-13, stop_offset: float = 0.0,
+                          contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float = 0.0,
                           measure: Mapping | None = None, mode: str = "device", hopper: Movable | None = None,
                           on_fault: str = "skip", max_consecutive_faults: int = 5,
                           probe: Configurable | None = None, retract: float | None = None, context: Any = None,
@@ -204,8 +206,8 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     resume : Tiled BlueskyRun node or list of (name, doc), optional
         An earlier adaptive run of the same area: its landings (valid or not) and objectives rebuild the model,
         the survey is not repeated and its valid hops count against ``max_hops``.
-    hop_height, approach_step, max_travel, drop, contact_current, stop_offset, measure, mode, hopper, on_fault,
-    max_consecutive_faults, detectors
+    hop_height, approach_step, max_travel, drop, contact_current, stop_offset, max_slope, measure, mode, hopper,
+    on_fault, max_consecutive_faults, detectors
         As :func:`~espt_bluesky.plans.hopping.hopping_scan`.
 
     Returns
@@ -235,6 +237,7 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     if threshold is not None:
         threshold = check_number("threshold", threshold)
     hop_height = check_step("hop_height", hop_height)
+    max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
     if approach_step is not None:
         approach_step = check_step("approach_step", approach_step)
     if mode == "device" and hopper is None:
@@ -309,7 +312,7 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
                 max_invalid=max_invalid, min_separation=min_separation, spacing=spacing, survey=survey, beta=beta,
                 threshold=threshold, nu=nu, refit_every=refit_every, hop_height=hop_height,
                 approach_step=spec.fine_step, max_travel=max_travel, drop=drop, contact_current=contact_current,
-                stop_offset=stop_offset, measure=measure, mode=mode, on_fault=on_fault,
+                stop_offset=stop_offset, max_slope=max_slope, measure=measure, mode=mode, on_fault=on_fault,
                 max_consecutive_faults=max_consecutive_faults, detectors=[d.name for d in dets])
     start_md = build_start_md("adaptive_hopping_scan", args, technique=technique, mode="hopping", probe=pr,
                               context=context, sample_md=sample_md, md=md, map_keys=keys, order="adaptive",
@@ -341,12 +344,15 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
         return dict(valid=True, fault="", message="")
 
     last = {"contact": None}
+    # plan-mode SICM hops estimate heights as hopping_scan's do (noise-adapted averaging, slope margin)
+    sicm = (SicmHops(pipette_geometry(pr), max_slope, spec.fine_step, spec.stop_distance)
+            if technique == "SICM" and mode == "plan" else None)
 
     def plan_hop(x, y):
         top = None if last["contact"] is None else last["contact"] + hop_height
         res = yield from _capture_reads(hop_stub(stage, potentiostat, spec, x, y, hop_height=hop_height,
                                                  signals=sigs, top=top, measure=meas, on_fault=on_fault,
-                                                 extra=dets), reading, "primary")
+                                                 extra=dets, sicm=sicm), reading, "primary")
         if res["valid"]:
             last["contact"] = res["contact_z"]
         return res
@@ -369,13 +375,19 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
             return math.nan
 
     def body():
+        if sicm is None:
+            return (yield from loop())
+        yield from cell_on(potentiostat)
+        yield from sicm.setup(stage, potentiostat)
+        return (yield from bpp.finalize_wrapper(loop(), sicm.restore(potentiostat)))
+
+    def loop():
         if mode == "device":
             yield from apply_settings(hopper.hop_settings(
                 criterion="current_drop" if technique == "SICM" else "contact",
                 setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
                 approach_step=spec.fine_step, max_travel=max_travel,
-                stop_offset=spec.stop_distance if technique == "SICM" else spec.stop_offset,
-                measure=meas is not None))
+                stop_offset=spec.stop_offset, max_slope=max_slope, measure=meas is not None))
         yield from cell_on(potentiostat)
         yield from configure_measure(potentiostat, meas)
         t0 = time.monotonic()
