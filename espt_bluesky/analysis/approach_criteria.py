@@ -50,7 +50,7 @@ def secm_distance(current, rg: float, substrate: str) -> np.ndarray:
     Examples
     --------
     >>> I_T = secm_current([0.5, 1.0, 2.0], 10, "insulator")   # 0.286, 0.491, 0.722 (exact model)
-    >>> np.round(secm_distance(I_T, 10, "insulator"), 6).tolist()
+    >>> np.round(secm_distance(I_T, 10, "insulator"), 3).tolist()
     [0.5, 1.0, 2.0]
     """
     substrate = check_choice("substrate", substrate, SUBSTRATES)
