@@ -40,7 +40,7 @@ from .bus import H_MSG_ID, H_RUN, H_START_SEQ, JOURNAL_MODES, BusConfig, doc_id,
 logger = logging.getLogger(__name__)
 
 #: seconds between two looks of the sender at its queue while a run is open
-POLL = 0.002
+POLL = 0.01
 
 
 @dataclass
