@@ -39,8 +39,8 @@ from .bus import H_MSG_ID, H_RUN, H_START_SEQ, JOURNAL_MODES, BusConfig, doc_id,
 
 logger = logging.getLogger(__name__)
 
-#: seconds between two looks of the sender at its queue while documents keep coming
-POLL = 0.002
+#: seconds between two looks of the sender at its queue while a run is open
+POLL = 0.01
 
 
 @dataclass
@@ -151,21 +151,23 @@ class BusPublisher:
     async def _sender(self) -> None:
         """Publish queued documents in order; each acknowledgement is awaited by a task of its own.
 
-        The RunEngine's thread only appends to a deque: it wakes this loop (a write to its self-pipe, which hands
-        the GIL over at once and costs the RunEngine milliseconds on a busy machine) only when the sender has gone
-        idle.  While documents keep coming the sender looks at the deque every ``POLL`` seconds by itself.
+        The RunEngine's thread only appends to a deque and never wakes this loop (a write to its self-pipe hands the
+        GIL to this thread at once: the RunEngine would wait for the publish after all, milliseconds on a busy
+        machine).  While a run is open the sender looks at the deque every ``POLL`` seconds; between runs it sleeps
+        until a start document wakes it.
         """
         q = self._queue
         while True:
             if not q:
-                await asyncio.sleep(POLL)
-                if not q:
-                    self._wake.clear()
-                    self._idle = True
-                    if not q:
-                        await self._wake.wait()
-                    self._idle = False
+                if self._open:
+                    await asyncio.sleep(POLL)
                     continue
+                self._wake.clear()
+                self._idle = True
+                if not q and not self._open:
+                    await self._wake.wait()
+                self._idle = False
+                continue
             while q:
                 run, subject, payload, headers, waiter = q.popleft()
                 try:
@@ -255,7 +257,7 @@ class BusPublisher:
         with run._cond:
             run.sent += 1
         self._queue.append(item)
-        if self._idle or waiter is not None:
+        if self._idle:  # between runs: a start document wakes the sender (once a run)
             self._idle = False
             self._rt.loop.call_soon_threadsafe(self._wake.set)
 
