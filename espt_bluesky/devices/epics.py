@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from ophyd import Component as Cpt
@@ -565,6 +565,14 @@ def _read_info(pvname: str, timeout: float) -> dict[str, Any]:
         return {}
 
 
+def _probe_of(info: Mapping[str, Any], technique: str) -> Probe:
+    """The probe the IOC's ``Info`` describes, else the technique's usual probe."""
+    from ..physics.bench_model import default_probe
+
+    geom = ProbeGeometry(**info["probe"]) if info.get("probe") else default_probe(technique)
+    return probe_from_geometry(geom)
+
+
 def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, pstat_prefix: str | None = None,
                      technique: str | None = None, probe: Probe | None = None, crash_pvs: bool = True,
                      connection_timeout: float = 5.0, trigger_timeout: float = 10.0) -> EpicsBench:
@@ -594,15 +602,13 @@ def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, 
     -----
     The ophyd devices are made once per PV prefix and process and reused by later calls (see ``_DEVICES``).
     """
-    from ..physics.bench_model import default_probe
-
     stage_prefix = stage_prefix or f"{prefix}stage:"
     pstat_prefix = pstat_prefix or f"{prefix}pstat:"
     info = _read_info(f"{pstat_prefix}Info", connection_timeout)
+    given_technique, given_probe = technique, probe
     technique = technique or info.get("technique", "SECM")
     if probe is None:
-        geom = ProbeGeometry(**info["probe"]) if info.get("probe") else default_probe(technique)
-        probe = probe_from_geometry(geom)
+        probe = _probe_of(info, technique)
     skey = ("stage", stage_prefix, bool(crash_pvs))
     if skey not in _DEVICES:
         _DEVICES[skey] = (EpicsXYZStage if crash_pvs else EpicsXYZStageBase)(stage_prefix, name="stage",
@@ -616,6 +622,15 @@ def make_epics_bench(prefix: str = "ESPT:", *, stage_prefix: str | None = None, 
     pstat.trigger_timeout = float(trigger_timeout)
     wait_connected(stage, connection_timeout)
     wait_connected(pstat, connection_timeout)
+    if not info:
+        # Info may simply have been slow (a loaded host, an IOC just restarted on the same port): the potentiostat's
+        # PVs are connected now, so an IOC that serves Info answers at once; never guess the technique if it does
+        info = _read_info(f"{pstat_prefix}Info", connection_timeout)
+        if info:
+            technique = given_technique or info.get("technique", "SECM")
+            if given_probe is None:
+                probe = _probe_of(info, technique)
+            pstat.probe = probe
     return EpicsBench(technique, stage, pstat, probe, info, time_scale=float(pstat.time_scale.get()))
 
 
