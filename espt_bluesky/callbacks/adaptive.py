@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -28,6 +27,7 @@ from bluesky.callbacks.core import CallbackBase
 
 from ..analysis import gp_sampling as gps
 from ..errors import InvalidArgument
+from .products import wait_for_run
 
 __all__ = ["adaptive_map_dataset", "write_adaptive_map", "AdaptiveProductCallback", "LiveAdaptiveMap"]
 logger = logging.getLogger(__name__)
@@ -117,16 +117,8 @@ class AdaptiveProductCallback(CallbackBase):
     def stop(self, doc):
         if self._uid is None:
             return super().stop(doc)
-        uid, run = self._uid, None
-        t_end = time.monotonic() + self.timeout
-        while time.monotonic() < t_end:
-            try:
-                run = self.client[uid]
-                if (run.metadata or {}).get("stop"):
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.1)
+        uid = self._uid
+        run = wait_for_run(self.client, uid, self.timeout)
         if run is None:
             self.errors.append((uid, f"run not found in Tiled within {self.timeout} s"))
             return super().stop(doc)

@@ -320,6 +320,22 @@ _PRODUCERS: dict[str, Callable[..., Any]] = {"SECM": write_kinetic_map, "SECCM":
                                              "EC-AFM": write_modulus_map}
 
 
+def wait_for_run(client: Any, uid: str, timeout: float) -> Any:
+    """The run ``uid`` from ``client`` once its stop document is there (the writer may lag the RunEngine), waiting
+    at most ``timeout`` s; the run as it is if the stop has not arrived by then, None if the run never appeared."""
+    t_end = time.monotonic() + timeout
+    run = None
+    while time.monotonic() < t_end:
+        try:
+            run = client[uid]
+            if (run.metadata or {}).get("stop"):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.1)
+    return run
+
+
 class ProductCallback(CallbackBase):
     """At the end of each run of a technique, compute its product and write it next to the run in Tiled.
 
@@ -365,16 +381,7 @@ class ProductCallback(CallbackBase):
         if self._start is None:
             return super().stop(doc)
         uid = self._start["uid"]
-        t_end = time.monotonic() + self.timeout
-        run = None
-        while time.monotonic() < t_end:
-            try:
-                run = self.client[uid]
-                if "stop" in (run.metadata or {}) and run.metadata["stop"]:
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.1)
+        run = wait_for_run(self.client, uid, self.timeout)
         if run is None:
             self.errors.append((uid, f"run not found in Tiled within {self.timeout} s"))
             return super().stop(doc)
