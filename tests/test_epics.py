@@ -102,6 +102,20 @@ def RE_tiled(RE, catalog):
     return RE
 
 
+@pytest.fixture
+def RE_sim():
+    """A second validating RunEngine, not writing to Tiled, for the in-process bench an EPICS run is compared with
+    (only the EPICS run is read back from Tiled; writing the in-process one too cost ~30 s of one-event writes)."""
+    from bluesky import RunEngine
+
+    from conftest import DocumentCollector
+
+    engine = RunEngine({}, call_returns_result=True)
+    engine.collector = DocumentCollector()
+    engine.subscribe(engine.collector)
+    return engine
+
+
 def _primary(RE, uid):
     return RE.catalog[uid]["primary"].read()
 
@@ -173,10 +187,10 @@ def _approach_and_image(RE, bench):
     return z_s, img, _run_uids(RE)[-1]
 
 
-def test_approach_and_constant_height_image_match_in_process(RE_tiled, secm_ioc):
+def test_approach_and_constant_height_image_match_in_process(RE_tiled, RE_sim, secm_ioc):
     RE = RE_tiled
     sim = make_sim_bench("SECM", "patterned", seed=SEED)
-    z_sim, img_sim, _ = _approach_and_image(RE, sim)
+    z_sim, img_sim, _ = _approach_and_image(RE_sim, sim)
     eb = make_epics_bench("E1:")
     z_epi, img_epi, uid = _approach_and_image(RE, eb)
     # same sample, same physics: the surface found agrees within a small fraction of a tip radius ...
@@ -193,13 +207,13 @@ def test_approach_and_constant_height_image_match_in_process(RE_tiled, secm_ioc)
     assert start["plan_name"] == "constant_height_image" and start["sample"]["name"] == "patterned"
 
 
-def test_hopping_scan_matches_in_process(RE_tiled, sicm_ioc):
+def test_hopping_scan_matches_in_process(RE_tiled, RE_sim, sicm_ioc):
     from espt_bluesky.plans.hopping import hopping_scan
 
     RE = RE_tiled
     topo = {}
-    for kind, bench in (("sim", make_sim_bench("SICM", "composite_cathode", seed=SEED)),
-                        ("epics", make_epics_bench("E2:"))):
+    for kind, bench, RE in (("sim", make_sim_bench("SICM", "composite_cathode", seed=SEED), RE_sim),
+                            ("epics", make_epics_bench("E2:"), RE_tiled)):
         RE(bps.mv(bench.stage.z, 3.0))
         topo[kind] = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=(20, 24, 3),
                                      y_range=(20, 22, 2), hop_height=2.0, mode="plan",
