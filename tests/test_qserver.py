@@ -155,7 +155,6 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
     startup = tmp_path / "startup"  # a copy: the repository's files stay untouched whatever the manager does
     shutil.copytree(STARTUP, startup, ignore=shutil.ignore_patterns("__pycache__"))
     data = tmp_path / "data"
-    cat = LocalCatalog.start(data)  # what `espt serve` runs; the profile finds it through server.json
     cfg = tmp_path / "espt.toml"
     cfg.write_text('[bench]\ntechnique = "SECCM"\n[session]\nmd_dir = "%s"\n' % (tmp_path / "qs_md"))
     control, info = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
@@ -166,7 +165,11 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
                              "--zmq-info-addr", info, "--update-existing-plans-devices", "NEVER"],
                             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     rm = REManagerAPI(zmq_control_addr=control, zmq_info_addr=info, timeout_recv=10.0)
+    cat = None
     try:
+        # the Tiled server starts while the manager does (two processes, both mostly imports); the profile finds it
+        # through server.json only when the worker's environment opens, below
+        cat = LocalCatalog.start(data)  # what `espt serve` runs
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -224,4 +227,5 @@ def test_start_re_manager_runs_queued_project_plans(tmp_path, redis_prefix):
             proc.kill()
             proc.wait()
         log.close()
-        cat.stop()
+        if cat is not None:
+            cat.stop()
