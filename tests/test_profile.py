@@ -1,11 +1,8 @@
-"""The session a Bluesky user lives in: the IPython profile as IPython starts it, live views that never abort a
-run, progress bars, a persistent RE.md, a baseline stream and suspenders."""
+"""The session a Bluesky user lives in: live views that never abort a run, progress bars, a persistent RE.md, a
+baseline stream and suspenders (the IPython profile as IPython starts it: test_profile_session.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -16,8 +13,6 @@ import bluesky.plan_stubs as bps
 from espt_bluesky.plans import approach, constant_height_image, hopping_scan, sgtc
 from espt_bluesky.profile import start_session
 from espt_bluesky.session import build_session
-
-from test_session_exit import HANG, profile_copy, session_env
 
 NO_STORAGE = {"storage": {"mode": "none"}, "session": {"md_dir": ""}}
 
@@ -107,39 +102,3 @@ def test_suspenders_pause_and_resume(fault):
         # opened while paused, reconnected to resume (then opened by the plan's cleanup)
         assert any(a == 0 and b == 1 for a, b in zip(cell_states, cell_states[1:])), cell_states
     assert pstat.overload.get() == 0 and pstat.online.get() == 1
-
-
-@pytest.mark.slow
-def test_ipython_profile_runs_an_approach_and_a_map_and_exits(tmp_path):
-    """The profile as IPython starts it: banner, approach, hopping map, preview, plan results; then it exits."""
-    profile = profile_copy(tmp_path)
-    code = textwrap.dedent("""
-        z = RE(approach(stage, pstat, technique="SECCM", context=bench.metadata())).plan_result
-        print("SURFACE", z)
-        summarize_plan(hopping_scan(stage, pstat, technique="SECCM", x_range=(40, 60, 3), y_range=(40, 60, 3),
-                                    hopper=hopper))
-        topo = RE(hopping_scan(stage, pstat, technique="SECCM", x_range=(40, 60, 3), y_range=(40, 60, 3),
-                               hopper=hopper, context=bench.metadata())).plan_result
-        print("TOPO", len(topo), RE.md["scan_id"])
-        wh_pos()
-        %wa motors
-    """)
-    data = tmp_path / "data"
-    proc = subprocess.run([sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--no-banner",
-                           "--colors=NoColor", "-c", code], env=session_env(data, ESPT_BENCH="SECCM:patterned:0"),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=HANG)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
-    assert "instrument: simulated SECCM bench, sample 'patterned'" in out and "catalog:    http://127.0.0.1:" in out
-    assert "SURFACE" in out and "TOPO 9 2" in out and "Open Run" in out and "hopper -> (40.0, 40.0)" in out
-    assert "stage_z" in out and "Positioner" in out  # wh_pos and %wa
-    from espt_bluesky.storage.server import LocalCatalog
-
-    with LocalCatalog.in_process(data) as cat:
-        runs = cat.client()
-        plans = {runs[uid].metadata["start"]["plan_name"]: runs[uid] for uid in runs}
-        assert set(plans) == {"approach", "hopping_scan"}
-        hop = plans["hopping_scan"]
-        assert hop.metadata["stop"]["exit_status"] == "success"
-        assert hop["primary"].read()["hopper_surface_z"].size == 9
-        assert {"approach", "surface", "baseline"} <= set(plans["approach"])
