@@ -415,12 +415,17 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             step, status = min(cap, max(spec.fine_step, 0.25 * a)), "cautious"
         if lateral is not None:
             # is the footprint uniform enough for the one-κ estimate to be trusted this close?  Checked on entering
-            # the last (target + a) above the highest plausible surface, every _LATERAL_EVERY a below, and at the stop
+            # the last (target + a) above the highest plausible surface (once the estimate is bounded on both
+            # sides: before that its steps keep to the upper bound), then before every _LATERAL_EVERY a of descent
+            # (steps no longer than that) and at the stop
             stop = status in ("done", "floor")
-            near = (z - step) - est.z0_hi < target + a
-            if near and last_check - z >= (0.25 if stop else _LATERAL_EVERY) * a:
-                if (yield from check_here(est)):
+            near = bool(checks) or ((z - step) - est.z0_hi < target + a and math.isfinite(est.z0_lo))
+            if near:
+                due = last_check - z >= 0.25 * a if stop else last_check - (z - step) > _LATERAL_EVERY * a + 1e-9
+                if due and (yield from check_here(est)):
                     return dict(status="mixed", est=est, n=n, z=z, checks=checks)
+                if not stop:
+                    step = min(step, max(_LATERAL_EVERY * a - (last_check - z), spec.fine_step))
         if status in ("done", "floor"):
             if status == "floor" and n == 0:
                 raise ApproachLimitReached(
@@ -467,19 +472,22 @@ def _ring(stage, x0: float, y0: float, radius: float, first_axis: str) -> list[t
 
 def _reference_surface(stage, potentiostat, sig, spec: ApproachSpec, ref: float, noise: float, x0: float,
                        y0: float, *, z_up: float, start_distance: float, target: float, candidates, local,
-                       stream: str, max_tries: int = 6):
+                       stream: str, max_tries: int = 6, n_accept: int = 2):
     """Locate the surface at neighbouring points whose footprint is uniform and transfer it to (x0, y0).
 
     Each candidate: at ``z_up`` (above every surface the data allow) move there, run the steered descent with its
     own lateral checks; it is accepted when the estimate converged, one κ explains its curve, no check found a
     mixed footprint, and the transferred surface is physically possible for the readings ``local`` (z, I_T)
     already taken at (x0, y0): any kinetics, uniform or mixed, reads between the insulator and conductor curves.
+    Up to ``n_accept`` candidates are accepted; the most uniform (smallest significant lateral contrast, in
+    height) gives the surface, the highest plausible surface of all bounds it from above.
     Every attempt is recorded in ``<stream>_reference`` (its curve in ``<stream>_reference_curve``).
     Returns (transfer dict, list of attempts) or raises ApproachLimitReached when no candidate locates it."""
     a = spec.radius
     devices = [potentiostat, stage.x, stage.y, stage.z]
     sigs = _reference_signals(f"{stream}_reference")
-    tried = []
+    tried: list = []
+    accepted: list[dict] = []
     for (xr, yr) in list(candidates)[:max_tries]:
         yield from bps.mv(stage.z, z_up)
         yield from bps.mv(stage.x, xr, stage.y, yr)
@@ -530,10 +538,21 @@ def _reference_surface(stage, potentiostat, sig, spec: ApproachSpec, ref: float,
         yield from bps.trigger_and_read(list(sigs.values()), name=f"{stream}_reference")
         tried.append(((xr, yr), why))
         if transfer is not None:
+            transfer["h"] = max([c.height for c in transfer["checks"] if c.significance > 3.0], default=0.0)
+            accepted.append(transfer)
             yield from bps.mv(stage.z, max(z_up, est.z0_hi + 4.0 * a))
-            return transfer, tried
-        logger.info("SECM approach: reference at (%.1f, %.1f) µm rejected: %s", xr, yr, why)
+            if len(accepted) >= n_accept:
+                break
+        else:
+            logger.info("SECM approach: reference at (%.1f, %.1f) µm rejected: %s", xr, yr, why)
         z_up = max(z_up, float(stage.z.position))
+    if accepted:
+        # the most uniform reference gives the surface (a neighbouring feature at the rim of a reference's footprint
+        # biases it by about its lateral contrast in height); the highest plausible surface of all bounds the park
+        best = min(accepted, key=lambda t: t["h"])
+        best = dict(best, hi=max(t["hi"] for t in accepted), checks=sum((t["checks"] for t in accepted), []),
+                    n=sum(t["n"] for t in accepted))
+        return best, tried
     yield from bps.mv(stage.z, z_up)
     yield from bps.mv(stage.x, x0, stage.y, y0)
     raise ApproachLimitReached(
@@ -543,14 +562,15 @@ def _reference_surface(stage, potentiostat, sig, spec: ApproachSpec, ref: float,
         "or a known surface", reason="criterion_not_met")
 
 
-def _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est, stream):
+def _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est, stream, tolerance=None):
     """One lateral probe at height z around (x0, y0), judged by :func:`~espt_bluesky.analysis.approach_criteria.
     lateral_heterogeneity` with the slope of the estimate's model curve."""
     a = spec.radius
     r = yield from _lateral_probe(stage, potentiostat, sig, x0, y0, a, f"{stream}_lateral")
     n = {k: np.asarray(v, float) / ref for k, v in r.items()}
     return crit.lateral_heterogeneity(n["c"], n["+x"], n["-x"], n["+y"], n["-y"], noise=noise,
-                                      slope=crit.model_slope(est, z, a, spec.rg), radius=a, delta=a)
+                                      slope=crit.model_slope(est, z, a, spec.rg), radius=a, delta=a,
+                                      tolerance=tolerance)
 
 
 def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[float], vals: list[float], ref: float,
@@ -583,7 +603,7 @@ def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[fl
         transfer, tried = yield from _reference_surface(
             stage, potentiostat, sig, spec, ref, noise, x0, y0, z_up=z_first, start_distance=spec.start_distance,
             target=target, candidates=[spec.reference], local=(list(zs), list(np.asarray(vals) / ref)),
-            stream=stream, max_tries=1)
+            stream=stream, max_tries=1, n_accept=1)
     else:
         res = yield from _fit_descent(stage, spec, zs, vals, ref, measure, noise, target=target,
                                       start_distance=spec.start_distance, lateral=lateral)
