@@ -624,7 +624,8 @@ class LateralCheck:
 
 
 def lateral_heterogeneity(centre, plus_x, minus_x, plus_y, minus_y, *, noise: float, slope: float, radius: float,
-                          delta: float, n_sigma: float = 5.0, tolerance: float | None = None) -> LateralCheck:
+                          delta: float, n_sigma: float = 5.0, tolerance: float | None = None,
+                          feedback_ratio: float = 2.0, minimum: float | None = None) -> LateralCheck:
     """Is the footprint under an SECM tip uniform?  Compare readings taken at one height on the axis and at ±Δ.
 
     Over a uniform substrate (any κ) the current does not change when the tip moves sideways at constant height;
@@ -651,6 +652,15 @@ def lateral_heterogeneity(centre, plus_x, minus_x, plus_y, minus_y, *, noise: fl
         Significance a contrast must exceed (standard errors of the difference of means).
     tolerance : float, optional
         Height (µm) a significant contrast must be worth to count as mixed.
+    feedback_ratio : float
+        A contrast counts only when it is at least 1/feedback_ratio of the feedback signal |I_T − 1| itself: where
+        the distance dominates the current (an active or inert region larger than the footprint close in) the
+        fit follows the distance; where the two are comparable (a feature narrower than the tip, averaging to ~1)
+        it cannot.
+    minimum : float, optional
+        The lowest current (a few readings' mean) seen on the way down: a current risen clearly (``n_sigma``
+        standard errors) above it has turned to positive feedback from a region that dominates the footprint,
+        and is informative.
 
     Returns
     -------
@@ -658,7 +668,7 @@ def lateral_heterogeneity(centre, plus_x, minus_x, plus_y, minus_y, *, noise: fl
 
     Examples
     --------
-    >>> c = lateral_heterogeneity([0.95] * 4, [0.95] * 4, [0.95] * 4, [0.91] * 4, [0.92] * 4, noise=0.005,
+    >>> c = lateral_heterogeneity([0.97] * 4, [0.97] * 4, [0.97] * 4, [0.93] * 4, [0.94] * 4, noise=0.005,
     ...                           slope=0.004, radius=5.0, delta=5.0)
     >>> c.mixed, round(c.contrast, 3)
     (True, -0.035)
@@ -684,6 +694,9 @@ def lateral_heterogeneity(centre, plus_x, minus_x, plus_y, minus_y, *, noise: fl
         for val, sig in ((sym, sig_sym), (anti, sig_anti)):
             z, h = abs(val) / sig, abs(val) / s
             cands.append((float(val), float(z), float(h), bool(z > n_sigma and h > tol), ax))
+    feedback = abs(float(c.mean()) - 1.0)
+    risen = minimum is not None and float(c.mean()) - float(minimum) > n_sigma * noise / np.sqrt(c.size)
+    cands = [c_[:3] + (c_[3] and abs(c_[0]) * feedback_ratio >= feedback and not risen,) + c_[4:] for c_ in cands]
     mixed = any(c_[3] for c_ in cands)
     # the worst mixed contrast (largest height), or else the most significant one
     best = max(cands, key=lambda c_: (c_[3], c_[2] if c_[3] else c_[1]))

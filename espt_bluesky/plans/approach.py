@@ -501,7 +501,8 @@ def _reference_surface(stage, potentiostat, sig, spec: ApproachSpec, ref: float,
             return vals[-1]
 
         def lateral(z, est, xr=xr, yr=yr):
-            return (yield from _check_footprint(stage, potentiostat, sig, spec, ref, noise, xr, yr, z, est, stream))
+            return (yield from _check_footprint(stage, potentiostat, sig, spec, ref, noise, xr, yr, z, est, stream,
+                                                curve=vals))
 
         for _ in range(2):
             yield from measure()
@@ -562,7 +563,8 @@ def _reference_surface(stage, potentiostat, sig, spec: ApproachSpec, ref: float,
         "or a known surface", reason="criterion_not_met")
 
 
-def _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est, stream, tolerance=None):
+def _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est, stream, tolerance=None,
+                     curve=None):
     """One lateral probe at height z around (x0, y0), judged by :func:`~espt_bluesky.analysis.approach_criteria.
     lateral_heterogeneity` with the slope of the estimate's model curve."""
     a = spec.radius
@@ -570,7 +572,15 @@ def _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est,
     n = {k: np.asarray(v, float) / ref for k, v in r.items()}
     return crit.lateral_heterogeneity(n["c"], n["+x"], n["-x"], n["+y"], n["-y"], noise=noise,
                                       slope=crit.model_slope(est, z, a, spec.rg), radius=a, delta=a,
-                                      tolerance=tolerance)
+                                      tolerance=tolerance, minimum=_running_min(curve, ref))
+
+
+def _running_min(curve, ref) -> float | None:
+    """The lowest 3-reading mean of the normalised approach readings so far (None: fewer than 3)."""
+    if curve is None or len(curve) < 3:
+        return None
+    v = np.asarray(curve, float) / ref
+    return float(np.min(np.convolve(v, np.ones(3) / 3.0, mode="valid")))
 
 
 def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[float], vals: list[float], ref: float,
@@ -594,7 +604,8 @@ def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[fl
     z_first = float(zs[0])
 
     def lateral(z, est):
-        return (yield from _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est, stream))
+        return (yield from _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est, stream,
+                                            curve=vals))
 
     transfer = tried = None
     mixed_check = None
@@ -636,10 +647,28 @@ def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[fl
         n = (res["n"] if res else 0) + transfer["n"]
         status = "done"
         if park or isinstance(spec.reference, tuple):
+            # down in steps of <= a/2 (a reading each), then readings at the working distance
+            z_from = float(stage.z.position)
+            for zz in np.arange(z_from - 0.5 * a, z, -0.5 * a)[:20]:
+                yield from bps.checkpoint()
+                yield from bps.mv(stage.z, float(zz))
+                yield from measure()
             yield from bps.checkpoint()
             yield from bps.mv(stage.z, z)
             for _ in range(_LATERAL_N):
                 yield from measure()
+            # the local curve, now close in, agrees with the transfer: where the footprint became uniform on the way
+            # down (a feature larger than the tip) its own estimate is the sharper one and replaces the transfer
+            loc = crit.secm_surface_estimate_local(zs, np.asarray(vals, float) / ref, a, spec.rg, kappa=spec.kappa,
+                                                   noise=noise, scale_err=0.1, start_distance=spec.start_distance,
+                                                   footprint_scale=5.0 * a)
+            slack = 3.0 * math.hypot(loc.z0_err, err) + transfer.get("h", 0.0)
+            logger.debug("local %s transfer %.3f err %.3f slack %.3f", loc, surface, err, slack)
+            if (loc.consistent and np.isfinite(loc.z0_lo) and loc.z0_hi - loc.z0_lo < 0.16 * a
+                    and abs(loc.z0 - surface) <= slack):
+                surface, err, lo, hi = loc.z0, loc.z0_err, loc.z0_lo, max(loc.z0_hi, hi)
+                z = max(surface + target, hi + spec.safety_margin)
+                yield from bps.mv(stage.z, z)
             bad = crit.secm_transfer_conflict(zs[-_LATERAL_N:], np.asarray(vals[-_LATERAL_N:]) / ref, surface, a,
                                               spec.rg, noise)
             if bad:
