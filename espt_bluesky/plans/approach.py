@@ -508,7 +508,8 @@ def _reference_surface(stage, potentiostat, sig, spec: ApproachSpec, ref: float,
             yield from measure()
         why = ""
         try:
-            res = yield from _fit_descent(stage, spec, zs, vals, ref, measure, noise, target=target,
+            # a reference is taken close in (at most 0.5 a): the smaller footprint sees less of its neighbourhood
+            res = yield from _fit_descent(stage, spec, zs, vals, ref, measure, noise, target=min(target, 0.5 * a),
                                           start_distance=start_distance, lateral=lateral)
         except ApproachLimitReached as exc:
             res, why = None, str(exc)
@@ -539,7 +540,8 @@ def _reference_surface(stage, potentiostat, sig, spec: ApproachSpec, ref: float,
         yield from bps.trigger_and_read(list(sigs.values()), name=f"{stream}_reference")
         tried.append(((xr, yr), why))
         if transfer is not None:
-            transfer["h"] = max([c.height for c in transfer["checks"] if c.significance > 3.0], default=0.0)
+            last = transfer["checks"][-1] if transfer["checks"] else None  # the probe at its stop, closest in
+            transfer["h"] = last.height if last is not None and last.significance > 3.0 else 0.0
             accepted.append(transfer)
             yield from bps.mv(stage.z, max(z_up, est.z0_hi + 4.0 * a))
             if len(accepted) >= n_accept:
