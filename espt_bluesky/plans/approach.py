@@ -778,7 +778,8 @@ def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: 
              surface_guess: float | None = None, fine_zone: float | None = None, stop_offset: float = 0.0,
              near_deviation: float = 0.02, strategy: str = "fit", kappa: float | None = None,
              safety_margin: float | None = None, start_distance: float | None = None, tip_check: str = "warn",
-             reference: Any = "auto", plane: Any = None, retract: float | None = None, context: Any = None, sample_md: dict | None = None,
+             reference: Any = "auto", plane: Any = None, retract: float | None = None, context: Any = None,
+             sample_md: dict | None = None,
              md: dict | None = None) -> Generator[Any, Any, float]:
     """Bring the probe to the surface, stop on the technique's criterion, park at a working distance.
 
@@ -821,6 +822,15 @@ def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: 
     tip_check : {"warn", "stop", "off"}
         SECM ``"fit"``: what to do when the curve says the tip is not the one recorded (apparent RG, recessed or
         contaminated electrode, noise): log a warning, or end the run with ``TipStateError``.
+    reference : "auto", "off", None or (x, y)
+        SECM ``"fit"``: what to do when a lateral probe near the surface finds the footprint mixed (a feature
+        narrower than the tip, e.g. an HOPG edge band, averaging to ~i_T,inf: no one-κ fit locates the surface).
+        ``"auto"``: locate the surface at neighbouring points (rings of 3 a and 5 a, each approach self-checked)
+        and transfer it, recorded in ``approach_reference``; ``"off"``/None: stop with ``ApproachLimitReached``;
+        ``(x, y)`` µm: always take the surface at that point.
+    plane : PlaneFit, optional
+        SECM ``"fit"``: the sample plane (``measure_tilt``) along which a reference's surface is transferred
+        (default flat).
     retract : float, µm
         How far the cleanup raises the tip after a failure (default 5 probe radii, at least 2 µm).
     context, sample_md, md : dict
