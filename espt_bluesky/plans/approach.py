@@ -581,7 +581,11 @@ def _check_footprint(stage, potentiostat, sig, spec, ref, noise, x0, y0, z, est,
     a = spec.radius
     r = yield from _lateral_probe(stage, potentiostat, sig, x0, y0, a, f"{stream}_lateral")
     n = {k: np.asarray(v, float) / ref for k, v in r.items()}
-    return crit.lateral_heterogeneity(n["c"], n["+x"], n["-x"], n["+y"], n["-y"], noise=noise,
+    # the noise from 5 readings at the start is itself uncertain (±30 %): pool the scatter within each probe point
+    groups = [v for v in n.values() if v.size > 1]
+    dof = sum(v.size - 1 for v in groups)
+    pooled = math.sqrt(sum(float(np.sum((v - v.mean()) ** 2)) for v in groups) / dof) if dof else 0.0
+    return crit.lateral_heterogeneity(n["c"], n["+x"], n["-x"], n["+y"], n["-y"], noise=max(noise, pooled),
                                       slope=crit.model_slope(est, z, a, spec.rg), radius=a, delta=a,
                                       tolerance=tolerance, minimum=_running_min(curve, ref))
 
