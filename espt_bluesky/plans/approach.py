@@ -419,7 +419,12 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # the prediction), so its bounds mean little: steps of at most 30 % of the smallest distance the
             # present current allows for any κ, until the stretch close to the surface pins the surface down
             cap = max(spec.fine_step, 0.3 * a * crit.secm_cautious_distance(vals[-1] / ref, spec.rg))
-            step, status = min(cap, max(spec.fine_step, 0.25 * a)), "cautious"
+            # ... and never below the floor (the highest plausible surface plus the margin) all the same
+            room = z - (est.z0_hi + spec.safety_margin)
+            if room > 0.02 * a:
+                step, status = min(cap, max(spec.fine_step, 0.25 * a), room), "cautious"
+            elif status != "floor":
+                step, status = 0.0, "floor"
         if lateral is not None:
             # is the footprint uniform enough for the one-κ estimate to be trusted this close?  Checked on entering
             # the last (target + a) above the highest plausible surface (once the estimate is bounded on both
