@@ -176,33 +176,49 @@ def default_max_slope(half_angle: float) -> float:
     return float(min(1.0 / math.tan(th), 100.0))
 
 
-def sicm_gap_lower_bound(ratio: float, sigma_ratio: float, access_length: float, k: float = 4.0) -> float:
-    """A k-σ lower bound (µm) on the gap from one normalised reading S = I/I_sat of standard error ``sigma_ratio``.
+def sicm_gap_lower_bound(ratio: float, sigma_ratio: float, access_length: float, descended: float = math.inf,
+                         k: float = 4.0) -> float:
+    """A k-σ lower bound (µm) on the gap from a reading ``descended`` µm below the reference reading.
 
-    d = A·S/(1 − S) grows with S, so the bound is the gap of S − k·σ (0 when that is ≤ 0, +inf when it is ≥ 1:
-    a reading that far from any drop says only that the surface is beyond the curve's reach, A/(k·σ)).
+    ``ratio`` is the present current over the reference read at the top of the hop (standard error
+    ``sigma_ratio``).  The reference itself lies on the curve, at the gap d + Δ (Δ = ``descended``), so the two
+    readings fit I/I_sat = d/(d + A) with both the gap and I_sat unknown:
+    r = [d/(d + A)]·[(d + Δ + A)/(d + Δ)], i.e. (1 − r)·d² + (1 − r)(A + Δ)·d − r·A·Δ = 0.  (Δ = inf: the
+    reference is I_sat, d = A·r/(1 − r).)  No assumption on where the surface is: the first hop of a map, or one
+    onto a rim higher than its neighbours, is bounded as safely as any other.  The bound is the gap of r − k·σ
+    (0 when that is ≤ 0, +inf when it is ≥ 1); it grows as √(A·Δ/(k·σ)) while the current stays flat.
     """
-    s_lo = float(ratio) - float(k) * float(sigma_ratio)
-    if s_lo <= 0.0:
+    r = float(ratio) - float(k) * float(sigma_ratio)
+    if r <= 0.0:
         return 0.0
-    return float(sicm_gap_from_ratio(s_lo, access_length))
+    if r >= 1.0:
+        return math.inf
+    A = float(access_length)
+    dz = float(descended)
+    if not math.isfinite(dz):
+        return A * r / (1.0 - r)
+    if dz <= 0.0:
+        return 0.0
+    b = (1.0 - r) * (A + dz)
+    return float(2.0 * r * A * dz / (b + math.sqrt(b * b + 4.0 * (1.0 - r) * r * A * dz)))
 
 
 def sicm_next_step(ratio: float, sigma_ratio: float, access_length: float, d_stop: float, step_min: float,
-                   step_max: float, *, k: float = 4.0, alpha: float = 0.7) -> float:
+                   step_max: float, *, descended: float = math.inf, k: float = 4.0, alpha: float = 0.7) -> float:
     """Next approach step (µm) of a SICM hop, adapted to the current–distance curve as it comes in.
 
-    The present reading bounds the gap from below (:func:`sicm_gap_lower_bound`); the step is ``alpha`` of what
-    lies between that bound and the stop distance ``d_stop``, clipped to [``step_min``, ``step_max``].  Far away
-    (S ≈ 1) the bound is the curve's reach A/(k·σ) and the steps are coarse; as the current starts to drop the
-    bound tightens onto the true gap and the steps shrink to ``step_min`` near the stop.  Because the step never
-    exceeds ``alpha`` of a k-σ lower bound of the remaining distance, the tip cannot pass the stop by more than
-    ``step_min`` unless the reading is off by several times k·σ.
+    The readings so far bound the gap from below (:func:`sicm_gap_lower_bound`: the present reading against the
+    reference read ``descended`` µm higher); the step is ``alpha`` of what lies between that bound and the stop
+    distance ``d_stop``, clipped to [``step_min``, ``step_max``].  Far away the bound grows with the descent
+    (the current stays flat) and the steps are coarse; as the current starts to drop the bound tightens onto the
+    true gap and the steps shrink to ``step_min`` near the stop.  Because a step never exceeds ``alpha`` of a
+    k-σ lower bound of the remaining distance, the tip cannot pass the stop by more than ``step_min`` unless a
+    reading is off by several times k·σ.
     """
-    d_lo = sicm_gap_lower_bound(ratio, sigma_ratio, access_length, k)
+    d_lo = sicm_gap_lower_bound(ratio, sigma_ratio, access_length, descended, k)
     room = d_lo - float(d_stop)
     if not math.isfinite(room):
-        return float(step_max)
+        return float(max(step_min, step_max))
     return float(np.clip(alpha * room, step_min, max(step_min, step_max)))
 
 

@@ -266,9 +266,9 @@ class SimHopController(Device):
         travel = step * max_steps
         still = not any(m.options.drift)
         face = m.sicm_face(x, y) if still else None
-        z, n, s_last = z_top, 0, abs(i_top / i_sat)
+        z, n, s_last = z_top, 0, 1.0
         while True:
-            dz = hop_height.sicm_next_step(s_last, sig_r, A, d_stop, step, travel)
+            dz = hop_height.sicm_next_step(s_last, sig_r, A, d_stop, step, travel, descended=z_top - z)
             if z_top - (z - dz) > travel + 1e-9:
                 if z_top - z >= travel - 1e-9:
                     self._no_crossing(x, y)
@@ -278,7 +278,7 @@ class SimHopController(Device):
             self._vertical(z)  # raises TipCrash where the face touches
             i_now = m.sicm_current(z=z, face=face) if still else m.sicm_current()
             r = float(np.mean(self._noisy(i_now, n_read)))
-            s_last = abs(r / i_sat)
+            s_last = abs(r / i_top)  # against the reading at the top: no assumption on the gap there
             # a crossing is confirmed by fresh readings at the same height (the one that fired is left out: it
             # was selected for being low), and the stop by the long average (the short readings can be unlucky)
             if abs(r) >= thr or abs(float(np.mean(self._noisy(i_now, self.N_CONFIRM * n_read)))) >= thr:

@@ -264,11 +264,12 @@ class SicmHops:
         sigma = self.sigma1 / math.sqrt(self.n_int * k) if math.isfinite(self.sigma1) else 0.0
         # a reading's error as a ratio (its own noise and the reference's, in quadrature): steers the steps
         sig_r = math.hypot(self.sigma1 / math.sqrt(self.n_int), sigma) if math.isfinite(self.sigma1) else 0.0
-        z, n, s_last = z_top, 0, abs(i_top / i_sat)
+        z, n, s_last = z_top, 0, 1.0
         while True:
             # the step adapts to the current–distance curve as it comes in: coarse while the current says the
             # surface is far, ``approach_step`` as the current starts to drop
-            dz = hop_height.sicm_next_step(s_last, sig_r, self.A, d_stop, spec.fine_step, spec.max_travel)
+            dz = hop_height.sicm_next_step(s_last, sig_r, self.A, d_stop, spec.fine_step, spec.max_travel,
+                                           descended=z_top - z)
             if z_top - (z - dz) > spec.max_travel + 1e-9 or z - dz < stage.z.limits[0]:
                 if z_top - z >= spec.max_travel - 1e-9 or z - spec.fine_step < stage.z.limits[0]:
                     raise ApproachLimitReached(
@@ -280,7 +281,7 @@ class SicmHops:
             yield from bps.mv(stage.z, z)
             n += 1
             i_now = yield from mean_of(1, pool=False)
-            s_last = abs(i_now / i_sat)
+            s_last = abs(i_now / i_top)  # against the reading at the top: no assumption on the gap there
             if abs(i_now) >= thr:
                 continue
             # fresh readings at the same height decide (the one that fired was selected for being low): the
