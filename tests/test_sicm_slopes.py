@@ -113,7 +113,11 @@ def _hop_map(mode, seed, region, hop, n=20, **kwargs):
     RE = RunEngine({}, call_returns_result=True)
     docs = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    RE(bps.mv(bench.stage.z, float(bench.model.surface_z(region[0], region[2])) + hop))
+    # lift the tip before anything moves (the bench starts one radius above the axis point, which on a slope can
+    # leave the end face in the sample)
+    bench.model.position[2] = float(bench.model.surface_z(region[0], region[2])) + hop
+    for ax in (bench.stage.x, bench.stage.y, bench.stage.z):
+        ax.sync()
     bench.hopper.sample_count = 0
     res = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=(region[0], region[1], n),
                           y_range=(region[2], region[3], n), hop_height=hop, mode=mode, hopper=bench.hopper,

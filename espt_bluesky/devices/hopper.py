@@ -265,7 +265,11 @@ class SimHopController(Device):
         sig_r = math.hypot(sigma1 / math.sqrt(n_read), sigma)
         travel = step * max_steps
         still = not any(m.options.drift)
-        face = m.sicm_face(x, y) if still else None
+        if still:  # the face heights hold during the hop: the current at any height from one look-up
+            current_at = self._still_current(x, y, A)
+            fx, fy = m._end_face_points(x, y)
+            h_max = float(np.max(m.surface_z(fx, fy)))  # the face points of clearance()
+            velocity = max(self.stage.z.velocity.get(), 1e-9) if self.stage is not None else math.inf
         z, n, s_last = z_top, 0, 1.0
         while True:
             dz = hop_height.sicm_next_step(s_last, sig_r, A, d_stop, step, travel, descended=z_top - z)
@@ -275,8 +279,12 @@ class SimHopController(Device):
                 dz = travel - (z_top - z)  # the last bit of the travel
             z -= dz
             n += 1
-            self._vertical(z)  # raises TipCrash where the face touches
-            i_now = m.sicm_current(z=z, face=face) if still else m.sicm_current()
+            if still and z >= h_max:  # clear of the sample: the move cannot touch
+                m.clock += abs(float(m.position[2]) - z) / velocity
+                m.position = np.array([x, y, z])
+            else:
+                self._vertical(z)  # raises TipCrash where the face touches
+            i_now = current_at(z) if still else m.sicm_current()
             r = float(np.mean(self._noisy(i_now, n_read)))
             s_last = abs(r / i_top)  # against the reading at the top: no assumption on the gap there
             # a crossing is confirmed by fresh readings at the same height (the one that fired is left out: it
@@ -289,6 +297,22 @@ class SimHopController(Device):
         surface, err, i_sat = hop_height.sicm_hop_surface(z, i_stop, i_top, z_top, A,
                                                           sigma_ratio=math.sqrt(2.0) * sigma)
         return dict(z=z, n=n, surface=surface, err=err, i_ref=i_sat)
+
+    def _still_current(self, x: float, y: float, A: float):
+        """The noise-free ion current at height z over (x, y) of a still sample, as ``BenchModel.sicm_current``
+        computes it (the gap under the end face, sectors in parallel), without re-validating the pipette at every
+        step."""
+        m = self._model
+        face = m.sicm_face(x, y)
+        w = m._annulus()["w"]
+        ri, _, th = self._pipette()
+        i_sat = m.options.ion_bias / float(sicm.pipette_resistance(ri, th, m.options.conductivity))
+
+        def current_at(z: float) -> float:
+            d = float(sicm.effective_gap(z - face, w))
+            return i_sat * d / (d + A)
+
+        return current_at
 
     def _noisy(self, i_true: float, n: int) -> np.ndarray:
         """``n`` noisy samples of a steady current (and the count of samples the controller has taken)."""

@@ -11,6 +11,7 @@ from bluesky.protocols import Configurable, Movable, Readable
 from ..errors import (FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, check_number,
                       fault_reason)
 from ..analysis import hop_height
+from ..analysis import hop_height as _hh  # hopping_scan has an argument of that name
 from ._detectors import check_detectors
 from ._common import (ApproachLimitReached, apply_settings, cell_on, check_points, check_step, check_xy,
                       checked_plan, configure_technique, device_error, grid_points, managed_run, pipette_geometry,
@@ -357,22 +358,28 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     hop_height : float, µm
         Retract after every hop (must clear the topography between neighbouring points).
     approach_step : float, µm
-        Approach step (default: a quarter of the SICM setpoint distance; 0.2 pipette radii for SECCM).
+        The finest approach step (default: a quarter of the SICM setpoint distance; 0.2 pipette radii for SECCM).
+        SICM steps adapt to the current–distance curve as it comes in: each reading, against the reference read
+        at the top of the hop, bounds the gap from below (4 σ, :func:`espt_bluesky.analysis.hop_height.
+        sicm_gap_lower_bound`), and the next step is 0.7 of what lies between that bound and the stop distance,
+        never less than ``approach_step`` (coarse while the current is flat, ``approach_step`` as it drops).
     drop : float
         SICM setpoint: relative ion-current drop (0.001–0.5, typically 0.005–0.02).
     contact_current : float, A
-        SECCM: |substrate current| that signals meniscus contact.
+        SECCM: |substrate current| that signals meniscus contact (confirmed by fresh readings at the same
+        height, without descending further).
     stop_offset : float, µm
         SECCM: subtracted from the landing height to give the surface height (default 0: the landing height).
-    max_slope : float
-        SICM: the steepest sample slope |∇h| the map may meet (0–100, e.g. 5 for particles with near-vertical
-        rims).  The pipette's flat end face (outer radius r_o) touches a slope s before its axis reaches the
-        setpoint distance d_set whenever s·r_o > d_set, and the ion current gives no warning of it (it averages
-        the gap under the face); each hop therefore stops at least s·r_o + max(d_set/4, approach_step) above the
-        surface (a smaller
-        current drop there; the height still comes from the current–distance curve, with more averaging).
-        Steep slopes between hops already made raise the stop distance by themselves; 0 (default) relies on
-        those and on the setpoint alone.
+    max_slope : float or None
+        SICM: the steepest sample slope |∇h| the map may meet (0–100).  The pipette's flat end face (outer
+        radius r_o) touches a slope s before its axis reaches the setpoint distance d_set whenever s·r_o > d_set,
+        and the ion current gives no warning of it (it averages the gap under the face); each hop therefore
+        stops at least s·r_o + max(d_set/4, approach_step) above the surface (a smaller current drop there; the
+        height still comes from the current–distance curve, with more averaging).  None (default): the steepest
+        slope the pipette can image at all, cot(half-cone angle) (11.4 for 5°): no touch on any sample, at the
+        price of stopping ~0.9 µm above it and averaging longer; a smaller value (e.g. 5 for particles with
+        near-vertical rims, 0 for a flat film) is faster when the sample is known.  Steep slopes between hops
+        already made raise the stop distance by themselves.
     measure : dict, optional
         A waveform per hop: ``{"technique": "CV"|"CA"|"LSV", **potentiostat parameters}`` (``n_samples`` fixes
         the waveform length, default 200), or None for the ion/surface current at the setpoint.
@@ -446,6 +453,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                               shape=pts.get("shape"), extents=pts.get("extents"), snaking=pts.get("snaking"),
                               hints={"dimensions": [[[keys[1]], "primary"], [[keys[0]], "primary"]]},
                               extra={"topography_key": topo_key, "valid_key": valid_key, "hop_mode": mode,
+                                     "max_slope_used": (max_slope if max_slope is not None or technique != "SICM"
+                                                        else _hh.default_max_slope(pipette_geometry(pr)[2])),
                                      "setpoint_distance": spec.stop_distance, "num_points": int(xs.size)})
     faults = _FaultLog(int(xs.size), max_consecutive_faults)
 
