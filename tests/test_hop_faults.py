@@ -132,3 +132,41 @@ def test_seccm_lost_contact_is_skipped_and_landings_are_unbiased(RE):
     step = RE.collector.of("start")[-1]["plan_args"]["approach_step"]
     assert np.all(np.abs(err) <= 0.5 * step + 1e-9) and np.allclose(zerr[ok], step / np.sqrt(12))
     assert abs(err.mean()) < 0.25 * step  # the landing height of the old controller was half a step low
+
+
+@pytest.mark.parametrize("mode", ["device", "plan"])
+def test_seccm_first_contact_is_confirmed_without_driving_the_meniscus_in(RE, mode):
+    """A glitch on the contact line (one reading far above the contact current while the droplet is still in the
+    air) does not end the approach: fresh readings at the same height must confirm it.  A real landing is
+    confirmed where it happened: the pipette stops one step at most below the landing height, never lower, and
+    its end never touches."""
+    bench = make_sim_bench("SECCM", "patterned", seed=6, start=(30.0, 30.0))
+    model = bench.model
+    real = model.contact_current
+    calls = {"n": 0}
+
+    def glitchy(e_sub):  # the third reading of every hop reads a spike, wherever the pipette is
+        calls["n"] += 1
+        return 5e-11 if calls["n"] % 40 == 3 else real(e_sub)
+
+    model.contact_current = glitchy
+    RE(bps.mv(bench.stage.z, float(model.surface_z(30, 30)) + 2.0))
+    res = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SECCM", x_range=(29.0, 33.0, 3),
+                          y_range=(29.0, 33.0, 3), hop_height=2.0, max_travel=4.0, mode=mode,
+                          hopper=bench.hopper))
+    assert res.exit_status == "success" and not model.crashed
+    start = RE.collector.of("start")[-1]
+    step = start["plan_args"]["approach_step"]
+    ev = _events(RE)
+    xk, yk, tk = start["map"]["x"], start["map"]["y"], start["topography_key"]
+    ck = "hopper_contact_z" if mode == "device" else "contact_z"
+    x, y = (np.array([e["data"][k] for e in ev]) for k in (xk, yk))
+    stop_z, surf = (np.array([e["data"][k] for e in ev]) for k in (ck, tk))
+    landing = model.surface_z(x, y) + model.meniscus_height()  # where the droplet first touches
+    assert np.all(stop_z <= landing + 1e-9) and np.all(stop_z > landing - step - 1e-9)
+    assert np.all(stop_z - model.surface_z(x, y) > 0)  # the glass never reaches the surface
+    assert np.all(np.abs(surf - model.meniscus_height() - model.surface_z(x, y)) <= 0.5 * step + 1e-9)
+    if mode == "plan":  # the readings that confirmed the contact were taken at the stop height
+        appr = _events(RE, "approach")
+        zs = np.array([e["data"]["stage_z"] for e in appr])
+        assert np.sum(np.isclose(zs, stop_z[-1])) >= 2

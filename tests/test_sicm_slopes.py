@@ -104,51 +104,114 @@ def test_height_from_readings_at_the_stop_is_exact_without_noise():
     assert z == pytest.approx(1.1) and e == pytest.approx(0.2 / math.sqrt(12))
 
 
-def _hop_map(mode, seed, region, hop, n=20, step=None):
+def _hop_map(mode, seed, region, hop, n=20, **kwargs):
+    """A SICM hopping map over ``composite_cathode`` with the plan's DEFAULT arguments (setpoint, step, slope
+    margin): only the grid and the hop height (which must clear the topography between points) are chosen."""
     bench = make_sim_bench("SICM", "composite_cathode", seed=seed, start=(region[0], region[2]))
     from bluesky import RunEngine
 
     RE = RunEngine({}, call_returns_result=True)
     docs = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    RE(bps.mv(bench.stage.z, float(bench.model.surface_z(region[0], region[2])) + hop))
+    # lift the tip before anything moves (the bench starts one radius above the axis point, which on a slope can
+    # leave the end face in the sample)
+    bench.model.position[2] = float(bench.model.surface_z(region[0], region[2])) + hop
+    for ax in (bench.stage.x, bench.stage.y, bench.stage.z):
+        ax.sync()
+    bench.hopper.sample_count = 0
     res = RE(hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=(region[0], region[1], n),
-                          y_range=(region[2], region[3], n), hop_height=hop, drop=0.02, max_slope=5.0, mode=mode,
-                          hopper=bench.hopper, approach_step=step))
+                          y_range=(region[2], region[3], n), hop_height=hop, mode=mode, hopper=bench.hopper,
+                          **kwargs))
     start = next(d for k, d in docs if k == "start")
     stop = next(d for k, d in docs if k == "stop")
     descs = {d["uid"]: d["name"] for k, d in docs if k == "descriptor"}
+    streams = [descs[d["descriptor"]] for k, d in docs if k == "event"]
     ev = [d["data"] for k, d in docs if k == "event" and descs[d["descriptor"]] == "primary"]
     xk, yk = start["map"]["x"], start["map"]["y"]
     ek = start["topography_key"] + "_err"
     x, y = np.array([e[xk] for e in ev]), np.array([e[yk] for e in ev])
     z, zerr = np.array([e[start["topography_key"]] for e in ev]), np.array([e[ek] for e in ev])
-    return bench, res, stop, x, y, z, zerr, start["plan_args"]["approach_step"]
+    steps = (np.array([e["hopper_n_steps"] for e in ev]) if mode == "device"
+             else np.full(len(ev), streams.count("approach") / max(len(ev), 1)))
+    return dict(bench=bench, res=res, stop=stop, x=x, y=y, z=z, zerr=zerr, step=start["plan_args"]["approach_step"],
+                steps=steps, n=n)
 
 
-def _check_map(bench, res, stop, x, y, z, zerr, step, n=20):
+def _check_map(out):
+    bench, res, stop, x, y, z, zerr, step = (out[k] for k in ("bench", "res", "stop", "x", "y", "z", "zerr", "step"))
+    n = out["n"]
     assert res.exit_status == "success" and stop["exit_status"] == "success" and not stop.get("reason")
     assert not bench.model.crashed and bench.model.clearance() > 0  # no touch anywhere
     assert z.size == n * n and np.all(np.isfinite(z)) and np.all(np.isfinite(zerr))
     err = z - bench.model.surface_z(x, y)
     mean, rms = float(err.mean()), float(np.sqrt(np.mean(err**2)))
     print(f"mean error {1e3 * mean:.2f} nm, RMS {1e3 * rms:.1f} nm, step {1e3 * step:.1f} nm, "
-          f"reported error {1e3 * np.mean(zerr):.1f} nm, chi {np.sqrt(np.mean((err / zerr) ** 2)):.2f}")
+          f"reported error {1e3 * np.mean(zerr):.1f} nm, chi {np.sqrt(np.mean((err / zerr) ** 2)):.2f}, "
+          f"steps/hop {np.mean(out['steps']):.1f}")
     assert abs(mean) < 0.1 * step and rms < step
     # the error bars are honest: the scatter is that of the reported errors (rims add the face-averaging)
     assert 0.7 < np.sqrt(np.median((err / zerr) ** 2) / 0.455) < 1.6  # median of χ²(1) is 0.455
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_device_hopping_over_particle_rims(seed):
-    """20×20 over 20 µm × 20 µm of particles and matrix (rims up to 4.6 µm high, slopes up to ~5)."""
-    out = _hop_map("device", seed, (55.0, 75.0, 50.0, 70.0), hop=7.0)
-    _check_map(*out)
+DEVICE_REGION = (55.0, 75.0, 50.0, 70.0)  # 20 µm × 20 µm of particles and matrix: rims up to 5 µm, slopes ~5
+
+
+@pytest.fixture(scope="module", params=[0, 1, 2])
+def device_map(request):
+    return _hop_map("device", request.param, DEVICE_REGION, hop=7.0)
+
+
+def test_device_hopping_over_particle_rims_with_default_arguments(device_map):
+    """20×20, three samples (seeds): no touch, unbiased heights, RMS within a step, honest error bars."""
+    _check_map(device_map)
+
+
+def test_adaptive_steps_are_fewer_than_fixed_steps(device_map):
+    """The steps adapt to the current–distance curve: a 7 µm hop takes far fewer steps than 7 µm/approach_step
+    (the fixed-step controller), and none of them passes the stop (every hop above: no touch)."""
+    fixed = 7.0 / device_map["step"]
+    assert np.mean(device_map["steps"]) < 0.4 * fixed
+
+
+def _rim_region(seed, half=1.5):
+    """A 3 µm × 3 µm window across the rim of a particle of ``composite_cathode`` (its right-most edge)."""
+    from espt_bluesky.physics.sample import make_sample
+
+    xc, yc, r = next(f for f in make_sample("composite_cathode", seed=seed).features
+                     if 20 < f[0] < 80 and 20 < f[1] < 80)
+    return (xc + r - half, xc + r + half, yc - half, yc + half)
 
 
 @pytest.mark.slow
-def test_plan_hopping_over_a_particle_rim():
-    """Plan mode (every step and reading a RunEngine event): 20×20 over 3 µm × 3 µm across the rim of a particle,
-    with 0.1 µm steps to keep the number of events affordable (~14 per hop)."""
-    out = _hop_map("plan", 0, (61.0, 64.0, 60.0, 63.0), hop=0.8, step=0.1)
-    _check_map(*out)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plan_hopping_over_a_particle_rim(seed):
+    """Plan mode (every step and reading a RunEngine event), default arguments: 20×20 over 3 µm × 3 µm across
+    the rim of a particle (a small region keeps the events affordable)."""
+    _check_map(_hop_map("plan", seed, _rim_region(seed), hop=0.8))
+
+
+def test_gap_bound_from_the_curve_as_it_comes_in():
+    """Two readings on the published curve (the reference at the top of the hop and the present one Δ lower)
+    fix the gap without knowing I_sat; with noise the k-σ bound stays below the true gap."""
+    from espt_bluesky.analysis import hop_height
+
+    ri, ro, theta = 0.05, 0.075, 5.0
+    A = 1.5 * math.log(ro / ri) * ri * math.tan(math.radians(theta))
+    for d, dz in ((0.1, 0.05), (0.4, 3.0), (2.0, 5.0)):
+        r = float(published(d, ri, ro, theta) / published(d + dz, ri, ro, theta))
+        assert hop_height.sicm_gap_lower_bound(r, 0.0, A, dz, k=0) == pytest.approx(d, rel=1e-9)
+    assert hop_height.sicm_gap_lower_bound(0.9, 0.0, A, k=0) == pytest.approx(A * 9)  # reference = I_sat
+    rng = np.random.default_rng(1)
+    d, dz, sig = 0.5, 2.0, 2e-4
+    r = float(published(d, ri, ro, theta) / published(d + dz, ri, ro, theta)) + sig * rng.standard_normal(4000)
+    lo = np.array([hop_height.sicm_gap_lower_bound(v, sig, A, dz) for v in r])
+    assert np.all(lo < d) and np.median(lo) > 0.2 * d
+    # the step: coarse while the bound is far above the stop, approach_step near it, never past it
+    d_stop, fine = 0.3, 0.02
+    far = hop_height.sicm_next_step(1.0, sig, A, d_stop, fine, 5.0, descended=3.0)
+    assert far > 5 * fine
+    for d in (0.35, 0.5, 1.0, 3.0):
+        r = float(published(d, ri, ro, theta) / published(d + 1.0, ri, ro, theta))
+        st = hop_height.sicm_next_step(r, sig, A, d_stop, fine, 5.0, descended=1.0)
+        assert fine <= st <= max(fine, 0.7 * (d - d_stop)) + 1e-12
+    assert hop_height.default_max_slope(5.0) == pytest.approx(1 / math.tan(math.radians(5.0)))

@@ -23,7 +23,8 @@ from numpy.typing import ArrayLike
 from ..physics import sicm
 
 __all__ = ["sicm_gap_from_ratio", "sicm_far_current", "sicm_hop_surface", "contact_crossing", "local_slope",
-           "sicm_stop_distance", "samples_for_precision", "pipette_access_length"]
+           "sicm_stop_distance", "samples_for_precision", "pipette_access_length", "default_max_slope",
+           "sicm_gap_lower_bound", "sicm_next_step", "sicm_reading_samples"]
 
 #: neighbour slopes (one hop spacing) underestimate the steepest slope under the end face near a rim
 SLOPE_FACTOR = 2.0
@@ -159,3 +160,78 @@ def pipette_access_length(inner_radius: float, outer_radius: float, half_angle: 
     """A (µm) of a pipette's current–distance curve I/I_sat = d/(d + A) (:func:`espt_bluesky.physics.sicm.
     access_length`)."""
     return float(sicm.access_length(inner_radius, outer_radius, half_angle))
+
+
+def default_max_slope(half_angle: float) -> float:
+    """The steepest slope a pipette of half-cone angle ``half_angle`` (degrees) can image: cot θ (dimensionless).
+
+    A surface steeper than the pipette's own flank (90° − θ from the horizontal) meets the side wall whatever the
+    end face does, so no hop can follow it; every slope up to it can be met by the end face.  This is the slope a
+    hop must clear when nothing else is known about the sample (``max_slope=None``): safe on any sample the
+    pipette can image, at the price of stopping further away (5°: cot θ = 11.4, i.e. 0.86 µm for r_o = 75 nm).
+    """
+    th = math.radians(float(half_angle))
+    if not 0.0 < th < 0.5 * math.pi:
+        raise ValueError(f"half_angle={half_angle!r} deg: allowed 0 < half_angle < 90")
+    return float(min(1.0 / math.tan(th), 100.0))
+
+
+def sicm_gap_lower_bound(ratio: float, sigma_ratio: float, access_length: float, descended: float = math.inf,
+                         k: float = 4.0) -> float:
+    """A k-σ lower bound (µm) on the gap from a reading ``descended`` µm below the reference reading.
+
+    ``ratio`` is the present current over the reference read at the top of the hop (standard error
+    ``sigma_ratio``).  The reference itself lies on the curve, at the gap d + Δ (Δ = ``descended``), so the two
+    readings fit I/I_sat = d/(d + A) with both the gap and I_sat unknown:
+    r = [d/(d + A)]·[(d + Δ + A)/(d + Δ)], i.e. (1 − r)·d² + (1 − r)(A + Δ)·d − r·A·Δ = 0.  (Δ = inf: the
+    reference is I_sat, d = A·r/(1 − r).)  No assumption on where the surface is: the first hop of a map, or one
+    onto a rim higher than its neighbours, is bounded as safely as any other.  The bound is the gap of r − k·σ
+    (0 when that is ≤ 0, +inf when it is ≥ 1); it grows as √(A·Δ/(k·σ)) while the current stays flat.
+    """
+    r = float(ratio) - float(k) * float(sigma_ratio)
+    if r <= 0.0:
+        return 0.0
+    if r >= 1.0:
+        return math.inf
+    A = float(access_length)
+    dz = float(descended)
+    if not math.isfinite(dz):
+        return A * r / (1.0 - r)
+    if dz <= 0.0:
+        return 0.0
+    b = (1.0 - r) * (A + dz)
+    return float(2.0 * r * A * dz / (b + math.sqrt(b * b + 4.0 * (1.0 - r) * r * A * dz)))
+
+
+def sicm_next_step(ratio: float, sigma_ratio: float, access_length: float, d_stop: float, step_min: float,
+                   step_max: float, *, descended: float = math.inf, k: float = 4.0, alpha: float = 0.7) -> float:
+    """Next approach step (µm) of a SICM hop, adapted to the current–distance curve as it comes in.
+
+    The readings so far bound the gap from below (:func:`sicm_gap_lower_bound`: the present reading against the
+    reference read ``descended`` µm higher); the step is ``alpha`` of what lies between that bound and the stop
+    distance ``d_stop``, clipped to [``step_min``, ``step_max``].  Far away the bound grows with the descent
+    (the current stays flat) and the steps are coarse; as the current starts to drop the bound tightens onto the
+    true gap and the steps shrink to ``step_min`` near the stop.  Because a step never exceeds ``alpha`` of a
+    k-σ lower bound of the remaining distance, the tip cannot pass the stop by more than ``step_min`` unless a
+    reading is off by several times k·σ.
+    """
+    d_lo = sicm_gap_lower_bound(ratio, sigma_ratio, access_length, descended, k)
+    room = d_lo - float(d_stop)
+    if not math.isfinite(room):
+        return float(max(step_min, step_max))
+    return float(np.clip(alpha * room, step_min, max(step_min, step_max)))
+
+
+def sicm_reading_samples(sigma_sample: float, access_length: float, d_stop: float, *, k: float = 4.0,
+                         reach: float = 4.0, low: int = 4, high: int = 4096) -> int:
+    """Samples per approach reading so that the curve reaches ``reach``·``d_stop`` at k σ (see
+    :func:`sicm_next_step`): n = (reach·k·σ·d_stop/A)², clipped to [low, high].
+
+    This is also what resolves the stop itself: at ``d_stop`` the current has dropped by ≈ A/d_stop, which is then
+    ``reach``·k reading-σ below the far current (no false stops far away, a crossing seen within a step or two).
+    ``reach`` = 2 would minimise the samples per µm of descent far above the surface; 4 (default) halves the
+    number of steps near it (a reading at a finite gap bounds it well below the curve's full reach) for about
+    1.3× the samples of a hop.
+    """
+    n = (float(reach) * float(k) * float(sigma_sample) * float(d_stop) / max(float(access_length), 1e-15)) ** 2
+    return int(np.clip(math.ceil(n), low, high))

@@ -20,18 +20,24 @@ records the faulted hop, and the next ``trigger()`` hops again (``hopping_scan(o
 Criteria (``criterion`` config signal):
 
 =================  ===================================================================================
-``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_sat (each reading the mean of 4
-                    samples; I_sat from the mean of 5 readings at the top; confirmed by the mean of 2 fresh
-                    readings, not the one that fired).  The height then comes from fresh samples at the stop
+``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_sat (each reading the mean of
+                    4 or more samples, enough for the curve to reach twice the stop distance; I_sat from
+                    the readings at the top; confirmed by the mean of 2 fresh readings, not the one that
+                    fired).  The steps adapt to the current–distance curve as it comes in: coarse while
+                    the current says the surface is far, ``approach_step`` as it starts to drop
+                    (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`).  The height then comes from fresh samples at the stop
                     (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
                     through the pipette's current–distance curve
                     (:func:`espt_bluesky.analysis.hop_height.sicm_hop_surface`): no half-step bias, no
                     selection bias, and an error bar from the noise (pooled over the hops).  Where the hops
-                    around are steep, or ``max_slope`` says the sample may be, the stop distance grows to
+                    around are steep, or ``max_slope`` says the sample may be (NaN, the default: the
+                    steepest slope the pipette can image, cot θ), the stop distance grows to
                     slope·r_o + max(d_set/4, step) (neighbour slopes doubled) so that the glass rim stays
                     clear (:func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`).
-``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched); the landing is
-                    the midpoint of the last two heights (error step/√12)
+``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched) and 2 fresh
+                    readings at the same height confirm it (no further descent: the meniscus is not driven
+                    into the surface, a glitch does not end the approach); the landing is the midpoint of
+                    the last two heights (error step/√12)
 =================  ===================================================================================
 
 ``device_time`` accumulates the wall time (s) spent inside ``trigger()``: on hardware this is the controller's
@@ -52,6 +58,7 @@ from ophyd.status import DeviceStatus
 from ..errors import (ApproachLimitReached, InvalidArgument, check_bool, check_choice, check_number, check_positive,
                       check_vector, fault_reason)
 from ..analysis import hop_height
+from ..analysis import hop_height as _hh  # hop_settings has an argument of that name
 from ..physics import sicm
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
@@ -79,7 +86,7 @@ class SimHopController(Device):
     approach_step = Cpt(QuantitySignal, value=0.02, kind="config", units="um")
     max_travel = Cpt(QuantitySignal, value=20.0, kind="config", units="um")
     stop_offset = Cpt(QuantitySignal, value=0.0, kind="config", units="um")
-    max_slope = Cpt(QuantitySignal, value=0.0, kind="config", units="1")
+    max_slope = Cpt(QuantitySignal, value=math.nan, kind="config", units="1")  # NaN: from the pipette
     measure = Cpt(Signal, value=0, kind="config")
 
     def __init__(self, *args, stage=None, potentiostat=None, **kwargs):
@@ -95,6 +102,7 @@ class SimHopController(Device):
         self._noise_ss = 0.0
         self._noise_dof = 0
         self.device_time = 0.0
+        self.sample_count = 0  # current samples the controller has averaged (instrument time: × sample time)
         self._measured_time = 0.0
         for sig in (self.criterion, self.setpoint, self.hop_height, self.approach_step, self.max_travel,
                     self.stop_offset, self.max_slope, self.measure):
@@ -115,7 +123,7 @@ class SimHopController(Device):
         self._forget_contact()
 
     def configure_hop(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
-                      max_travel: float, stop_offset: float = 0.0, max_slope: float = 0.0,
+                      max_travel: float, stop_offset: float = 0.0, max_slope: float | None = None,
                       measure: bool = False) -> None:
         """Load the hop programme (validated)."""
         for sig, v in self.hop_settings(criterion=criterion, setpoint=setpoint, hop_height=hop_height,
@@ -124,7 +132,7 @@ class SimHopController(Device):
             sig.put(v)
 
     def hop_settings(self, *, criterion: str, setpoint: float, hop_height: float, approach_step: float,
-                     max_travel: float, stop_offset: float = 0.0, max_slope: float = 0.0,
+                     max_travel: float, stop_offset: float = 0.0, max_slope: float | None = None,
                      measure: bool = False) -> list[tuple[Any, Any]]:
         """The ``(signal, value)`` writes of a hop programme, validated, without writing anything.
 
@@ -138,7 +146,12 @@ class SimHopController(Device):
                         ("max_travel", max_travel)):
             check_positive(name, v)
         check_number("stop_offset", stop_offset, units="µm")
-        check_number("max_slope", max_slope, 0.0, 100.0)
+        if max_slope is None:  # the steepest slope the pipette can image at all (cot θ): safe on any sample
+            if self._model is None:
+                raise InvalidArgument("max_slope=None: the controller has no pipette attached to derive it from; "
+                                      "pass max_slope (0–100)")
+            max_slope = _hh.default_max_slope(self._pipette()[2])
+        max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
         measure = check_bool("measure", measure)
         return [(self.criterion, criterion), (self.setpoint, float(setpoint)), (self.hop_height, float(hop_height)),
                 (self.approach_step, float(approach_step)), (self.max_travel, float(max_travel)),
@@ -210,12 +223,20 @@ class SimHopController(Device):
         """Axis gap to stop at (µm), :func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`."""
         ri, ro, th = self._pipette()
         d_set = float(sicm.distance_for_current_drop(setpoint, ri, ro, th))
-        return hop_height.sicm_stop_distance(d_set, ro, float(self.max_slope.get()), self._history, x, y, step)
+        s = float(self.max_slope.get())
+        if not math.isfinite(s):  # None: what the pipette can image at all
+            s = hop_height.default_max_slope(th)
+        return hop_height.sicm_stop_distance(d_set, ro, s, self._history, x, y, step)
 
     def _approach_sicm(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
         """Step down from ``z_top`` until the averaged ion current confirms the stop; heights from fresh readings.
 
-        Returns the stop height, the number of steps, the surface estimate and its error and the far current.
+        The steps adapt to the current–distance curve as it comes in
+        (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`): coarse while the current says the surface is
+        far, down to ``step`` (``approach_step``) as it starts to drop.  Each reading integrates as many samples
+        as let the curve see twice the stop distance (:func:`~espt_bluesky.analysis.hop_height.
+        sicm_reading_samples`, at least 4).  Returns the stop height, the number of steps, the surface estimate
+        and its error and the far current.
         """
         m = self._model
         ri, ro, th = self._pipette()
@@ -223,7 +244,7 @@ class SimHopController(Device):
         d_stop = self._stop_distance(x, y, float(self.setpoint.get()), step)
         s_stop = d_stop / (d_stop + A)  # I/I_sat at the stop
         i_here = m.sicm_current()
-        samples = np.asarray(m.add_noise(np.full(self.N_REF * self.N_AVG, i_here)), float)
+        samples = np.asarray(self._noisy(i_here, self.N_REF * self.N_AVG), float)
         # the relative noise of one sample, pooled over the hops of this programme (a few samples per hop give
         # a noisy σ, and error bars computed from it would be too small on average); the controller then
         # averages as many samples (at the top and at the stop) as give the height to a quarter step: the gap's
@@ -234,76 +255,74 @@ class SimHopController(Device):
         sigma1 = math.sqrt(self._noise_ss / self._noise_dof) if self._noise_dof else 0.0
         n_avg = hop_height.samples_for_precision(sigma1, s_stop, A, 0.25 * step / math.sqrt(2.0))
         extra = max(n_avg - samples.size, 0)
-        i_top = (float(np.sum(samples)) + float(np.sum(m.add_noise(np.full(extra, i_here))))) / (samples.size + extra)
+        i_top = (float(np.sum(samples)) + float(np.sum(self._noisy(i_here, extra)))) / (samples.size + extra)
         gap_top = (z_top - self._last_surface) if self._last_surface is not None else math.inf
         i_sat = hop_height.sicm_far_current(i_top, gap_top, A)
         thr = abs(i_sat) * s_stop
         sigma = sigma1 / math.sqrt(n_avg)
-        zs = z_top - step * np.arange(1, max_steps + 1)
-        k = 0
+        n_read = hop_height.sicm_reading_samples(sigma1, A, d_stop, low=self.N_AVG)
+        # a reading's error as a ratio: its own noise and that of the reference, in quadrature
+        sig_r = math.hypot(sigma1 / math.sqrt(n_read), sigma)
+        travel = step * max_steps
+        still = not any(m.options.drift)
+        if still:  # the face heights hold during the hop: the current at any height from one look-up
+            current_at = self._still_current(x, y, A)
+            fx, fy = m._end_face_points(x, y)
+            h_max = float(np.max(m.surface_z(fx, fy)))  # the face points of clearance()
+            velocity = max(self.stage.z.velocity.get(), 1e-9) if self.stage is not None else math.inf
+        z, n, s_last = z_top, 0, 1.0
         while True:
-            if not any(m.options.drift):
-                z, k, i_now = self._descend_still(x, y, z_top, zs, thr, k)
+            dz = hop_height.sicm_next_step(s_last, sig_r, A, d_stop, step, travel, descended=z_top - z)
+            if z_top - (z - dz) > travel + 1e-9:
+                if z_top - z >= travel - 1e-9:
+                    self._no_crossing(x, y)
+                dz = travel - (z_top - z)  # the last bit of the travel
+            z -= dz
+            n += 1
+            if still and z >= h_max:  # clear of the sample: the move cannot touch
+                m.clock += abs(float(m.position[2]) - z) / velocity
+                m.position = np.array([x, y, z])
             else:
-                z, k, i_now = self._descend_drifting(x, y, zs, thr, k)
-            i_stop = float(np.mean(m.add_noise(np.full(n_avg, i_now))))
-            # a stop the long average does not confirm (the short readings were unlucky) goes on down
+                self._vertical(z)  # raises TipCrash where the face touches
+            i_now = current_at(z) if still else m.sicm_current()
+            r = float(np.mean(self._noisy(i_now, n_read)))
+            s_last = abs(r / i_top)  # against the reading at the top: no assumption on the gap there
+            # a crossing is confirmed by fresh readings at the same height (the one that fired is left out: it
+            # was selected for being low), and the stop by the long average (the short readings can be unlucky)
+            if abs(r) >= thr or abs(float(np.mean(self._noisy(i_now, self.N_CONFIRM * n_read)))) >= thr:
+                continue
+            i_stop = float(np.mean(self._noisy(i_now, n_avg)))
             if abs(i_stop) < thr * (1.0 + 3.0 * sigma):
                 break
         surface, err, i_sat = hop_height.sicm_hop_surface(z, i_stop, i_top, z_top, A,
                                                           sigma_ratio=math.sqrt(2.0) * sigma)
-        return dict(z=z, n=k, surface=surface, err=err, i_ref=i_sat)
+        return dict(z=z, n=n, surface=surface, err=err, i_ref=i_sat)
 
-    def _descend_drifting(self, x: float, y: float, zs: np.ndarray, thr: float, start: int):
-        """The approach over a drifting sample: every step evaluated at the instrument clock."""
+    def _still_current(self, x: float, y: float, A: float):
+        """The noise-free ion current at height z over (x, y) of a still sample, as ``BenchModel.sicm_current``
+        computes it (the gap under the end face, sectors in parallel), without re-validating the pipette at every
+        step."""
         m = self._model
-        n = start
-        while True:
-            if n >= zs.size:
-                self._no_crossing(x, y)
-            z = float(zs[n])
-            n += 1
-            self._vertical(z)  # raises TipCrash where the face touches
-            i_now = m.sicm_current()
-            if abs(self._reading(i_now)) < thr and \
-                    abs(np.mean([self._reading(i_now) for _ in range(self.N_CONFIRM)])) < thr:
-                return z, n, i_now
+        face = m.sicm_face(x, y)
+        w = m._annulus()["w"]
+        ri, _, th = self._pipette()
+        i_sat = m.options.ion_bias / float(sicm.pipette_resistance(ri, th, m.options.conductivity))
+
+        def current_at(z: float) -> float:
+            d = float(sicm.effective_gap(z - face, w))
+            return i_sat * d / (d + A)
+
+        return current_at
+
+    def _noisy(self, i_true: float, n: int) -> np.ndarray:
+        """``n`` noisy samples of a steady current (and the count of samples the controller has taken)."""
+        self.sample_count += int(n)
+        return self._model.add_noise(np.full(int(n), float(i_true)))
 
     def _no_crossing(self, x: float, y: float):
         raise ApproachLimitReached(
             f"hop at x={x:.3f}, y={y:.3f} µm: criterion 'current_drop' not met within max_travel="
             f"{self.max_travel.get()} µm", reason="criterion_not_met")
-
-    def _descend_still(self, x: float, y: float, z_top: float, zs: np.ndarray, thr: float, start: int = 0):
-        """The approach over a still sample, vectorised: the face heights hold, so every step's current (and
-        its noisy reading) is computed at once; the steps are then walked in order, as the controller does."""
-        m = self._model
-        face = m.sicm_face(x, y)
-        fx, fy = m._end_face_points(x, y)
-        h_max = float(np.max(m.surface_z(fx, fy)))  # the face points of clearance()
-        n_safe = int(np.searchsorted(-zs, -h_max, side="right"))  # steps with z >= h_max
-        i_true = np.zeros(zs.size)
-        i_true[start:n_safe] = m.sicm_current(z=zs[start:n_safe], face=face)
-        readings = np.mean(m.add_noise(np.repeat(i_true[start:n_safe, None], self.N_AVG, axis=1)), axis=1)
-        stop = None
-        for k in start + np.flatnonzero(np.abs(readings) < thr):
-            if abs(np.mean([self._reading(float(i_true[k])) for _ in range(self.N_CONFIRM)])) < thr:
-                stop = int(k)
-                break
-        velocity = max(self.stage.z.velocity.get(), 1e-9) if self.stage is not None else math.inf
-        z_from = float(m.position[2])
-        if stop is None:
-            last = n_safe - 1
-            if last >= start:
-                m.position = np.array([x, y, float(zs[last])])
-                m.clock += (z_from - float(zs[last])) / velocity
-            if n_safe < zs.size:
-                self._vertical(float(zs[n_safe]))  # the face touches on this step: TipCrash
-            self._no_crossing(x, y)
-        z = float(zs[stop])
-        m.position = np.array([x, y, z])
-        m.clock += (z_from - z) / velocity
-        return z, stop + 1, float(i_true[stop])
 
     def _approach_contact(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
         """SECCM: step down until the substrate current jumps; the landing lies between the last two heights."""
@@ -320,7 +339,10 @@ class SimHopController(Device):
             z -= step
             n += 1
             self._vertical(z)
-            if abs(self._reading()) > setpoint:
+            # a jump is confirmed by fresh readings at the same height, without going further down: a glitch
+            # (a spike on the line) does not end the approach, a real landing is not driven into the surface
+            if abs(self._reading()) > setpoint and \
+                    all(abs(self._reading()) > setpoint for _ in range(self.N_CONFIRM)):
                 break
         landing, err = hop_height.contact_crossing(z_prev, z)
         return dict(z=z, n=n, surface=landing - float(self.stop_offset.get()), err=err, i_ref=ref)

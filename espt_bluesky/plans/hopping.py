@@ -1,7 +1,6 @@
 """Hopping scans (SICM, SECCM): approach at each point, measure, retract by the hop height, move on."""
 
 import math
-from dataclasses import replace
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
@@ -12,6 +11,7 @@ from bluesky.protocols import Configurable, Movable, Readable
 from ..errors import (FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, check_number,
                       fault_reason)
 from ..analysis import hop_height
+from ..analysis import hop_height as _hh  # hopping_scan has an argument of that name
 from ._detectors import check_detectors
 from ._common import (ApproachLimitReached, apply_settings, cell_on, check_points, check_step, check_xy,
                       checked_plan, configure_technique, device_error, grid_points, managed_run, pipette_geometry,
@@ -181,10 +181,11 @@ class SicmHops:
 
     K_MAX = 16  # readings per reference / height at most
 
-    def __init__(self, pipette: tuple[float, float, float], max_slope: float, step: float, d_set: float):
+    def __init__(self, pipette: tuple[float, float, float], max_slope: float | None, step: float, d_set: float):
         self.ri, self.ro, self.th = pipette
         self.A = hop_height.pipette_access_length(self.ri, self.ro, self.th)
-        self.max_slope = max_slope
+        # None: the steepest slope the pipette can image at all (cot θ), safe on any sample
+        self.max_slope = hop_height.default_max_slope(self.th) if max_slope is None else float(max_slope)
         self.step = step
         self.d_set = d_set
         self.sigma1 = math.nan  # relative noise of one base sample
@@ -244,12 +245,13 @@ class SicmHops:
         s_stop = d_stop / (d_stop + self.A)
         k = int(np.clip(math.ceil(self._samples(d_stop) / self.n_int), 2, self.K_MAX))
 
-        def mean_of(n):
+        def mean_of(n, pool=True):
             vals = []
             for _ in range(n):
                 r = yield from bps.trigger_and_read([potentiostat, stage.z], name=stream)
                 vals.append(value_of(r, sig))
-            self._pool(vals, self.n_int)
+            if pool:
+                self._pool(vals, self.n_int)
             return float(np.mean(vals))
 
         z_top = float(stage.z.position)
@@ -259,21 +261,38 @@ class SicmHops:
             return (yield from approach_stub(stage, potentiostat, spec, stream=stream, park=False))
         gap_top = (z_top - self.last_surface) if self.last_surface is not None else math.inf
         i_sat = hop_height.sicm_far_current(i_top, gap_top, self.A)
-        hop_spec = replace(spec, reference_current=i_sat, threshold=s_stop, stop_distance=d_stop)
-        n = 0
+        thr = abs(i_sat) * s_stop
+        sigma = self.sigma1 / math.sqrt(self.n_int * k) if math.isfinite(self.sigma1) else 0.0
+        # a reading's error as a ratio (its own noise and the reference's, in quadrature): steers the steps
+        sig_r = math.hypot(self.sigma1 / math.sqrt(self.n_int), sigma) if math.isfinite(self.sigma1) else 0.0
+        z, n, s_last = z_top, 0, 1.0
         while True:
-            res = yield from approach_stub(stage, potentiostat, hop_spec, stream=stream, park=False)
-            n += res["n_steps"]
+            # the step adapts to the current–distance curve as it comes in: coarse while the current says the
+            # surface is far, ``approach_step`` as the current starts to drop
+            dz = hop_height.sicm_next_step(s_last, sig_r, self.A, d_stop, spec.fine_step, spec.max_travel,
+                                           descended=z_top - z)
+            if z_top - (z - dz) > spec.max_travel + 1e-9 or z - dz < stage.z.limits[0]:
+                if z_top - z >= spec.max_travel - 1e-9 or z - spec.fine_step < stage.z.limits[0]:
+                    raise ApproachLimitReached(
+                        f"SICM hop at x={x:.3f}, y={y:.3f} µm: criterion not met within max_travel="
+                        f"{spec.max_travel} µm (z low limit {stage.z.limits[0]} µm)", reason="criterion_not_met")
+                dz = min(spec.max_travel - (z_top - z), z - stage.z.limits[0])
+            yield from bps.checkpoint()
+            z -= dz
+            yield from bps.mv(stage.z, z)
+            n += 1
+            i_now = yield from mean_of(1, pool=False)
+            s_last = abs(i_now / i_top)  # against the reading at the top: no assumption on the gap there
+            if abs(i_now) >= thr:
+                continue
+            # fresh readings at the same height decide (the one that fired was selected for being low): the
+            # mean of 2 confirms the crossing, the long average (k readings) the stop and gives the height
+            if abs((yield from mean_of(2))) >= thr:
+                continue
             i_stop = yield from mean_of(k)
-            sigma = self.sigma1 / math.sqrt(self.n_int * k) if math.isfinite(self.sigma1) else 0.0
-            if abs(i_stop) < abs(i_sat) * s_stop * (1.0 + 3.0 * sigma):
+            if abs(i_stop) < thr * (1.0 + 3.0 * sigma):
                 break
-            # the long average does not confirm the stop: go on down, within what is left of max_travel
-            left = spec.max_travel - (z_top - res["stop_z"])
-            if left <= spec.fine_step:
-                raise ApproachLimitReached(f"SICM hop at x={x:.3f}, y={y:.3f} µm: criterion not confirmed within "
-                                           f"max_travel={spec.max_travel} µm", reason="criterion_not_met")
-            hop_spec = replace(hop_spec, max_travel=left)
+        res = dict(stop_z=z)
         surface, err, i_sat = hop_height.sicm_hop_surface(res["stop_z"], i_stop, i_top, z_top, self.A,
                                                           sigma_ratio=math.sqrt(2.0) * sigma)
         surface -= spec.stop_offset
@@ -321,7 +340,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
                  snake: bool = True, seed: int | None = None, hop_height: float = 2.0,
                  approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
-                 contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float = 0.0,
+                 contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float | None = None,
                  measure: Mapping | None = None,
                  mode: str = "device", hopper: Movable | None = None, on_fault: str = "skip",
                  max_consecutive_faults: int = 5, probe: Configurable | None = None, retract: float | None = None,
@@ -339,22 +358,28 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     hop_height : float, µm
         Retract after every hop (must clear the topography between neighbouring points).
     approach_step : float, µm
-        Approach step (default: a quarter of the SICM setpoint distance; 0.2 pipette radii for SECCM).
+        The finest approach step (default: a quarter of the SICM setpoint distance; 0.2 pipette radii for SECCM).
+        SICM steps adapt to the current–distance curve as it comes in: each reading, against the reference read
+        at the top of the hop, bounds the gap from below (4 σ, :func:`espt_bluesky.analysis.hop_height.
+        sicm_gap_lower_bound`), and the next step is 0.7 of what lies between that bound and the stop distance,
+        never less than ``approach_step`` (coarse while the current is flat, ``approach_step`` as it drops).
     drop : float
         SICM setpoint: relative ion-current drop (0.001–0.5, typically 0.005–0.02).
     contact_current : float, A
-        SECCM: |substrate current| that signals meniscus contact.
+        SECCM: |substrate current| that signals meniscus contact (confirmed by fresh readings at the same
+        height, without descending further).
     stop_offset : float, µm
         SECCM: subtracted from the landing height to give the surface height (default 0: the landing height).
-    max_slope : float
-        SICM: the steepest sample slope |∇h| the map may meet (0–100, e.g. 5 for particles with near-vertical
-        rims).  The pipette's flat end face (outer radius r_o) touches a slope s before its axis reaches the
-        setpoint distance d_set whenever s·r_o > d_set, and the ion current gives no warning of it (it averages
-        the gap under the face); each hop therefore stops at least s·r_o + max(d_set/4, approach_step) above the
-        surface (a smaller
-        current drop there; the height still comes from the current–distance curve, with more averaging).
-        Steep slopes between hops already made raise the stop distance by themselves; 0 (default) relies on
-        those and on the setpoint alone.
+    max_slope : float or None
+        SICM: the steepest sample slope |∇h| the map may meet (0–100).  The pipette's flat end face (outer
+        radius r_o) touches a slope s before its axis reaches the setpoint distance d_set whenever s·r_o > d_set,
+        and the ion current gives no warning of it (it averages the gap under the face); each hop therefore
+        stops at least s·r_o + max(d_set/4, approach_step) above the surface (a smaller current drop there; the
+        height still comes from the current–distance curve, with more averaging).  None (default): the steepest
+        slope the pipette can image at all, cot(half-cone angle) (11.4 for 5°): no touch on any sample, at the
+        price of stopping ~0.9 µm above it and averaging longer; a smaller value (e.g. 5 for particles with
+        near-vertical rims, 0 for a flat film) is faster when the sample is known.  Steep slopes between hops
+        already made raise the stop distance by themselves.
     measure : dict, optional
         A waveform per hop: ``{"technique": "CV"|"CA"|"LSV", **potentiostat parameters}`` (``n_samples`` fixes
         the waveform length, default 200), or None for the ion/surface current at the setpoint.
@@ -397,7 +422,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     hop_height = check_step("hop_height", hop_height)
     if approach_step is not None:
         approach_step = check_step("approach_step", approach_step)
-    max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
+    if max_slope is not None:
+        max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
     meas = _measure_spec(potentiostat, technique, measure)
     dets = check_detectors(detectors)
     spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
@@ -427,6 +453,8 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                               shape=pts.get("shape"), extents=pts.get("extents"), snaking=pts.get("snaking"),
                               hints={"dimensions": [[[keys[1]], "primary"], [[keys[0]], "primary"]]},
                               extra={"topography_key": topo_key, "valid_key": valid_key, "hop_mode": mode,
+                                     "max_slope_used": (max_slope if max_slope is not None or technique != "SICM"
+                                                        else _hh.default_max_slope(pipette_geometry(pr)[2])),
                                      "setpoint_distance": spec.stop_distance, "num_points": int(xs.size)})
     faults = _FaultLog(int(xs.size), max_consecutive_faults)
 
