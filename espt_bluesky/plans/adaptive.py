@@ -34,7 +34,7 @@ from .adaptive_agent import GPMapAgent
 from .approach import make_approach_spec
 from .imaging import _as_plane, _move_xyz, _prepare_read
 from .hopping import (FAULT_POLICIES, SicmHops, _FaultLog, _measure_spec, configure_measure, hop_signals,
-                      hop_stub)
+                      hop_stub, mark_not_measured)
 from .metadata import build_start_md
 
 __all__ = ["adaptive_hopping_scan", "OBJECTIVES", "DECISION_KEYS"]
@@ -402,6 +402,7 @@ or callable
             err = device_error(exc)
             if fault_reason(err) is None:
                 raise
+            mark_not_measured(dets)  # as hopping_scan: extra detectors read NaN, their asset rows stay aligned
             yield from bps.create("primary")  # the controller retracted and marked the hop invalid
             for dev in (hopper, *dets):
                 yield from bps.read(dev)
