@@ -48,7 +48,8 @@ def boundary_run():
     RE.collector = DocumentCollector()
     RE.subscribe(RE.collector)
     bench = _bench()
-    res = _run(RE, bench, strategy="boundary", max_hops=14, refit_every=3)
+    # anisotropic: the replay covers the two length scales too
+    res = _run(RE, bench, strategy="boundary", max_hops=14, refit_every=3, anisotropic=True)
     return RE, bench, res
 
 
@@ -94,6 +95,8 @@ def test_decision_stream_replays(boundary_run):
     assert refits  # hyperparameters fitted again (every 3 valid hops) reproduce too
     for r in refits:
         assert math.isclose(r["replayed_length_scale"], r["recorded_length_scale"], rel_tol=1e-6)
+    d = _decisions(RE)
+    assert start["adaptive"]["anisotropic"] and np.all(np.isfinite(d["decision_length_scale_y"][5:]))
 
 
 def test_invalid_landings_excluded_from_model_and_budget_but_kept(RE):
@@ -351,3 +354,70 @@ def test_time_budget_stops_before_a_hop_that_would_overrun(RE):
     assert res.exit_status == "success" and len(RE.collector.events("decisions")) == 1
     assert "time budget used" in res.plan_result["stop_reason"]
     assert "time budget used" in RE.collector.of("stop")[-1]["reason"]
+
+
+def test_secm_constant_height_normalised_current_finds_the_disc_rim(RE):
+    """SECM over an Au disc (r = 8 µm at (20, 20)) on SiO2, at constant height: the objective is the tip current
+    over i_T,inf (from the probe and the mediator), and the boundary strategy lands along the disc's rim."""
+    bench = make_sim_bench("SECM", "patterned", seed=1, start=(20.0, 20.0))
+    res = RE(adaptive_hopping_scan(bench.stage, bench.potentiostat, technique="SECM", x_range=(2, 38),
+                                   y_range=(2, 38), height=2.0, plane=0.0, objective="normalised_current",
+                                   strategy="boundary", survey="3x3", max_hops=16, context=bench.metadata()))
+    assert res.exit_status == "success"
+    start = RE.collector.of("start")[-1]
+    i_inf = bench.model.i_tip_inf()
+    assert start["mode"] == "constant_height" and math.isclose(start["i_inf"], i_inf, rel_tol=1e-9)
+    d = _decisions(RE)
+    prim = RE.collector.events("primary")
+    cur = np.array([e["data"]["pstat_tip_current"] for e in prim])
+    assert np.allclose(d["decision_objective"], cur / i_inf)
+    # every landing at the constant height above the plane
+    assert np.allclose([e["data"]["stage_z"] for e in prim], 2.0, atol=1e-6)
+    # positive feedback over Au, negative over SiO2 (L = 0.4): the survey sees both
+    obj = np.array(d["decision_objective"])
+    assert obj.max() > 1.5 and obj.min() < 0.4
+    # the proposals follow the rim: median distance from the rim well under the survey's
+    xy = np.column_stack([d["decision_x"], d["decision_y"]])
+    off = np.abs(np.hypot(xy[:, 0] - 20.0, xy[:, 1] - 20.0) - 8.0)
+    assert np.median(off[9:]) < 3.0 < np.median(off[:9])
+
+
+def test_secm_bad_input_before_motion(RE):
+    bench = make_sim_bench("SECM", "patterned", seed=1, start=(20.0, 20.0))
+    before = (bench.stage.x.position, bench.stage.y.position, bench.stage.z.position)
+    kw = dict(technique="SECM", x_range=(2, 38), y_range=(2, 38), context=bench.metadata())
+    for extra, match in ((dict(), "give height"), (dict(height=2.0, plane=0.0, objective="height"),
+                                                    "does not suit technique='SECM'"),
+                         (dict(height=-1.0, plane=0.0), "height")):
+        with pytest.raises(InvalidArgument, match=match):
+            adaptive_hopping_scan(bench.stage, bench.potentiostat, **kw, **extra)
+    assert RE.collector.docs == [] and (bench.stage.x.position, bench.stage.y.position,
+                                        bench.stage.z.position) == before
+
+
+def test_adaptive_map_beats_sobol_at_equal_budget():
+    """The agent (gradient strategy) against scrambled Sobol points, 50 hops each, over the bench's particle
+    topography (seed 1, the true height as the reading); both maps made the same way (one GP per class)."""
+    from scipy.stats import qmc
+
+    truth_fn = make_sim_bench("SICM", "composite_cathode", seed=1).model.surface_z
+    x0, x1, n = 20.0, 60.0, 50
+    ev = np.linspace(x0, x1, 41)
+    EX, EY = np.meshgrid(ev, ev)
+    pts = np.column_stack([EX.ravel(), EY.ravel()])
+    truth = truth_fn(EX, EY).ravel()
+    kw = dict(span=x1 - x0, min_length=0.5, how="piecewise", threshold=0.25)
+
+    def rms(P, v):
+        return float(np.sqrt(np.mean((gps.reconstruct(P, v, pts, **kw)[0] - truth) ** 2)))
+
+    cand = gps.candidate_grid((x0, x1, x0, x1), 2.0 / 3.0)
+    agent = GPMapAgent(cand, strategy="gradient", min_separation=1.0, survey=gps.survey_points(cand, "3x3"),
+                       max_hops=n, max_attempts=n, span=x1 - x0, min_length=0.5)
+    while not agent.should_stop()[0]:
+        s = agent.suggest(1)[0]
+        agent.ingest([{**s, "objective": float(truth_fn(s["x"], s["y"])), "valid": True}])
+    P = np.asarray(agent.X)
+    sob = x0 + (x1 - x0) * qmc.Sobol(2, scramble=True, seed=1).random_base2(6)[:n]
+    e_adaptive, e_sobol = rms(P, np.asarray(agent.y)), rms(sob, truth_fn(sob[:, 0], sob[:, 1]))
+    assert e_adaptive < 0.8 * e_sobol, (e_adaptive, e_sobol)

@@ -20,9 +20,21 @@ inside the region and farther than the minimum separation from every attempted l
 ``"boundary"``
     the straddle score 1.96·σ − |μ − t| (Bryan et al. 2005): points whose predicted class (above / below the
     threshold t) is least certain, i.e. along the edges of an edge/basal or particle/binder map.  t defaults to the
-    midpoint of the objective values measured so far.
+    midpoint of the objective values measured so far;
+``"gradient"``
+    σ · (|∇μ| + 0.2·max|∇μ|): the uncertainty weighted by the local slope of the predicted map, so that hops go
+    where a map's error lives (particle rims, steps) while flat ground is still visited (the 0.2 floor).  A
+    stationary GP's σ depends on where the hops are, not on what they measured; the slope brings the values in.
 
 Proposal (:func:`propose`) = the best candidate; ties go to the first in the candidate order (deterministic).
+
+The kernel is isotropic by default; ``anisotropic=True`` fits one length scale per axis (ARD), which pools the
+evidence along straight features (HOPG step bands): the map then places an edge from many hops along it.
+
+Maps (:func:`reconstruct`): ``"gp"`` (the GP mean) or ``"piecewise"`` (two-phase samples: the hops are split at a
+class threshold, each class gets its own GP and each map point takes the GP of its class, the class boundary
+lying midway between hops of the two classes).  One stationary GP cannot serve flat binder and steep particle
+rims at once; two can.
 """
 
 from __future__ import annotations
@@ -38,9 +50,13 @@ from threadpoolctl import threadpool_limits
 from ..errors import InvalidArgument, check_choice, check_positive
 
 __all__ = ["STRATEGIES", "SURVEYS", "Proposal", "points_in_polygon", "candidate_grid", "survey_points",
-           "far_enough", "fit_gp", "predict", "acquisition", "propose", "map_error"]
+           "far_enough", "fit_gp", "predict", "acquisition", "propose", "map_error", "reconstruct",
+           "RECONSTRUCTIONS"]
 
-STRATEGIES = ("mapping", "hotspots", "balanced", "boundary")
+STRATEGIES = ("mapping", "hotspots", "balanced", "boundary", "gradient")
+RECONSTRUCTIONS = ("gp", "piecewise")
+#: Floor of the slope weight of ``"gradient"`` (fraction of the largest predicted slope).
+GRADIENT_FLOOR = 0.2
 SURVEYS = ("corners", "3x3")
 #: Most candidates a grid may hold (the spacing grows to stay under it).
 MAX_CANDIDATES = 20_000
@@ -66,8 +82,10 @@ class Proposal:
     n_attempted : int
         Number of landings (valid or not) excluded by the minimum separation.
     length_scale, noise, amplitude : float
-        Kernel hyperparameters: length scale (µm), white-noise and signal variances (normalised units); NaN
-        without a model.
+        Kernel hyperparameters: length scale (µm; the x one of an anisotropic kernel), white-noise and signal
+        variances (normalised units); NaN without a model.
+    length_scale_y : float
+        The y length scale (µm) of an anisotropic kernel; equal to ``length_scale`` for an isotropic one.
     refit : bool
         True when they were fitted for this proposal (by maximum marginal likelihood), False when kept.
     threshold : float
@@ -88,6 +106,7 @@ class Proposal:
     length_scale: float = math.nan
     noise: float = math.nan
     amplitude: float = math.nan
+    length_scale_y: float = math.nan
     refit: bool = False
     threshold: float = math.nan
     n_candidates: int = 0
@@ -199,7 +218,7 @@ def far_enough(candidates: np.ndarray, attempted: Any, min_separation: float) ->
 
 # ----------------------------------------------------------------------------------------------- model
 def fit_gp(X: Any, y: Any, *, span: float, min_length: float, nu: float = 1.5,
-           kernel_params: Mapping[str, float] | None = None):
+           kernel_params: Mapping[str, float] | None = None, anisotropic: bool = False):
     """Fit the map model to valid hops.
 
     Parameters
@@ -214,8 +233,11 @@ def fit_gp(X: Any, y: Any, *, span: float, min_length: float, nu: float = 1.5,
         Matérn smoothness (1.5: once-differentiable maps, which tolerates edges better than a squared
         exponential).
     kernel_params : dict, optional
-        ``length_scale``, ``amplitude``, ``noise`` (from :func:`gp_parameters` of an earlier fit): keep these
-        hyperparameters instead of maximising the marginal likelihood again (a cheap update between refits).
+        ``length_scale``, ``amplitude``, ``noise`` (and ``length_scale_y`` when anisotropic; from
+        :func:`gp_parameters` of an earlier fit): keep these hyperparameters instead of maximising the marginal
+        likelihood again (a cheap update between refits).
+    anisotropic : bool
+        One length scale per axis (x, y), each within the same bounds.
 
     Returns
     -------
@@ -235,11 +257,15 @@ def fit_gp(X: Any, y: Any, *, span: float, min_length: float, nu: float = 1.5,
     lo = float(min_length)
     hi = max(2.0 * float(span), 2.0 * lo)
     l0 = float(np.clip(0.2 * span, lo, hi))
-    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(length_scale=l0, length_scale_bounds=(lo, hi), nu=nu)
+    ls0: Any = [l0, l0] if anisotropic else l0
+    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(length_scale=ls0, length_scale_bounds=(lo, hi), nu=nu)
               + WhiteKernel(1e-2, (1e-6, 1.0)))
     if kernel_params is not None:
+        ls: Any = float(kernel_params["length_scale"])
+        if anisotropic:
+            ls = [ls, float(kernel_params.get("length_scale_y", ls))]
         kernel = (ConstantKernel(float(kernel_params["amplitude"]), "fixed")
-                  * Matern(length_scale=float(kernel_params["length_scale"]), length_scale_bounds="fixed", nu=nu)
+                  * Matern(length_scale=ls, length_scale_bounds="fixed", nu=nu)
                   + WhiteKernel(float(kernel_params["noise"]), "fixed"))
     gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0)
     # one BLAS thread: on a shared machine threaded BLAS is 10x slower for these small matrices, and a single
@@ -253,10 +279,21 @@ def fit_gp(X: Any, y: Any, *, span: float, min_length: float, nu: float = 1.5,
 
 
 def gp_parameters(gp) -> dict[str, float]:
-    """Fitted ``length_scale`` (µm), ``amplitude`` (normalised variance) and ``noise`` (normalised variance)."""
+    """Fitted ``length_scale`` (µm; x of an anisotropic kernel), ``length_scale_y`` (µm), ``amplitude``
+    (normalised variance) and ``noise`` (normalised variance)."""
     k = gp.kernel_
-    return dict(length_scale=float(k.k1.k2.length_scale), amplitude=float(k.k1.k1.constant_value),
+    ls = np.atleast_1d(np.asarray(k.k1.k2.length_scale, float))
+    return dict(length_scale=float(ls[0]), length_scale_y=float(ls[-1]), amplitude=float(k.k1.k1.constant_value),
                 noise=float(k.k2.noise_level))
+
+
+def slope(gp, X: Any, h: float) -> np.ndarray:
+    """|∇μ| of the GP mean at X (µm), by central differences of step ``h`` µm (objective units per µm)."""
+    X = _as_xy("X", X)
+    with threadpool_limits(1):
+        gx = gp.predict(X + [h, 0.0]) - gp.predict(X - [h, 0.0])
+        gy = gp.predict(X + [0.0, h]) - gp.predict(X - [0.0, h])
+    return np.hypot(gx, gy) / (2.0 * h)
 
 
 def predict(gp, X: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -276,17 +313,23 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def acquisition(strategy: str, mean: np.ndarray, std: np.ndarray, *, scale: float = 1.0, beta: float = 2.0,
-                threshold: float = math.nan) -> np.ndarray:
+                threshold: float = math.nan, slope: np.ndarray | None = None) -> np.ndarray:
     """Acquisition score of each candidate (higher is better); see the module docstring.
 
     ``scale`` (objective units) puts μ and σ on the scale of the measured values (their standard deviation), so
-    β has the same meaning whatever the objective's units.
+    β has the same meaning whatever the objective's units.  ``slope`` (|∇μ|, objective units per µm) is needed by
+    ``"gradient"``.
     """
     strategy = check_choice("strategy", strategy, STRATEGIES)
     mean, std = np.asarray(mean, float), np.asarray(std, float)
     s = float(scale) if scale > 0 else 1.0
     if strategy == "mapping":
         return std / s
+    if strategy == "gradient":
+        if slope is None:
+            raise InvalidArgument("strategy='gradient' needs the slope |∇μ| of the predicted map at the candidates")
+        g = np.asarray(slope, float)
+        return std / s * (g + GRADIENT_FLOOR * float(np.max(g, initial=0.0)))
     ucb = (mean + beta * std) / s
     if strategy == "hotspots":
         return ucb
@@ -297,7 +340,8 @@ def acquisition(strategy: str, mean: np.ndarray, std: np.ndarray, *, scale: floa
 
 def propose(X: Any, y: Any, attempted: Any, candidates: np.ndarray, *, strategy: str, min_separation: float,
             span: float, min_length: float, beta: float = 2.0, threshold: float | None = None,
-            nu: float = 1.5, kernel_params: Mapping[str, float] | None = None) -> Proposal | None:
+            nu: float = 1.5, kernel_params: Mapping[str, float] | None = None,
+            anisotropic: bool = False) -> Proposal | None:
     """The next landing from the valid hops (``X``, ``y``) and every attempted landing (valid or not).
 
     ``kernel_params`` keeps earlier hyperparameters (see :func:`fit_gp`); otherwise they are fitted.
@@ -310,23 +354,27 @@ def propose(X: Any, y: Any, attempted: Any, candidates: np.ndarray, *, strategy:
     cand = np.asarray(candidates, float)[ok]
     if cand.shape[0] == 0:
         return None
-    gp = fit_gp(X, y, span=span, min_length=min_length, nu=nu, kernel_params=kernel_params)
+    gp = fit_gp(X, y, span=span, min_length=min_length, nu=nu, kernel_params=kernel_params,
+                anisotropic=anisotropic)
     mu, sd = predict(gp, cand)
     t = math.nan
     if strategy == "boundary":
         t = float(0.5 * (y.min() + y.max())) if threshold is None else float(threshold)
-    score = acquisition(strategy, mu, sd, scale=float(np.std(y)) or 1.0, beta=beta, threshold=t)
+    g = slope(gp, cand, 0.5 * float(min_length)) if strategy == "gradient" else None
+    score = acquisition(strategy, mu, sd, scale=float(np.std(y)) or 1.0, beta=beta, threshold=t, slope=g)
     k = int(np.argmax(score))
     p = gp_parameters(gp)
     refit = "kept" if kernel_params is not None else "fitted"
     what = {"mapping": "max σ", "hotspots": f"max μ+{beta:g}σ", "balanced": "max ½(σ̂ + UCB̂)",
-            "boundary": f"max straddle at t={t:.4g}"}[strategy]
+            "boundary": f"max straddle at t={t:.4g}", "gradient": "max σ·(|∇μ| + floor)"}[strategy]
+    ell = f"{p['length_scale']:.3g}" + (f"/{p['length_scale_y']:.3g}" if anisotropic else "")
     reason = (f"{what}: μ={mu[k]:.4g}, σ={sd[k]:.4g} among {cand.shape[0]} candidates "
-              f"(GP on {y.size} hops, ℓ={p['length_scale']:.3g} µm {refit})")
+              f"(GP on {y.size} hops, ℓ={ell} µm {refit})")
     return Proposal(x=float(cand[k, 0]), y=float(cand[k, 1]), strategy=strategy, mean=float(mu[k]),
                     std=float(sd[k]), score=float(score[k]), reason=reason, n_model=int(y.size),
                     n_attempted=int(att.shape[0]), length_scale=p["length_scale"], noise=p["noise"],
-                    amplitude=p["amplitude"], refit=kernel_params is None, threshold=t,
+                    amplitude=p["amplitude"], length_scale_y=p["length_scale_y"], refit=kernel_params is None,
+                    threshold=t,
                     n_candidates=int(cand.shape[0]))
 
 
@@ -344,3 +392,51 @@ def map_error(predicted: Any, truth: Any, *, kind: str = "rmse", threshold: floa
         return float(np.mean((p > threshold) != (t > threshold)))
     rmse = float(np.sqrt(np.mean((p - t) ** 2)))
     return rmse / float(np.std(t)) if kind == "nrmse" else rmse
+
+
+def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, min_length: float, nu: float = 1.5,
+                anisotropic: bool = False, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The map at ``points`` (µm) from valid hops (``X`` µm, ``y``): predicted value and its standard deviation.
+
+    ``how="gp"``: the GP mean (:func:`fit_gp`, hyperparameters by marginal likelihood).  ``how="piecewise"``: a
+    two-phase map.  The hops are split at ``threshold`` (objective units; default the midpoint of ``y``), the
+    class of each map point is that of the linear interpolation of the hops' class indicator (nearest hop outside
+    their hull), i.e. the boundary lies midway between hops of the two classes, and each class is mapped by its own
+    GP (a class with fewer than two hops: their mean, σ NaN).  Use it for particles on a flat binder, where one
+    stationary length scale would smear the rims into the flat ground.
+
+    Returns
+    -------
+    mean, std : ndarray (n,)
+        Objective units.
+    """
+    from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
+
+    how = check_choice("how", how, RECONSTRUCTIONS)
+    X = _as_xy("X", X)
+    y = np.asarray(y, float).ravel()
+    P = _as_xy("points", points)
+    kw = dict(span=span, min_length=min_length, nu=nu, anisotropic=anisotropic)
+    if how == "gp" or y.size < 3:
+        return predict(fit_gp(X, y, **kw), P)
+    t = float(0.5 * (y.min() + y.max())) if threshold is None else float(threshold)
+    hi = y > t
+    if hi.all() or not hi.any():  # one class only: one map
+        return predict(fit_gp(X, y, **kw), P)
+    ind = hi.astype(float)
+    try:
+        c = LinearNDInterpolator(X, ind)(P)
+    except Exception:  # hops on one line (no triangulation): nearest hop only
+        c = np.full(P.shape[0], np.nan)
+    miss = np.isnan(c)
+    if miss.any():
+        c[miss] = NearestNDInterpolator(X, ind)(P[miss])
+    mean, std = np.empty(P.shape[0]), np.full(P.shape[0], np.nan)
+    for cls, sel in ((hi, c > 0.5), (~hi, c <= 0.5)):
+        if not sel.any():
+            continue
+        if cls.sum() >= 2:
+            mean[sel], std[sel] = predict(fit_gp(X[cls], y[cls], **kw), P[sel])
+        else:
+            mean[sel] = float(np.mean(y[cls]))
+    return mean, std

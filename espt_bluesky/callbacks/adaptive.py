@@ -40,16 +40,29 @@ def _grid(settings: Mapping[str, Any], resolution: int) -> tuple[np.ndarray, np.
 
 def predicted_maps(settings: Mapping[str, Any], x, y, objective, resolution: int = 101
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
-    """(xs, ys, mean (ny, nx), std (ny, nx), gp) of the map model fitted to the valid hops (x, y, objective)."""
+    """(xs, ys, mean (ny, nx), std (ny, nx), gp) of the map model fitted to the valid hops (x, y, objective).
+
+    The mean and std follow the run's ``reconstruction`` setting (GP mean, or one GP per class of a two-phase
+    sample: :func:`espt_bluesky.analysis.gp_sampling.reconstruct`); ``gp`` is the single GP of all the hops (its
+    hyperparameters are reported).
+    """
     x, y, v = (np.asarray(a, float) for a in (x, y, objective))
     ok = np.isfinite(v)
     if ok.sum() < 2:
         raise InvalidArgument(f"{int(ok.sum())} valid hop(s) with an objective: a map needs at least 2")
-    gp = gps.fit_gp(np.column_stack([x[ok], y[ok]]), v[ok], span=settings["span"], min_length=settings["min_length"],
-                    nu=settings["nu"])
+    aniso = bool(settings.get("anisotropic", False))
+    P = np.column_stack([x[ok], y[ok]])
+    gp = gps.fit_gp(P, v[ok], span=settings["span"], min_length=settings["min_length"], nu=settings["nu"],
+                    anisotropic=aniso)
     xs, ys = _grid(settings, resolution)
     X, Y = np.meshgrid(xs, ys)
-    mu, sd = gps.predict(gp, np.column_stack([X.ravel(), Y.ravel()]))
+    grid = np.column_stack([X.ravel(), Y.ravel()])
+    how = settings.get("reconstruction", "gp")
+    if how == "gp":
+        mu, sd = gps.predict(gp, grid)
+    else:
+        mu, sd = gps.reconstruct(P, v[ok], grid, how=how, span=settings["span"], min_length=settings["min_length"],
+                                 nu=settings["nu"], anisotropic=aniso, threshold=settings.get("threshold"))
     mu, sd = mu.reshape(X.shape), sd.reshape(X.shape)
     if settings.get("region") is not None:
         out = ~gps.points_in_polygon(X, Y, settings["region"])
@@ -87,7 +100,8 @@ def adaptive_map_dataset(run: Any, *, resolution: int = 101) -> xr.Dataset:
         attrs=dict(source_uid=rd.start.get("uid"), analysis="espt_bluesky.analysis.gp_sampling.fit_gp",
                    objective=settings["objective"], strategy=settings["strategy"], n_hops=int(v.size),
                    n_invalid=int((~valid).sum()), length_scale_um=p["length_scale"], noise=p["noise"],
-                   amplitude=p["amplitude"], nu=settings["nu"]))
+                   amplitude=p["amplitude"], nu=settings["nu"], length_scale_y_um=p["length_scale_y"],
+                   reconstruction=settings.get("reconstruction", "gp")))
 
 
 def write_adaptive_map(run: Any, *, name: str = "adaptive_map", overwrite: bool = False, **kwargs):

@@ -26,14 +26,15 @@ from bluesky.protocols import Configurable, Movable, Readable
 
 from ..analysis import gp_sampling as gps
 from ..analysis import voltammetry as volt
-from ..errors import (InvalidArgument, check_choice, check_int, check_number, check_positive, fault_reason)
-from ._common import (apply_settings, cell_on, check_step, check_xy, checked_plan, device_error, managed_run,
+from ..errors import (InvalidArgument, check_bool, check_choice, check_int, check_number, check_positive, fault_reason)
+from ._common import (apply_settings, cell_on, check_step, check_xy, check_z, checked_plan, device_error, managed_run,
                       pipette_geometry, probe_of, probe_radius, put_values, simulated, soft_signals)
 from ._detectors import check_detectors
 from .adaptive_agent import GPMapAgent
 from .approach import make_approach_spec
+from .imaging import _as_plane, _move_xyz, _prepare_read
 from .hopping import (FAULT_POLICIES, SicmHops, _FaultLog, _measure_spec, configure_measure, hop_signals,
-                      hop_stub)
+                      hop_stub, mark_not_measured)
 from .metadata import build_start_md
 
 __all__ = ["adaptive_hopping_scan", "OBJECTIVES", "DECISION_KEYS"]
@@ -45,12 +46,18 @@ OBJECTIVES = {
     "passivation_ratio": (None, "Q_p2/Q_p1 of a two-cycle CV (analysis.voltammetry.passivation_ratio)"),
     "peak_current": ("A", "|cathodic peak current| of the first CV cycle "
                           "(analysis.voltammetry.peak_currents_and_potentials)"),
+    "normalised_current": (None, "SECM: the tip current over i_T,inf (I_T, feedback)"),
+    "log_kappa": (None, "SECM: log10 of κ = k·a/D from I_T at L = height/a "
+                        "(analysis.kinetic_maps.invert_kappa), clipped to 1e-3..1e3"),
 }
+_SECM_OBJECTIVES = ("normalised_current", "log_kappa", "current")
+#: κ beyond these bounds is not resolved by a feedback current (the conductor / insulator limits)
+_KAPPA_CLIP = (1e-3, 1e3)
 _WAVEFORM_OBJECTIVES = ("passivation_ratio", "peak_current")
 DECISION_KEYS = ("decision_hop", "decision_x", "decision_y", "decision_strategy", "decision_mean",
                  "decision_std", "decision_score", "decision_reason", "decision_valid", "decision_objective",
                  "decision_n_model", "decision_n_attempted", "decision_n_candidates", "decision_length_scale",
-                 "decision_amplitude", "decision_noise", "decision_refit", "decision_threshold")
+                 "decision_length_scale_y", "decision_amplitude", "decision_noise", "decision_refit", "decision_threshold")
 
 
 class ObjectiveError(InvalidArgument):
@@ -64,7 +71,8 @@ def _decision_signals(obj_units: str | None) -> dict[str, Any]:
                         decision_score=(nan, None), decision_reason=("", None), decision_valid=(0, None),
                         decision_objective=(nan, obj_units), decision_n_model=(0, None),
                         decision_n_attempted=(0, None), decision_n_candidates=(0, None),
-                        decision_length_scale=(nan, "um"), decision_amplitude=(nan, None),
+                        decision_length_scale=(nan, "um"), decision_length_scale_y=(nan, "um"),
+                        decision_amplitude=(nan, None),
                         decision_noise=(nan, None), decision_refit=(0, None), decision_threshold=(nan, obj_units))
 
 
@@ -93,13 +101,25 @@ def _capture_reads(gen, sink: dict, stream: str):
             sink.update({k: v.get("value") for k, v in reply.items() if isinstance(v, Mapping)})
 
 
-def _objective_fn(objective: Any, technique: str, meas: Mapping | None, potentiostat: Any, keys: Mapping[str, str]
-                  ) -> tuple[Callable[[Mapping], float], str, str | None]:
+def _objective_fn(objective: Any, technique: str, meas: Mapping | None, potentiostat: Any, keys: Mapping[str, str],
+                  secm_md: Mapping[str, Any] | None = None) -> tuple[Callable[[Mapping], float], str, str | None]:
     """(function of a flat reading -> float, name, units) of the objective."""
     if callable(objective):
         return objective, getattr(objective, "__name__", "user function"), None
     name = check_choice("objective", objective, tuple(OBJECTIVES))
     units = OBJECTIVES[name][0]
+    if (technique == "SECM") != (name in _SECM_OBJECTIVES) and name != "current":
+        allowed = _SECM_OBJECTIVES if technique == "SECM" else tuple(o for o in OBJECTIVES
+                                                                      if o not in _SECM_OBJECTIVES[:2])
+        raise InvalidArgument(f"objective={name!r} does not suit technique={technique!r}; allowed: {allowed}")
+    if name in ("normalised_current", "log_kappa"):
+        from ..analysis.kinetic_maps import invert_kappa
+
+        key, i_inf, L, rg = keys["current"], secm_md["i_inf"], secm_md["L"], secm_md["rg"]
+        if name == "normalised_current":
+            return (lambda r: float(r[key]) / i_inf), name, units
+        return (lambda r: float(np.log10(np.clip(invert_kappa(float(r[key]) / i_inf, L, rg), *_KAPPA_CLIP)))), \
+            name, units
     if name in _WAVEFORM_OBJECTIVES and (meas is None or meas["technique"] != "CV"):
         raise InvalidArgument(f"objective={name!r} needs a CV per hop: pass measure={{'technique': 'CV', "
                               f"'n_cycles': 2, ...}} (got measure={None if meas is None else dict(meas)!r})")
@@ -153,14 +173,16 @@ def _footprint(probe: Any) -> float:
         return 2.0 * probe_radius(probe)
 
 
-@checked_plan(("SICM", "SECCM"))
+@checked_plan(("SICM", "SECCM", "SECM"))
 def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str,
                           x_range: tuple | None = None, y_range: tuple | None = None,
                           region: Sequence | None = None, objective: Any = "height", strategy: str = "mapping",
                           max_hops: int = 50, max_time: float | None = None, max_invalid: int | None = None,
                           min_separation: float | None = None, spacing: float | None = None,
                           survey: str = "corners", beta: float = 2.0, threshold: float | None = None,
-                          nu: float = 1.5, refit_every: int = 5, resume: Any = None, hop_height: float = 2.0,
+                          nu: float = 1.5, refit_every: int = 5, anisotropic: bool = False,
+                          reconstruction: str = "gp", resume: Any = None, height: float | None = None,
+                          plane: Any = None, i_inf: float | None = None, hop_height: float = 2.0,
                           approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
                           contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float = 0.0,
                           measure: Mapping | None = None, mode: str = "device", hopper: Movable | None = None,
@@ -172,20 +194,25 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
 
     Parameters
     ----------
-    technique : {"SICM", "SECCM"}
+    technique : {"SICM", "SECCM", "SECM"}
+        SICM and SECCM hop (approach at every landing); SECM visits each landing at a constant height above the
+        sample plane (``height``, ``plane``, as :func:`~espt_bluesky.plans.imaging.constant_height_image`) and
+        reads the tip current there.
     x_range, y_range : (start, stop), µm
         The mapped rectangle (inside the stage limits); default: the bounding box of ``region``.
     region : list of (x, y), µm, optional
         A polygon (stage frame) the landings must lie in, e.g. a particle outlined on a correlated XRF/Raman map
         (``espt_bluesky.correlate.regions.threshold_polygon``, mapped to the stage frame).
-    objective : {"height", "current", "passivation_ratio", "peak_current"} or callable
+    objective : {"height", "current", "passivation_ratio", "peak_current", "normalised_current", "log_kappa"} \
+or callable
         What the map is of (see :data:`OBJECTIVES`); a callable gets the hop's reading as ``{data key: value}``
         and returns a float.  A callable is tried on the devices' present reading before anything moves and must
         give a finite number; a valid hop whose objective is not finite ends the run with
         :class:`ObjectiveError` (after the hop and its decision are recorded).
-    strategy : {"mapping", "hotspots", "balanced", "boundary"}
+    strategy : {"mapping", "hotspots", "balanced", "boundary", "gradient"}
         Acquisition (:mod:`espt_bluesky.analysis.gp_sampling`): max σ; UCB μ + β·σ; their mean; the straddle
-        score at the class ``threshold`` (edges of an edge/basal or particle/binder map).
+        score at the class ``threshold`` (edges of an edge/basal or particle/binder map); σ weighted by the
+        predicted map's local slope (rims and steps, where a map's error lives).
     max_hops : int
         Budget of valid hops, survey included (invalid landings do not count).
     max_time : float, s, optional
@@ -202,10 +229,21 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
         Seed hops: corners + centre, or a 3 × 3 grid.
     beta, threshold, nu, refit_every
         UCB weight; class threshold of ``"boundary"`` (default: midpoint of the values measured); Matérn
-        smoothness; hyperparameters fitted every ``refit_every`` valid hops (kept in between).
+        smoothness; hyperparameters fitted every ``refit_every`` valid hops (kept in between).  ``threshold`` is
+        also the class threshold of ``reconstruction="piecewise"``.
+    anisotropic : bool
+        One GP length scale per axis (straight features, e.g. HOPG step bands), for the proposals and the map.
+    reconstruction : {"gp", "piecewise"}
+        How the final map product is made from the hops (:func:`espt_bluesky.analysis.gp_sampling.reconstruct`):
+        the GP mean, or one GP per class of a two-phase sample (particles on a flat binder).
     resume : Tiled BlueskyRun node or list of (name, doc), optional
         An earlier adaptive run of the same area: its landings (valid or not) and objectives rebuild the model,
         the survey is not repeated and its valid hops count against ``max_hops``.
+    height, plane : float (µm), PlaneFit/dict/float
+        SECM only: tip–plane distance and the sample plane (from ``measure_tilt``, or a height in µm).
+    i_inf : float, A, optional
+        SECM only: i_T,inf that normalises the tip current (default: 4nFDc*aβ(RG) from the probe and the
+        ``context``'s mediator, :func:`espt_bluesky.analysis.kinetic_maps.theoretical_i_inf`).
     hop_height, approach_step, max_travel, drop, contact_current, stop_offset, max_slope, measure, mode, hopper,
     on_fault, max_consecutive_faults, detectors
         As :func:`~espt_bluesky.plans.hopping.hopping_scan`.
@@ -221,7 +259,10 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     >>> RE(adaptive_hopping_scan(bench.stage, bench.potentiostat, technique="SICM", x_range=(20, 40),
     ...                          y_range=(20, 40), max_hops=30, hop_height=8.0, hopper=bench.hopper))
     """
-    technique = check_choice("technique", technique, ("SICM", "SECCM"))
+    technique = check_choice("technique", technique, ("SICM", "SECCM", "SECM"))
+    secm = technique == "SECM"
+    if secm:  # constant height: no hops, no hopping controller
+        mode, hopper = "plan", None
     mode = check_choice("mode", mode, ("device", "plan"))
     on_fault = check_choice("on_fault", on_fault, FAULT_POLICIES)
     strategy = check_choice("strategy", strategy, gps.STRATEGIES)
@@ -230,6 +271,8 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     max_invalid = max_hops if max_invalid is None else check_int("max_invalid", max_invalid, 0, 100_000)
     max_consecutive_faults = check_int("max_consecutive_faults", max_consecutive_faults, 1, 10**6)
     refit_every = check_int("refit_every", refit_every, 1, 10_000)
+    anisotropic = check_bool("anisotropic", anisotropic)
+    reconstruction = check_choice("reconstruction", reconstruction, gps.RECONSTRUCTIONS)
     if max_time is not None:
         max_time = float(check_positive("max_time", max_time, units="s"))
     beta = check_number("beta", beta, 0.0, 100.0)
@@ -243,19 +286,26 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     if mode == "device" and hopper is None:
         raise InvalidArgument("hopper=None with mode='device': pass the hopping controller (bench.hopper) or "
                               "use mode='plan'")
+    if secm and measure is not None:
+        raise InvalidArgument(f"measure={measure!r} with technique='SECM': the constant-height landing reads the tip "
+                              f"current; pass measure=None")
     meas = _measure_spec(potentiostat, technique, measure)
     dets = check_detectors(detectors)
-    spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
-                              contact_current=contact_current, working_distance=None, fine_step=approach_step,
-                              coarse_step=approach_step, max_travel=max_travel, stop_offset=stop_offset)
+    spec = None if secm else make_approach_spec(
+        stage, potentiostat, technique=technique, probe=probe, drop=drop, contact_current=contact_current,
+        working_distance=None, fine_step=approach_step, coarse_step=approach_step, max_travel=max_travel,
+        stop_offset=stop_offset)
     retract = check_step("retract", max(hop_height, 2.0) if retract is None else retract)
     pr = probe_of(potentiostat, probe)
 
     # the region, its candidates and the survey: all checked before anything moves
     bounds, poly = _region(stage, x_range, y_range, region)
     span = max(bounds[1] - bounds[0], bounds[3] - bounds[2])
-    min_sep = _footprint(pr) if min_separation is None else float(check_positive("min_separation",
-                                                                                min_separation, units="µm"))
+    # SECM reads from a height and touches nothing: the default separation is the electrode radius (its
+    # resolution), not a footprint
+    min_sep = ((probe_radius(pr) if secm else _footprint(pr)) if min_separation is None
+               else float(check_positive("min_separation",
+                                                                                min_separation, units="µm")))
     if min_sep >= span:
         raise InvalidArgument(f"min_separation={min_sep:g} µm is not smaller than the region ({span:g} µm across):"
                               f" at most one landing would fit; allowed: 0 < min_separation < {span:g} µm")
@@ -269,6 +319,12 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
                               f"it and inside x_range/y_range {bounds!r} (pitch {spacing:g} µm): the region is "
                               f"empty")
     check_xy(stage, "candidate landings", cand[:, 0], cand[:, 1])
+    pl, secm_md = None, {}
+    if secm:
+        pl, secm_md = _secm_setup(stage, pr, cand, height, plane, i_inf, context)
+    elif height is not None or plane is not None or i_inf is not None:
+        raise InvalidArgument(f"height/plane/i_inf are for technique='SECM' (constant height); technique="
+                              f"{technique!r} hops to the surface at every landing")
     seeds = gps.survey_points(cand, survey, margin=0.5 * min_sep)
     seeds = seeds[_spread(seeds, min_sep)]
     if len(cand) < 2:
@@ -279,12 +335,16 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     if mode == "device":
         keys = (hopper.x.name, hopper.y.name)
         topo_key, valid_key = hopper.surface_z.name, hopper.valid.name
+    elif secm:
+        keys = (stage.x.name, stage.y.name)
+        topo_key, valid_key = None, None
     else:
         keys = (stage.x.name, stage.y.name)
         topo_key, valid_key = sigs["surface_z"].name, sigs["hop_valid"].name
     chan = (meas or {}).get("channel", "substrate" if technique == "SECCM" else "tip")
     obj_fn, obj_name, obj_units = _objective_fn(objective, technique, meas, potentiostat,
-                                                {"height": topo_key, "current": getattr(potentiostat, chan).current.name})
+                                                {"height": topo_key, "current": getattr(potentiostat, chan).current.name},
+                                                secm_md)
     if callable(objective):
         _try_objective(obj_fn, [potentiostat, stage, *dets] + ([hopper] if hopper is not None else []))
 
@@ -294,7 +354,7 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     agent = GPMapAgent(cand, strategy=strategy, min_separation=min_sep,
                        survey=seeds if previous is None else np.zeros((0, 2)), max_hops=max_hops,
                        max_attempts=max_hops + max_invalid, span=span, min_length=min_length, beta=beta,
-                       threshold=threshold, nu=nu, refit_every=refit_every)
+                       threshold=threshold, nu=nu, refit_every=refit_every, anisotropic=anisotropic)
     if previous is not None:
         agent.load(previous["x"], previous["y"], previous["valid"], previous["objective"])
         if agent.n_valid < 2:
@@ -303,24 +363,32 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
     settings = dict(strategy=strategy, objective=obj_name, objective_units=obj_units, min_separation=min_sep,
                     spacing=spacing, bounds=list(bounds), region=None if poly is None else poly.tolist(),
                     span=span, min_length=min_length, beta=beta, threshold=threshold, nu=nu,
-                    refit_every=refit_every, survey=survey, survey_points=seeds.tolist(), max_hops=max_hops,
+                    refit_every=refit_every, anisotropic=anisotropic, reconstruction=reconstruction,
+                    survey=survey, survey_points=seeds.tolist(), max_hops=max_hops,
                     max_time=max_time, max_invalid=max_invalid, n_candidates=int(cand.shape[0]),
                     resumed_from=None if previous is None else previous["uid"],
                     n_resumed=0 if previous is None else len(previous["x"]))
     args = dict(technique=technique, x_range=x_range, y_range=y_range, region=settings["region"],
                 objective=obj_name, strategy=strategy, max_hops=max_hops, max_time=max_time,
                 max_invalid=max_invalid, min_separation=min_separation, spacing=spacing, survey=survey, beta=beta,
-                threshold=threshold, nu=nu, refit_every=refit_every, hop_height=hop_height,
-                approach_step=spec.fine_step, max_travel=max_travel, drop=drop, contact_current=contact_current,
+                threshold=threshold, nu=nu, refit_every=refit_every, anisotropic=anisotropic,
+                reconstruction=reconstruction, hop_height=hop_height,
+                approach_step=None if secm else spec.fine_step, max_travel=max_travel, drop=drop,
+                contact_current=contact_current, height=height, i_inf=secm_md.get("i_inf"),
                 stop_offset=stop_offset, max_slope=max_slope, measure=measure, mode=mode, on_fault=on_fault,
                 max_consecutive_faults=max_consecutive_faults, detectors=[d.name for d in dets])
-    start_md = build_start_md("adaptive_hopping_scan", args, technique=technique, mode="hopping", probe=pr,
+    start_md = build_start_md("adaptive_hopping_scan", args, technique=technique,
+                              mode="constant_height" if secm else "hopping", probe=pr,
                               context=context, sample_md=sample_md, md=md, map_keys=keys, order="adaptive",
                               extents=[[bounds[2], bounds[3]], [bounds[0], bounds[1]]],
                               hints={"dimensions": [[[keys[1]], "primary"], [[keys[0]], "primary"]]},
-                              extra={"topography_key": topo_key, "valid_key": valid_key, "hop_mode": mode,
-                                     "setpoint_distance": spec.stop_distance, "num_points": int(max_hops),
-                                     "adaptive": settings, "decisions_stream": "decisions"})
+                              extra={"topography_key": topo_key, "valid_key": valid_key,
+                                     "hop_mode": "constant_height" if secm else mode,
+                                     "setpoint_distance": None if secm else spec.stop_distance,
+                                     "num_points": int(max_hops), "adaptive": settings,
+                                     "decisions_stream": "decisions",
+                                     **({} if not secm else dict(plane=pl.as_dict(), height=float(height),
+                                                                 i_inf=secm_md["i_inf"]))})
     faults = _FaultLog(int(max_hops), max_consecutive_faults)
     dsig = _decision_signals(obj_units)
     state: dict[str, Any] = dict(x=[], y=[], valid=[], objective=[], stop_reason="", t_hops=[])
@@ -334,6 +402,7 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
             err = device_error(exc)
             if fault_reason(err) is None:
                 raise
+            mark_not_measured(dets)  # as hopping_scan: extra detectors read NaN, their asset rows stay aligned
             yield from bps.create("primary")  # the controller retracted and marked the hop invalid
             for dev in (hopper, *dets):
                 yield from bps.read(dev)
@@ -356,6 +425,13 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
         if res["valid"]:
             last["contact"] = res["contact_z"]
         return res
+
+    def secm_hop(x, y):
+        # the same move as constant_height_image: up first, down last, never sweeping below the target height
+        yield from _move_xyz(stage, x, y, float(pl.z_at(x, y)) + float(height))
+        yield from _capture_reads(bps.trigger_and_read([potentiostat, stage.x, stage.y, stage.z, *dets]), reading,
+                                  "primary")
+        return dict(valid=True, fault="", message="")
 
     def value_for(res):
         if not res["valid"]:
@@ -382,14 +458,17 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
         return (yield from bpp.finalize_wrapper(loop(), sicm.restore(potentiostat)))
 
     def loop():
-        if mode == "device":
+        if secm:
+            yield from _prepare_read(potentiostat, None)
+        elif mode == "device":
             yield from apply_settings(hopper.hop_settings(
                 criterion="current_drop" if technique == "SICM" else "contact",
                 setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
                 approach_step=spec.fine_step, max_travel=max_travel,
                 stop_offset=spec.stop_offset, max_slope=max_slope, measure=meas is not None))
-        yield from cell_on(potentiostat)
-        yield from configure_measure(potentiostat, meas)
+        if not secm:
+            yield from cell_on(potentiostat)
+            yield from configure_measure(potentiostat, meas)
         t0 = time.monotonic()
         hop = 0
         while True:
@@ -413,7 +492,7 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
             x, y = float(x[0]), float(y[0])
             t_hop = time.monotonic()
             reading.clear()
-            res = yield from (device_hop(x, y) if mode == "device" else plan_hop(x, y))
+            res = yield from (secm_hop(x, y) if secm else device_hop(x, y) if mode == "device" else plan_hop(x, y))
             state["t_hops"].append(time.monotonic() - t_hop)
             val = yield from value_for(res)
             agent.ingest([{"_id": s["_id"], "x": x, "y": y, "objective": val, "valid": res["valid"]}])
@@ -424,7 +503,8 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
                        decision_reason=prop.reason[:500], decision_valid=int(bool(res["valid"])),
                        decision_objective=val, decision_n_model=prop.n_model,
                        decision_n_attempted=prop.n_attempted, decision_n_candidates=prop.n_candidates,
-                       decision_length_scale=prop.length_scale, decision_amplitude=prop.amplitude,
+                       decision_length_scale=prop.length_scale, decision_length_scale_y=prop.length_scale_y,
+                       decision_amplitude=prop.amplitude,
                        decision_noise=prop.noise, decision_refit=int(prop.refit), decision_threshold=prop.threshold)
             yield from bps.trigger_and_read(list(dsig.values()), name="decisions")
             hop += 1
@@ -447,6 +527,35 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
 
     return (yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
                                    stage_devices=[potentiostat, *dets], stop_reason=stop_reason))
+
+
+def _secm_setup(stage: Any, probe: Any, cand: np.ndarray, height: Any, plane: Any, i_inf: Any, context: Any
+                ) -> tuple[Any, dict[str, Any]]:
+    """SECM constant height: (plane, {i_inf (A), L = height/a, rg}) checked before anything moves."""
+    from ..analysis.kinetic_maps import theoretical_i_inf
+    from .metadata import ExperimentContext, probe_metadata
+
+    if height is None or plane is None:
+        raise InvalidArgument(f"height={height!r}, plane={plane!r}: technique='SECM' visits every landing at a "
+                              f"constant height; give height (µm above the plane) and plane (from measure_tilt, "
+                              f"or a height in µm)")
+    height = check_number("height", height, 0.0, math.inf, low_inclusive=False, units="µm")
+    pl = _as_plane("plane", plane)
+    check_z(stage, "plane + height at the candidate landings", pl.z_at(cand[:, 0], cand[:, 1]) + height)
+    pm = probe_metadata(probe) or {}
+    a, rg = pm.get("radius"), float(pm.get("rg", 10.0))
+    if a is None:
+        raise InvalidArgument(f"probe metadata {pm!r} lacks 'radius' (µm): SECM needs it for L = height/a")
+    if i_inf is None:
+        med = ExperimentContext.from_dict(context).as_dict().get("mediator")
+        try:
+            i_inf = theoretical_i_inf(pm, med)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"i_inf=None: pass i_inf (A) or context with the mediator's D and c ({exc})") from None
+    i_inf = float(check_number("i_inf", i_inf, units="A"))
+    if i_inf == 0:
+        raise InvalidArgument("i_inf=0 A: the tip current cannot be normalised; pass the far-field tip current")
+    return pl, dict(i_inf=i_inf, L=float(height) / float(a), rg=rg)
 
 
 def _spread(points: np.ndarray, min_sep: float) -> list[int]:

@@ -54,11 +54,13 @@ class GPMapAgent:
     refit_every : int
         Fit the hyperparameters by marginal likelihood when the number of valid hops is a multiple of this
         (and for the first model); in between keep them (a cheap Cholesky update).
+    anisotropic : bool
+        One length scale per axis (straight features such as step bands).
     """
 
     def __init__(self, candidates: Any, *, strategy: str, min_separation: float, survey: Any, max_hops: int,
                  max_attempts: int, span: float, min_length: float, beta: float = 2.0,
-                 threshold: float | None = None, nu: float = 1.5, refit_every: int = 5):
+                 threshold: float | None = None, nu: float = 1.5, refit_every: int = 5, anisotropic: bool = False):
         self.candidates = np.asarray(candidates, float)
         self.strategy = strategy
         self.min_separation = float(min_separation)
@@ -67,6 +69,7 @@ class GPMapAgent:
         self.span, self.min_length = float(span), float(min_length)
         self.beta, self.threshold, self.nu = float(beta), threshold, float(nu)
         self.refit_every = int(refit_every)
+        self.anisotropic = bool(anisotropic)
         self.X: list[tuple[float, float]] = []  # valid hops (model)
         self.y: list[float] = []
         self.attempted: list[tuple[float, float]] = []  # every landing
@@ -140,13 +143,14 @@ class GPMapAgent:
                 prop = gps.propose(np.asarray(X), np.asarray(y), np.asarray(att), self.candidates,
                                    strategy=self.strategy, min_separation=self.min_separation, span=self.span,
                                    min_length=self.min_length, beta=self.beta, threshold=self.threshold,
-                                   nu=self.nu, kernel_params=kernel)
+                                   nu=self.nu, kernel_params=kernel, anisotropic=self.anisotropic)
                 if prop is None:
                     self._stop = (f"no candidate left farther than min_separation={self.min_separation:g} µm "
                                   f"from every landing")
                     break
                 if prop.refit:
-                    kernel = dict(length_scale=prop.length_scale, amplitude=prop.amplitude, noise=prop.noise)
+                    kernel = dict(length_scale=prop.length_scale, length_scale_y=prop.length_scale_y,
+                                  amplitude=prop.amplitude, noise=prop.noise)
                     if not out:
                         self.kernel, self.kernel_n = kernel, len(y)
                 X.append((prop.x, prop.y))
@@ -190,7 +194,7 @@ class GPMapAgent:
         if self.n_valid < 2:
             raise InvalidArgument(f"{self.n_valid} valid hop(s): a map model needs at least 2")
         return gps.fit_gp(np.asarray(self.X), np.asarray(self.y), span=self.span, min_length=self.min_length,
-                          nu=self.nu)
+                          nu=self.nu, anisotropic=self.anisotropic)
 
     def optimization_problem(self, actuators: Sequence[Any], sensors: Sequence[Any], evaluation_function: Any,
                              acquisition_plan: Any = None):
@@ -228,13 +232,15 @@ def replay_decisions(settings: Mapping[str, Any], decisions: Mapping[str, Sequen
         xk, yk = float(d["decision_x"][k]), float(d["decision_y"][k])
         if str(d["decision_strategy"][k]) != "survey":
             refit = bool(int(d["decision_refit"][k]))
+            ls_y = d.get("decision_length_scale_y", d["decision_length_scale"])[k]
             kp = None if refit else dict(length_scale=float(d["decision_length_scale"][k]),
-                                         amplitude=float(d["decision_amplitude"][k]),
+                                         length_scale_y=float(ls_y), amplitude=float(d["decision_amplitude"][k]),
                                          noise=float(d["decision_noise"][k]))
             p = gps.propose(np.asarray(X), np.asarray(y), np.asarray(att), cand, strategy=settings["strategy"],
                             min_separation=settings["min_separation"], span=settings["span"],
                             min_length=settings["min_length"], beta=settings["beta"],
-                            threshold=settings.get("threshold"), nu=settings["nu"], kernel_params=kp)
+                            threshold=settings.get("threshold"), nu=settings["nu"], kernel_params=kp,
+                            anisotropic=bool(settings.get("anisotropic", False)))
             row = dict(hop=k, recorded=(xk, yk), replayed=None if p is None else (p.x, p.y))
             if refit and p is not None:
                 row.update(recorded_length_scale=float(d["decision_length_scale"][k]),
