@@ -42,12 +42,23 @@ from pathlib import Path
 from bench_storage import hopping  # the same hopping run (this directory is on sys.path when run as a script)
 
 
+def _child_cpu(subscriber) -> float | None:
+    """CPU seconds (user + system) of a BusPublisher's publishing process so far."""
+    proc = getattr(subscriber, "_proc", None)
+    if proc is None:
+        return None
+    f = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spots", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--latency-spots", type=int, default=30)
     ap.add_argument("--nats", default="nats://127.0.0.1:4222")
+    ap.add_argument("--batch", type=int, default=None, help="the Tiled worker's batch (default: its own)")
+    ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--assets", action="store_true",
                     help="waveforms written to HDF5 files (StreamResource/StreamDatum), as the session does, "
                          "instead of carried in the event documents")
@@ -81,6 +92,7 @@ def main() -> None:
         return b
 
     cpu: dict[str, float] = {}
+    child_cpu: dict[str, float] = {}
     inside: dict[str, float] = {}
     per_event: dict[str, float] = {}
     ends: dict[str, float] = {}
@@ -94,9 +106,9 @@ def main() -> None:
         end = [0.0]
         if subscriber is not None:
             def wrapped(name, doc):
-                t = time.perf_counter()
+                t = time.thread_time()  # CPU of the RunEngine's thread in the subscriber (waits excluded)
                 subscriber(name, doc)
-                dt = time.perf_counter() - t
+                dt = time.thread_time() - t
                 spent[0] += dt
                 if name == "event":
                     ev.append(dt)
@@ -105,9 +117,12 @@ def main() -> None:
 
             RE.subscribe(wrapped)
         b = bench()
+        k0 = _child_cpu(subscriber)
         c0, t0 = time.process_time(), time.perf_counter()
         (uid,) = RE(hopping(b, points))
         t = time.perf_counter() - t0
+        if label is not None and k0 is not None:
+            child_cpu[label] = _child_cpu(subscriber) - k0
         if after is not None:
             after()
         if label is not None:
@@ -137,7 +152,8 @@ def main() -> None:
         results[base] = min(results[base], timed(label=base)[0])  # the baseline again: the machine drifts
 
         # 5. worker throughput on the first published run (the second waits behind it: both are written)
-        worker = TiledWorker(cfg, cat.client, health_url=f"{cat.base_url}/healthz", batch=200)
+        wkw = {} if args.batch is None else {"batch": args.batch}
+        worker = TiledWorker(cfg, cat.client, health_url=f"{cat.base_url}/healthz", **wkw)
         worker.connect()
         t0 = time.perf_counter()
         client = cat.client()
@@ -152,10 +168,16 @@ def main() -> None:
         worker.close()
 
         # 6. latency through `espt worker tiled` in its own process
+        lat: list[float] = []
+        pub.close()
+        pub2.close()
+        if args.skip_latency:
+            return report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, worker.batch, lat)
         env = dict(os.environ)
         proc = subprocess.Popen([sys.executable, "-m", "espt_bluesky.cli", "worker", "tiled", "--servers",
                                  args.nats, "--stream", cfg.stream, "--subject", cfg.subject, "--uri", cat.uri,
-                                 "--api-key", cat.api_key, "--batch", "200"], stdout=subprocess.PIPE, text=True,
+                                 "--api-key", cat.api_key, "--batch", str(worker.batch)], stdout=subprocess.PIPE,
+                                text=True,
                                 env=env)
         proc.stdout.readline()
         seen: dict[int, float] = {}
@@ -212,8 +234,6 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
         lat = [seen[s] - sent[s] for s in sent if s in seen]
-        pub.close()
-        pub2.close()
         pub3.close()
     finally:
         cat.stop()
@@ -229,26 +249,34 @@ def main() -> None:
 
         asyncio.run(delete())
 
+    report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, worker.batch, lat)
+
+
+def report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, batch, lat) -> None:
     base = results["no subscriber"]
     where = "in HDF5 asset files" if args.assets else "in the event documents"
     print(f"hopping run, {args.spots} spots x {args.samples}-sample CV {where}")
     print("  wall time of RE(...) (noisy on a shared machine):")
     for k, t in results.items():
-        print(f"    {k:40s} {t:8.2f} s   {t / base:6.2f} x baseline   {1e3 * t / args.spots:7.2f} ms/spot")
-    print("  CPU time of this process (all threads) and time inside the subscriber, per spot:")
+        print(f"    {k:40s} {t:8.2f} s   {t / base:6.2f} x baseline   {1e3 * t / args.spots:7.2f} ms/spot "
+              f"({1e3 * (t - base) / args.spots:+7.2f})")
+    print("  CPU time of this process (all threads), of the RunEngine's thread inside the subscriber, and of the bus "
+          "publisher's own process, per spot:")
     cb = cpu["no subscriber"]
     for k, c in cpu.items():
+        extra = f"   publishing process {1e3 * child_cpu[k] / args.spots:6.2f} ms/spot" if k in child_cpu else ""
         print(f"    {k:40s} {1e3 * c / args.spots:7.2f} ms/spot CPU  (+{1e3 * (c - cb) / args.spots:6.2f} over the "
-              f"baseline, {c / cb:5.2f} x)   in the subscriber {1e3 * inside[k] / args.spots:6.3f} ms/spot")
-    print("  the RunEngine's wait in the subscriber: per event document (median), and at start + stop (once a run):")
+              f"baseline, {c / cb:5.2f} x)   in the subscriber {1e3 * inside[k] / args.spots:6.3f} ms/spot{extra}")
+    print("  the RunEngine's thread in the subscriber: per event document (median CPU), and at start + stop (once a run):")
     for k in per_event:
         if k != "no subscriber":
             print(f"    {k:40s} {1e3 * per_event[k]:7.3f} ms per event   {1e3 * ends[k]:8.1f} ms at start + stop")
-    print(f"  Tiled worker: {args.spots} spots written in {t_worker:.2f} s = {args.spots / t_worker:.0f} spots/s")
+    print(f"  Tiled worker (batch {batch}): {args.spots} spots written in {t_worker:.2f} s = "
+          f"{args.spots / t_worker:.0f} spots/s")
     if lat:
-        print(f"  event -> readable in Tiled via `espt worker tiled` ({len(lat)}/{len(sent)} events seen): "
+        print(f"  event -> readable in Tiled via `espt worker tiled` ({len(lat)} events seen): "
               f"median {1e3 * statistics.median(lat):.0f} ms, max {1e3 * max(lat):.0f} ms")
-    else:
+    elif not args.skip_latency:
         print("  latency: no event seen in Tiled")
 
 

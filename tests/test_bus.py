@@ -408,3 +408,47 @@ def test_livemap_publisher_feeds_a_remote_view(bus):
         pub.close()
         view.close()
         lm.close()
+
+
+def test_product_callback_wait_is_bounded_on_the_runengine_thread():
+    """ProductCallback's wait for the run in Tiled is bounded however Tiled behaves: a request that hangs is
+    abandoned after ``timeout``, and when the in-process writer already spent the wait at the stop (the stop
+    document is old), one short look only -- not another ``timeout``."""
+    import threading
+
+    from espt_bluesky.callbacks.products import LAST_LOOK, ProductCallback
+
+    release = threading.Event()
+
+    class Hung:  # a Tiled client whose every request hangs (server stopped answering mid-request)
+        def __getitem__(self, key):
+            release.wait(120)
+            raise KeyError(key)
+
+    class Absent:  # the run never reaches Tiled (the writer left it to its journal)
+        calls = 0
+
+        def __getitem__(self, key):
+            Absent.calls += 1
+            raise KeyError(key)
+
+    start = {"uid": "u-hung", "technique": "SECCM", "plan_name": "hopping_scan", "time": time.time()}
+    try:
+        cb = ProductCallback(Hung(), "SECCM", timeout=1.0)
+        cb.start(start)
+        t0 = time.monotonic()
+        cb.stop({"uid": "s1", "run_start": "u-hung", "time": time.time(), "exit_status": "success"})
+        hung = time.monotonic() - t0
+    finally:
+        release.set()
+    assert cb.errors and cb.errors[0][0] == "u-hung" and "not found in Tiled" in cb.errors[0][1]
+    assert hung < 60  # the request hangs 120 s: the RunEngine went on after its 1 s
+
+    cb = ProductCallback(Absent(), "SECCM", timeout=30.0)
+    cb.start({**start, "uid": "u-absent"})
+    t0 = time.monotonic()
+    cb.stop({"uid": "s2", "run_start": "u-absent", "time": time.time() - 40.0, "exit_status": "success"})
+    late = time.monotonic() - t0
+    assert cb.errors and "not found in Tiled" in cb.errors[0][1]
+    assert Absent.calls >= 1  # it did look once
+    assert late < 15 * LAST_LOOK < 30  # the writer spent the 30 s already: not another 30 s
