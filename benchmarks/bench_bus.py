@@ -21,7 +21,8 @@ Then:
 Prints seconds, ms per spot added to the baseline and ratios measured in this one process (the machine is shared:
 compare ratios).  No assertions.
 
-Usage: ``python benchmarks/bench_bus.py [--spots 1000] [--samples 2000] [--latency-spots 30] [--assets]``
+Usage: ``python benchmarks/bench_bus.py [--spots 1000] [--samples 2000] [--latency-spots 30] [--assets] [--repeat 2]
+[--batch N] [--skip-latency]``
 (``--assets``: the waveforms in HDF5 files, as a session writes them, the documents small)
 """
 
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--nats", default="nats://127.0.0.1:4222")
     ap.add_argument("--batch", type=int, default=None, help="the Tiled worker's batch (default: its own)")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each configuration, in turn (minimum kept)")
     ap.add_argument("--assets", action="store_true",
                     help="waveforms written to HDF5 files (StreamResource/StreamDatum), as the session does, "
                          "instead of carried in the event documents")
@@ -122,14 +124,14 @@ def main() -> None:
         (uid,) = RE(hopping(b, points))
         t = time.perf_counter() - t0
         if label is not None and k0 is not None:
-            child_cpu[label] = _child_cpu(subscriber) - k0
+            child_cpu[label] = min(child_cpu.get(label, float("inf")), _child_cpu(subscriber) - k0)
         if after is not None:
             after()
         if label is not None:
             cpu[label] = min(cpu.get(label, float("inf")), time.process_time() - c0)
-            inside[label] = spent[0]
-            per_event[label] = statistics.median(ev) if ev else 0.0
-            ends[label] = end[0]
+            inside[label] = min(inside.get(label, float("inf")), spent[0])
+            per_event[label] = min(per_event.get(label, float("inf")), statistics.median(ev) if ev else 0.0)
+            ends[label] = min(ends.get(label, float("inf")), end[0])
         return t, uid
 
     cat = LocalCatalog.start(tmp / "data")
@@ -137,19 +139,23 @@ def main() -> None:
     try:
         timed(points=pts[:20])  # warm up imports and the simulation's caches
         base = "no subscriber"
-        results[base] = timed(label=base)[0]
-        pub = BusPublisher(cfg, tmp / "backup-bus", journal="on_failure")
         k1 = "JetStream publish (journal on failure)"
-        results[k1], uid_bus = timed(pub, label=k1)
-        assert pub.runs[uid_bus].state == "published", pub.runs[uid_bus]
-        pub2 = BusPublisher(cfg, tmp / "backup-bus2", journal="always")
         k2 = "JetStream publish + local journal"
-        results[k2], uid_bus2 = timed(pub2, label=k2)
-        assert pub2.runs[uid_bus2].state == "published", pub2.runs[uid_bus2]
-        w = make_writer(cat)
         k3 = "in-process writer (make_writer)"
-        results[k3] = timed(w, after=lambda: w.flush(600), label=k3)[0]
-        results[base] = min(results[base], timed(label=base)[0])  # the baseline again: the machine drifts
+        pub = BusPublisher(cfg, tmp / "backup-bus", journal="on_failure")
+        pub2 = BusPublisher(cfg, tmp / "backup-bus2", journal="always")
+        w = make_writer(cat)
+        uid_bus = None
+        # the configurations in turn, --repeat times: the minimum of each is the least disturbed by the other jobs
+        for _ in range(args.repeat):
+            for label, sub, after in ((base, None, None), (k1, pub, None), (k2, pub2, None),
+                                      (k3, w, lambda: w.flush(600))):
+                t, uid = timed(sub, after=after, label=label)
+                results[label] = min(results.get(label, float("inf")), t)
+                if sub is pub or sub is pub2:
+                    assert sub.runs[uid].state == "published", sub.runs[uid]
+                if sub is pub and uid_bus is None:
+                    uid_bus = uid
 
         # 5. worker throughput on the first published run (the second waits behind it: both are written)
         wkw = {} if args.batch is None else {"batch": args.batch}
