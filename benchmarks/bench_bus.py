@@ -7,7 +7,8 @@ One ``tiled serve`` process (its own data directory in a temporary folder), the 
 it (``RE(...)`` wall time):
 
 1. no subscriber (the baseline: RunEngine and simulation alone);
-2. ``BusPublisher`` with ``journal="on_failure"`` (a publish per document; the journal only if the bus fails);
+2. ``BusPublisher`` with ``journal="on_failure"`` (a pack and a pipe write per document, published by the
+   publisher's own process; the journal only if the bus fails);
 3. ``BusPublisher`` with ``journal="always"`` (every document also journaled locally first);
 4. today's in-process writer (``make_writer``: journal, TiledWriter on a thread; the stop waits for Tiled).
 
@@ -19,7 +20,9 @@ Then:
    the time from its document (``time``) to the moment a reader of Tiled sees it (polled every 50 ms).
 
 Prints seconds, ms per spot added to the baseline and ratios measured in this one process (the machine is shared:
-compare ratios).  No assertions.
+compare ratios; ``--repeat`` runs the configurations in turn and keeps each one's minimum), the CPU time of the
+RunEngine's thread inside the subscriber (what the RunEngine pays itself, robust to load) and the CPU time of the
+publishing process.  No assertions.
 
 Usage: ``python benchmarks/bench_bus.py [--spots 1000] [--samples 2000] [--latency-spots 30] [--assets] [--repeat 2]
 [--batch N] [--skip-latency]``
