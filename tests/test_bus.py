@@ -456,3 +456,35 @@ def test_product_callback_wait_is_bounded_on_the_runengine_thread():
     assert cb.errors and "not found in Tiled" in cb.errors[0][1]
     assert Absent.calls >= 1  # it did look once
     assert late < 15 * LAST_LOOK < 30  # the writer spent the 30 s already: not another 30 s
+
+
+def test_publishing_process_killed_mid_run_whole_run_journaled_next_run_published(bus, tmp_path, caplog):
+    """The publisher's own process (which holds the NATS connection) is SIGKILLed mid-run: the run goes loudly to
+    its journal, whole; the next run starts a new publishing process and is published."""
+    from bluesky import RunEngine
+
+    from espt_bluesky.storage.journal import read_journal
+    from espt_bluesky.workers.publisher import BusPublisher
+
+    pub = BusPublisher(bus, tmp_path / "backup")
+    first = pub._proc.pid
+
+    def fault(i):
+        if i == 15:
+            os.kill(first, signal.SIGKILL)
+            pub._proc.wait(10)
+
+    RE = RunEngine({})
+    RE.subscribe(pub)
+    try:
+        with caplog.at_level(logging.ERROR):
+            (uid,) = RE(cheap_hops(random_points(40, seed=5), on_spot=fault))
+        run = pub.runs[uid]
+        assert run.state == "backup" and "publishing process" in run.error, run
+        assert any("BUS DOWN" in r.message and uid in r.message for r in caplog.records)
+        events = [d for n, d in read_journal(run.journal) if n == "event"]
+        assert sorted(d["seq_num"] for d in events) == list(range(1, 41))  # the whole run, not the rest of it
+        (uid2,) = RE(cheap_hops(random_points(10, seed=6)))
+        assert pub.runs[uid2].state == "published" and pub._proc.pid != first
+    finally:
+        pub.close()
