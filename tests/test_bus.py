@@ -488,3 +488,59 @@ def test_publishing_process_killed_mid_run_whole_run_journaled_next_run_publishe
         assert pub.runs[uid2].state == "published" and pub._proc.pid != first
     finally:
         pub.close()
+
+
+_DYING_SESSION = """
+import os, signal, sys
+from bluesky import RunEngine
+import bluesky.plans as bp
+from ophyd.sim import det
+from espt_bluesky.workers.bus import BusConfig
+from espt_bluesky.workers.publisher import BusPublisher
+
+pub = BusPublisher(BusConfig.from_mapping(dict(mode="bus", servers=[sys.argv[1]], stream=sys.argv[2],
+                                               subject=sys.argv[3], live_subject=sys.argv[4])), sys.argv[5])
+RE = RunEngine({})
+RE.subscribe(pub)
+
+def die(name, doc):
+    if name == "event" and doc["seq_num"] == 30:  # right after the publisher wrote event 30 to its pipe
+        os.kill(os.getpid(), signal.SIGKILL)
+
+RE.subscribe(die)
+RE(bp.count([det], num=50))
+"""
+
+
+def test_documents_in_the_pipe_survive_the_runengine_process_killed(bus, tmp_path):
+    """The RunEngine's process is SIGKILLed right after handing event 30 to the publisher: the publishing process
+    reads its pipe to the end and publishes the start, the descriptor and the 30 events before it exits."""
+    import nats
+
+    from pathlib import Path
+
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _DYING_SESSION, NATS, bus.stream, bus.subject, bus.live_subject,
+                           str(tmp_path / "backup")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=path))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+    async def names():
+        from espt_bluesky.workers.bus import doc_name
+
+        nc = await nats.connect(NATS)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + 60
+            while (await js.stream_info(bus.stream)).state.messages < 32 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            n = (await js.stream_info(bus.stream)).state.messages
+            sub = await js.subscribe(bus.filter_subject, stream=bus.stream, ordered_consumer=True)
+            out = [doc_name((await sub.next_msg(timeout=10)).subject) for _ in range(n)]
+            await sub.unsubscribe()
+            return out
+        finally:
+            await nc.close()
+
+    got = asyncio.run(names())
+    assert got[:2] == ["start", "descriptor"] and got[2:] == ["event"] * 30, got
