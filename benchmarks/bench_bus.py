@@ -46,13 +46,16 @@ from pathlib import Path
 from bench_storage import hopping  # the same hopping run (this directory is on sys.path when run as a script)
 
 
-def _child_cpu(subscriber) -> float | None:
-    """CPU seconds (user + system) of a BusPublisher's publishing process so far."""
-    proc = getattr(subscriber, "_proc", None)
-    if proc is None:
-        return None
-    f = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _pid_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (Linux)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _child_cpu(subscriber) -> float | None:
+    """CPU seconds of a BusPublisher's publishing process so far."""
+    proc = getattr(subscriber, "_proc", None)
+    return None if proc is None else _pid_cpu(proc.pid)
 
 
 def main() -> None:
@@ -164,6 +167,7 @@ def main() -> None:
         wkw = {} if args.batch is None else {"batch": args.batch}
         worker = TiledWorker(cfg, cat.client, health_url=f"{cat.base_url}/healthz", **wkw)
         worker.connect()
+        w_cpu0, s_cpu0 = time.process_time(), _pid_cpu(cat.process.pid)
         t0 = time.perf_counter()
         client = cat.client()
         t_first = None
@@ -173,6 +177,8 @@ def main() -> None:
                 t_first = time.perf_counter() - t0
                 break
         t_worker = t_first or (time.perf_counter() - t0)
+        # CPU of the worker (this process: nothing else runs in it now) and of the Tiled server for that run
+        worker_cpu = (time.process_time() - w_cpu0, _pid_cpu(cat.process.pid) - s_cpu0)
         worker.run(until_idle=2.0)
         worker.close()
 
@@ -181,7 +187,8 @@ def main() -> None:
         pub.close()
         pub2.close()
         if args.skip_latency:
-            return report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, worker.batch, lat)
+            return report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, worker.batch, lat,
+                          worker_cpu)
         env = dict(os.environ)
         proc = subprocess.Popen([sys.executable, "-m", "espt_bluesky.cli", "worker", "tiled", "--servers",
                                  args.nats, "--stream", cfg.stream, "--subject", cfg.subject, "--uri", cat.uri,
@@ -258,10 +265,10 @@ def main() -> None:
 
         asyncio.run(delete())
 
-    report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, worker.batch, lat)
+    report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, worker.batch, lat, worker_cpu)
 
 
-def report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, batch, lat) -> None:
+def report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, batch, lat, worker_cpu) -> None:
     base = results["no subscriber"]
     where = "in HDF5 asset files" if args.assets else "in the event documents"
     print(f"hopping run, {args.spots} spots x {args.samples}-sample CV {where}")
@@ -281,7 +288,9 @@ def report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, bat
         if k != "no subscriber":
             print(f"    {k:40s} {1e3 * per_event[k]:7.3f} ms per event   {1e3 * ends[k]:8.1f} ms at start + stop")
     print(f"  Tiled worker (batch {batch}): {args.spots} spots written in {t_worker:.2f} s = "
-          f"{args.spots / t_worker:.0f} spots/s")
+          f"{args.spots / t_worker:.0f} spots/s; CPU per spot: worker {1e3 * worker_cpu[0] / args.spots:.2f} ms, "
+          f"Tiled server {1e3 * worker_cpu[1] / args.spots:.2f} ms (what a free core each would allow: "
+          f"{args.spots / max(worker_cpu):.0f} spots/s)")
     if lat:
         print(f"  event -> readable in Tiled via `espt worker tiled` ({len(lat)} events seen): "
               f"median {1e3 * statistics.median(lat):.0f} ms, max {1e3 * max(lat):.0f} ms")
