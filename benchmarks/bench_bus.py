@@ -106,8 +106,9 @@ def main() -> None:
     ends: dict[str, float] = {}
 
     def timed(subscriber=None, after=None, points=pts, label=None):
-        """RE(...) wall time; with ``label``, also this process's CPU time (every thread: the publisher's I/O thread
-        or the writer's thread included; robust on a shared machine) and the time spent inside the subscriber."""
+        """RE(...) wall time; with ``label``, also this process's CPU time (every thread: the writer's thread
+        included; the publisher's process apart), the CPU time of the RunEngine's thread inside the subscriber and
+        the CPU time of the publisher's own process."""
         RE = RunEngine({})
         spent = [0.0]
         ev: list[float] = []
@@ -283,7 +284,8 @@ def report(args, results, cpu, child_cpu, inside, per_event, ends, t_worker, bat
         extra = f"   publishing process {1e3 * child_cpu[k] / args.spots:6.2f} ms/spot" if k in child_cpu else ""
         print(f"    {k:40s} {1e3 * c / args.spots:7.2f} ms/spot CPU  (+{1e3 * (c - cb) / args.spots:6.2f} over the "
               f"baseline, {c / cb:5.2f} x)   in the subscriber {1e3 * inside[k] / args.spots:6.3f} ms/spot{extra}")
-    print("  the RunEngine's thread in the subscriber: per event document (median CPU), and at start + stop (once a run):")
+    print("  the RunEngine's thread in the subscriber: per event document (median CPU), and at start + stop "
+          "(once a run):")
     for k in per_event:
         if k != "no subscriber":
             print(f"    {k:40s} {1e3 * per_event[k]:7.3f} ms per event   {1e3 * ends[k]:8.1f} ms at start + stop")
