@@ -141,7 +141,7 @@ def _inprocess_copy(cat, docs, tmp_path):
     client = cat.client()
     key = "inproc_" + uuid.uuid4().hex[:6]
     node = client.create_container(key)
-    w = make_writer(node, backup_directory=tmp_path / f"backup_{key}", batch_size=25)
+    w = make_writer(node, backup_directory=tmp_path / f"backup_{key}", batch_size=500)  # (read_map: any batch)
     for name, doc in docs:
         w(name, doc)
     w.flush(120)
@@ -195,19 +195,23 @@ def test_2000_hops_through_bus_exactly_once_through_worker_and_server_kills(bus,
         elif i == 1500:
             state["cat"] = LocalCatalog.start(data, port=port)
 
+    t0 = time.monotonic()
     try:
         (uid,) = RE(cheap_hops(pts, on_spot=fault))
+        t_re = time.monotonic() - t0
         run_state = pub.runs[uid]
         assert run_state.state == "published", run_state  # the bus took every document: no fallback
         assert run_state.journal is None  # and its journal was removed
         print(f"\nlongest RunEngine wait on the publisher: {1e3 * timed.longest:.1f} ms over {timed.calls} docs")
         cat = state["cat"]
         run = _wait_complete(cat.client, uid)
+        t_done = time.monotonic() - t0
         seqs = _seq_nums(run)
         assert len(seqs) == 2000 and sorted(seqs) == list(range(1, 2001))  # every event exactly once
         assert run.metadata["stop"]["exit_status"] == "success"
         ds_bus = read_map(run)
         ds_ref = read_map(_inprocess_copy(cat, docs, tmp_path))
+        print(f"RunEngine {t_re:.1f} s, complete in Tiled at {t_done:.1f} s, checked at {time.monotonic() - t0:.1f} s")
         xr.testing.assert_identical(ds_bus, ds_ref)
         np.testing.assert_allclose(ds_bus["spot_value"], 1000 * ds_bus["y"] + ds_bus["x"])
     finally:
@@ -408,3 +412,135 @@ def test_livemap_publisher_feeds_a_remote_view(bus):
         pub.close()
         view.close()
         lm.close()
+
+
+def test_product_callback_wait_is_bounded_on_the_runengine_thread():
+    """ProductCallback's wait for the run in Tiled is bounded however Tiled behaves: a request that hangs is
+    abandoned after ``timeout``, and when the in-process writer already spent the wait at the stop (the stop
+    document is old), one short look only -- not another ``timeout``."""
+    import threading
+
+    from espt_bluesky.callbacks.products import LAST_LOOK, ProductCallback
+
+    release = threading.Event()
+
+    class Hung:  # a Tiled client whose every request hangs (server stopped answering mid-request)
+        def __getitem__(self, key):
+            release.wait(120)
+            raise KeyError(key)
+
+    class Absent:  # the run never reaches Tiled (the writer left it to its journal)
+        calls = 0
+
+        def __getitem__(self, key):
+            Absent.calls += 1
+            raise KeyError(key)
+
+    start = {"uid": "u-hung", "technique": "SECCM", "plan_name": "hopping_scan", "time": time.time()}
+    try:
+        cb = ProductCallback(Hung(), "SECCM", timeout=1.0)
+        cb.start(start)
+        t0 = time.monotonic()
+        cb.stop({"uid": "s1", "run_start": "u-hung", "time": time.time(), "exit_status": "success"})
+        hung = time.monotonic() - t0
+    finally:
+        release.set()
+    assert cb.errors and cb.errors[0][0] == "u-hung" and "not found in Tiled" in cb.errors[0][1]
+    assert hung < 60  # the request hangs 120 s: the RunEngine went on after its 1 s
+
+    cb = ProductCallback(Absent(), "SECCM", timeout=30.0)
+    cb.start({**start, "uid": "u-absent"})
+    t0 = time.monotonic()
+    cb.stop({"uid": "s2", "run_start": "u-absent", "time": time.time() - 40.0, "exit_status": "success"})
+    late = time.monotonic() - t0
+    assert cb.errors and "not found in Tiled" in cb.errors[0][1]
+    assert Absent.calls >= 1  # it did look once
+    assert late < 15 * LAST_LOOK < 30  # the writer spent the 30 s already: not another 30 s
+
+
+def test_publishing_process_killed_mid_run_whole_run_journaled_next_run_published(bus, tmp_path, caplog):
+    """The publisher's own process (which holds the NATS connection) is SIGKILLed mid-run: the run goes loudly to
+    its journal, whole; the next run starts a new publishing process and is published."""
+    from bluesky import RunEngine
+
+    from espt_bluesky.storage.journal import read_journal
+    from espt_bluesky.workers.publisher import BusPublisher
+
+    pub = BusPublisher(bus, tmp_path / "backup")
+    first = pub._proc.pid
+
+    def fault(i):
+        if i == 15:
+            os.kill(first, signal.SIGKILL)
+            pub._proc.wait(10)
+
+    RE = RunEngine({})
+    RE.subscribe(pub)
+    try:
+        with caplog.at_level(logging.ERROR):
+            (uid,) = RE(cheap_hops(random_points(40, seed=5), on_spot=fault))
+        run = pub.runs[uid]
+        assert run.state == "backup" and "publishing process" in run.error, run
+        assert any("BUS DOWN" in r.message and uid in r.message for r in caplog.records)
+        events = [d for n, d in read_journal(run.journal) if n == "event"]
+        assert sorted(d["seq_num"] for d in events) == list(range(1, 41))  # the whole run, not the rest of it
+        (uid2,) = RE(cheap_hops(random_points(10, seed=6)))
+        assert pub.runs[uid2].state == "published" and pub._proc.pid != first
+    finally:
+        pub.close()
+
+
+_DYING_SESSION = """
+import os, signal, sys
+from bluesky import RunEngine
+import bluesky.plans as bp
+from ophyd.sim import det
+from espt_bluesky.workers.bus import BusConfig
+from espt_bluesky.workers.publisher import BusPublisher
+
+pub = BusPublisher(BusConfig.from_mapping(dict(mode="bus", servers=[sys.argv[1]], stream=sys.argv[2],
+                                               subject=sys.argv[3], live_subject=sys.argv[4])), sys.argv[5])
+RE = RunEngine({})
+RE.subscribe(pub)
+
+def die(name, doc):
+    if name == "event" and doc["seq_num"] == 30:  # right after the publisher wrote event 30 to its pipe
+        os.kill(os.getpid(), signal.SIGKILL)
+
+RE.subscribe(die)
+RE(bp.count([det], num=50))
+"""
+
+
+def test_documents_in_the_pipe_survive_the_runengine_process_killed(bus, tmp_path):
+    """The RunEngine's process is SIGKILLed right after handing event 30 to the publisher: the publishing process
+    reads its pipe to the end and publishes the start, the descriptor and the 30 events before it exits."""
+    import nats
+
+    from pathlib import Path
+
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _DYING_SESSION, NATS, bus.stream, bus.subject, bus.live_subject,
+                           str(tmp_path / "backup")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=path))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+    async def names():
+        from espt_bluesky.workers.bus import doc_name
+
+        nc = await nats.connect(NATS)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + 60
+            while (await js.stream_info(bus.stream)).state.messages < 32 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            n = (await js.stream_info(bus.stream)).state.messages
+            sub = await js.subscribe(bus.filter_subject, stream=bus.stream, ordered_consumer=True)
+            out = [doc_name((await sub.next_msg(timeout=10)).subject) for _ in range(n)]
+            await sub.unsubscribe()
+            return out
+        finally:
+            await nc.close()
+
+    got = asyncio.run(names())
+    assert got[:2] == ["start", "descriptor"] and got[2:] == ["event"] * 30, got

@@ -320,20 +320,51 @@ _PRODUCERS: dict[str, Callable[..., Any]] = {"SECM": write_kinetic_map, "SECCM":
                                              "EC-AFM": write_modulus_map}
 
 
-def wait_for_run(client: Any, uid: str, timeout: float) -> Any:
-    """The run ``uid`` from ``client`` once its stop document is there (the writer may lag the RunEngine), waiting
-    at most ``timeout`` s; the run as it is if the stop has not arrived by then, None if the run never appeared."""
-    t_end = time.monotonic() + timeout
-    run = None
-    while time.monotonic() < t_end:
-        try:
-            run = client[uid]
-            if (run.metadata or {}).get("stop"):
+#: the longest a look at Tiled may hold the RunEngine when the wait's time is already spent (s)
+LAST_LOOK = 1.0
+
+
+def wait_for_run(client: Any, uid: str, timeout: float, *, since: float | None = None) -> Any:
+    """The run ``uid`` from ``client`` once its stop document is there (the writer may lag the RunEngine).
+
+    Waits at most ``timeout`` s -- counted from ``since`` (a ``time.time()``, e.g. the stop document's ``time``: the
+    in-process writer's own wait at the stop then counts too) or from now -- and in any case at most ``LAST_LOOK`` s
+    once that time is spent, however a request to Tiled behaves (refused, retried by the client, hung): the requests
+    are made from a daemon thread, abandoned when the time is up.  Returns the run as it is if its stop has not
+    arrived by then, None if the run never appeared or the server did not answer.
+    """
+    import threading
+
+    now = time.time()
+    left = timeout if since is None else timeout - (now - float(since))
+    left = max(left, min(LAST_LOOK, timeout))
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def poll() -> None:
+        t_end = time.monotonic() + left
+        while not done.is_set():
+            try:
+                run = client[uid]
+                box["run"] = run
+                if (run.metadata or {}).get("stop"):
+                    break
+            except KeyError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the server does not answer: no run
+                box["error"] = f"{type(exc).__name__}: {exc}"
                 break
-        except KeyError:
-            pass
-        time.sleep(0.1)
-    return run
+            if time.monotonic() >= t_end:
+                break
+            done.wait(0.1)
+        done.set()
+
+    threading.Thread(target=poll, name=f"espt-wait-run-{uid[:8]}", daemon=True).start()
+    done.wait(left)
+    done.set()
+    if "error" in box:
+        logger.warning("run %s: Tiled did not answer (%s)", uid[:8], box["error"])
+    return box.get("run")
 
 
 class ProductCallback(CallbackBase):
@@ -347,8 +378,15 @@ class ProductCallback(CallbackBase):
         Runs of this technique get a product: SECM → κ map, SECCM → screening, EC-AFM → modulus map.
     plan_names : sequence of str, optional
         Only runs of these plans (default: any map run of the technique).
-    timeout : float
-        Seconds to wait for the run to appear in Tiled.
+    timeout : float, s
+        The longest the RunEngine's thread waits for the run to be complete in Tiled, counted from the stop
+        document (the in-process writer's own wait at the stop included: give it ``[storage] max_wait``, the
+        default: :data:`espt_bluesky.storage.writer.MAX_WAIT`); at most ``LAST_LOOK`` s more when the writer already
+        spent it.  A run not in Tiled by then gets no product (``errors``); write it later with the ``write_*``
+        functions or ``espt worker analysis``.
+    from_stop : bool
+        Count ``timeout`` from the stop document (default) or from the moment the callback sees it (a service
+        reading old stop documents).
     **kwargs
         Passed to the ``write_*`` function (e.g. ``name``, ``i_inf``, ``k_max``).
 
@@ -359,13 +397,19 @@ class ProductCallback(CallbackBase):
         Runs whose product could not be computed (bad or missing metadata); the run itself is unaffected.
     """
 
-    def __init__(self, client, technique: str, *, plan_names=None, timeout: float = 10.0, **kwargs):
+    def __init__(self, client, technique: str, *, plan_names=None, timeout: float | None = None,
+                 from_stop: bool = True, **kwargs):
         super().__init__()
         if technique not in _PRODUCERS:
             raise InvalidArgument(f"technique={technique!r} has no product; one of {sorted(_PRODUCERS)}")
         self.client, self.technique = client, technique
         self.plan_names = None if plan_names is None else set(plan_names)
+        if timeout is None:
+            from ..storage.writer import MAX_WAIT
+
+            timeout = MAX_WAIT
         self.timeout = float(timeout)
+        self.from_stop = bool(from_stop)
         self.kwargs = kwargs
         self.written: list[tuple[str, str]] = []
         self.errors: list[tuple[str, str]] = []
@@ -381,9 +425,9 @@ class ProductCallback(CallbackBase):
         if self._start is None:
             return super().stop(doc)
         uid = self._start["uid"]
-        run = wait_for_run(self.client, uid, self.timeout)
+        run = wait_for_run(self.client, uid, self.timeout, since=doc.get("time") if self.from_stop else None)
         if run is None:
-            self.errors.append((uid, f"run not found in Tiled within {self.timeout} s"))
+            self.errors.append((uid, f"run not found in Tiled within {self.timeout} s of its stop"))
             return super().stop(doc)
         try:
             node = _PRODUCERS[self.technique](run, **self.kwargs)

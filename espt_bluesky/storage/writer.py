@@ -40,6 +40,7 @@ from bluesky_tiled_plugins import TiledWriter
 
 from ..errors import InvalidArgument
 from .journal import Journal, open_journal
+from .routing import RunRouter
 from .server import LocalCatalog, probe_server
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,7 @@ class ResilientTiledWriter:
         self.runs: dict[str, RunRecord] = {}
         #: True / False after the last probe or write, None before any
         self.server_up: bool | None = None
-        self._open: dict[str, RunRecord] = {}  # runs between start and stop
-        self._route: dict[str, RunRecord] = {}  # descriptor / resource uid -> run
+        self._router: RunRouter[RunRecord] = RunRouter()  # the runs between start and stop
         self._client: Any = None
         self._queue: queue.Queue = queue.Queue()
         self._queued_bytes = 0
@@ -174,32 +174,22 @@ class ResilientTiledWriter:
         if run.state == "writing":
             self._enqueue(run, name, doc, nbytes)
         if name == "stop":
-            self._open.pop(run.uid, None)
-            self._route = {k: r for k, r in self._route.items() if r is not run}
+            self._router.close(run)
             self._wait_stop(run)
 
     def _run_of(self, name: str, doc: dict) -> RunRecord | None:
-        if name == "start":
-            run = RunRecord(doc["uid"])
-            self.runs[run.uid] = self._open[run.uid] = run
-            try:
-                run._journal = open_journal(self.backup_directory, run.uid, fsync=self.fsync)
-                run.journal = run._journal.path
-            except Exception as exc:  # noqa: BLE001 - the run goes on; say loudly that it has no backup
-                run.journal_error = f"{type(exc).__name__}: {exc}"
-                logger.error("run %s: cannot open its backup journal in %s (%s): its documents exist only in "
-                             "Tiled", run.uid, self.backup_directory, run.journal_error)
-            return run
-        key = doc.get("run_start")
-        if key is None:
-            key = doc.get("descriptor") or doc.get("resource") or doc.get("stream_resource")
-            run = self._route.get(key) if isinstance(key, str) else None
-        else:
-            run = self._open.get(key)
-        if run is None and len(self._open) == 1:
-            run = next(iter(self._open.values()))
-        if run is not None and name in ("descriptor", "resource", "stream_resource"):
-            self._route[doc["uid"]] = run
+        if name != "start":
+            return self._router.find(name, doc)
+        run = RunRecord(doc["uid"])
+        self.runs[run.uid] = run
+        self._router.open(run.uid, run)
+        try:
+            run._journal = open_journal(self.backup_directory, run.uid, fsync=self.fsync)
+            run.journal = run._journal.path
+        except Exception as exc:  # noqa: BLE001 - the run goes on; say loudly that it has no backup
+            run.journal_error = f"{type(exc).__name__}: {exc}"
+            logger.error("run %s: cannot open its backup journal in %s (%s): its documents exist only in "
+                         "Tiled", run.uid, self.backup_directory, run.journal_error)
         return run
 
     def _journal(self, run: RunRecord, name: str, doc: dict) -> int:

@@ -3,7 +3,8 @@
 bus
     :class:`~.bus.BusConfig` (the ``[bus]`` section), the wire format, the stream and its limits.
 publisher
-    :class:`~.publisher.BusPublisher`: the RunEngine's subscriber (publish; the local journal when the bus fails).
+    :class:`~.publisher.BusPublisher`: the RunEngine's subscriber (pack, hand to its publishing process
+    :mod:`.publisher_child`; the local journal when the bus fails).
 consumer
     :class:`~.consumer.DurableWorker`: fetch, handle, acknowledge after commit.
 tiled_worker / analysis_worker / livemap

@@ -128,7 +128,7 @@ class AnalysisWorker(DurableWorker):
         if node is not None and name in node:  # half-written by a worker killed while writing it
             logger.warning("analysis worker: run %s: product %r is incomplete: replacing it", uid, name)
             kwargs["overwrite"] = True
-        cb = ProductCallback(client, technique, timeout=5.0, **kwargs)
+        cb = ProductCallback(client, technique, timeout=5.0, from_stop=False, **kwargs)
         cb.start(start)
         cb.stop(stop)
         if cb.written:

@@ -65,7 +65,8 @@ def add_worker(sub: argparse._SubParsersAction) -> None:
         _tiled_args(q)
         q.add_argument("--ack-wait", type=float, default=None, help="seconds before JetStream redelivers an "
                                                                     "unacknowledged message")
-    t.add_argument("--batch", type=int, default=200, help="messages written and acknowledged together")
+    t.add_argument("--batch", type=int, default=None, help="messages written and acknowledged together (default "
+                                                          "1000: at most what the stream holds)")
     a.add_argument("--technique", action="append", help="only runs of this technique (repeatable)")
     m.add_argument("--field", action="append", help="data key to publish (repeatable; default: every scalar)")
     m.add_argument("--interval", type=float, default=0.5, help="least seconds between snapshots")
@@ -88,8 +89,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.worker == "tiled":
             from .tiled_worker import make_tiled_worker
 
-            w = make_tiled_worker(cfg, uri=args.uri, api_key=args.api_key, data_dir=args.data_dir,
-                                  batch=args.batch, **kw)
+            if args.batch is not None:
+                kw["batch"] = args.batch
+            w = make_tiled_worker(cfg, uri=args.uri, api_key=args.api_key, data_dir=args.data_dir, **kw)
         elif args.worker == "analysis":
             from .analysis_worker import make_analysis_worker
 

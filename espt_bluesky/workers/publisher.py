@@ -1,11 +1,14 @@
 """RunEngine side of the bus: publish every document to JetStream; the local journal when JetStream cannot take it.
 
 :class:`BusPublisher` is a RunEngine subscriber.  Per document it packs the document (msgpack, as ``bluesky-nats``
-does) and hands it to an I/O thread (``bluesky_nats.nats_runtime.NatsRuntime``) that publishes it with
-``js.publish_async``: the RunEngine does not wait for JetStream's acknowledgement, only for room among
-``max_pending`` unacknowledged publishes.  It waits for one acknowledgement per run, the start's (which proves
+does) and writes it to a pipe read by a process of its own (:mod:`.publisher_child`), which publishes it with
+``js.publish_async`` and waits for JetStream's acknowledgements.  The network I/O and nats-py's asyncio loop (a few ms
+of CPU per spot) thus never hold the RunEngine's GIL: the RunEngine pays a pack and a pipe write per document
+(~0.1 ms/spot measured, see docs/bus.md).  It waits for one acknowledgement per run, the start's (which proves
 JetStream takes the run, and whose stream sequence every later document of the run carries in its
-``Espt-Start-Seq`` header), and at the stop, for the rest of the run -- each wait at most ``publish_timeout``.
+``Espt-Start-Seq`` header), and at the stop, for the rest of the run -- each wait at most ``publish_timeout``.  A
+full pipe (the publishing process more than a megabyte behind) makes the RunEngine wait, at most about twice
+``publish_timeout``; the publishing process itself gives a run up after ``publish_timeout`` without acknowledgement.
 
 Backup: with ``journal="on_failure"`` (default) the run's documents are kept in memory (references, no copy) until
 JetStream acknowledged them all, and written to ``<backup>/<start uid>.journal`` (:mod:`espt_bluesky.storage.journal`,
@@ -14,33 +17,39 @@ more than the partial copy a worker wrote.  With ``journal="always"`` every docu
 before it is published (write-ahead: not even the death of this process loses a document in flight), at the price of
 a JSON encoding, a write and a wake-up of the journal's fsync thread per document (about 1 ms for a document carrying
 a 2000-sample CV, see benchmarks/bench_bus.py).  A run whose documents JetStream acknowledged completely has its
-journal removed (``keep_journals`` keeps it).
+journal removed (``keep_journals`` keeps it).  Documents already written to the pipe are published even when this
+process dies (the publishing process reads the pipe to its end).
 
-When JetStream is unreachable at a run's start, or fails during the run (an error, or no acknowledgement within
-``publish_timeout``), the run goes to its journal -- say so loudly (ERROR log, :attr:`BusPublisher.runs`) -- and
-``espt replay`` delivers it later (it replaces a partial copy a worker wrote, the journal holding strictly more).
-The next run tries the bus again.  Nothing here raises into the RunEngine.
+When JetStream is unreachable at a run's start, fails during the run (an error, or no acknowledgement within
+``publish_timeout``), or the publishing process dies or hangs, the run goes to its journal -- say so loudly (ERROR
+log, :attr:`BusPublisher.runs`) -- and ``espt replay`` delivers it later (it replaces a partial copy a worker wrote,
+the journal holding strictly more).  The next run tries the bus again (a new publishing process if the old one died).
+Nothing here raises into the RunEngine.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import os
-import threading
+import select
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgument, check_choice
-from .bus import H_MSG_ID, H_RUN, H_START_SEQ, JOURNAL_MODES, BusConfig, doc_id, ensure_stream, pack
+from ..storage.routing import RunRouter
+from .bus import BUS_DEFAULTS, JOURNAL_MODES, BusConfig, doc_id, pack
+from .publisher_child import frame, split_frames
 
 logger = logging.getLogger(__name__)
 
-#: seconds between two looks of the sender at its queue while a run is open
-POLL = 0.01
+#: bytes of the pipe to the publishing process (Linux allows up to /proc/sys/fs/pipe-max-size, 1 MiB by default)
+PIPE_BYTES = 2**20
+#: seconds the publishing process may take to start (an interpreter and nats-py imported on a loaded machine)
+STARTUP_TIMEOUT = 30.0
 
 
 @dataclass
@@ -56,9 +65,13 @@ class BusRun:
     sent: int = 0
     acked: int = 0
     n_docs: int = 0
+    done: bool = False  # the publishing process reported every document acknowledged
     _journal: Any = field(default=None, repr=False)
     _docs: list | None = field(default=None, repr=False)
-    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+
+class _ChildGone(Exception):
+    """The publishing process died or stopped reading its pipe."""
 
 
 class BusPublisher:
@@ -76,131 +89,183 @@ class BusPublisher:
 
     def __init__(self, config: BusConfig | dict, backup_directory: str | os.PathLike, *,
                  journal: str | None = None):
-        from bluesky_nats.nats_runtime import NatsRuntime
-
         self.cfg = config if isinstance(config, BusConfig) else BusConfig.from_mapping(config)
         if backup_directory is None:
             raise InvalidArgument("backup_directory=None: the bus publisher needs a local backup directory")
         self.backup_directory = Path(backup_directory)
         self.journal_mode = check_choice("journal", journal or self.cfg.journal, JOURNAL_MODES)
         self.runs: dict[str, BusRun] = {}
-        self._open: dict[str, BusRun] = {}
-        self._route: dict[str, BusRun] = {}
-        self._slots = threading.BoundedSemaphore(self.cfg.max_pending)
-        self._rt = NatsRuntime(name="espt-bus-publisher", owns_client=False)
-        self._nc: Any = None
-        self._js: Any = None
-        self._queue: collections.deque = collections.deque()  # (run, subject, payload, headers, waiter)
-        self._sending = False
-        self._idle = True  # the sender waits for a wake-up (else it looks at the queue by itself)
-        self._wake: asyncio.Event | None = None
-        self._connecting: Any = None
+        self._router: RunRouter[BusRun] = RunRouter()
+        self._proc: subprocess.Popen | None = None
+        self._wfd: int | None = None  # docs pipe (write end, non-blocking)
+        self._rfd: int | None = None  # replies pipe (read end, non-blocking)
+        self._rbuf = bytearray()
+        self._child_connected = False
         self.last_error: str | None = None
         self._closing = False
-        self._connect(wait=True)
+        self._spawn()
 
-    # ------------------------------------------------------------------ connection (I/O thread)
-    async def _aconnect(self) -> None:
-        import nats
+    # ------------------------------------------------------------------ the publishing process
+    def _spawn(self) -> bool:
+        """Start the publishing process and wait for its first connection attempt; True if it is connected."""
+        import fcntl
 
-        async def on_error(exc: Exception) -> None:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+        import espt_bluesky
 
-        async def on_disconnect() -> None:
-            if not self._rt.closed and not self._closing:
-                logger.warning("bus: disconnected from NATS %s", self.cfg.servers)
-
-        opts = self.cfg.connect_options()
-        opts["max_reconnect_attempts"] = -1
-        nc = await nats.connect(**opts, error_cb=on_error, disconnected_cb=on_disconnect)
-        js = nc.jetstream(publish_async_max_pending=self.cfg.max_pending + 16)
+        self._reap()
+        docs_r, docs_w = os.pipe()
+        rep_r, rep_w = os.pipe()
         try:
-            await ensure_stream(js, self.cfg)
-        except BaseException:
-            await nc.close()
-            raise
-        self._nc, self._js = nc, js
-        if not self._sending:
-            self._sending = True
-            self._wake = asyncio.Event()
-            self._rt.loop.create_task(self._sender())
-
-    def _connect(self, wait: bool) -> bool:
-        """Connect (waiting up to ``connect_timeout`` if ``wait``, else in the background); True if connected."""
-        if self.connected:
-            return True
-        if self._nc is not None:  # connected once: the client reconnects by itself
-            return False
-        if self._connecting is None or self._connecting.done():
-            self._connecting = self._rt.spawn(self._aconnect())
-        if not wait:
-            return False
+            fcntl.fcntl(docs_w, 1031, PIPE_BYTES)  # F_SETPIPE_SZ: room for a few hundred waveform events
+        except OSError:
+            pass
+        env = dict(os.environ)
+        root = str(Path(espt_bluesky.__file__).resolve().parent.parent)  # this package, not another install
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         try:
-            self._connecting.result(timeout=self.cfg.connect_timeout + 1.0)
-        except Exception as exc:  # noqa: BLE001
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "espt_bluesky.workers.publisher_child", str(docs_r), str(rep_w)],
+                pass_fds=(docs_r, rep_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        except OSError as exc:
+            for fd in (docs_r, docs_w, rep_r, rep_w):
+                os.close(fd)
             self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.error("bus: cannot start the publishing process (%s): runs go to the local backup %s",
+                         self.last_error, self.backup_directory)
+            return False
+        os.close(docs_r)
+        os.close(rep_w)
+        os.set_blocking(docs_w, False)
+        os.set_blocking(rep_r, False)
+        self._wfd, self._rfd, self._rbuf = docs_w, rep_r, bytearray()
+        self._child_connected = False
+        cfg = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
+               for k, v in ((k, getattr(self.cfg, k)) for k in BUS_DEFAULTS)}
+        got: dict[str, Any] = {}
+        try:
+            self._send(frame(["cfg", cfg]), STARTUP_TIMEOUT)
+            self._wait(lambda: "conn" in got, self.cfg.connect_timeout + STARTUP_TIMEOUT, got)
+        except _ChildGone as exc:
+            self.last_error = str(exc)
+        if not self._child_connected:
             logger.error("bus: cannot reach NATS JetStream at %s (%s): runs go to the local backup %s until it "
-                         "answers", ", ".join(self.cfg.servers), self.last_error, self.backup_directory)
+                         "answers", ", ".join(self.cfg.servers), self.last_error or "no answer",
+                         self.backup_directory)
+        return self._child_connected
+
+    def _reap(self, kill: bool = False) -> None:
+        """Forget the publishing process (killed if ``kill``: it hangs), closing our ends of its pipes."""
+        for fd in (self._wfd, self._rfd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wfd = self._rfd = None
+        p, self._proc = self._proc, None
+        if p is not None and kill and p.poll() is None:
+            p.kill()
+            p.wait(5)
+        self._child_connected = False
+
+    def _child_alive(self) -> bool:
+        return self._proc is not None and self._wfd is not None and self._proc.poll() is None
+
+    def _send(self, bufs: list[bytes], timeout: float) -> None:
+        """Write a frame to the publishing process; waits while the pipe is full, at most ``timeout``."""
+        if self._wfd is None:
+            raise _ChildGone("the publishing process is not running")
+        deadline = None
+        while bufs:
+            try:
+                n = os.writev(self._wfd, bufs)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:  # BrokenPipeError: it died
+                raise _ChildGone(f"the publishing process died ({type(exc).__name__})") from None
+            while n and bufs:
+                if n >= len(bufs[0]):
+                    n -= len(bufs[0])
+                    bufs = bufs[1:]
+                else:
+                    bufs[0] = memoryview(bufs[0])[n:]
+                    n = 0
+            if bufs:
+                now = time.monotonic()
+                deadline = deadline or now + timeout
+                if now >= deadline:
+                    raise _ChildGone(f"the publishing process read nothing for {timeout:.1f} s (hung)")
+                self._read_replies(None)  # (it may be waiting for us to read its replies)
+                select.select([], [self._wfd], [], min(deadline - now, 0.05))
+
+    def _read_replies(self, got: dict | None) -> bool:
+        """Read what the publishing process said (without waiting); False when its pipe closed."""
+        if self._rfd is None:
             return False
-        return self.connected
+        alive = True
+        while True:
+            try:
+                data = os.read(self._rfd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                alive = False
+                break
+            self._rbuf += data
+        for meta, _ in split_frames(self._rbuf):
+            self._on_reply(meta, got)
+        return alive
+
+    def _on_reply(self, meta: list, got: dict | None) -> None:
+        kind = meta[0]
+        if got is not None:
+            got[kind] = meta
+        if kind in ("conn", "state"):
+            self._child_connected, err = bool(meta[1]), meta[2]
+            if err:
+                self.last_error = err
+            if kind == "state" and not meta[1] and not self._closing:
+                logger.warning("bus: disconnected from NATS %s", self.cfg.servers)
+            return
+        run = self.runs.get(meta[1])
+        if run is None:
+            return
+        if kind == "started":
+            run.start_seq = int(meta[2])
+        elif kind == "done":
+            run.acked, run.done = int(meta[2]), True
+        elif kind == "failed" and run.error is None:
+            run.error = str(meta[2])
+
+    def _wait(self, ready, timeout: float, got: dict | None = None) -> bool:
+        """Read replies until ``ready()`` or ``timeout`` s; raises :class:`_ChildGone` if the process died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = self._read_replies(got)
+            if ready():
+                return True
+            if not alive:
+                raise _ChildGone(f"the publishing process died (exit code {self._proc.poll() if self._proc else None})")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([self._rfd], [], [], left)
+
+    def _child_failed(self, exc: _ChildGone) -> None:
+        """The publishing process is gone or hangs: every open run goes to its journal; the next run starts a new
+        process."""
+        self.last_error = str(exc)
+        self._reap(kill=True)
+        for run in list(self._router.runs.values()):
+            self._fail_over(run, str(exc))
 
     @property
     def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected and self._js is not None
-
-    async def _sender(self) -> None:
-        """Publish queued documents in order; each acknowledgement is awaited by a task of its own.
-
-        The RunEngine's thread only appends to a deque and never wakes this loop (a write to its self-pipe hands the
-        GIL to this thread at once: the RunEngine would wait for the publish after all, milliseconds on a busy
-        machine).  While a run is open the sender looks at the deque every ``POLL`` seconds; between runs it sleeps
-        until a start document wakes it.
-        """
-        q = self._queue
-        while True:
-            if not q:
-                if self._open:
-                    await asyncio.sleep(POLL)
-                    continue
-                self._wake.clear()
-                self._idle = True
-                if not q and not self._open:
-                    await self._wake.wait()
-                self._idle = False
-                continue
-            while q:
-                run, subject, payload, headers, waiter = q.popleft()
-                try:
-                    ack = await self._js.publish_async(subject, payload, headers=headers,
-                                                       wait_stall=self.cfg.publish_timeout)
-                except Exception as exc:  # noqa: BLE001
-                    self._settled(run, None, exc, waiter)
-                    continue
-                asyncio.ensure_future(self._await_ack(run, ack, waiter))
-
-    async def _await_ack(self, run: BusRun, fut: Any, waiter: Any) -> None:
-        try:
-            ack = await asyncio.wait_for(fut, timeout=self.cfg.publish_timeout)
-        except BaseException as exc:  # noqa: BLE001 - TimeoutError, APIError, NoStreamResponseError, cancelled
-            self._settled(run, None, exc if isinstance(exc, Exception) else RuntimeError(repr(exc)), waiter)
-            return
-        self._settled(run, ack, None, waiter)
-
-    def _settled(self, run: BusRun, ack: Any, exc: Exception | None, waiter: Any) -> None:
-        self._slots.release()
-        with run._cond:
-            if exc is None:
-                run.acked += 1
-            elif run.error is None:
-                run.error = (f"JetStream did not acknowledge within publish_timeout={self.cfg.publish_timeout} s"
-                             if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else
-                             f"publishing failed ({type(exc).__name__}: {exc})")
-            run._cond.notify_all()
-        if waiter is not None and not waiter.done():
-            if exc is None:
-                waiter.set_result(ack)
-            else:
-                waiter.set_exception(exc)
+        if self._child_alive():
+            self._read_replies(None)
+        return self._child_alive() and self._child_connected
 
     # ------------------------------------------------------------------ RunEngine thread
     def __call__(self, name: str, doc: dict) -> None:
@@ -210,7 +275,12 @@ class BusPublisher:
             logger.exception("bus: handling a %s document failed", name)
 
     def _handle(self, name: str, doc: dict) -> None:
-        run = self._run_of(name, doc)
+        if name == "start":
+            run = BusRun(doc["uid"])
+            self.runs[run.uid] = run
+            self._router.open(run.uid, run)
+        else:
+            run = self._router.find(name, doc)
         if run is None:
             logger.warning("bus: %s document outside any run (uid %s): not published", name, doc.get("uid"))
             return
@@ -222,44 +292,24 @@ class BusPublisher:
         if name == "start":
             self._start(run, doc)
         elif run.state == "publishing":
+            if self._rfd is not None:
+                self._read_replies(None)  # a failure the publishing process reported
             if run.error is not None:
                 self._fail_over(run, run.error)
-            elif not self._slots.acquire(timeout=self.cfg.publish_timeout):
-                self._fail_over(run, f"{self.cfg.max_pending} documents unacknowledged for publish_timeout="
-                                     f"{self.cfg.publish_timeout} s")
             else:
-                self._enqueue(run, name, doc, None)
+                self._publish(run, name, doc)
         if name == "stop":
             self._stop(run)
 
-    def _run_of(self, name: str, doc: dict) -> BusRun | None:
-        if name == "start":
-            run = BusRun(doc["uid"])
-            self.runs[run.uid] = self._open[run.uid] = run
-            return run
-        key = doc.get("run_start")
-        if key is None:
-            key = doc.get("descriptor") or doc.get("resource") or doc.get("stream_resource")
-            run = self._route.get(key) if isinstance(key, str) else None
-        else:
-            run = self._open.get(key)
-        if run is None and len(self._open) == 1:
-            run = next(iter(self._open.values()))
-        if run is not None and name in ("descriptor", "resource", "stream_resource"):
-            self._route[doc["uid"]] = run
-        return run
-
-    def _enqueue(self, run: BusRun, name: str, doc: dict, waiter: Any) -> None:
-        headers = {H_RUN: run.uid, H_MSG_ID: doc_id(run.uid, name, doc, run.n_docs)}
-        if run.start_seq is not None:
-            headers[H_START_SEQ] = str(run.start_seq)
-        item = (run, self.cfg.subject_of(name), pack(doc), headers, waiter)
-        with run._cond:
-            run.sent += 1
-        self._queue.append(item)
-        if self._idle:  # between runs: a start document wakes the sender (once a run)
-            self._idle = False
-            self._rt.loop.call_soon_threadsafe(self._wake.set)
+    def _publish(self, run: BusRun, name: str, doc: dict) -> None:
+        msg_id = doc_id(run.uid, name, doc, run.n_docs)
+        bufs = frame(["start", run.uid, msg_id] if name == "start" else ["doc", run.uid, name, msg_id], pack(doc))
+        try:
+            self._send(bufs, 2 * self.cfg.publish_timeout + 1.0)
+        except _ChildGone as exc:
+            self._child_failed(exc)
+            return
+        run.sent += 1
 
     def _start(self, run: BusRun, doc: dict) -> None:
         if self.journal_mode == "always":
@@ -268,42 +318,37 @@ class BusPublisher:
                 self._journal_append(run, "start", doc)
         else:
             run._docs = [("start", doc)]
-        if not self.connected and not self._connect(wait=False):
-            # (the connection attempt goes on in the background: the next run tries the bus again)
-            self._fail_over(run, f"NATS JetStream at {', '.join(self.cfg.servers)} is unreachable"
-                                 + (f" ({self.last_error})" if self.last_error else ""))
+        if not self._child_alive():
+            self._spawn()
+        if not self._child_alive():
+            self._fail_over(run, f"the publishing process could not be started ({self.last_error})")
             return
-        from concurrent.futures import Future
-
-        waiter: Future = Future()
-        if not self._slots.acquire(timeout=self.cfg.publish_timeout):
-            self._fail_over(run, "the bus is saturated (no acknowledgements)")
+        self._publish(run, "start", doc)
+        if run.state != "publishing":
             return
-        self._enqueue(run, "start", doc, waiter)
         try:
-            ack = waiter.result(timeout=self.cfg.publish_timeout + 0.5)
-            run.start_seq = int(ack.seq)
-        except Exception as exc:  # noqa: BLE001
-            self._fail_over(run, run.error or f"the start document was not acknowledged ({type(exc).__name__}: "
-                                              f"{exc})")
+            self._wait(lambda: run.start_seq is not None or run.error is not None,
+                       self.cfg.publish_timeout + 1.0)
+        except _ChildGone as exc:
+            self._child_failed(exc)
+            return
+        if run.start_seq is None:
+            self._fail_over(run, run.error or f"the start document was not acknowledged within publish_timeout="
+                                              f"{self.cfg.publish_timeout} s")
 
     def _stop(self, run: BusRun) -> None:
-        self._open.pop(run.uid, None)
-        self._route = {k: r for k, r in self._route.items() if r is not run}
+        self._router.close(run)
         if run.state == "publishing":
-            deadline = time.monotonic() + self.cfg.publish_timeout
-            with run._cond:
-                while run.acked < run.sent and run.error is None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    run._cond.wait(left)
-                done = run.acked == run.sent and run.error is None
-            if done:
-                run.state = "published"
-            else:
-                self._fail_over(run, run.error or f"{run.sent - run.acked} documents unacknowledged "
-                                                  f"{self.cfg.publish_timeout} s after the stop")
+            try:
+                self._wait(lambda: run.done or run.error is not None, self.cfg.publish_timeout + 1.0)
+            except _ChildGone as exc:
+                self._child_failed(exc)
+            if run.state == "publishing":
+                if run.done and run.error is None:
+                    run.state = "published"
+                else:
+                    self._fail_over(run, run.error or f"documents unacknowledged {self.cfg.publish_timeout} s "
+                                                      "after the stop")
         run._docs = None
         j, run._journal = run._journal, None
         if j is not None:
@@ -357,25 +402,32 @@ class BusPublisher:
         return [r.journal for r in self.runs.values() if r.state == "backup" and r.journal is not None]
 
     def health(self) -> dict[str, Any]:
-        """Connected, unacknowledged documents, runs per state, last error."""
+        """Connected, documents of open runs not yet known acknowledged, runs per state, last error."""
         states = [r.state for r in self.runs.values()]
         return {"connected": self.connected, "servers": self.cfg.servers, "stream": self.cfg.stream,
                 "subject": self.cfg.subject, "unacknowledged": sum(r.sent - r.acked for r in self.runs.values()
-                                                                   if r.error is None),
+                                                                   if r.state == "publishing"),
                 "runs": {s: states.count(s) for s in ("publishing", "published", "backup")},
                 "last_error": self.last_error}
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close open runs' journals, drain the connection, stop the I/O thread (idempotent)."""
-        for run in list(self._open.values()):
+        """Close open runs' journals; let the publishing process publish what it has read and exit (idempotent)."""
+        for run in list(self._router.runs.values()):
             j, run._journal = run._journal, None
             if j is not None:
                 j.close()
-        self._open.clear()
+        self._router.clear()
         self._closing = True
-        from .bus import close_runtime
-
-        close_runtime(self._rt, self._nc)
+        p = self._proc
+        if self._wfd is not None:
+            os.close(self._wfd)  # end of the documents: it finishes and exits
+            self._wfd = None
+        if p is not None:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("bus: the publishing process did not finish within %.0f s: killed", timeout)
+        self._reap(kill=True)
 
     def __repr__(self) -> str:
         h = self.health()

@@ -30,6 +30,10 @@ from .consumer import DurableWorker, Message
 
 logger = logging.getLogger(__name__)
 
+#: messages fetched, written and acknowledged together: a fetch takes what the stream has up to this many, so live
+#: batches stay small (latency) while a worker catching up writes ~200 spots per Tiled request (HDF5 asset runs: an
+#: event and four stream datums per spot); Tiled's requests per batch, not the documents, set its pace
+BATCH = 1000
 #: finished runs remembered (to drop their redelivered messages without asking Tiled)
 DONE_MEMORY = 1000
 
@@ -62,7 +66,7 @@ class TiledWorker(DurableWorker):
     durable : str
         Consumer name (default ``espt-tiled``).
     batch, ack_wait
-        See :class:`~espt_bluesky.workers.consumer.DurableWorker`.
+        See :class:`~espt_bluesky.workers.consumer.DurableWorker` (default batch :data:`BATCH`).
 
     Attributes
     ----------
@@ -75,7 +79,7 @@ class TiledWorker(DurableWorker):
     kind = "tiled worker"
 
     def __init__(self, config: BusConfig, client_factory: Callable[[], Any], *, health_url: str | None = None,
-                 durable: str = "espt-tiled", batch: int = 200, ack_wait: float = 60.0, fetch_timeout: float = 1.0):
+                 durable: str = "espt-tiled", batch: int = BATCH, ack_wait: float = 60.0, fetch_timeout: float = 1.0):
         super().__init__(config, durable, batch=batch, ack_wait=ack_wait, fetch_timeout=fetch_timeout)
         self._client_factory = client_factory
         self._client: Any = None
