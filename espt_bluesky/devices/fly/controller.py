@@ -5,12 +5,16 @@ motion controller that runs the loaded trajectory and the acquisition board that
 Python over :class:`~espt_bluesky.physics.bench_model.BenchModel` (read-only use of the model's physics, plus moving
 its tip and clock), so the same executed data can be served over EPICS waveform PVs.
 
-Executing a raster: the whole path (run-ups, passes, turnarounds) is sampled at the detector rate, the stationary
-signal along it comes from :func:`~espt_bluesky.physics.scan_dynamics.stationary_along_path`, the probe's response
-(:func:`~espt_bluesky.physics.scan_dynamics.apply_lag` with the technique's time constants) is applied over the
-whole path, then noise; the gated samples of each pass are kept.  If the probe's end face would touch the surface
-anywhere on the path, the controller stops there: the passes completed before are kept, the tip stays at the last
-safe point and the error is :class:`~espt_bluesky.errors.TipCrash`.
+Executing a raster streams, as a controller does: :meth:`SimFlyController.start` plans the run,
+:meth:`SimFlyController.advance` (from the fly stage's worker thread) simulates the next few whole passes -- the
+path (run-ups, passes, turnarounds) sampled at the detector rate, the stationary signal along it from
+:func:`~espt_bluesky.physics.scan_dynamics.stationary_along_path`, the probe's response
+(:func:`~espt_bluesky.physics.scan_dynamics.apply_lag_stream`, the filter's state carried from step to step, so the
+result is that of the whole path at once) and noise -- and marks them done in :class:`FlyResult`, where the
+detector picks them up while the rest is computed.  If the probe's end face would touch the surface anywhere on
+the path, the controller stops there: the passes completed before are kept, the tip stays at the last safe point
+and the error is :class:`~espt_bluesky.errors.TipCrash`.  :meth:`SimFlyController.execute` runs a program to its
+end in one call.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class FlyResult:
     compute_time: float = 0.0  # CPU time spent simulating (the instrument's own time on hardware)
     n_done: int = 0
     finished: bool = False
+    finished_at: float = 0.0  # time.perf_counter() when it finished (a benchmark's mark)
 
     @property
     def data(self) -> dict[str, np.ndarray]:
@@ -216,10 +221,10 @@ class SimFlyController(ProgramChannels):
         try:
             next(self._steps)
         except StopIteration:
-            res.finished = True
+            res.finished_at, res.finished = time.perf_counter(), True
         except BaseException as exc:  # a fault of the simulation ends the program like a controller fault
             res.error = exc
-            res.finished = True
+            res.finished_at, res.finished = time.perf_counter(), True
         finally:
             dt = time.thread_time() - t0
             res.compute_time += dt
@@ -231,7 +236,7 @@ class SimFlyController(ProgramChannels):
         if self.result is not None and not self.result.finished:
             if self._steps is not None:
                 self._steps.close()
-            self.result.finished = True
+            self.result.finished_at, self.result.finished = time.perf_counter(), True
 
     def sync_stage(self) -> None:
         """Tell the ophyd stage where the controller left the tip."""
