@@ -60,6 +60,7 @@ def install() -> bool:
             return original(**kwargs)
         return _cached(key)
 
+    get_dependant.cache_info = _cached.cache_info  # type: ignore[attr-defined]
     fdu.get_dependant = get_dependant
     _installed = True
     return True
