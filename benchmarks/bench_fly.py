@@ -51,7 +51,9 @@ def throughput(cat, rows: int, samples: int, *, pixels: int = 256, tiled: bool =
     bench = make_sim_bench("EC-AFM", "patterned", seed=1, noise=0.0)
     fs, fd = make_fly_devices(bench, cat.asset_dir, max_sample_rate=1e7)
     RE = RunEngine({})
-    w = make_writer(cat) if tiled else None
+    # max_wait 120 s: this measures throughput; on a machine loaded many times over, the stop document's requests
+    # can take longer than the default 10 s, and the writer would leave the run to its journal (by design)
+    w = make_writer(cat, max_wait=120.0) if tiled else None
     if w is not None:
         RE.subscribe(w)
     speed = 50.0
@@ -126,7 +128,7 @@ def event_rows(cat, n: int) -> float:
                            data=dict(rows_height=v, rows_x=v, rows_y=v, rows_time=v))
 
     RE = RunEngine({})
-    w = make_writer(cat)
+    w = make_writer(cat, max_wait=120.0)
     RE.subscribe(w)
     fl = RowFlyer()
 

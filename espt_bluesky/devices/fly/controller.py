@@ -266,7 +266,12 @@ class SimFlyController(ProgramChannels):
         return {k: np.interp(s, s[nodes], v) for k, v in vals.items()}
 
     def _raster_steps(self, r: FlyRaster):
-        """The raster's result (empty) and the generator that fills it, a few whole passes per step."""
+        """The raster's result (empty) and the generator that fills it, a few whole passes per step (planning the
+        path is the controller's work too: done in the first step)."""
+        res = FlyResult("lines", {}, np.zeros(0), 0.0)
+        return res, self._raster_run(r, res)
+
+    def _raster_run(self, r: FlyRaster, res: FlyResult):
         m = self.model
         tl = r.timeline()
         t, x, y, zpath, gate = tl["t"], tl["x"], tl["y"], tl["z"], tl["gate"]
@@ -277,11 +282,10 @@ class SimFlyController(ProgramChannels):
                                                                            != np.arange(first.size)):
             raise RuntimeError(f"raster timeline has {first.size} passes of uneven length; planned {n_pass} × {n}")
         passes = r.passes()
-        names = list(LINE_CHANNELS[self.technique]) + list(POSITION_CHANNELS)
-        buffers = {k: np.empty((n_pass, n)) for k in names}
-        buffers["direction"] = np.array([p[1] for p in passes], dtype=int)
-        buffers["row"] = np.array([p[0] for p in passes], dtype=int)
-        res = FlyResult("lines", buffers, t[first + n - 1] + dt, float(t[-1] + dt))
+        buf = {k: np.empty((n_pass, n)) for k in [*LINE_CHANNELS[self.technique], *POSITION_CHANNELS]}
+        buf["direction"] = np.array([p[1] for p in passes], dtype=int)
+        buf["row"] = np.array([p[0] for p in passes], dtype=int)
+        res.buffers, res.planned_end_times, res.duration = buf, t[first + n - 1] + dt, float(t[-1] + dt)
         # step boundaries: after whole passes, at least STEP_SAMPLES of path per step; the last step takes the rest
         bounds = [0]
         for p in range(n_pass):
@@ -289,19 +293,10 @@ class SimFlyController(ProgramChannels):
                 bounds.append(int(first[p] + n))
         if bounds[-1] < x.size:
             bounds.append(x.size)
-        return res, self._raster_run(r, res, bounds, first)
-
-    def _raster_run(self, r: FlyRaster, res: FlyResult, bounds: list[int], first: np.ndarray):
-        m = self.model
-        tl = r.timeline()
-        t, x, y, zpath = tl["t"], tl["x"], tl["y"], tl["z"]
-        n = r.samples_per_line
-        dt = 1.0 / r.sample_rate
         height = None
         if self.technique == "SECM":
             height = float(np.median(zpath - m.surface_z(x, y)))
         taus = self.time_constants(height)
-        buf = res.buffers
         state = None
         error, n_keep = None, x.size
         for s0, s1 in zip(bounds[:-1], bounds[1:]):
