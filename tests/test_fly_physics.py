@@ -24,6 +24,21 @@ def test_stationary_limit_is_identity():
     np.testing.assert_allclose(sd.apply_lag(np.full(100, 3.0), 1e-3, (0.05, 0.02)), 3.0)
 
 
+def test_streamed_lag_equals_the_whole_signal_lagged():
+    """A controller streaming its passes filters piece by piece: joined, the pieces are the whole signal's lag
+    (the filter's state carries over), whatever the cut points."""
+    rng = np.random.default_rng(1)
+    x = np.cumsum(rng.normal(size=3000)) + 10.0
+    whole = sd.apply_lag(x, 1e-3, (0.02, 0.0, 0.005))
+    pieces, state = [], None
+    for a, b in zip([0, 1, 700, 701, 2500], [1, 700, 701, 2500, 3000]):
+        y, state = sd.apply_lag_stream(x[a:b], 1e-3, (0.02, 0.0, 0.005), state)
+        pieces.append(y)
+    np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=1e-12)
+    with pytest.raises(InvalidArgument, match="state has 1 stages"):
+        sd.apply_lag_stream(x[:5], 1e-3, (0.02, 0.005), [np.zeros(1)])
+
+
 @pytest.mark.parametrize("taus", [(0.02,), (0.02, 0.01), (0.015, 0.015, 0.004)])
 def test_first_moment_is_the_sum_of_time_constants(taus):
     """The mean delay of the response (centroid of the recorded impulse) is Σ τ, whatever the sampling."""

@@ -156,28 +156,45 @@ class FlyGroup(PVGroup):
             return 0
         await self.busy.write(1)
         await self.n_done.write(0)
-        async with self.stage_group.lock:
-            try:
-                res = self.controller.execute()
-            except Exception as exc:
-                await self.error.write(f"{type(exc).__name__}: {exc}"[:1999])
-                await self.busy.write(0)
-                return 0
-            await self._publish_stage()
-        asyncio.get_running_loop().create_task(self._pace(res))
+        asyncio.get_running_loop().create_task(self._run())
         return 0
 
-    async def _pace(self, res) -> None:
+    async def _run(self) -> None:
+        """Run the program in a worker thread a few passes at a time, publishing ``NDone`` as passes complete
+        (paced by the time scale), as a controller streams its data."""
+        ctl = self.controller
         t0 = time.monotonic()
-        for i, t_end in enumerate(res.end_times):
+        released = 0
+        try:
+            async with self.stage_group.lock:
+                try:
+                    res = ctl.start()
+                    while True:
+                        finished = await asyncio.to_thread(ctl.advance)
+                        released = await self._release(res, t0, released)
+                        if finished:
+                            break
+                finally:
+                    ctl.sync_stage()
+                    await self._publish_stage()
+            await self._release(res, t0, released)
+            if res.error is not None:
+                await self.error.write(f"{type(res.error).__name__}: {res.error}"[:1999])
+        except Exception as exc:  # reported, not raised: the client reads Error
+            await self.error.write(f"{type(exc).__name__}: {exc}"[:1999])
+        finally:
+            await self.busy.write(0)
+
+    async def _release(self, res, t0: float, released: int) -> int:
+        """Publish ``NDone`` for the passes done since ``released``, each when its time has come."""
+        n = res.n_done
+        for i in range(released, n):
             if self.time_scale > 0:
-                delay = t0 + float(t_end) * self.time_scale - time.monotonic()
+                delay = t0 + float(res.planned_end_times[i]) * self.time_scale - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await self.n_done.write(i + 1)
-        if res.error is not None:
-            await self.error.write(f"{type(res.error).__name__}: {res.error}"[:1999])
-        await self.busy.write(0)
+        return max(released, n)
 
     @read_index.putter
     async def read_index(self, instance, value):

@@ -43,7 +43,7 @@ from scipy import optimize, signal
 from ..errors import InvalidArgument, check_positive
 
 __all__ = ["secm_time_constants", "sicm_time_constants", "afm_time_constants", "peclet", "lag_distance",
-           "step_response", "rise_distance", "apply_lag", "first_order_hold_coefficients"]
+           "step_response", "rise_distance", "apply_lag", "apply_lag_stream", "first_order_hold_coefficients"]
 
 _UM = 1e-6
 
@@ -208,6 +208,48 @@ def apply_lag(values: ArrayLike, dt: float, taus: Sequence[float] | float, *,
         zi = (b[1] * x0 - a[1] * y0)[..., None]
         y, _ = signal.lfilter(b, a, y, axis=-1, zi=zi)
     return np.moveaxis(y, -1, axis)
+
+
+def apply_lag_stream(values: ArrayLike, dt: float, taus: Sequence[float] | float,
+                     state: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`apply_lag` of a 1-D signal that arrives in consecutive pieces (a controller streaming its passes).
+
+    Parameters
+    ----------
+    values : array_like, 1-D
+        The next piece of the stationary signal (any units), sampled every ``dt`` s.
+    dt : float
+        Sample interval (s, > 0).
+    taus : sequence of float
+        Time constants of the cascade (s); zeros are skipped.
+    state : list of arrays, optional
+        What the previous piece returned; None for the first piece (the probe at steady state with its first value,
+        as :func:`apply_lag` with ``initial=None``).
+
+    Returns
+    -------
+    recorded : numpy.ndarray
+        The recorded piece.
+    state : list of numpy.ndarray
+        The filter's state after the piece: pass it with the next one.  The pieces recorded this way, joined, are
+        :func:`apply_lag` of the joined signal.
+    """
+    y = np.asarray(values, float)
+    if y.ndim != 1:
+        raise InvalidArgument(f"values has shape {y.shape}; apply_lag_stream takes one 1-D piece at a time")
+    dt = float(check_positive("dt", dt, units="s"))
+    stages = [t for t in _taus(taus) if t > 0]
+    if state is not None and len(state) != len(stages):
+        raise InvalidArgument(f"state has {len(state)} stages, taus={taus!r} has {len(stages)}")
+    if y.size == 0:
+        return y.copy(), ([] if state is None else list(state))
+    out_state = []
+    for k, tau in enumerate(stages):
+        b, a = first_order_hold_coefficients(dt, tau)
+        zi = np.array([b[1] * y[0] - a[1] * y[0]]) if state is None else state[k]
+        y, zf = signal.lfilter(b, a, y, zi=zi)
+        out_state.append(zf)
+    return y, out_state
 
 
 # ---------------------------------------------------------------------------------------------- the bench's signal

@@ -5,12 +5,16 @@ motion controller that runs the loaded trajectory and the acquisition board that
 Python over :class:`~espt_bluesky.physics.bench_model.BenchModel` (read-only use of the model's physics, plus moving
 its tip and clock), so the same executed data can be served over EPICS waveform PVs.
 
-Executing a raster: the whole path (run-ups, passes, turnarounds) is sampled at the detector rate, the stationary
-signal along it comes from :func:`~espt_bluesky.physics.scan_dynamics.stationary_along_path`, the probe's response
-(:func:`~espt_bluesky.physics.scan_dynamics.apply_lag` with the technique's time constants) is applied over the
-whole path, then noise; the gated samples of each pass are kept.  If the probe's end face would touch the surface
-anywhere on the path, the controller stops there: the passes completed before are kept, the tip stays at the last
-safe point and the error is :class:`~espt_bluesky.errors.TipCrash`.
+Executing a raster streams, as a controller does: :meth:`SimFlyController.start` plans the run,
+:meth:`SimFlyController.advance` (from the fly stage's worker thread) simulates the next few whole passes -- the
+path (run-ups, passes, turnarounds) sampled at the detector rate, the stationary signal along it from
+:func:`~espt_bluesky.physics.scan_dynamics.stationary_along_path`, the probe's response
+(:func:`~espt_bluesky.physics.scan_dynamics.apply_lag_stream`, the filter's state carried from step to step, so the
+result is that of the whole path at once) and noise -- and marks them done in :class:`FlyResult`, where the
+detector picks them up while the rest is computed.  If the probe's end face would touch the surface anywhere on
+the path, the controller stops there: the passes completed before are kept, the tip stays at the last safe point
+and the error is :class:`~espt_bluesky.errors.TipCrash`.  :meth:`SimFlyController.execute` runs a program to its
+end in one call.
 """
 
 from __future__ import annotations
@@ -42,24 +46,61 @@ HOP_CHANNELS = {"x": ("um", "hop x"), "y": ("um", "hop y"), "surface_z": ("um", 
                 "valid": ("", "1, or 0 for a hop that faulted")}
 
 
+#: Samples of path simulated per step of a streaming raster (whole passes, at least one): small enough that the
+#: detector writes the first passes while the rest is computed, large enough that numpy's per-call cost is noise
+STEP_SAMPLES = 65536
+
+
 @dataclass
 class FlyResult:
-    """What one execution recorded.  Line channels are (n_passes_done, samples_per_line); hop channels (n_done,)."""
+    """What one execution records, filled while it runs (a controller streams its passes).
+
+    ``buffers`` hold every planned pass / hop; rows ``[0, n_done)`` are complete (filled before ``n_done`` moves, so
+    another thread reading ``n_done`` first sees whole rows).  Line channels are (n_passes, samples_per_line), hop
+    channels (n_hops,).  ``finished`` turns True when the controller stopped (at the end, or at an ``error``).
+    """
 
     kind: str  # "lines" | "hops"
-    data: dict[str, np.ndarray]
-    end_times: np.ndarray  # s after kickoff at which each pass / hop is complete
-    duration: float
+    buffers: dict[str, np.ndarray]
+    planned_end_times: np.ndarray  # s after kickoff at which each planned pass / hop is complete
+    duration: float  # s; the planned one until ``finished``, then the one executed
     error: BaseException | None = None
-    compute_time: float = 0.0  # wall time spent simulating (the instrument's time on hardware)
+    compute_time: float = 0.0  # CPU time spent simulating (the instrument's own time on hardware)
+    n_done: int = 0
+    finished: bool = False
+    finished_at: float = 0.0  # time.perf_counter() when it finished (a benchmark's mark)
 
     @property
-    def n_done(self) -> int:
-        return int(len(self.end_times))
+    def data(self) -> dict[str, np.ndarray]:
+        """The completed rows of every channel."""
+        n = self.n_done
+        return {k: v[:n] for k, v in self.buffers.items()}
+
+    @property
+    def end_times(self) -> np.ndarray:
+        """End times (s after kickoff) of the completed passes / hops."""
+        return self.planned_end_times[:self.n_done]
+
+
+class ProgramChannels:
+    """What the detectors ask a fly controller (simulated or over EPICS) about the loaded program."""
+
+    technique: str
+    loaded: FlyRaster | HopSequence | None
+
+    def channels(self) -> dict[str, tuple[str, str]]:
+        """The per-sample (lines) or per-hop channels of what is loaded."""
+        if isinstance(self.loaded, HopSequence):
+            return dict(HOP_CHANNELS)
+        return {**LINE_CHANNELS[self.technique], **POSITION_CHANNELS}
+
+    def per_collection(self) -> int:
+        """Samples per collection: ``samples_per_line`` of a raster, 1 for hops."""
+        return self.loaded.samples_per_line if isinstance(self.loaded, FlyRaster) else 1
 
 
 @dataclass
-class SimFlyController:
+class SimFlyController(ProgramChannels):
     """Simulated motion controller and acquisition board of a fly scan over one :class:`SimBench`.
 
     Parameters
@@ -92,6 +133,7 @@ class SimFlyController:
     loaded: FlyRaster | HopSequence | None = field(default=None, init=False)
     result: FlyResult | None = field(default=None, init=False)
     compute_time: float = field(default=0.0, init=False)
+    _steps: Any = field(default=None, init=False, repr=False)
 
     @property
     def model(self):
@@ -120,15 +162,6 @@ class SimFlyController:
         if self.technique == "EC-AFM":
             return sd.afm_time_constants(self.feedback_bandwidth)
         raise InvalidArgument(f"technique={self.technique!r}: fly scanning covers SECM, SICM and EC-AFM")
-
-    def channels(self) -> dict[str, tuple[str, str]]:
-        """The per-sample (lines) or per-hop channels of what is loaded."""
-        if isinstance(self.loaded, HopSequence):
-            return dict(HOP_CHANNELS)
-        return {**LINE_CHANNELS[self.technique], **POSITION_CHANNELS}
-
-    def per_collection(self) -> int:
-        return self.loaded.samples_per_line if isinstance(self.loaded, FlyRaster) else 1
 
     # ------------------------------------------------------------------ motion
     def _sync_stage(self) -> None:
@@ -163,21 +196,60 @@ class SimFlyController:
             self._sync_stage()
         return t
 
-    def execute(self) -> FlyResult:
-        """Run the loaded program now (instantly: the devices pace the data by ``time_scale``)."""
+    def start(self) -> FlyResult:
+        """Start the loaded program: returns its (empty) :class:`FlyResult`; :meth:`advance` runs it step by step."""
         if self.loaded is None:
             raise RuntimeError("no program loaded: prepare the fly stage first")
-        t0 = time.perf_counter()
+        if isinstance(self.loaded, FlyRaster):
+            res, steps = self._raster_steps(self.loaded)
+        else:
+            res, steps = self._hop_steps(self.loaded)
+        self.result, self._steps = res, steps
+        return res
+
+    def advance(self) -> bool:
+        """Run the next step of the started program (some whole passes); True once it has finished.
+
+        Plain numpy on the bench model: may run in a worker thread while the event loop writes what is done.
+        Call :meth:`sync_stage` from the thread that owns the ophyd devices when it has finished."""
+        res = self.result
+        if res is None or self._steps is None:
+            raise RuntimeError("no program started: kick the fly stage off first")
+        if res.finished:
+            return True
+        t0 = time.thread_time()
         try:
-            if isinstance(self.loaded, FlyRaster):
-                res = self._execute_raster(self.loaded)
-            else:
-                res = self._execute_hops(self.loaded)
+            next(self._steps)
+        except StopIteration:
+            res.finished_at, res.finished = time.perf_counter(), True
+        except BaseException as exc:  # a fault of the simulation ends the program like a controller fault
+            res.error = exc
+            res.finished_at, res.finished = time.perf_counter(), True
+        finally:
+            dt = time.thread_time() - t0
+            res.compute_time += dt
+            self.compute_time += dt
+        return res.finished
+
+    def abort(self) -> None:
+        """Stop a running program after the current step (the passes done stay)."""
+        if self.result is not None and not self.result.finished:
+            if self._steps is not None:
+                self._steps.close()
+            self.result.finished_at, self.result.finished = time.perf_counter(), True
+
+    def sync_stage(self) -> None:
+        """Tell the ophyd stage where the controller left the tip."""
+        self._sync_stage()
+
+    def execute(self) -> FlyResult:
+        """Run the loaded program to its end now (instantly: the devices pace the data by ``time_scale``)."""
+        res = self.start()
+        try:
+            while not self.advance():
+                pass
         finally:
             self._sync_stage()
-        res.compute_time = time.perf_counter() - t0
-        self.compute_time += res.compute_time
-        self.result = res
         return res
 
     def _stationary(self, x, y, z) -> dict[str, np.ndarray]:
@@ -193,64 +265,94 @@ class SimFlyController:
         # interpolate in path length; samples where the stage rests (same s) get the node's value
         return {k: np.interp(s, s[nodes], v) for k, v in vals.items()}
 
-    def _execute_raster(self, r: FlyRaster) -> FlyResult:
+    def _raster_steps(self, r: FlyRaster):
+        """The raster's result (empty) and the generator that fills it, a few whole passes per step (planning the
+        path is the controller's work too: done in the first step)."""
+        res = FlyResult("lines", {}, np.zeros(0), 0.0)
+        return res, self._raster_run(r, res)
+
+    def _raster_run(self, r: FlyRaster, res: FlyResult):
         m = self.model
         tl = r.timeline()
-        t, x, y, z, gate = tl["t"], tl["x"], tl["y"], tl["z"], tl["gate"]
-        if self.technique == "EC-AFM":
-            z = None
-        stat = self._stationary(x, y, tl["z"] if z is None else z)
-        error = None
-        n_keep = x.size
-        if "clearance" in stat:
-            bad = np.flatnonzero(stat["clearance"] < 0.0)
-            if bad.size:
-                k = int(bad[0])
-                n_keep = k
-                error = TipCrash(f"tip crash during the fly scan: the probe end touched the sample at "
-                                 f"x={x[k]:.3f}, y={y[k]:.3f} µm, z={tl['z'][k]:.3f} µm (t={t[k]:.4f} s after "
-                                 f"kickoff); passes completed before it are kept")
+        t, x, y, zpath, gate = tl["t"], tl["x"], tl["y"], tl["z"], tl["gate"]
+        n, n_pass = r.samples_per_line, r.n_passes
         dt = 1.0 / r.sample_rate
+        first = np.flatnonzero((gate >= 0) & (np.r_[-2, gate[:-1]] != gate))  # first sample of each pass
+        if first.size != n_pass or np.any(first + n > x.size) or np.any(gate[np.minimum(first + n - 1, x.size - 1)]
+                                                                           != np.arange(first.size)):
+            raise RuntimeError(f"raster timeline has {first.size} passes of uneven length; planned {n_pass} × {n}")
+        passes = r.passes()
+        buf = {k: np.empty((n_pass, n)) for k in [*LINE_CHANNELS[self.technique], *POSITION_CHANNELS]}
+        buf["direction"] = np.array([p[1] for p in passes], dtype=int)
+        buf["row"] = np.array([p[0] for p in passes], dtype=int)
+        res.buffers, res.planned_end_times, res.duration = buf, t[first + n - 1] + dt, float(t[-1] + dt)
+        # step boundaries: after whole passes, at least STEP_SAMPLES of path per step; the last step takes the rest
+        bounds = [0]
+        for p in range(n_pass):
+            if first[p] + n - bounds[-1] >= STEP_SAMPLES:
+                bounds.append(int(first[p] + n))
+        if bounds[-1] < x.size:
+            bounds.append(x.size)
         height = None
         if self.technique == "SECM":
-            height = float(np.median(tl["z"] - m.surface_z(x, y)))
+            height = float(np.median(zpath - m.surface_z(x, y)))
         taus = self.time_constants(height)
-        out: dict[str, np.ndarray] = {}
-        if self.technique == "EC-AFM":
-            h_true = stat["height"]
-            h = sd.apply_lag(h_true, dt, taus)
-            if m.options.noise > 0:
-                h = h + m.rng.normal(0.0, m.options.height_noise, h.shape)
-            rec = {"height": h, "error": h - h_true}
-            zrec = h  # the z piezo follows the feedback output
-        else:
-            i = sd.apply_lag(stat["current"], dt, taus)
-            scale = m.i_tip_inf() if self.technique == "SECM" else None
-            rec = {"current": np.asarray(m.add_noise(i, scale=scale), float)}
-            zrec = tl["z"]
-        n = r.samples_per_line
-        done = []
-        for p in range(r.n_passes):
-            idx = np.flatnonzero(gate == p)
-            if idx.size != n or idx[-1] >= n_keep:
+        state = None
+        error, n_keep = None, x.size
+        for s0, s1 in zip(bounds[:-1], bounds[1:]):
+            xs, ys, zs = x[s0:s1], y[s0:s1], zpath[s0:s1]
+            stat = self._stationary(xs, ys, zs)
+            if "clearance" in stat:
+                bad = np.flatnonzero(stat["clearance"] < 0.0)
+                if bad.size:
+                    k = s0 + int(bad[0])
+                    n_keep = k
+                    error = TipCrash(f"tip crash during the fly scan: the probe end touched the sample at "
+                                     f"x={x[k]:.3f}, y={y[k]:.3f} µm, z={zpath[k]:.3f} µm (t={t[k]:.4f} s after "
+                                     f"kickoff); passes completed before it are kept")
+            if self.technique == "EC-AFM":
+                h_true = stat["height"]
+                h, state = sd.apply_lag_stream(h_true, dt, taus, state)
+                if m.options.noise > 0:
+                    h = h + m.rng.normal(0.0, m.options.height_noise, h.shape)
+                rec = {"height": h, "error": h - h_true}
+                zrec = h  # the z piezo follows the feedback output
+            else:
+                i, state = sd.apply_lag_stream(stat["current"], dt, taus, state)
+                scale = m.i_tip_inf() if self.technique == "SECM" else None
+                rec = {"current": np.asarray(m.add_noise(i, scale=scale), float)}
+                zrec = zs
+            rec.update(x=xs, y=ys, z=zrec, time=t[s0:s1])
+            p = res.n_done
+            while p < first.size and first[p] + n <= min(s1, n_keep):
+                a = int(first[p]) - s0
+                for k, v in rec.items():
+                    buf[k][p] = v[a:a + n]
+                p += 1
+                res.n_done = p  # after the row is whole: a reader in another thread sees complete rows
+            if error is not None:
                 break
-            done.append(idx)
-        rows = np.array(done, dtype=int).reshape(len(done), n)
-        for k, v in rec.items():
-            out[k] = v[rows]
-        out.update(x=x[rows], y=y[rows], z=zrec[rows], time=t[rows])
-        passes = r.passes()
-        out["direction"] = np.array([passes[p][1] for p in range(len(done))], dtype=int)
-        out["row"] = np.array([passes[p][0] for p in range(len(done))], dtype=int)
-        end_times = t[rows[:, -1]] + dt if len(done) else np.zeros(0)
+            yield
         # where the tip is now: the end of the path, or the last safe point before a crash
         last = x.size - 1 if error is None else max(n_keep - 1, 0)
-        m.position = np.array([x[last], y[last], tl["z"][last] if self.technique != "EC-AFM" else m.position[2]])
+        m.position = np.array([x[last], y[last], zpath[last] if self.technique != "EC-AFM" else m.position[2]])
         if error is not None:
             m.crashed = True
-        duration = float(t[last] + dt)
-        m.clock += duration
-        return FlyResult("lines", out, end_times, duration, error)
+        res.duration = float(t[last] + dt)
+        m.clock += res.duration
+        res.error = error
+
+    def _hop_steps(self, h: HopSequence):
+        res = FlyResult("hops", {}, np.zeros(0), 0.0)
+
+        def run():
+            done = self._execute_hops(h)
+            res.buffers, res.planned_end_times, res.duration, res.error = (done.buffers, done.planned_end_times,
+                                                                            done.duration, done.error)
+            res.n_done = done.n_done
+            yield
+
+        return res, run()
 
     def _execute_hops(self, h: HopSequence) -> FlyResult:
         """Hops as the firmware runs them: retract, move, approach until the current has dropped by the setpoint.
@@ -305,4 +407,4 @@ class SimFlyController:
             m.position = np.array([x[n_ok - 1], y[n_ok - 1], z_contact[n_ok - 1] + h.hop_height])
         duration = float(end[n_ok - 1]) if n_ok else 0.0
         m.clock += duration
-        return FlyResult("hops", out, end[:n_ok], duration, error)
+        return FlyResult("hops", out, end[:n_ok], duration, error, n_done=n_ok)

@@ -46,9 +46,14 @@ async def _sleep_until(t0: float, t: float) -> None:
 
 
 class _TrajectoryLogic(FlyableLogic):
+    """Loads the program at prepare; at kickoff starts it in a worker thread that streams passes (``progress`` is
+    set each time some are done); complete waits for its end, paced by ``time_scale``."""
+
     def __init__(self, controller: Any):
         self.controller = controller
         self.started: asyncio.Event | None = None
+        self.progress: asyncio.Event | None = None
+        self.task: asyncio.Future | None = None
         self.t_kickoff = 0.0
 
     async def on_prepare(self, value: FlyRaster | HopSequence) -> Any:
@@ -59,22 +64,48 @@ class _TrajectoryLogic(FlyableLogic):
         return value
 
     async def on_kickoff(self, ctx: Any) -> Any:
+        ctl = self.controller
+        loop = asyncio.get_running_loop()
+        self.progress = progress = asyncio.Event()
+
+        def run() -> None:  # the controller's firmware: its own thread, numpy releases the GIL for the file writes
+            try:
+                while not ctl.advance():
+                    loop.call_soon_threadsafe(progress.set)
+            finally:
+                loop.call_soon_threadsafe(progress.set)
+
         self.t_kickoff = time.monotonic()
-        self.controller.execute()
+        ctl.start()
+        self.task = loop.run_in_executor(None, run)
         self.started.set()
         return ctx
 
     async def on_complete(self, ctx: Any) -> None:
+        await self.task
+        self.controller.sync_stage()
         res: FlyResult = self.controller.result
         await _sleep_until(self.t_kickoff, res.duration * self.controller.time_scale)
         if res.error is not None:
             raise res.error
 
     async def stop(self) -> None:
+        self.controller.abort()
+        if self.task is not None:
+            with suppress(Exception):
+                await self.task
+            self.controller.sync_stage()
         self.controller.loaded = None
 
 
-class FlyStage(StandardFlyable):
+class _ControllerProperty:
+    @property
+    def controller(self) -> Any:
+        """The fly controller (simulated, or the IOC's) the stage drives."""
+        return self._controller
+
+
+class FlyStage(_ControllerProperty, StandardFlyable):
     """The stage as a fly device: ``prepare(FlyRaster | HopSequence)``, ``kickoff()``, ``complete()``."""
 
     def __init__(self, controller: Any, name: str = "fly_stage") -> None:
@@ -84,10 +115,6 @@ class FlyStage(StandardFlyable):
     @cached_property
     def flyable_logic(self) -> _TrajectoryLogic:
         return _TrajectoryLogic(self._controller)
-
-    @property
-    def controller(self) -> Any:
-        return self._controller
 
 
 class _State:
@@ -121,8 +148,8 @@ class _SampleTrigger(DetectorTriggerLogic):
         return TriggerInfo()
 
 
-class _PacedAcquire(DetectorAcquireLogic):
-    """Writes each pass (or hop) to the file when the controller has finished it, paced by ``time_scale``."""
+class _TaskAcquire(DetectorAcquireLogic):
+    """An acquire logic that runs ``_acquire`` (write passes to the file as they come) as one task per kickoff."""
 
     def __init__(self, state: _State):
         self.state = state
@@ -132,25 +159,7 @@ class _PacedAcquire(DetectorAcquireLogic):
         self.task = asyncio.create_task(self._acquire())
 
     async def _acquire(self) -> None:
-        st = self.state
-        logic = st.stage.flyable_logic
-        if logic.started is None:
-            raise RuntimeError(f"{st.stage.name} was not prepared before the detector was kicked off")
-        await logic.started.wait()
-        res: FlyResult = st.controller.result
-        scale = st.controller.time_scale
-        i = 0
-        while i < res.n_done:
-            if scale > 0:
-                await _sleep_until(logic.t_kickoff, float(res.end_times[i]) * scale)
-                now = (time.monotonic() - logic.t_kickoff) / scale
-                j = max(int(np.searchsorted(res.end_times, now, side="right")), i + 1)
-            else:
-                j = res.n_done
-            _write_rows(st, res.data, i, j)
-            i = j
-        if res.error is not None:
-            raise res.error
+        raise NotImplementedError
 
     async def wait_for_idle(self) -> None:
         if self.task is not None:
@@ -162,6 +171,40 @@ class _PacedAcquire(DetectorAcquireLogic):
             with suppress(asyncio.CancelledError, Exception):
                 await self.task
             self.task = None
+
+
+class _PacedAcquire(_TaskAcquire):
+    """Writes each pass (or hop) to the file as soon as the controller has done it, paced by ``time_scale``."""
+
+    async def _acquire(self) -> None:
+        st = self.state
+        logic = st.stage.flyable_logic
+        if logic.started is None:
+            raise RuntimeError(f"{st.stage.name} was not prepared before the detector was kicked off")
+        await logic.started.wait()
+        res: FlyResult = st.controller.result
+        scale = st.controller.time_scale
+        i = 0
+        while True:
+            finished = res.finished  # read before n_done: once finished, n_done is final
+            n = res.n_done
+            j = n
+            if scale > 0 and i < n:  # released when its time has come
+                await _sleep_until(logic.t_kickoff, float(res.planned_end_times[i]) * scale)
+                now = (time.monotonic() - logic.t_kickoff) / scale
+                j = min(max(int(np.searchsorted(res.planned_end_times, now, side="right")), i + 1), n)
+            if j > i:
+                _write_rows(st, res.buffers, i, j)
+                i = j
+                continue
+            if finished:
+                break
+            logic.progress.clear()
+            if res.n_done > i or res.finished:
+                continue
+            await logic.progress.wait()
+        if res.error is not None:
+            raise res.error
 
 
 def _write_rows(st: _State, data: dict[str, np.ndarray], i: int, j: int) -> None:
@@ -260,7 +303,23 @@ class _HDF5Data(DetectorDataLogic):
             st.datasets = {}
 
 
-class FlyDetector(StandardDetector):
+class _FlyDetectorBase(StandardDetector):
+    """A fly detector: sample trigger, an acquire logic that fills the run's HDF5 file, the HDF5 data logic."""
+
+    def __init__(self, controller: Any, stage: Any, path_provider: PathProvider, acquire: type[_TaskAcquire],
+                 name: str) -> None:
+        self._state = _State(controller, stage)
+        self.add_detector_logics(_SampleTrigger(self._state), acquire(self._state),
+                                 _HDF5Data(self._state, path_provider))
+        super().__init__(name=name)
+
+    @property
+    def file_path(self) -> Path | None:
+        """The HDF5 file of the current (or last) run."""
+        return self._state.path
+
+
+class FlyDetector(_FlyDetectorBase):
     """Potentiostat / AFM acquisition sampling at a set rate during a fly scan, writing HDF5 assets.
 
     Data keys (``<name>_<channel>``): ``current`` (A; SECM tip current, SICM ion current) or ``height`` and
@@ -270,15 +329,7 @@ class FlyDetector(StandardDetector):
     """
 
     def __init__(self, controller: Any, stage: FlyStage, path_provider: PathProvider, name: str = "fly") -> None:
-        self._state = _State(controller, stage)
-        self.add_detector_logics(_SampleTrigger(self._state), _PacedAcquire(self._state),
-                                 _HDF5Data(self._state, path_provider))
-        super().__init__(name=name)
-
-    @property
-    def file_path(self) -> Path | None:
-        """The HDF5 file of the current (or last) run."""
-        return self._state.path
+        super().__init__(controller, stage, path_provider, _PacedAcquire, name)
 
 
 def trigger_info_for(program: FlyRaster | HopSequence) -> TriggerInfo:

@@ -19,21 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ophyd_async.core import (Array1D, DetectorAcquireLogic, FlyableLogic, PathProvider, StandardDetector,
-                              StandardFlyable)
+from ophyd_async.core import Array1D, FlyableLogic, PathProvider, StandardFlyable
 from ophyd_async.epics.core import epics_signal_r, epics_signal_rw
 
 from ...errors import TipCrash
 from ...physics import scan_dynamics as sd
-from .controller import HOP_CHANNELS, LINE_CHANNELS, PASS_CHANNELS, POSITION_CHANNELS
-from .devices import _HDF5Data, _SampleTrigger, _State, _write_rows
+from .controller import HOP_CHANNELS, LINE_CHANNELS, PASS_CHANNELS, POSITION_CHANNELS, ProgramChannels
+from .devices import _ControllerProperty, _FlyDetectorBase, _TaskAcquire, _write_rows
 from .trajectory import FlyRaster, HopSequence
 
 DATA_CHANNELS = sorted({*LINE_CHANNELS["SECM"], *LINE_CHANNELS["EC-AFM"], *POSITION_CHANNELS, *PASS_CHANNELS,
                         *HOP_CHANNELS})
 
 
-class EpicsFlyController:
+class EpicsFlyController(ProgramChannels):
     """What a plan and the detector need to know of the IOC's fly controller (from its ``Info`` PV)."""
 
     def __init__(self, prefix: str, info: dict[str, Any]):
@@ -58,13 +57,6 @@ class EpicsFlyController:
                                           filter_bandwidth=i["filter_bandwidth"])
         return sd.afm_time_constants(i["feedback_bandwidth"])
 
-    def channels(self) -> dict[str, tuple[str, str]]:
-        if isinstance(self.loaded, HopSequence):
-            return dict(HOP_CHANNELS)
-        return {**LINE_CHANNELS[self.technique], **POSITION_CHANNELS}
-
-    def per_collection(self) -> int:
-        return self.loaded.samples_per_line if isinstance(self.loaded, FlyRaster) else 1
 
 
 def _raise_for(message: str) -> None:
@@ -110,7 +102,7 @@ class _EpicsTrajectoryLogic(FlyableLogic):
         _raise_for(await self.dev.error.get_value())
 
 
-class EpicsFlyStage(StandardFlyable):
+class EpicsFlyStage(_ControllerProperty, StandardFlyable):
     """Fly stage over the IOC's ``{P}fly:`` PVs (see :mod:`espt_bluesky.ioc.fly_ioc`)."""
 
     def __init__(self, prefix: str, controller: EpicsFlyController, name: str = "fly_stage") -> None:
@@ -146,20 +138,9 @@ class EpicsFlyStage(StandardFlyable):
     def flyable_logic(self) -> _EpicsTrajectoryLogic:
         return _EpicsTrajectoryLogic(self)
 
-    @property
-    def controller(self) -> EpicsFlyController:
-        return self._controller
 
-
-class _EpicsAcquire(DetectorAcquireLogic):
+class _EpicsAcquire(_TaskAcquire):
     """Follows ``NDone`` and copies each completed pass from the IOC's waveforms into the run's file."""
-
-    def __init__(self, state: _State):
-        self.state = state
-        self.task: asyncio.Task | None = None
-
-    async def start_acquiring(self) -> None:
-        self.task = asyncio.create_task(self._acquire())
 
     async def _acquire(self) -> None:
         st = self.state
@@ -187,32 +168,12 @@ class _EpicsAcquire(DetectorAcquireLogic):
             k = n
         _raise_for(await stage.error.get_value())
 
-    async def wait_for_idle(self) -> None:
-        if self.task is not None:
-            await self.task
 
-    async def ensure_stopped(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except BaseException:
-                pass
-            self.task = None
-
-
-class EpicsFlyDetector(StandardDetector):
+class EpicsFlyDetector(_FlyDetectorBase):
     """:class:`~espt_bluesky.devices.fly.devices.FlyDetector` fed from the IOC's waveforms."""
 
     def __init__(self, stage: EpicsFlyStage, path_provider: PathProvider, name: str = "fly") -> None:
-        self._state = _State(stage.controller, stage)
-        self.add_detector_logics(_SampleTrigger(self._state), _EpicsAcquire(self._state),
-                                 _HDF5Data(self._state, path_provider))
-        super().__init__(name=name)
-
-    @property
-    def file_path(self) -> Path | None:
-        return self._state.path
+        super().__init__(stage.controller, stage, path_provider, _EpicsAcquire, name)
 
 
 def read_fly_info(prefix: str, timeout: float = 5.0) -> dict[str, Any]:
