@@ -421,3 +421,20 @@ def test_adaptive_map_beats_sobol_at_equal_budget():
     sob = x0 + (x1 - x0) * qmc.Sobol(2, scramble=True, seed=1).random_base2(6)[:n]
     e_adaptive, e_sobol = rms(P, np.asarray(agent.y)), rms(sob, truth_fn(sob[:, 0], sob[:, 1]))
     assert e_adaptive < 0.8 * e_sobol, (e_adaptive, e_sobol)
+
+
+def test_secm_log_kappa_objective_is_the_inverted_feedback(RE):
+    """log_kappa = log10 κ of analysis.kinetic_maps.invert_kappa at L = height/a, from the recorded tip current."""
+    from espt_bluesky.analysis.kinetic_maps import invert_kappa
+
+    bench = make_sim_bench("SECM", "hopg", seed=0, start=(40.0, 40.0))
+    res = RE(adaptive_hopping_scan(bench.stage, bench.potentiostat, technique="SECM", x_range=(20, 60),
+                                   y_range=(20, 60), height=3.0, plane=0.0, objective="log_kappa", max_hops=6,
+                                   context=bench.metadata()))
+    assert res.exit_status == "success"
+    start = RE.collector.of("start")[-1]
+    cur = np.array([e["data"]["pstat_tip_current"] for e in RE.collector.events("primary")])
+    a = bench.probe.metadata()["radius"]
+    expect = np.log10(np.clip(invert_kappa(cur / start["i_inf"], 3.0 / a, 10.0), 1e-3, 1e3))
+    got = np.array(_decisions(RE)["decision_objective"])
+    assert np.allclose(got, expect) and np.all((got > -3) & (got < 3))  # HOPG: finite κ (0.1 basal .. 10 edge)
