@@ -345,3 +345,16 @@ def test_controller_streams_whole_passes_equal_to_one_shot(tmp_path, monkeypatch
     for k in whole.data:
         np.testing.assert_allclose(streamed.data[k], whole.data[k], rtol=1e-12, atol=0, err_msg=k)
     assert streamed.duration == whole.duration and streamed.finished
+    # stopped from another thread (the stage's stop): at the end of the current step, the passes done kept, the tip
+    # where the path was executed to
+    monkeypatch.setattr(fc, "STEP_SAMPLES", 100)
+    bench = make_sim_bench("SICM", "patterned", seed=4)
+    ctl = fc.SimFlyController(bench, path_resolution=1e-9)
+    ctl.load(raster)
+    res = ctl.start()
+    ctl.advance(), ctl.advance()
+    ctl.abort()
+    assert ctl.advance() and res.finished and res.n_done == 2 and res.error is None
+    np.testing.assert_allclose(res.data["current"], whole.data["current"][:2], rtol=1e-12)
+    # at the end of the backward pass of row 1 (x back at x_start, y = 45): where the executed path ended
+    assert bench.model.position[1] == 45.0 and bench.model.position[0] == pytest.approx(30.0, abs=0.5)

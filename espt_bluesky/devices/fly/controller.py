@@ -134,6 +134,7 @@ class SimFlyController(ProgramChannels):
     result: FlyResult | None = field(default=None, init=False)
     compute_time: float = field(default=0.0, init=False)
     _steps: Any = field(default=None, init=False, repr=False)
+    _abort: bool = field(default=False, init=False, repr=False)
 
     @property
     def model(self):
@@ -204,7 +205,7 @@ class SimFlyController(ProgramChannels):
             res, steps = self._raster_steps(self.loaded)
         else:
             res, steps = self._hop_steps(self.loaded)
-        self.result, self._steps = res, steps
+        self.result, self._steps, self._abort = res, steps, False
         return res
 
     def advance(self) -> bool:
@@ -219,6 +220,9 @@ class SimFlyController(ProgramChannels):
             return True
         t0 = time.thread_time()
         try:
+            if self._abort:
+                self._steps.close()
+                raise StopIteration
             next(self._steps)
         except StopIteration:
             res.finished_at, res.finished = time.perf_counter(), True
@@ -232,11 +236,8 @@ class SimFlyController(ProgramChannels):
         return res.finished
 
     def abort(self) -> None:
-        """Stop a running program after the current step (the passes done stay)."""
-        if self.result is not None and not self.result.finished:
-            if self._steps is not None:
-                self._steps.close()
-            self.result.finished_at, self.result.finished = time.perf_counter(), True
+        """Stop a running program at the end of the current step (the passes done stay); any thread."""
+        self._abort = True
 
     def sync_stage(self) -> None:
         """Tell the ophyd stage where the controller left the tip."""
@@ -299,48 +300,51 @@ class SimFlyController(ProgramChannels):
         taus = self.time_constants(height)
         state = None
         error, n_keep = None, x.size
-        for s0, s1 in zip(bounds[:-1], bounds[1:]):
-            xs, ys, zs = x[s0:s1], y[s0:s1], zpath[s0:s1]
-            stat = self._stationary(xs, ys, zs)
-            if "clearance" in stat:
-                bad = np.flatnonzero(stat["clearance"] < 0.0)
-                if bad.size:
-                    k = s0 + int(bad[0])
-                    n_keep = k
-                    error = TipCrash(f"tip crash during the fly scan: the probe end touched the sample at "
-                                     f"x={x[k]:.3f}, y={y[k]:.3f} µm, z={zpath[k]:.3f} µm (t={t[k]:.4f} s after "
-                                     f"kickoff); passes completed before it are kept")
-            if self.technique == "EC-AFM":
-                h_true = stat["height"]
-                h, state = sd.apply_lag_stream(h_true, dt, taus, state)
-                if m.options.noise > 0:
-                    h = h + m.rng.normal(0.0, m.options.height_noise, h.shape)
-                rec = {"height": h, "error": h - h_true}
-                zrec = h  # the z piezo follows the feedback output
-            else:
-                i, state = sd.apply_lag_stream(stat["current"], dt, taus, state)
-                scale = m.i_tip_inf() if self.technique == "SECM" else None
-                rec = {"current": np.asarray(m.add_noise(i, scale=scale), float)}
-                zrec = zs
-            rec.update(x=xs, y=ys, z=zrec, time=t[s0:s1])
-            p = res.n_done
-            while p < first.size and first[p] + n <= min(s1, n_keep):
-                a = int(first[p]) - s0
-                for k, v in rec.items():
-                    buf[k][p] = v[a:a + n]
-                p += 1
-                res.n_done = p  # after the row is whole: a reader in another thread sees complete rows
+        done_to = 0  # samples of the path executed so far
+        try:
+            for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                xs, ys, zs = x[s0:s1], y[s0:s1], zpath[s0:s1]
+                stat = self._stationary(xs, ys, zs)
+                if "clearance" in stat:
+                    bad = np.flatnonzero(stat["clearance"] < 0.0)
+                    if bad.size:
+                        k = s0 + int(bad[0])
+                        n_keep = k
+                        error = TipCrash(f"tip crash during the fly scan: the probe end touched the sample at "
+                                         f"x={x[k]:.3f}, y={y[k]:.3f} µm, z={zpath[k]:.3f} µm (t={t[k]:.4f} s "
+                                         f"after kickoff); passes completed before it are kept")
+                if self.technique == "EC-AFM":
+                    h_true = stat["height"]
+                    h, state = sd.apply_lag_stream(h_true, dt, taus, state)
+                    if m.options.noise > 0:
+                        h = h + m.rng.normal(0.0, m.options.height_noise, h.shape)
+                    rec = {"height": h, "error": h - h_true}
+                    zrec = h  # the z piezo follows the feedback output
+                else:
+                    i, state = sd.apply_lag_stream(stat["current"], dt, taus, state)
+                    scale = m.i_tip_inf() if self.technique == "SECM" else None
+                    rec = {"current": np.asarray(m.add_noise(i, scale=scale), float)}
+                    zrec = zs
+                rec.update(x=xs, y=ys, z=zrec, time=t[s0:s1])
+                p = res.n_done
+                while p < first.size and first[p] + n <= min(s1, n_keep):
+                    a = int(first[p]) - s0
+                    for k, v in rec.items():
+                        buf[k][p] = v[a:a + n]
+                    p += 1
+                    res.n_done = p  # after the row is whole: a reader in another thread sees complete rows
+                done_to = min(s1, n_keep)
+                if error is not None:
+                    break
+                yield
+        finally:  # at the end, at a crash, or stopped (abort): the tip is where the path was executed to
+            last = max(done_to - 1, 0)
+            m.position = np.array([x[last], y[last], zpath[last] if self.technique != "EC-AFM" else m.position[2]])
             if error is not None:
-                break
-            yield
-        # where the tip is now: the end of the path, or the last safe point before a crash
-        last = x.size - 1 if error is None else max(n_keep - 1, 0)
-        m.position = np.array([x[last], y[last], zpath[last] if self.technique != "EC-AFM" else m.position[2]])
-        if error is not None:
-            m.crashed = True
-        res.duration = float(t[last] + dt)
-        m.clock += res.duration
-        res.error = error
+                m.crashed = True
+            res.duration = float(t[last] + dt)
+            m.clock += res.duration
+            res.error = error
 
     def _hop_steps(self, h: HopSequence):
         res = FlyResult("hops", {}, np.zeros(0), 0.0)
