@@ -10,8 +10,10 @@ node registration, a stream close), so half of the fixed cost per run that Tiled
 :func:`install` memoises ``get_dependant`` on its arguments (path, callable, name, scopes, cache flag, scope,
 concurrency): the result of one analysis is the same for every request, and FastAPI already shares the
 ``Dependant`` objects it built at start-up between requests.  Overrides still apply: the overriding callable is
-part of the key.  Installed in the server process of :meth:`LocalCatalog.start` and before an in-process server's
-app is built; a FastAPI whose ``get_dependant`` has another signature is left alone.
+part of the key.  Installed only in the server process of :meth:`LocalCatalog.start` (``storage/tiled_process.py``), a process this
+package owns whole: never in a user's session, where other FastAPI apps may live (an in-process server there pays
+the per-request analysis).  A FastAPI whose ``get_dependant`` has another signature is left alone.  This replaces a
+FastAPI internal; drop it when FastAPI caches the analysis itself.
 """
 
 from __future__ import annotations

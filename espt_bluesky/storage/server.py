@@ -584,9 +584,6 @@ class LocalCatalog:
         from .duckdb_guard import install as guard_duckdb
 
         guard_duckdb()  # the server's threads share one DuckDB connection: one at a time
-        from .fastapi_speedup import install as memoise_dependencies
-
-        memoise_dependencies()  # FastAPI re-analyses every dependency per request under Tiled's override
         # Tiled keeps its server settings (the API key among them) in one object per process: every in-process
         # server of this process must share one key, or the last one started locks the others out.
         live = [c for c in _IN_PROCESS if c._cm is not None]
