@@ -24,13 +24,13 @@ class RunRouter(Generic[R]):
 
     Examples
     --------
-    >>> router = RunRouter()
-    >>> router.open("s1", "run one")
-    >>> router.find("descriptor", {"uid": "d1", "run_start": "s1"})
-    'run one'
-    >>> router.find("event", {"uid": "e1", "descriptor": "d1"})
-    'run one'
-    >>> router.close("run one")
+    >>> router, run = RunRouter(), {"uid": "s1"}  # any record of the run
+    >>> router.open("s1", run)
+    >>> router.find("descriptor", {"uid": "d1", "run_start": "s1"}) is run
+    True
+    >>> router.find("event", {"uid": "e1", "descriptor": "d1"}) is run
+    True
+    >>> router.close(run)
     >>> router.find("event", {"uid": "e2", "descriptor": "d1"}) is None
     True
     """
