@@ -44,7 +44,8 @@ def within_noise(a, b, scale: float = 0.0):
 
 def _ioc(role, prefix, port, tmp_path_factory, **kw):
     log = tmp_path_factory.mktemp("ioc") / f"{prefix.strip(':').replace(':', '_')}.log"
-    return IOCProcess(role, prefix, port, ENV, log_path=str(log), **kw).start()
+    # the timeout only bounds a hang: a bench IOC took > 30 s to start at a load average of 20
+    return IOCProcess(role, prefix, port, ENV, log_path=str(log), **kw).start(timeout=120)
 
 
 @pytest.fixture(scope="module")
