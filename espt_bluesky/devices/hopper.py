@@ -21,12 +21,13 @@ Criteria (``criterion`` config signal):
 
 =================  ===================================================================================
 ``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_sat (each reading the mean of
-                    4 or more samples, enough for the curve to reach twice the stop distance; I_sat from
+                    4 or more samples, enough for the curve to reach 4× the stop distance; I_sat from
                     the readings at the top; confirmed by the mean of 2 fresh readings, not the one that
                     fired).  The steps adapt to the current–distance curve as it comes in: coarse while
                     the current says the surface is far, ``approach_step`` as it starts to drop
-                    (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`).  The height then comes from fresh samples at the stop
-                    (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
+                    (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`, bounded by a fit of each
+                    reading against the one at the top).  The height then comes from fresh samples at the
+                    stop (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
                     through the pipette's current–distance curve
                     (:func:`espt_bluesky.analysis.hop_height.sicm_hop_surface`): no half-step bias, no
                     selection bias, and an error bar from the noise (pooled over the hops).  Where the hops
@@ -231,7 +232,7 @@ class SimHopController(Device):
         The steps adapt to the current–distance curve as it comes in
         (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`): coarse while the current says the surface is
         far, down to ``step`` (``approach_step``) as it starts to drop.  Each reading integrates as many samples
-        as let the curve see twice the stop distance (:func:`~espt_bluesky.analysis.hop_height.
+        as let the curve see 4× the stop distance (:func:`~espt_bluesky.analysis.hop_height.
         sicm_reading_samples`, at least 4).  Returns the stop height, the number of steps, the surface estimate
         and its error and the far current.
         """
