@@ -173,13 +173,15 @@ def test_adaptive_steps_are_fewer_than_fixed_steps(device_map):
     assert np.mean(device_map["steps"]) < 0.4 * fixed
 
 
-def _rim_region(seed, half=1.5):
-    """A 3 µm × 3 µm window across the rim of a particle of ``composite_cathode`` (its right-most edge)."""
+def _rim_region(seed, size=3.0):
+    """A ``size`` µm square of matrix whose far corner reaches just over the rim of a particle of
+    ``composite_cathode`` (its lower-left flank), as the 3 µm window of seed 0 does."""
     from espt_bluesky.physics.sample import make_sample
 
     xc, yc, r = next(f for f in make_sample("composite_cathode", seed=seed).features
                      if 20 < f[0] < 80 and 20 < f[1] < 80)
-    return (xc + r - half, xc + r + half, yc - half, yc + half)
+    cx, cy = xc - (r - 0.1) * math.cos(math.radians(50)), yc - (r - 0.1) * math.sin(math.radians(50))
+    return (cx - size, cx, cy - size, cy)
 
 
 @pytest.mark.slow
