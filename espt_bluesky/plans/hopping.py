@@ -168,6 +168,11 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
 class SicmHops:
     """Plan-driven SICM hops that estimate heights as the device-mode controller does.
 
+    The descent steps adapt to the current–distance curve as it comes in
+    (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`, each reading fitted against the reference read at the
+    top of the hop); ``max_slope=None`` is :func:`espt_bluesky.analysis.hop_height.auto_max_slope` of the pipette
+    and the noise measured at the start.
+
     Every reading integrates ``n_int`` base samples (the potentiostat's ``integration_time`` times ``n_int``, set
     once for the whole map so that every stream's configuration stays true); the reference and the height each
     average ``k`` ≥ 2 readings, ``k`` chosen per hop for a quarter-step precision from the noise (measured at the
