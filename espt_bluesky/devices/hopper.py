@@ -21,17 +21,18 @@ Criteria (``criterion`` config signal):
 
 =================  ===================================================================================
 ``current_drop``    SICM: the tip current falls below (1 − ``setpoint``)·I_sat (each reading the mean of
-                    4 or more samples, enough for the curve to reach twice the stop distance; I_sat from
+                    4 or more samples, enough for the curve to reach 4× the stop distance; I_sat from
                     the readings at the top; confirmed by the mean of 2 fresh readings, not the one that
                     fired).  The steps adapt to the current–distance curve as it comes in: coarse while
                     the current says the surface is far, ``approach_step`` as it starts to drop
-                    (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`).  The height then comes from fresh samples at the stop
-                    (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
+                    (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`, bounded by a fit of each
+                    reading against the one at the top).  The height then comes from fresh samples at the
+                    stop (as many as give a quarter-step precision, 16–4096, none selected by a decision), mapped
                     through the pipette's current–distance curve
                     (:func:`espt_bluesky.analysis.hop_height.sicm_hop_surface`): no half-step bias, no
                     selection bias, and an error bar from the noise (pooled over the hops).  Where the hops
-                    around are steep, or ``max_slope`` says the sample may be (NaN, the default: the
-                    steepest slope the pipette can image, cot θ), the stop distance grows to
+                    around are steep, or ``max_slope`` says the sample may be (−1 = None, the default:
+                    :func:`espt_bluesky.analysis.hop_height.auto_max_slope`), the stop distance grows to
                     slope·r_o + max(d_set/4, step) (neighbour slopes doubled) so that the glass rim stays
                     clear (:func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`).
 ``contact``         SECCM: |substrate current| exceeds ``setpoint`` A (the meniscus touched) and 2 fresh
@@ -58,7 +59,6 @@ from ophyd.status import DeviceStatus
 from ..errors import (ApproachLimitReached, InvalidArgument, check_bool, check_choice, check_number, check_positive,
                       check_vector, fault_reason)
 from ..analysis import hop_height
-from ..analysis import hop_height as _hh  # hop_settings has an argument of that name
 from ..physics import sicm
 from ..physics.bench_model import BenchModel
 from .sim_status import complete_status
@@ -86,7 +86,7 @@ class SimHopController(Device):
     approach_step = Cpt(QuantitySignal, value=0.02, kind="config", units="um")
     max_travel = Cpt(QuantitySignal, value=20.0, kind="config", units="um")
     stop_offset = Cpt(QuantitySignal, value=0.0, kind="config", units="um")
-    max_slope = Cpt(QuantitySignal, value=math.nan, kind="config", units="1")  # NaN: from the pipette
+    max_slope = Cpt(QuantitySignal, value=-1.0, kind="config", units="1")  # < 0: automatic (None)
     measure = Cpt(Signal, value=0, kind="config")
 
     def __init__(self, *args, stage=None, potentiostat=None, **kwargs):
@@ -146,12 +146,8 @@ class SimHopController(Device):
                         ("max_travel", max_travel)):
             check_positive(name, v)
         check_number("stop_offset", stop_offset, units="µm")
-        if max_slope is None:  # the steepest slope the pipette can image at all (cot θ): safe on any sample
-            if self._model is None:
-                raise InvalidArgument("max_slope=None: the controller has no pipette attached to derive it from; "
-                                      "pass max_slope (0–100)")
-            max_slope = _hh.default_max_slope(self._pipette()[2])
-        max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
+        # None: automatic, stored as -1 (hop_height.auto_max_slope, from the pipette and the measured noise)
+        max_slope = -1.0 if max_slope is None else float(check_number("max_slope", max_slope, 0.0, 100.0))
         measure = check_bool("measure", measure)
         return [(self.criterion, criterion), (self.setpoint, float(setpoint)), (self.hop_height, float(hop_height)),
                 (self.approach_step, float(approach_step)), (self.max_travel, float(max_travel)),
@@ -219,13 +215,15 @@ class SimHopController(Device):
         p = self._model.probe
         return p.radius, p.end_radius, p.half_angle
 
-    def _stop_distance(self, x: float, y: float, setpoint: float, step: float) -> float:
-        """Axis gap to stop at (µm), :func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`."""
+    def _stop_distance(self, x: float, y: float, setpoint: float, step: float, sigma1: float) -> float:
+        """Axis gap to stop at (µm), :func:`espt_bluesky.analysis.hop_height.sicm_stop_distance`; ``max_slope``
+        < 0 (None, the default) is :func:`~espt_bluesky.analysis.hop_height.auto_max_slope` of the pipette and
+        the noise ``sigma1`` of one sample."""
         ri, ro, th = self._pipette()
         d_set = float(sicm.distance_for_current_drop(setpoint, ri, ro, th))
         s = float(self.max_slope.get())
-        if not math.isfinite(s):  # None: what the pipette can image at all
-            s = hop_height.default_max_slope(th)
+        if not s >= 0.0:
+            s = hop_height.auto_max_slope(th, ro, float(sicm.access_length(ri, ro, th)), d_set, step, sigma1)
         return hop_height.sicm_stop_distance(d_set, ro, s, self._history, x, y, step)
 
     def _approach_sicm(self, x: float, y: float, z_top: float, step: float, max_steps: int) -> dict:
@@ -234,15 +232,13 @@ class SimHopController(Device):
         The steps adapt to the current–distance curve as it comes in
         (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`): coarse while the current says the surface is
         far, down to ``step`` (``approach_step``) as it starts to drop.  Each reading integrates as many samples
-        as let the curve see twice the stop distance (:func:`~espt_bluesky.analysis.hop_height.
+        as let the curve see 4× the stop distance (:func:`~espt_bluesky.analysis.hop_height.
         sicm_reading_samples`, at least 4).  Returns the stop height, the number of steps, the surface estimate
         and its error and the far current.
         """
         m = self._model
         ri, ro, th = self._pipette()
         A = float(sicm.access_length(ri, ro, th))
-        d_stop = self._stop_distance(x, y, float(self.setpoint.get()), step)
-        s_stop = d_stop / (d_stop + A)  # I/I_sat at the stop
         i_here = m.sicm_current()
         samples = np.asarray(self._noisy(i_here, self.N_REF * self.N_AVG), float)
         # the relative noise of one sample, pooled over the hops of this programme (a few samples per hop give
@@ -253,6 +249,8 @@ class SimHopController(Device):
             self._noise_ss += float(np.var(samples / np.mean(samples), ddof=1)) * (samples.size - 1)
             self._noise_dof += samples.size - 1
         sigma1 = math.sqrt(self._noise_ss / self._noise_dof) if self._noise_dof else 0.0
+        d_stop = self._stop_distance(x, y, float(self.setpoint.get()), step, sigma1)
+        s_stop = d_stop / (d_stop + A)  # I/I_sat at the stop
         n_avg = hop_height.samples_for_precision(sigma1, s_stop, A, 0.25 * step / math.sqrt(2.0))
         extra = max(n_avg - samples.size, 0)
         i_top = (float(np.sum(samples)) + float(np.sum(self._noisy(i_here, extra)))) / (samples.size + extra)

@@ -11,7 +11,6 @@ from bluesky.protocols import Configurable, Movable, Readable
 from ..errors import (FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, check_number,
                       fault_reason)
 from ..analysis import hop_height
-from ..analysis import hop_height as _hh  # hopping_scan has an argument of that name
 from ._detectors import check_detectors
 from ._common import (ApproachLimitReached, apply_settings, cell_on, check_points, check_step, check_xy,
                       checked_plan, configure_technique, device_error, grid_points, managed_run, pipette_geometry,
@@ -169,6 +168,11 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
 class SicmHops:
     """Plan-driven SICM hops that estimate heights as the device-mode controller does.
 
+    The descent steps adapt to the current–distance curve as it comes in
+    (:func:`espt_bluesky.analysis.hop_height.sicm_next_step`, each reading fitted against the reference read at the
+    top of the hop); ``max_slope=None`` is :func:`espt_bluesky.analysis.hop_height.auto_max_slope` of the pipette
+    and the noise measured at the start.
+
     Every reading integrates ``n_int`` base samples (the potentiostat's ``integration_time`` times ``n_int``, set
     once for the whole map so that every stream's configuration stays true); the reference and the height each
     average ``k`` ≥ 2 readings, ``k`` chosen per hop for a quarter-step precision from the noise (measured at the
@@ -184,7 +188,8 @@ class SicmHops:
     def __init__(self, pipette: tuple[float, float, float], max_slope: float | None, step: float, d_set: float):
         self.ri, self.ro, self.th = pipette
         self.A = hop_height.pipette_access_length(self.ri, self.ro, self.th)
-        # None: the steepest slope the pipette can image at all (cot θ), safe on any sample
+        # None: automatic (hop_height.auto_max_slope), from the pipette and the noise measured at the start
+        self.auto_slope = max_slope is None
         self.max_slope = hop_height.default_max_slope(self.th) if max_slope is None else float(max_slope)
         self.step = step
         self.d_set = d_set
@@ -208,6 +213,9 @@ class SicmHops:
         v = np.asarray(vals, float)
         if np.all(np.isfinite(v)) and np.mean(v) != 0:
             self._pool(v, 1)
+            if self.auto_slope:
+                self.max_slope = hop_height.auto_max_slope(self.th, self.ro, self.A, self.d_set, self.step,
+                                                           self.sigma1)
             # integrate each reading long enough that 2 of them (2 for the noise pool) give the height at the stop
             # max_slope implies: few events per hop
             d_stop = hop_height.sicm_stop_distance(self.d_set, self.ro, self.max_slope, step=self.step)
@@ -375,10 +383,12 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         radius r_o) touches a slope s before its axis reaches the setpoint distance d_set whenever s·r_o > d_set,
         and the ion current gives no warning of it (it averages the gap under the face); each hop therefore
         stops at least s·r_o + max(d_set/4, approach_step) above the surface (a smaller current drop there; the
-        height still comes from the current–distance curve, with more averaging).  None (default): the steepest
-        slope the pipette can image at all, cot(half-cone angle) (11.4 for 5°): no touch on any sample, at the
-        price of stopping ~0.9 µm above it and averaging longer; a smaller value (e.g. 5 for particles with
-        near-vertical rims, 0 for a flat film) is faster when the sample is known.  Steep slopes between hops
+        height still comes from the current–distance curve, with more averaging).  None (default): automatic
+        (:func:`espt_bluesky.analysis.hop_height.auto_max_slope`), the steepest slope a hop can clear while its
+        height is still measured to a quarter step within 4096 samples, at most cot(half-cone angle) (what the
+        pipette can image at all): 7.5 at a 1 % drop, 5.4 at 2 % with the bench's noise (rims up to ~80°; a hop
+        onto a steeper one may touch and is skipped as a fault).  A steeper sample: up to cot θ (11.4 for 5°),
+        at a cost in precision; a gentler one (0 for a flat film) hops faster.  Steep slopes between hops
         already made raise the stop distance by themselves.
     measure : dict, optional
         A waveform per hop: ``{"technique": "CV"|"CA"|"LSV", **potentiostat parameters}`` (``n_samples`` fixes
@@ -453,8 +463,7 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                               shape=pts.get("shape"), extents=pts.get("extents"), snaking=pts.get("snaking"),
                               hints={"dimensions": [[[keys[1]], "primary"], [[keys[0]], "primary"]]},
                               extra={"topography_key": topo_key, "valid_key": valid_key, "hop_mode": mode,
-                                     "max_slope_used": (max_slope if max_slope is not None or technique != "SICM"
-                                                        else _hh.default_max_slope(pipette_geometry(pr)[2])),
+
                                      "setpoint_distance": spec.stop_distance, "num_points": int(xs.size)})
     faults = _FaultLog(int(xs.size), max_consecutive_faults)
 
