@@ -184,7 +184,7 @@ def adaptive_hopping_scan(stage: Readable, potentiostat: Readable, *, technique:
                           reconstruction: str = "gp", resume: Any = None, height: float | None = None,
                           plane: Any = None, i_inf: float | None = None, hop_height: float = 2.0,
                           approach_step: float | None = None, max_travel: float = 20.0, drop: float = 0.01,
-                          contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float = 0.0,
+                          contact_current: float = 5e-13, stop_offset: float = 0.0, max_slope: float | None = None,
                           measure: Mapping | None = None, mode: str = "device", hopper: Movable | None = None,
                           on_fault: str = "skip", max_consecutive_faults: int = 5,
                           probe: Configurable | None = None, retract: float | None = None, context: Any = None,
@@ -280,7 +280,8 @@ or callable
     if threshold is not None:
         threshold = check_number("threshold", threshold)
     hop_height = check_step("hop_height", hop_height)
-    max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
+    if max_slope is not None:  # None: automatic, as in hopping_scan (hop_height.auto_max_slope)
+        max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
     if approach_step is not None:
         approach_step = check_step("approach_step", approach_step)
     if mode == "device" and hopper is None:
