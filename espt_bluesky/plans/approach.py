@@ -431,11 +431,8 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # sides: before that its steps keep to the upper bound), then before every _LATERAL_EVERY a of descent
             # (steps no longer than that) and at the stop
             stop = status in ("done", "floor")
-            # (a check once made keeps the cadence while the current has left i_T,inf by more than 1 %: a fooled
-            # estimate may lose its lower bound close in; far away, where the current has not moved, it does not)
-            rel3 = np.convolve(np.asarray(vals, float) / ref, np.ones(3) / 3.0, mode="valid")
-            departed = rel3.size > 0 and bool(np.any(np.abs(rel3 - 1.0) > 0.01))
-            near = ((z - step) - est.z0_hi < target + a) and (math.isfinite(est.z0_lo) or (bool(checks) and departed))
+            # (a check once made keeps the cadence: a fooled estimate may lose its lower bound close in)
+            near = bool(checks) or ((z - step) - est.z0_hi < target + a and math.isfinite(est.z0_lo))
             if near:
                 due = last_check - z >= 0.25 * a if stop else last_check - (z - step) > _LATERAL_EVERY * a + 1e-9
                 if due and (yield from check_here(est)):
