@@ -419,8 +419,9 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # the prediction), so its bounds mean little: steps of at most 30 % of the smallest distance the
             # present current allows for any κ, until the stretch close to the surface pins the surface down
             cap = max(spec.fine_step, 0.3 * a * crit.secm_cautious_distance(vals[-1] / ref, spec.rg))
-            # ... and never below the floor (the highest plausible surface plus the margin) all the same
-            room = z - (est.z0_hi + spec.safety_margin)
+            # ... and, when κ is given (the model is then fully specified: a surprise is noise, its bounds hold),
+            # never below the floor (the highest plausible surface plus the margin) all the same
+            room = z - (est.z0_hi + spec.safety_margin) if spec.kappa is not None else math.inf
             if room > 0.02 * a:
                 step, status = min(cap, max(spec.fine_step, 0.25 * a), room), "cautious"
             elif status != "floor":
