@@ -432,16 +432,19 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # sides: before that its steps keep to the upper bound), then before every _LATERAL_EVERY a of descent
             # (steps no longer than that) and at the stop
             stop = status in ("done", "floor")
-            # (a check once made keeps the cadence: a fooled estimate may lose its lower bound close in)
-            near = bool(checks) or ((z - step) - est.z0_hi < target + a and math.isfinite(est.z0_lo))
+            # (or, once the current has left i_T,inf by more than near_deviation, without the lower bound: a fooled
+            # estimate may lose it close in); once probed, steps stay within the cadence while the current is off
+            rel3 = np.convolve(np.asarray(vals, float) / ref, np.ones(3) / 3.0, mode="valid")
+            departed = rel3.size > 0 and bool(np.any(np.abs(rel3 - 1.0) > spec.near_deviation))
+            near = (z - step) - est.z0_hi < target + a and (math.isfinite(est.z0_lo) or departed)
             if near:
                 due = last_check - z >= 0.25 * a if stop else last_check - (z - step) > _LATERAL_EVERY * a + 1e-9
                 if due and (yield from check_here(est)):
                     return dict(status="mixed", est=est, n=n, z=z, checks=checks)
                 if due and stop and h_lat > 0.08 * a:
                     continue  # judge the stop again with the doubt the probe found
-                if not stop:
-                    step = min(step, max(_LATERAL_EVERY * a - (last_check - z), spec.fine_step))
+            if not stop and checks and (near or departed):
+                step = min(step, max(_LATERAL_EVERY * a - (last_check - z), spec.fine_step))
         if status in ("done", "floor"):
             if status == "floor" and n == 0:
                 raise ApproachLimitReached(
