@@ -419,8 +419,9 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # the prediction), so its bounds mean little: steps of at most 30 % of the smallest distance the
             # present current allows for any κ, until the stretch close to the surface pins the surface down
             cap = max(spec.fine_step, 0.3 * a * crit.secm_cautious_distance(vals[-1] / ref, spec.rg))
-            # ... and never below the floor (the highest plausible surface plus the margin) all the same
-            room = z - (est.z0_hi + spec.safety_margin)
+            # ... and, when κ is given (the model is then fully specified: a surprise is noise, its bounds hold),
+            # never below the floor (the highest plausible surface plus the margin) all the same
+            room = z - (est.z0_hi + spec.safety_margin) if spec.kappa is not None else math.inf
             if room > 0.02 * a:
                 step, status = min(cap, max(spec.fine_step, 0.25 * a), room), "cautious"
             elif status != "floor":
@@ -431,15 +432,19 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # sides: before that its steps keep to the upper bound), then before every _LATERAL_EVERY a of descent
             # (steps no longer than that) and at the stop
             stop = status in ("done", "floor")
-            near = bool(checks) or ((z - step) - est.z0_hi < target + a and math.isfinite(est.z0_lo))
+            # (or, once the current has left i_T,inf by more than near_deviation, without the lower bound: a fooled
+            # estimate may lose it close in); once probed, steps stay within the cadence while the current is off
+            rel3 = np.convolve(np.asarray(vals, float) / ref, np.ones(3) / 3.0, mode="valid")
+            departed = rel3.size > 0 and bool(np.any(np.abs(rel3 - 1.0) > spec.near_deviation))
+            near = (z - step) - est.z0_hi < target + a and (math.isfinite(est.z0_lo) or departed)
             if near:
                 due = last_check - z >= 0.25 * a if stop else last_check - (z - step) > _LATERAL_EVERY * a + 1e-9
                 if due and (yield from check_here(est)):
                     return dict(status="mixed", est=est, n=n, z=z, checks=checks)
                 if due and stop and h_lat > 0.08 * a:
                     continue  # judge the stop again with the doubt the probe found
-                if not stop:
-                    step = min(step, max(_LATERAL_EVERY * a - (last_check - z), spec.fine_step))
+            if not stop and checks and (near or departed):
+                step = min(step, max(_LATERAL_EVERY * a - (last_check - z), spec.fine_step))
         if status in ("done", "floor"):
             if status == "floor" and n == 0:
                 raise ApproachLimitReached(
