@@ -401,3 +401,23 @@ def test_charge_passed_of_a_sine_and_a_ramp():
     assert abs(charge_passed(t, np.sin(t))) < 1e-9  # a full period nets zero
     assert charge_passed(t, 1e-6 * np.ones_like(t)) == pytest.approx(2e-6 * np.pi, rel=1e-12)
     assert charge_passed(t, -t) == pytest.approx(-0.5 * (2 * np.pi) ** 2, rel=1e-12)  # exact for linear i
+
+
+def test_peak_refinement_is_the_parabola_vertex_and_survives_near_equal_potentials():
+    """The parabolic peak refinement equals numpy's quadratic fit through the three samples, and a pair of
+    potentials equal to the last bits (seen at the end of a bench CV: a singular 3x3 solve) keeps the sample."""
+    from espt_bluesky.analysis.voltammetry import _refine
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        x = np.sort(rng.uniform(-1.0, 1.0, 3))
+        y = rng.normal(size=3)
+        c = np.polyfit(x, y, 2)
+        xv = -c[1] / (2 * c[0])
+        got = _refine(x, y, 1)
+        if x[0] <= xv <= x[2]:
+            assert got == pytest.approx((xv, np.polyval(c, xv)), rel=1e-9, abs=1e-12)
+        else:
+            assert got == (x[1], y[1])
+    e = np.array([2.95488722, 2.98496241, 2.98496241 + 4e-16])
+    assert _refine(e, np.array([6.48e-13, 6.72e-13, 3.0e-15]), 1) == (e[1], 6.72e-13)

@@ -297,13 +297,17 @@ def _refine(E: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float]:
     if 0 < k < y.size - 1:
         x0, x1, x2 = E[k - 1], E[k], E[k + 1]
         y0, y1, y2 = y[k - 1], y[k], y[k + 1]
-        if x0 != x1 and x1 != x2 and x0 != x2 and (x1 - x0) * (x2 - x1) > 0:
-            A = np.array([[x0 * x0, x0, 1.0], [x1 * x1, x1, 1.0], [x2 * x2, x2, 1.0]])
-            a, b, c = np.linalg.solve(A, np.array([y0, y1, y2]))
+        # samples closer than ~1e-9 of the window (a waveform's repeated set point, rounding at a vertex) make the
+        # parabola meaningless (seen: a singular 3x3 solve on a bench CV): keep the sample itself
+        tiny = 1e-9 * max(abs(x0), abs(x2), 1.0)
+        if abs(x1 - x0) > tiny and abs(x2 - x1) > tiny and (x1 - x0) * (x2 - x1) > 0:
+            # vertex of the parabola through three points, in divided differences about x1 (well conditioned)
+            d0, d2 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+            a = (d2 - d0) / (x2 - x0)
             if a != 0:
-                xv = -b / (2 * a)
+                xv = 0.5 * (x1 + x0) - d0 / (2 * a)
                 if min(x0, x2) <= xv <= max(x0, x2):
-                    return float(xv), float(c - b * b / (4 * a))
+                    return float(xv), float(y1 + d0 * (xv - x1) + a * (xv - x1) * (xv - x0))
     return float(E[k]), float(y[k])
 
 
