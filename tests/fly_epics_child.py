@@ -41,43 +41,35 @@ def run(plan):
     return res, docs
 
 
-ioc = IOCProcess("bench", "F1:", PORTS[0], ENV, technique="SECM", sample="patterned", seed=SEED,
-                 options={"noise": 0.0}, log_path=str(work / "ioc.log")).start()
-try:
-    local = make_sim_bench("SECM", "patterned", seed=SEED, noise=0.0)
-    fs, fd = make_fly_devices(local, work / "local")
-    res, docs = run(fly_image(fs, fd, local.stage, local.potentiostat, **IMAGE))
-    ref = read_map(docs)
+def local_and_epics(prefix: str, technique: str, plan, **kwargs):
+    """The same fly plan on the in-process bench and over a bench IOC at ``prefix`` (same seed, noise off):
+    (exit statuses, local map, EPICS map, the EPICS detector, the EPICS run's documents)."""
+    ioc = IOCProcess("bench", prefix, PORTS[0], ENV, technique=technique, sample="patterned", seed=SEED,
+                     options={"noise": 0.0}, log_path=str(work / f"ioc_{prefix.strip(':')}.log")).start()
+    try:
+        local = make_sim_bench(technique, "patterned", seed=SEED, noise=0.0)
+        fs, fd = make_fly_devices(local, work / "local")
+        res, docs = run(plan(fs, fd, local.stage, local.potentiostat, **kwargs))
+        eb = make_epics_bench(prefix)
+        es, ed = make_epics_fly_devices(f"{prefix}fly:", work / "epics")
+        res2, docs2 = run(plan(es, ed, eb.stage, eb.potentiostat, **kwargs))
+        return [res.exit_status, res2.exit_status], read_map(docs), read_map(docs2), ed, docs2
+    finally:
+        ioc.stop()
 
-    eb = make_epics_bench("F1:")
-    es, ed = make_epics_fly_devices("F1:fly:", work / "epics")
-    res2, docs2 = run(fly_image(es, ed, eb.stage, eb.potentiostat, **IMAGE))
-    got = read_map(docs2)
-    out["image"] = dict(
-        exit=[res.exit_status, res2.exit_status],
-        shape=list(got.fly_current_forward.shape),
-        max_rel_diff=max(float(np.nanmax(np.abs(got[v].values - ref[v].values)) / np.nanmax(np.abs(ref[v].values)))
-                         for v in ("fly_current_forward", "fly_current_backward")),
-        n_samples=int(got.n_forward.sum() + got.n_backward.sum()),
-        file=str(ed.file_path), keys=sorted(k for k in [d for n, d in docs2 if n == "descriptor"][0]["data_keys"]))
-finally:
-    ioc.stop()
 
-ioc = IOCProcess("bench", "F2:", PORTS[0], ENV, technique="SICM", sample="patterned", seed=SEED,
-                 options={"noise": 0.0}, log_path=str(work / "ioc2.log")).start()
-try:
-    local = make_sim_bench("SICM", "patterned", seed=SEED, noise=0.0)
-    fs, fd = make_fly_devices(local, work / "local")
-    HOPS = dict(x_range=(30.0, 70.0, 21), y_range=(50.0, 50.0, 1), hop_height=1.0, drop=0.01)
-    res, docs = run(fly_hops(fs, fd, local.stage, local.potentiostat, **HOPS))
-    ref = read_map(docs)
-    eb = make_epics_bench("F2:")
-    es, ed = make_epics_fly_devices("F2:fly:", work / "epics")
-    res2, docs2 = run(fly_hops(es, ed, eb.stage, eb.potentiostat, **HOPS))
-    got = read_map(docs2)
-    out["hops"] = dict(exit=[res.exit_status, res2.exit_status],
-                       max_abs_diff_um=float(np.nanmax(np.abs(got.fly_surface_z.values - ref.fly_surface_z.values))),
-                       n=int(np.isfinite(got.fly_surface_z.values).sum()))
-finally:
-    ioc.stop()
+exits, ref, got, ed, docs2 = local_and_epics("F1:", "SECM", fly_image, **IMAGE)
+out["image"] = dict(
+    exit=exits,
+    shape=list(got.fly_current_forward.shape),
+    max_rel_diff=max(float(np.nanmax(np.abs(got[v].values - ref[v].values)) / np.nanmax(np.abs(ref[v].values)))
+                     for v in ("fly_current_forward", "fly_current_backward")),
+    n_samples=int(got.n_forward.sum() + got.n_backward.sum()),
+    file=str(ed.file_path), keys=sorted(k for k in [d for n, d in docs2 if n == "descriptor"][0]["data_keys"]))
+
+HOPS = dict(x_range=(30.0, 70.0, 21), y_range=(50.0, 50.0, 1), hop_height=1.0, drop=0.01)
+exits, ref, got, _, _ = local_and_epics("F2:", "SICM", fly_hops, **HOPS)
+out["hops"] = dict(exit=exits,
+                   max_abs_diff_um=float(np.nanmax(np.abs(got.fly_surface_z.values - ref.fly_surface_z.values))),
+                   n=int(np.isfinite(got.fly_surface_z.values).sum()))
 print("RESULT " + json.dumps(out))
