@@ -26,15 +26,13 @@ from bluesky.protocols import Configurable, Movable, Readable
 
 from ..analysis import gp_sampling as gps
 from ..analysis import voltammetry as volt
-from ..errors import (InvalidArgument, check_bool, check_choice, check_int, check_number, check_positive, fault_reason)
-from ._common import (apply_settings, cell_on, check_step, check_xy, check_z, checked_plan, device_error, managed_run,
-                      pipette_geometry, probe_of, probe_radius, put_values, simulated, soft_signals)
-from ._detectors import check_detectors
+from ..errors import InvalidArgument, check_bool, check_choice, check_int, check_number, check_positive
+from ._common import (cell_on, check_xy, check_z, checked_plan, managed_run, pipette_geometry, probe_radius, put_values,
+                      simulated, soft_signals)
 from .adaptive_agent import GPMapAgent
-from .approach import make_approach_spec
 from .imaging import _as_plane, _move_xyz, _prepare_read
-from .hopping import (FAULT_POLICIES, SicmHops, _FaultLog, _measure_spec, configure_measure, hop_signals,
-                      hop_stub, mark_not_measured)
+from .hopping import (SicmHops, _FaultLog, check_hop_args, configure_measure, device_hop, hop_stub,
+                      prepare_device_hops)
 from .metadata import build_start_md
 
 __all__ = ["adaptive_hopping_scan", "OBJECTIVES", "DECISION_KEYS"]
@@ -263,13 +261,10 @@ or callable
     secm = technique == "SECM"
     if secm:  # constant height: no hops, no hopping controller
         mode, hopper = "plan", None
-    mode = check_choice("mode", mode, ("device", "plan"))
-    on_fault = check_choice("on_fault", on_fault, FAULT_POLICIES)
     strategy = check_choice("strategy", strategy, gps.STRATEGIES)
     survey = check_choice("survey", survey, gps.SURVEYS)
     max_hops = check_int("max_hops", max_hops, 1, 100_000)
     max_invalid = max_hops if max_invalid is None else check_int("max_invalid", max_invalid, 0, 100_000)
-    max_consecutive_faults = check_int("max_consecutive_faults", max_consecutive_faults, 1, 10**6)
     refit_every = check_int("refit_every", refit_every, 1, 10_000)
     anisotropic = check_bool("anisotropic", anisotropic)
     reconstruction = check_choice("reconstruction", reconstruction, gps.RECONSTRUCTIONS)
@@ -279,25 +274,18 @@ or callable
     nu = float(check_choice("nu", str(float(nu)) if isinstance(nu, (int, float)) else nu, ("0.5", "1.5", "2.5")))
     if threshold is not None:
         threshold = check_number("threshold", threshold)
-    hop_height = check_step("hop_height", hop_height)
-    if max_slope is not None:  # None: automatic, as in hopping_scan (hop_height.auto_max_slope)
-        max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
-    if approach_step is not None:
-        approach_step = check_step("approach_step", approach_step)
-    if mode == "device" and hopper is None:
-        raise InvalidArgument("hopper=None with mode='device': pass the hopping controller (bench.hopper) or "
-                              "use mode='plan'")
     if secm and measure is not None:
         raise InvalidArgument(f"measure={measure!r} with technique='SECM': the constant-height landing reads the tip "
                               f"current; pass measure=None")
-    meas = _measure_spec(potentiostat, technique, measure)
-    dets = check_detectors(detectors)
-    spec = None if secm else make_approach_spec(
-        stage, potentiostat, technique=technique, probe=probe, drop=drop, contact_current=contact_current,
-        working_distance=None, fine_step=approach_step, coarse_step=approach_step, max_travel=max_travel,
-        stop_offset=stop_offset)
-    retract = check_step("retract", max(hop_height, 2.0) if retract is None else retract)
-    pr = probe_of(potentiostat, probe)
+    # the checks and derived settings every hopping map shares (hopping_scan's)
+    hs = check_hop_args(stage, potentiostat, technique=technique, mode=mode, hopper=hopper, on_fault=on_fault,
+                        max_consecutive_faults=max_consecutive_faults, hop_height=hop_height,
+                        approach_step=approach_step, max_slope=max_slope, measure=measure, detectors=detectors,
+                        probe=probe, drop=drop, contact_current=contact_current, max_travel=max_travel,
+                        stop_offset=stop_offset, retract=retract, approach=not secm)
+    mode, on_fault, hop_height, max_slope = hs.mode, hs.on_fault, hs.hop_height, hs.max_slope
+    meas, dets, spec, sigs, pr = hs.meas, hs.dets, hs.spec, hs.signals, hs.probe
+    keys, topo_key, valid_key = hs.keys, hs.topo_key, hs.valid_key
 
     # the region, its candidates and the survey: all checked before anything moves
     bounds, poly = _region(stage, x_range, y_range, region)
@@ -332,16 +320,6 @@ or callable
         raise InvalidArgument(f"the region holds {len(cand)} candidate landing: a map needs at least 2")
 
     # the objective
-    sigs = hop_signals()
-    if mode == "device":
-        keys = (hopper.x.name, hopper.y.name)
-        topo_key, valid_key = hopper.surface_z.name, hopper.valid.name
-    elif secm:
-        keys = (stage.x.name, stage.y.name)
-        topo_key, valid_key = None, None
-    else:
-        keys = (stage.x.name, stage.y.name)
-        topo_key, valid_key = sigs["surface_z"].name, sigs["hop_valid"].name
     chan = (meas or {}).get("channel", "substrate" if technique == "SECCM" else "tip")
     obj_fn, obj_name, obj_units = _objective_fn(objective, technique, meas, potentiostat,
                                                 {"height": topo_key, "current": getattr(potentiostat, chan).current.name},
@@ -377,7 +355,7 @@ or callable
                 approach_step=None if secm else spec.fine_step, max_travel=max_travel, drop=drop,
                 contact_current=contact_current, height=height, i_inf=secm_md.get("i_inf"),
                 stop_offset=stop_offset, max_slope=max_slope, measure=measure, mode=mode, on_fault=on_fault,
-                max_consecutive_faults=max_consecutive_faults, detectors=[d.name for d in dets])
+                max_consecutive_faults=hs.max_consecutive_faults, detectors=[d.name for d in dets])
     start_md = build_start_md("adaptive_hopping_scan", args, technique=technique,
                               mode="constant_height" if secm else "hopping", probe=pr,
                               context=context, sample_md=sample_md, md=md, map_keys=keys, order="adaptive",
@@ -390,28 +368,14 @@ or callable
                                      "decisions_stream": "decisions",
                                      **({} if not secm else dict(plane=pl.as_dict(), height=float(height),
                                                                  i_inf=secm_md["i_inf"]))})
-    faults = _FaultLog(int(max_hops), max_consecutive_faults)
+    faults = _FaultLog(int(max_hops), hs.max_consecutive_faults)
     dsig = _decision_signals(obj_units)
     state: dict[str, Any] = dict(x=[], y=[], valid=[], objective=[], stop_reason="", t_hops=[])
     reading: dict[str, Any] = {}
 
-    def device_hop(x, y):
-        yield from bps.mv(hopper, (float(x), float(y)))
-        try:
-            yield from _capture_reads(bps.trigger_and_read([hopper, *dets]), reading, "primary")
-        except Exception as exc:
-            err = device_error(exc)
-            if fault_reason(err) is None:
-                raise
-            mark_not_measured(dets)  # as hopping_scan: extra detectors read NaN, their asset rows stay aligned
-            yield from bps.create("primary")  # the controller retracted and marked the hop invalid
-            for dev in (hopper, *dets):
-                yield from bps.read(dev)
-            yield from bps.save()
-            if on_fault == "stop":
-                raise err
-            return dict(valid=False, fault=hopper.fault.get(), message=str(err))
-        return dict(valid=True, fault="", message="")
+    def dev_hop(x, y):
+        # hopping_scan's device hop; the reading of the hop (valid or not) is kept for the objective
+        return (yield from _capture_reads(device_hop(hopper, dets, x, y, on_fault=on_fault), reading, "primary"))
 
     last = {"contact": None}
     # plan-mode SICM hops estimate heights as hopping_scan's do (noise-adapted averaging, slope margin)
@@ -462,12 +426,9 @@ or callable
         if secm:
             yield from _prepare_read(potentiostat, None)
         elif mode == "device":
-            yield from apply_settings(hopper.hop_settings(
-                criterion="current_drop" if technique == "SICM" else "contact",
-                setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
-                approach_step=spec.fine_step, max_travel=max_travel,
-                stop_offset=spec.stop_offset, max_slope=max_slope, measure=meas is not None))
-        if not secm:
+            yield from prepare_device_hops(hopper, potentiostat, hs, technique=technique, drop=drop,
+                                           contact_current=contact_current, max_travel=max_travel)
+        else:
             yield from cell_on(potentiostat)
             yield from configure_measure(potentiostat, meas)
         t0 = time.monotonic()
@@ -493,7 +454,7 @@ or callable
             x, y = float(x[0]), float(y[0])
             t_hop = time.monotonic()
             reading.clear()
-            res = yield from (secm_hop(x, y) if secm else device_hop(x, y) if mode == "device" else plan_hop(x, y))
+            res = yield from (secm_hop(x, y) if secm else dev_hop(x, y) if mode == "device" else plan_hop(x, y))
             state["t_hops"].append(time.monotonic() - t_hop)
             val = yield from value_for(res)
             agent.ingest([{"_id": s["_id"], "x": x, "y": y, "objective": val, "valid": res["valid"]}])
@@ -526,7 +487,7 @@ or callable
                  f"{agent.n_valid} valid hops", faults.summary()]
         return "; ".join(p for p in parts if p)
 
-    return (yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
+    return (yield from managed_run(body(), md=start_md, stage=stage, potentiostat=potentiostat, retract=hs.retract,
                                    stage_devices=[potentiostat, *dets], stop_reason=stop_reason))
 
 

@@ -1,6 +1,7 @@
 """Hopping scans (SICM, SECCM): approach at each point, measure, retract by the hop height, move on."""
 
 import math
+from dataclasses import dataclass
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
@@ -343,6 +344,119 @@ class _FaultLog:
                 f"with valid=0 and in the 'faults' stream")
 
 
+@dataclass
+class HopSetup:
+    """The checked settings of a hopping map, shared by :func:`hopping_scan` and
+    :func:`~espt_bluesky.plans.adaptive.adaptive_hopping_scan` (made by :func:`check_hop_args`)."""
+
+    mode: str
+    on_fault: str
+    max_consecutive_faults: int
+    hop_height: float
+    approach_step: float | None
+    max_slope: float | None
+    meas: dict | None  # the per-hop measurement (``_measure_spec``), None: the channel current at the setpoint
+    dets: list  # extra detectors read at every hop
+    spec: Any  # the approach spec (None when the map does not approach, e.g. SECM at constant height)
+    retract: float
+    probe: Any
+    signals: dict  # plan-mode hop signals (:func:`hop_signals`)
+    keys: tuple[str, str]  # the x/y data keys of the map
+    topo_key: str | None
+    valid_key: str | None
+
+
+def check_hop_args(stage: Any, potentiostat: Any, *, technique: str, mode: str, hopper: Any, on_fault: str,
+                   max_consecutive_faults: int, hop_height: float, approach_step: float | None,
+                   max_slope: float | None, measure: Mapping | None, detectors: Sequence[Any] | None,
+                   probe: Any, drop: float, contact_current: float, max_travel: float, stop_offset: float,
+                   retract: float | None, approach: bool = True) -> HopSetup:
+    """Check the arguments every hopping map shares, before anything moves (errors name the argument, the value
+    and what is allowed), and derive the approach spec, the measurement and the data keys.
+
+    ``approach=False``: the map does not approach at each landing (SECM at constant height): no approach spec,
+    and the map's keys are the stage's.
+    """
+    mode = check_choice("mode", mode, ("device", "plan"))
+    on_fault = check_choice("on_fault", on_fault, FAULT_POLICIES)
+    max_consecutive_faults = check_int("max_consecutive_faults", max_consecutive_faults, 1, 10**6)
+    hop_height = check_step("hop_height", hop_height)
+    if approach_step is not None:
+        approach_step = check_step("approach_step", approach_step)
+    if max_slope is not None:  # None: automatic (hop_height.auto_max_slope)
+        max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
+    if mode == "device" and hopper is None:
+        raise InvalidArgument("hopper=None with mode='device': pass the hopping controller (bench.hopper) or "
+                              "use mode='plan'")
+    meas = _measure_spec(potentiostat, technique, measure)
+    dets = check_detectors(detectors)
+    spec = None if not approach else make_approach_spec(
+        stage, potentiostat, technique=technique, probe=probe, drop=drop, contact_current=contact_current,
+        working_distance=None, fine_step=approach_step, coarse_step=approach_step, max_travel=max_travel,
+        stop_offset=stop_offset)
+    retract = check_step("retract", max(hop_height, 2.0) if retract is None else retract)
+    pr = probe_of(potentiostat, probe)
+    sigs = hop_signals()
+    if mode == "device":
+        keys = (hopper.x.name, hopper.y.name)
+        topo_key, valid_key = hopper.surface_z.name, hopper.valid.name
+    elif not approach:
+        keys, topo_key, valid_key = (stage.x.name, stage.y.name), None, None
+    else:
+        keys = (stage.x.name, stage.y.name)
+        topo_key, valid_key = sigs["surface_z"].name, sigs["hop_valid"].name
+    return HopSetup(mode=mode, on_fault=on_fault, max_consecutive_faults=max_consecutive_faults,
+                    hop_height=hop_height, approach_step=approach_step, max_slope=max_slope, meas=meas, dets=dets,
+                    spec=spec, retract=retract, probe=pr, signals=sigs, keys=keys, topo_key=topo_key,
+                    valid_key=valid_key)
+
+
+def prepare_device_hops(hopper: Any, potentiostat: Any, hs: HopSetup, *, technique: str, drop: float,
+                        contact_current: float, max_travel: float):
+    """Plan stub: set the hopping controller up for the map (criterion, setpoint, hop height, steps), switch the
+    cell on and configure the per-hop measurement."""
+    yield from apply_settings(hopper.hop_settings(
+        criterion="current_drop" if technique == "SICM" else "contact",
+        setpoint=drop if technique == "SICM" else contact_current, hop_height=hs.hop_height,
+        approach_step=hs.spec.fine_step, max_travel=max_travel,
+        stop_offset=hs.spec.stop_offset, max_slope=hs.max_slope, measure=hs.meas is not None))
+    yield from cell_on(potentiostat)
+    yield from configure_measure(potentiostat, hs.meas)
+
+
+def device_hop(hopper: Any, dets: Sequence[Any], x: float, y: float, *, on_fault: str
+               ) -> Generator[Any, Any, dict]:
+    """Plan stub (inside an open run): one hop of the hopping controller at (x, y) µm, read with ``dets`` into
+    ``primary``.
+
+    A fault the controller reports (crash, overload, no contact, criterion never met: it has retracted and marked
+    the hop invalid) is recorded as an event of the invalid hop (extra detectors read NaN, their asset rows stay
+    aligned); with ``on_fault="stop"`` the error is then re-raised.  Any other error propagates.
+
+    Returns
+    -------
+    dict
+        ``valid``, ``fault`` (the controller's reason or ""), ``message`` (the error text), ``reading`` (the
+        event's reading of a valid hop, else None).
+    """
+    yield from bps.mv(hopper, (float(x), float(y)))
+    try:
+        r = yield from bps.trigger_and_read([hopper, *dets])
+    except Exception as exc:
+        err = device_error(exc)
+        if fault_reason(err) is None:
+            raise
+        mark_not_measured(dets)
+        yield from bps.create("primary")
+        for dev in (hopper, *dets):
+            yield from bps.read(dev)
+        yield from bps.save()
+        if on_fault == "stop":
+            raise err
+        return dict(valid=False, fault=hopper.fault.get(), message=str(err), reading=None)
+    return dict(valid=True, fault="", message="", reading=r)
+
+
 @checked_plan(("SICM", "SECCM"))
 def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_range: tuple | None = None,
                  y_range: tuple | None = None, points: Sequence | None = None, order: str = "grid",
@@ -425,38 +539,21 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
     ...                        y_range=(20, 40, 11), hop_height=8.0, hopper=bench.hopper)).plan_result
     """
     technique = check_choice("technique", technique, ("SICM", "SECCM"))
-    mode = check_choice("mode", mode, ("device", "plan"))
-    on_fault = check_choice("on_fault", on_fault, FAULT_POLICIES)
-    max_consecutive_faults = check_int("max_consecutive_faults", max_consecutive_faults, 1, 10**6)
+    hs = check_hop_args(stage, potentiostat, technique=technique, mode=mode, hopper=hopper, on_fault=on_fault,
+                        max_consecutive_faults=max_consecutive_faults, hop_height=hop_height,
+                        approach_step=approach_step, max_slope=max_slope, measure=measure, detectors=detectors,
+                        probe=probe, drop=drop, contact_current=contact_current, max_travel=max_travel,
+                        stop_offset=stop_offset, retract=retract)
     pts = scan_points(stage, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake, seed=seed)
-    hop_height = check_step("hop_height", hop_height)
-    if approach_step is not None:
-        approach_step = check_step("approach_step", approach_step)
-    if max_slope is not None:
-        max_slope = float(check_number("max_slope", max_slope, 0.0, 100.0))
-    meas = _measure_spec(potentiostat, technique, measure)
-    dets = check_detectors(detectors)
-    spec = make_approach_spec(stage, potentiostat, technique=technique, probe=probe, drop=drop,
-                              contact_current=contact_current, working_distance=None, fine_step=approach_step,
-                              coarse_step=approach_step, max_travel=max_travel, stop_offset=stop_offset)
-    if mode == "device" and hopper is None:
-        raise InvalidArgument("hopper=None with mode='device': pass the hopping controller (bench.hopper) or "
-                              "use mode='plan'")
-    retract = check_step("retract", max(hop_height, 2.0) if retract is None else retract)
-    pr = probe_of(potentiostat, probe)
+    mode, on_fault, hop_height, max_slope = hs.mode, hs.on_fault, hs.hop_height, hs.max_slope
+    meas, dets, spec, sigs, pr = hs.meas, hs.dets, hs.spec, hs.signals, hs.probe
+    keys, topo_key, valid_key = hs.keys, hs.topo_key, hs.valid_key
     xs, ys = pts["x"], pts["y"]
-    sigs = hop_signals()
-    if mode == "device":
-        keys = (hopper.x.name, hopper.y.name)
-        topo_key, valid_key = hopper.surface_z.name, hopper.valid.name
-    else:
-        keys = (stage.x.name, stage.y.name)
-        topo_key, valid_key = sigs["surface_z"].name, sigs["hop_valid"].name
     args = dict(technique=technique, x_range=x_range, y_range=y_range, points=points, order=order, snake=snake,
                 seed=seed, hop_height=hop_height, approach_step=spec.fine_step, max_travel=max_travel, drop=drop,
                 contact_current=contact_current, stop_offset=stop_offset, max_slope=max_slope, measure=measure,
                 mode=mode,
-                on_fault=on_fault, max_consecutive_faults=max_consecutive_faults,
+                on_fault=on_fault, max_consecutive_faults=hs.max_consecutive_faults,
                 detectors=[d.name for d in dets])
     start_md = build_start_md("hopping_scan", args, technique=technique, mode="hopping", probe=pr, context=context,
                               sample_md=sample_md, md=md, map_keys=keys, order=pts["map_order"],
@@ -465,39 +562,21 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                               extra={"topography_key": topo_key, "valid_key": valid_key, "hop_mode": mode,
 
                                      "setpoint_distance": spec.stop_distance, "num_points": int(xs.size)})
-    faults = _FaultLog(int(xs.size), max_consecutive_faults)
+    faults = _FaultLog(int(xs.size), hs.max_consecutive_faults)
 
     def device_body():
-        yield from apply_settings(hopper.hop_settings(
-            criterion="current_drop" if technique == "SICM" else "contact",
-            setpoint=drop if technique == "SICM" else contact_current, hop_height=hop_height,
-            approach_step=spec.fine_step, max_travel=max_travel,
-            stop_offset=spec.stop_offset, max_slope=max_slope, measure=meas is not None))
-        yield from cell_on(potentiostat)
-        yield from configure_measure(potentiostat, meas)
+        yield from prepare_device_hops(hopper, potentiostat, hs, technique=technique, drop=drop,
+                                       contact_current=contact_current, max_travel=max_travel)
         topo = []
         for i, (x, y) in enumerate(zip(xs, ys)):
             yield from bps.checkpoint()
-            yield from bps.mv(hopper, (float(x), float(y)))
-            try:
-                r = yield from bps.trigger_and_read([hopper, *dets])
-            except Exception as exc:
-                err = device_error(exc)
-                if fault_reason(err) is None:
-                    raise
-                # the controller retracted and marked the hop invalid: record it, then skip or stop
-                mark_not_measured(dets)
-                yield from bps.create("primary")
-                for dev in (hopper, *dets):
-                    yield from bps.read(dev)
-                yield from bps.save()
+            res = yield from device_hop(hopper, dets, x, y, on_fault=on_fault)
+            if not res["valid"]:  # the controller retracted and marked the hop invalid: recorded, skipped
                 topo.append(np.nan)
-                if on_fault == "stop":
-                    raise err
-                yield from faults.record(i, x, y, hopper.fault.get(), str(err))
+                yield from faults.record(i, x, y, res["fault"], res["message"])
                 continue
             faults.ok()
-            topo.append(value_of(r, hopper.surface_z))
+            topo.append(value_of(res["reading"], hopper.surface_z))
         return np.asarray(topo, float)
 
     def plan_body():
@@ -527,5 +606,5 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
         return (yield from bpp.finalize_wrapper(hops(), sh.restore(potentiostat)))
 
     body = device_body() if mode == "device" else plan_body()
-    return (yield from managed_run(body, md=start_md, stage=stage, potentiostat=potentiostat, retract=retract,
+    return (yield from managed_run(body, md=start_md, stage=stage, potentiostat=potentiostat, retract=hs.retract,
                                    stage_devices=[potentiostat, *dets], stop_reason=faults.summary))
