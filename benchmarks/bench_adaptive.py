@@ -12,9 +12,10 @@ Adaptive = :func:`espt_bluesky.plans.adaptive.adaptive_hopping_scan`; random and
 ``scipy.stats.qmc``) = :func:`~espt_bluesky.plans.hopping.hopping_scan` with ``order="points"``; full grid =
 ``hopping_scan`` on a 21 × 21 grid (441 hops, 2 µm pitch).  Every map is made the same way from the valid hops of
 its run with the sample's map model (:func:`espt_bluesky.analysis.gp_sampling.reconstruct`, the product the
-adaptive plan writes: composite_cathode one GP per class (particle / binder, split at 0.25 µm), hopg an anisotropic
+adaptive plan writes: composite_cathode one GP per class (particle / binder, split at 0.25 µm), each of a power
+transform of the height's distance from the split, the power chosen by marginal likelihood; hopg an anisotropic
 GP mean); the isotropic GP mean of the first version of this benchmark and a linear interpolation are printed
-beside it.  Budgets: 10, 20, 30 % of the full grid's hops, read as prefixes of one run.
+beside it.  Budgets: 10, 20, 30 % of the full grid's hops (``--budgets`` adds more), read as prefixes of one run.
 
 Goal (issue 13): the full grid's error reached with <= 30 % of its hops (median over seeds) and better than both
 baselines at equal budget in >= 80 % of the seeds.
@@ -215,7 +216,7 @@ def main():
     ap.add_argument("--samples", nargs="+", default=list(CASES))
     ap.add_argument("--strategies", nargs="+", default=None,
                     help="default: the strategy that suits the map (hopg: boundary, a class map; "
-                         "composite_cathode: mapping, a continuous height map)")
+                         "composite_cathode: gradient, a continuous height map with steep rims)")
     ap.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS),
                     help="hop budgets (prefixes of one run); the goal is judged at 132 (30 %% of the grid)")
     ap.add_argument("--replot", action="store_true", help="redraw the figure from the saved json only")

@@ -438,3 +438,30 @@ def test_secm_log_kappa_objective_is_the_inverted_feedback(RE):
     expect = np.log10(np.clip(invert_kappa(cur / start["i_inf"], 3.0 / a, 10.0), 1e-3, 1e3))
     got = np.array(_decisions(RE)["decision_objective"])
     assert np.allclose(got, expect) and np.all((got > -3) & (got < 3))  # HOPG: finite κ (0.1 basal .. 10 edge)
+
+
+def test_piecewise_map_warp_picks_the_cap_power_and_beats_no_warp():
+    """A spheroidal cap h = 0.6·√(r² − ρ²) on a flat binder: h² is quadratic, so the marginal likelihood must pick a
+    power that straightens the rim (>= 1.5, not the identity), and the warped map must beat the unwarped one on
+    the same hops."""
+    rng = np.random.default_rng(3)
+    r = 6.0
+
+    def cap(x, y):
+        return 0.6 * np.sqrt(np.clip(r * r - x * x - y * y, 0.0, None))
+
+    P = rng.uniform(-8.0, 8.0, (70, 2))
+    v = cap(P[:, 0], P[:, 1])
+    on = v > 0.25
+    _, lam = gps.fit_warped_gp(P[on], v[on], span=16.0, min_length=0.5)
+    assert lam >= 1.5, lam
+    ev = np.linspace(-8.0, 8.0, 41)
+    EX, EY = np.meshgrid(ev, ev)
+    pts = np.column_stack([EX.ravel(), EY.ravel()])
+    truth = cap(pts[:, 0], pts[:, 1])
+    kw = dict(how="piecewise", span=16.0, min_length=0.5, threshold=0.25)
+    e_warp = np.sqrt(np.mean((gps.reconstruct(P, v, pts, **kw)[0] - truth) ** 2))
+    e_plain = np.sqrt(np.mean((gps.reconstruct(P, v, pts, warp=False, **kw)[0] - truth) ** 2))
+    assert e_warp < 0.8 * e_plain, (e_warp, e_plain)
+    with pytest.raises(InvalidArgument, match="positive"):
+        gps.fit_warped_gp(P[:5], np.array([1.0, 2.0, 0.0, 3.0, 1.0]), span=16.0, min_length=0.5)

@@ -34,7 +34,10 @@ evidence along straight features (HOPG step bands): the map then places an edge 
 Maps (:func:`reconstruct`): ``"gp"`` (the GP mean) or ``"piecewise"`` (two-phase samples: the hops are split at a
 class threshold, each class gets its own GP and each map point takes the GP of its class, the class boundary
 lying midway between hops of the two classes).  One stationary GP cannot serve flat binder and steep particle
-rims at once; two can.
+rims at once; two can.  Each class's GP is fitted to a power (Box-Cox) transform of its values' distance from the
+threshold, the power chosen by marginal likelihood (:func:`fit_warped_gp`, a warped GP, Snelson et al. 2004):
+a particle whose height rises steeply at its rim and flattens on top is a smooth function of (x, y) only after
+such a warp (a spheroidal cap h ∝ √(r² − ρ²) exactly at power 2), and a stationary GP then serves rim and top.
 """
 
 from __future__ import annotations
@@ -50,14 +53,16 @@ from threadpoolctl import threadpool_limits
 from ..errors import InvalidArgument, check_choice, check_positive
 
 __all__ = ["STRATEGIES", "SURVEYS", "Proposal", "points_in_polygon", "candidate_grid", "survey_points",
-           "far_enough", "fit_gp", "predict", "acquisition", "propose", "map_error", "reconstruct",
-           "RECONSTRUCTIONS"]
+           "far_enough", "fit_gp", "fit_warped_gp", "predict", "acquisition", "propose", "map_error", "reconstruct",
+           "RECONSTRUCTIONS", "WARP_POWERS"]
 
 STRATEGIES = ("mapping", "hotspots", "balanced", "boundary", "gradient")
 RECONSTRUCTIONS = ("gp", "piecewise")
 #: Floor of the slope weight of ``"gradient"`` (fraction of the largest predicted slope).
 GRADIENT_FLOOR = 0.2
 SURVEYS = ("corners", "3x3")
+#: Box-Cox powers λ tried by :func:`fit_warped_gp` (1: no warp).
+WARP_POWERS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 #: Most candidates a grid may hold (the spacing grows to stay under it).
 MAX_CANDIDATES = 20_000
 
@@ -394,15 +399,51 @@ def map_error(predicted: Any, truth: Any, *, kind: str = "rmse", threshold: floa
     return rmse / float(np.std(t)) if kind == "nrmse" else rmse
 
 
+def fit_warped_gp(X: Any, u: Any, *, powers: Sequence[float] = WARP_POWERS, **kw) -> tuple[Any, float]:
+    """GP of the Box-Cox transform z = (u^λ − 1)/λ of positive values ``u``, the power λ chosen among ``powers``
+    by the marginal likelihood of ``u`` (that of z plus the log Jacobian (λ − 1)·Σ log u, so that the powers
+    compare on the same data).  ``kw`` as :func:`fit_gp`.
+
+    Returns
+    -------
+    (sklearn GaussianProcessRegressor fitted to z, λ)
+    """
+    u = np.asarray(u, float).ravel()
+    if not np.all(u > 0):
+        raise InvalidArgument("fit_warped_gp: the values must be positive (a power transform of a distance)")
+    best: tuple[float, Any, float] | None = None
+    for lam in powers:
+        z = (u ** lam - 1.0) / lam
+        gp = fit_gp(X, z, **kw)
+        # sklearn's likelihood is of z normalised by its std: undo that, then add the warp's Jacobian
+        ll = gp.log_marginal_likelihood_value_ - z.size * math.log(float(np.std(z)) or 1.0) \
+            + (lam - 1.0) * float(np.sum(np.log(u)))
+        if best is None or ll > best[0]:
+            best = (ll, gp, float(lam))
+    return best[1], best[2]
+
+
+def _predict_warped(gp, lam: float, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Back-transformed prediction of :func:`fit_warped_gp`: u at the GP's median, σ by the delta method."""
+    mz, sz = predict(gp, P)
+    base = np.clip(lam * mz + 1.0, 0.0, None)
+    u = base ** (1.0 / lam)
+    with np.errstate(divide="ignore"):
+        du = np.where(base > 0, base ** (1.0 / lam - 1.0), 0.0)
+    return u, sz * du
+
+
 def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, min_length: float, nu: float = 1.5,
-                anisotropic: bool = False, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                anisotropic: bool = False, threshold: float | None = None,
+                warp: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The map at ``points`` (µm) from valid hops (``X`` µm, ``y``): predicted value and its standard deviation.
 
     ``how="gp"``: the GP mean (:func:`fit_gp`, hyperparameters by marginal likelihood).  ``how="piecewise"``: a
     two-phase map.  The hops are split at ``threshold`` (objective units; default the midpoint of ``y``), the
     class of each map point is that of the linear interpolation of the hops' class indicator (nearest hop outside
     their hull), i.e. the boundary lies midway between hops of the two classes, and each class is mapped by its own
-    GP (a class with fewer than two hops: their mean, σ NaN).  Use it for particles on a flat binder, where one
+    GP of the values' distance from the threshold |y − t|, power-transformed (:func:`fit_warped_gp`, λ by marginal
+    likelihood; ``warp=False``: no transform) (a class with fewer than two hops: their mean, σ NaN).  Use it for particles on a flat binder, where one
     stationary length scale would smear the rims into the flat ground.
 
     Returns
@@ -432,11 +473,17 @@ def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, mi
     if miss.any():
         c[miss] = NearestNDInterpolator(X, ind)(P[miss])
     mean, std = np.empty(P.shape[0]), np.full(P.shape[0], np.nan)
-    for cls, sel in ((hi, c > 0.5), (~hi, c <= 0.5)):
+    for cls, sel, sign in ((hi, c > 0.5, 1.0), (~hi, c <= 0.5, -1.0)):
         if not sel.any():
             continue
-        if cls.sum() >= 2:
-            mean[sel], std[sel] = predict(fit_gp(X[cls], y[cls], **kw), P[sel])
-        else:
+        if cls.sum() < 2:
             mean[sel] = float(np.mean(y[cls]))
+            continue
+        u = sign * (y[cls] - t)  # distance from the threshold, >= 0 in either class
+        if warp and np.all(u > 0):
+            gp, lam = fit_warped_gp(X[cls], u, **kw)
+            um, us = _predict_warped(gp, lam, P[sel])
+            mean[sel], std[sel] = t + sign * um, us
+        else:
+            mean[sel], std[sel] = predict(fit_gp(X[cls], y[cls], **kw), P[sel])
     return mean, std
