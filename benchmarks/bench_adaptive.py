@@ -13,7 +13,7 @@ Adaptive = :func:`espt_bluesky.plans.adaptive.adaptive_hopping_scan`; random and
 ``hopping_scan`` on a 21 × 21 grid (441 hops, 2 µm pitch).  Every map is made the same way from the valid hops of
 its run with the sample's map model (:func:`espt_bluesky.analysis.gp_sampling.reconstruct`, the product the
 adaptive plan writes: composite_cathode one GP per class (particle / binder, split at 0.25 µm), each of a power
-transform of the height's distance from the split, the power chosen by marginal likelihood; hopg an anisotropic
+transform of the height above the other class's level, the power chosen by marginal likelihood; hopg an anisotropic
 GP mean); the isotropic GP mean of the first version of this benchmark and a linear interpolation are printed
 beside it.  Budgets: 10, 20, 30 % of the full grid's hops (``--budgets`` adds more), read as prefixes of one run.
 

@@ -35,7 +35,7 @@ Maps (:func:`reconstruct`): ``"gp"`` (the GP mean) or ``"piecewise"`` (two-phase
 class threshold, each class gets its own GP and each map point takes the GP of its class, the class boundary
 lying midway between hops of the two classes).  One stationary GP cannot serve flat binder and steep particle
 rims at once; two can.  Each class's GP is fitted to a power (Box-Cox) transform of its values' distance from the
-threshold, the power chosen by marginal likelihood (:func:`fit_warped_gp`, a warped GP, Snelson et al. 2004):
+other class's level (a particle's height above the binder), the power chosen by marginal likelihood (:func:`fit_warped_gp`, a warped GP, Snelson et al. 2004):
 a particle whose height rises steeply at its rim and flattens on top is a smooth function of (x, y) only after
 such a warp (a spheroidal cap h ∝ √(r² − ρ²) exactly at power 2), and a stationary GP then serves rim and top.
 """
@@ -442,7 +442,7 @@ def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, mi
     two-phase map.  The hops are split at ``threshold`` (objective units; default the midpoint of ``y``), the
     class of each map point is that of the linear interpolation of the hops' class indicator (nearest hop outside
     their hull), i.e. the boundary lies midway between hops of the two classes, and each class is mapped by its own
-    GP of the values' distance from the threshold |y − t|, power-transformed (:func:`fit_warped_gp`, λ by marginal
+    GP of the values' distance from the other class's level (median), power-transformed (:func:`fit_warped_gp`, λ by marginal
     likelihood; ``warp=False``: no transform) (a class with fewer than two hops: their mean, σ NaN).  Use it for particles on a flat binder, where one
     stationary length scale would smear the rims into the flat ground.
 
@@ -479,11 +479,13 @@ def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, mi
         if cls.sum() < 2:
             mean[sel] = float(np.mean(y[cls]))
             continue
-        u = sign * (y[cls] - t)  # distance from the threshold, >= 0 in either class
+        # distance from the other class's level (a particle's height above the binder), > 0 in either class
+        ref = float(np.median(y[~cls]))
+        u = sign * (y[cls] - ref)
         if warp and np.all(u > 0):
             gp, lam = fit_warped_gp(X[cls], u, **kw)
             um, us = _predict_warped(gp, lam, P[sel])
-            mean[sel], std[sel] = t + sign * um, us
+            mean[sel], std[sel] = ref + sign * um, us
         else:
             mean[sel], std[sel] = predict(fit_gp(X[cls], y[cls], **kw), P[sel])
     return mean, std
