@@ -25,7 +25,7 @@ from espt_bluesky.physics import scan_dynamics as sd
 from espt_bluesky.plans import constant_height_image
 from espt_bluesky.plans.fly import fly_hops, fly_image
 from espt_bluesky.storage import read_map
-from espt_bluesky.storage.maps import RunData
+from espt_bluesky.storage.maps import RunData, fly_channels
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def pe_runs(engine, tmp_path_factory):
         res, docs = run_docs(engine, fly_image(fs, fd, bench.stage, bench.potentiostat, x_range=(-15.0, 118.0, 267),
                                                y_range=(50.0, 50.0, 1), speed=v, sample_rate=rate, height=1.0,
                                                plane=0.0, max_lag=math.inf))
-        out[label] = dict(rd=RunData.from_documents(docs), ds=read_map(docs), res=res, bench=bench, v=v,
-                          dt=1.0 / rate)
+        out[label] = dict(rd=fly_channels(RunData.from_documents(docs)), ds=read_map(docs), res=res, bench=bench,
+                          v=v, dt=1.0 / rate)
     return out
 
 
@@ -269,7 +269,7 @@ def test_crash_keeps_completed_passes_and_retracts(engine, tmp_path):
                lambda n, d: docs.append((n, d)))
     stop = [d for n, d in docs if n == "stop"][0]
     assert stop["exit_status"] == "fail" and "crash" in stop["reason"]
-    rd = RunData.from_documents(docs)
+    rd = fly_channels(RunData.from_documents(docs))
     assert list(rd.arrays["fly_row"]) == [0, 0]  # row y = 35 (clear of the discs) flown both ways, kept
     assert bench.model.position[2] > 19.0  # retracted by 20 µm from 0.05 µm
 
