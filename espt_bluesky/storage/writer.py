@@ -163,6 +163,9 @@ class ResilientTiledWriter:
         self.runs: dict[str, RunRecord] = {}
         #: True / False after the last probe or write, None before any
         self.server_up: bool | None = None
+        #: HTTP requests to Tiled answered so far (any status) on the writer's client: what the runs cost in
+        #: requests (health probes and the client's own set-up requests not counted)
+        self.requests_answered = 0
         self._router: RunRouter[RunRecord] = RunRouter()  # the runs between start and stop
         self._client: Any = None
         self._queue: queue.Queue = queue.Queue()
@@ -370,6 +373,7 @@ class ResilientTiledWriter:
 
     def _answered(self, response: Any) -> None:
         """httpx response hook of the writer's client: an answered request is progress (see :meth:`_hold`)."""
+        self.requests_answered += 1
         self._progress += 1  # one writer thread: no lock needed; _hold only compares values
 
     # ------------------------------------------------------------------ use
