@@ -50,6 +50,11 @@ def fly(RE, catalog, seed=1):
 
 
 def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
+    import fastapi.dependencies.utils as fdu
+
+    # an in-process server shares the user's process: FastAPI is left as it is (only our own server process
+    # memoises its dependency analysis, storage/fastapi_speedup.py)
+    assert not hasattr(fdu.get_dependant, "cache_info")
     assert catalog.streams_need_closing is False  # started here from tiled_config: no streaming cache, no webhooks
     assert LocalCatalog.connect(catalog.uri, api_key=catalog.api_key).streams_need_closing is True  # unknown server
     cfg = tiled_config(catalog.data_dir, "key")
