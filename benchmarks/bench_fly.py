@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -177,14 +178,14 @@ def hops(n_hops: int) -> float:
     from espt_bluesky.plans.fly import fly_hops
 
     RE = RunEngine({})
-    d = Path(tempfile.mkdtemp(prefix="espt-bench-flyhops-"))
-    bench = make_sim_bench("SICM", "patterned", seed=0, start=(30.0, 30.0))
-    fs, fd = make_fly_devices(bench, d)
-    side = int(round(n_hops ** 0.5))
-    t0 = time.perf_counter()
-    RE(fly_hops(fs, fd, bench.stage, bench.potentiostat, x_range=(30, 40, side), y_range=(30, 40, side),
-                hop_height=1.0, drop=0.02))
-    wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="espt-bench-flyhops-") as d:
+        bench = make_sim_bench("SICM", "patterned", seed=0, start=(30.0, 30.0))
+        fs, fd = make_fly_devices(bench, d)
+        side = int(round(n_hops ** 0.5))
+        t0 = time.perf_counter()
+        RE(fly_hops(fs, fd, bench.stage, bench.potentiostat, x_range=(30, 40, side), y_range=(30, 40, side),
+                    hop_height=1.0, drop=0.02))
+        wall = time.perf_counter() - t0
     return (wall - fs.controller.compute_time) / (side * side)
 
 
@@ -206,7 +207,7 @@ def main() -> None:
 
     from espt_bluesky.storage import LocalCatalog, make_writer
 
-    tmp = Path(tempfile.mkdtemp(prefix="espt-bench-fly-"))
+    tmp = Path(tempfile.mkdtemp(prefix="espt-bench-fly-"))  # ~0.5 GB of HDF5 files: removed at the end
     cat = LocalCatalog.start(tmp / "data")
     small = max(args.samples // 4, args.pixels)
     try:
@@ -233,6 +234,7 @@ def main() -> None:
     fixed, per = split(n1, r1["soft"], n, r["soft"])
     fixed0, per0 = split(n1, r01["soft"], n, r0["soft"])
     fixed_raw, per_raw = split(n1, raw["wall1"], n, raw["wall"])
+    shutil.rmtree(tmp, ignore_errors=True)
     cpu_of = lambda x: x["cpu"] + x["server_cpu"]  # noqa: E731
     cfixed, cper = split(n1, cpu_of(r1), n, cpu_of(r))
     cfixed0, cper0 = split(n1, r01["cpu"], n, r0["cpu"])
