@@ -1,4 +1,5 @@
-"""Fly scanning: detector → Tiled throughput, against the event-row path and a raw h5py write; fly_hops per-hop cost.
+"""Fly scanning: detector → Tiled throughput, split into a fixed cost per run and a cost per sample, against the
+event-row path and a raw h5py write; the HTTP requests a run costs; fly_hops per-hop cost.
 
 Plain script: prints numbers and ratios measured in this one process (the machine is shared), asserts nothing.
 Run: ``python benchmarks/bench_fly.py [--rows 256] [--samples 4096] [--pixels 256] [--hops 400] [--repeats 2]``.
@@ -7,14 +8,20 @@ Each size runs ``repeats`` times and the fastest run counts.
 1. **Throughput**: ``fly_image`` of a ``pixels`` × ``rows`` EC-AFM image (the cheapest physics), every row forward
    and backward, ``samples`` samples per pass (256 × 256 px, 4096 samples per pass: 2.1e6 samples, six channels
    per sample), into a ``tiled serve`` process through ``make_writer`` (journal + TiledWriter thread; the run is in
-   Tiled when ``RE(...)`` returns).  The simulated controller streams its passes from a worker thread while the
-   detector writes and collects them.  Software time = wall time − the CPU time the controller's thread spent
-   simulating (``compute_time``: the instrument's own time on hardware; CPU, not wall, so that waiting for the
-   GIL or for the shared machine counts against the software).  Samples/s = samples / software time.  Also: the
-   *tail*, from the controller's last sample to the run being in Tiled -- what a user waits after the scan.
+   Tiled when ``RE(...)`` returns).  One writer serves every run, as in a session.  The simulated controller
+   streams its passes from a worker thread while the detector writes and collects them.  Software time = wall
+   time − the CPU time the controller's thread spent simulating (``compute_time``: the instrument's own time on
+   hardware; CPU, not wall, so that waiting for the GIL or for the shared machine counts against the software).
+   The same image is also flown with a quarter of the samples per pass: the two sizes give the **fixed cost per
+   run** (ms; what a run costs whatever its size) and the **cost per sample** (ns), in wall (software) time and
+   in CPU seconds (this process without the controller's thread, plus the Tiled server process from ``/proc``),
+   with Tiled, without Tiled (RunEngine, ophyd-async, the HDF5 file) and for a raw h5py write of the same arrays.
+   Also: the *tail*, from the controller's last sample to the run being in Tiled -- what a user waits after the
+   scan -- and the HTTP requests of one run (from the server's access log).
 2. **Event-row path**: the same kind of data as one event per sample (a flyer whose ``collect()`` yields sample
    rows, what a fly scan cost before assets), into the same server, for ``samples_rows`` samples.
-3. **Raw h5py**: the same arrays written with h5py to the same kind of file (same datasets and chunks), no bluesky.
+3. **Raw h5py**: the same arrays written with h5py to the same kind of file (one dataset per channel, the same
+   chunk size), no bluesky.
 4. **fly_hops**: per-hop software cost (wall − controller compute) of ``fly_hops`` over ``hops`` hops, against
    ``hopping_scan`` device mode's overhead per hop and ``bp.grid_scan`` per point (from ``bench_plans``).
 
@@ -24,6 +31,9 @@ Goals (issue 15): ≥ 1e6 samples/s and ≥ 200× the event-row path; ≤ 1.5× 
 from __future__ import annotations
 
 import argparse
+import collections
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,43 +49,62 @@ def server_cpu(cat) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def throughput(cat, rows: int, samples: int, *, pixels: int = 256, tiled: bool = True) -> dict:
-    """One fly_image run; returns samples, wall, compute (controller CPU), tail (last sample → in Tiled), data."""
+_REQUEST = re.compile(r'"([A-Z]+) (\S+) HTTP/1\.[01]"')
+
+
+def server_requests(cat, since: int = 0) -> tuple[int, collections.Counter]:
+    """(log size now, requests logged after byte ``since`` of the server's access log, by method and route)."""
+    log = cat.data_dir.logs / "server.log"
+    with open(log, "rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    routes = collections.Counter()
+    for method, path in _REQUEST.findall(text):
+        route = "healthz" if path.startswith("/healthz") else re.sub(r"^/api/v1/?([a-z_]*)(/[a-z_]*)?.*", r"\1\2",
+                                                                     path.split("?")[0])
+        if route.startswith("stream/close"):
+            route = "stream/close"
+        routes[f"{method} {route or '/'}"] += 1
+    return since + len(text.encode()), routes
+
+
+def throughput(cat, writer, rows: int, samples: int, *, pixels: int = 256) -> dict:
+    """One fly_image run; returns samples, wall, compute (controller CPU), tail (last sample → in Tiled), data,
+    CPU of this process (controller excluded) and of the server, and the server's requests during the run."""
     from bluesky import RunEngine
 
     from espt_bluesky.devices import make_sim_bench
     from espt_bluesky.devices.fly import make_fly_devices
     from espt_bluesky.plans.fly import fly_image
-    from espt_bluesky.storage import make_writer
 
     bench = make_sim_bench("EC-AFM", "patterned", seed=1, noise=0.0)
     fs, fd = make_fly_devices(bench, cat.asset_dir, max_sample_rate=1e7)
     RE = RunEngine({})
-    # max_wait 120 s: this measures throughput; on a machine loaded many times over, the stop document's requests
-    # can take longer than the default 10 s, and the writer would leave the run to its journal (by design)
-    w = make_writer(cat, max_wait=120.0) if tiled else None
-    if w is not None:
-        RE.subscribe(w)
+    if writer is not None:
+        RE.subscribe(writer)
     speed = 50.0
     length = 80.0
     rate = samples * speed / length
+    log0, _ = server_requests(cat)
     c0, s0 = time.process_time(), server_cpu(cat)
     t0 = time.perf_counter()
     RE(fly_image(fs, fd, bench.stage, bench.potentiostat, technique="EC-AFM", x_range=(10.0, 10.0 + length, pixels),
                  y_range=(10.0, 90.0, rows), speed=speed, sample_rate=rate))
-    if w is not None:
-        w.flush(600)
+    if writer is not None:
+        writer.flush(600)
     t1 = time.perf_counter()
     cpu, scpu = time.process_time() - c0, server_cpu(cat) - s0
     res = fs.controller.result
-    if w is not None and not all(r.state == "written" for r in w.runs.values()):
-        raise RuntimeError(f"the run did not reach Tiled: {w.runs}")
+    if writer is not None and not all(r.state == "written" for r in writer.runs.values()):
+        raise RuntimeError(f"the run did not reach Tiled: {writer.runs}")
+    _, requests = server_requests(cat, log0)
     return dict(n=int(res.data["height"].size), wall=t1 - t0, compute=res.compute_time,
-                tail=t1 - res.finished_at, data=res.data, cpu=cpu - res.compute_time, server_cpu=scpu)
+                soft=t1 - t0 - res.compute_time, tail=t1 - res.finished_at, data=res.data, cpu=cpu - res.compute_time,
+                server_cpu=scpu, requests=requests)
 
 
 def raw_h5py(directory: Path, data: dict, cpu: bool = False) -> float:
-    """Seconds (wall, or CPU of this process) to write ``data`` as the detector does, with h5py alone."""
+    """Seconds (wall, or CPU of this process) to write ``data`` (one dataset per channel), with h5py alone."""
     import h5py
 
     from espt_bluesky.devices.fly.devices import CHUNK_SAMPLES
@@ -94,14 +123,12 @@ def raw_h5py(directory: Path, data: dict, cpu: bool = False) -> float:
     return (time.process_time() if cpu else time.perf_counter()) - t0
 
 
-def event_rows(cat, n: int) -> float:
+def event_rows(cat, writer, n: int) -> float:
     """n samples as n event rows (a flyer collecting one row per sample) into Tiled; seconds."""
     from bluesky import RunEngine
     import bluesky.plan_stubs as bps
     import bluesky.preprocessors as bpp
     from ophyd.status import StatusBase
-
-    from espt_bluesky.storage import make_writer
 
     class RowFlyer:
         name = "rows"
@@ -128,8 +155,7 @@ def event_rows(cat, n: int) -> float:
                            data=dict(rows_height=v, rows_x=v, rows_y=v, rows_time=v))
 
     RE = RunEngine({})
-    w = make_writer(cat, max_wait=120.0)
-    RE.subscribe(w)
+    RE.subscribe(writer)
     fl = RowFlyer()
 
     @bpp.run_decorator()
@@ -140,7 +166,7 @@ def event_rows(cat, n: int) -> float:
 
     t0 = time.perf_counter()
     RE(plan())
-    w.flush(600)
+    writer.flush(600)
     return time.perf_counter() - t0
 
 
@@ -152,15 +178,21 @@ def hops(n_hops: int) -> float:
     from espt_bluesky.plans.fly import fly_hops
 
     RE = RunEngine({})
-    d = Path(tempfile.mkdtemp(prefix="espt-bench-flyhops-"))
-    bench = make_sim_bench("SICM", "patterned", seed=0, start=(30.0, 30.0))
-    fs, fd = make_fly_devices(bench, d)
-    side = int(round(n_hops ** 0.5))
-    t0 = time.perf_counter()
-    RE(fly_hops(fs, fd, bench.stage, bench.potentiostat, x_range=(30, 40, side), y_range=(30, 40, side),
-                hop_height=1.0, drop=0.02))
-    wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="espt-bench-flyhops-") as d:
+        bench = make_sim_bench("SICM", "patterned", seed=0, start=(30.0, 30.0))
+        fs, fd = make_fly_devices(bench, d)
+        side = int(round(n_hops ** 0.5))
+        t0 = time.perf_counter()
+        RE(fly_hops(fs, fd, bench.stage, bench.potentiostat, x_range=(30, 40, side), y_range=(30, 40, side),
+                    hop_height=1.0, drop=0.02))
+        wall = time.perf_counter() - t0
     return (wall - fs.controller.compute_time) / (side * side)
+
+
+def split(n_small: int, t_small: float, n_big: int, t_big: float) -> tuple[float, float]:
+    """(fixed cost per run, cost per sample) of a cost t = fixed + n · per_sample measured at two sizes (s, s)."""
+    per = (t_big - t_small) / (n_big - n_small)
+    return t_big - per * n_big, per
 
 
 def main() -> None:
@@ -173,51 +205,71 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per size; the fastest counts (shared machine)")
     args = ap.parse_args()
 
-    from espt_bluesky.storage import LocalCatalog
+    from espt_bluesky.storage import LocalCatalog, make_writer
 
-    tmp = Path(tempfile.mkdtemp(prefix="espt-bench-fly-"))
+    tmp = Path(tempfile.mkdtemp(prefix="espt-bench-fly-"))  # ~0.5 GB of HDF5 files: removed at the end
     cat = LocalCatalog.start(tmp / "data")
     small = max(args.samples // 4, args.pixels)
     try:
-        throughput(cat, 4, 2000, pixels=args.pixels)  # warm up imports, the server, the simulation's caches
+        # max_wait 120 s: this measures throughput; on a machine loaded many times over a run's last requests can
+        # take longer than the default 10 s without an answer, and the writer would leave the run to its journal
+        writer = make_writer(cat, max_wait=120.0)
+        throughput(cat, writer, 4, 2000, pixels=args.pixels)  # warm up imports, the server, the writer's client
 
         def best(samples, tiled=True):
-            runs = [throughput(cat, args.rows, samples, pixels=args.pixels, tiled=tiled)
+            runs = [throughput(cat, writer if tiled else None, args.rows, samples, pixels=args.pixels)
                     for _ in range(args.repeats)]
-            return min(runs, key=lambda r: r["wall"] - r["compute"])
+            return min(runs, key=lambda r: r["soft"])
 
-        r1 = best(small)
-        r = best(args.samples)
-        r0 = best(args.samples, tiled=False)
-        t_rows = event_rows(cat, args.samples_rows)
+        r1, r = best(small), best(args.samples)
+        r01, r0 = best(small, tiled=False), best(args.samples, tiled=False)
+        t_rows = event_rows(cat, writer, args.samples_rows)
+        writer.close(60)
     finally:
         cat.stop()
-    n, n1, n0 = r["n"], r1["n"], r0["n"]
-    soft, soft1, soft0 = r["wall"] - r["compute"], r1["wall"] - r1["compute"], r0["wall"] - r0["compute"]
-    sustained = (n - n1) / (soft - soft1) if soft > soft1 else float("nan")  # nan: lost in the machine's noise
-    t_raw = min(raw_h5py(tmp, r["data"]) for _ in range(args.repeats))
-    c_raw = min(raw_h5py(tmp, r["data"], cpu=True) for _ in range(args.repeats))
-    cpu_fly = r["cpu"] + r["server_cpu"]
-    fly_rate = n / soft
-    row_rate = args.samples_rows / t_rows
-    raw_rate = n / t_raw
+    n, n1 = r["n"], r1["n"]
+    raw = {k: min(raw_h5py(tmp, d, cpu=c) for _ in range(args.repeats))
+           for k, d, c in (("wall", r["data"], False), ("cpu", r["data"], True), ("wall1", r1["data"], False),
+                           ("cpu1", r1["data"], True))}
+    fixed, per = split(n1, r1["soft"], n, r["soft"])
+    fixed0, per0 = split(n1, r01["soft"], n, r0["soft"])
+    fixed_raw, per_raw = split(n1, raw["wall1"], n, raw["wall"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    cpu_of = lambda x: x["cpu"] + x["server_cpu"]  # noqa: E731
+    cfixed, cper = split(n1, cpu_of(r1), n, cpu_of(r))
+    cfixed0, cper0 = split(n1, r01["cpu"], n, r0["cpu"])
+    cfixed_raw, cper_raw = split(n1, raw["cpu1"], n, raw["cpu"])
+    fly_rate, raw_rate, row_rate = n / r["soft"], n / raw["wall"], args.samples_rows / t_rows
+    requests = r["requests"]
     print(f"fly_image → Tiled: {args.pixels} × {args.rows} px, {n} samples ({args.rows} rows × 2 passes × "
           f"{args.samples}; 6 channels), wall {r['wall']:.2f} s, controller CPU {r['compute']:.2f} s, software "
-          f"{soft:.2f} s; tail after the last sample {r['tail']:.2f} s; {n1} samples: software {soft1:.2f} s")
-    print(f"  detector → Tiled, whole run : {fly_rate:12.4g} samples/s   (goal >= 1e6)")
-    print(f"  detector → Tiled, marginal  : {sustained:12.4g} samples/s   (the cost of more samples)")
-    print(f"  detector → HDF5, no Tiled   : {n0 / soft0:12.4g} samples/s   (the RunEngine and the file, whole run; "
-          f"tail {r0['tail']:.2f} s)")
-    print(f"  event rows → Tiled          : {row_rate:12.4g} samples/s   ({args.samples_rows} rows)")
-    print(f"  raw h5py write              : {raw_rate:12.4g} samples/s   ({t_raw:.2f} s)")
-    print(f"  ratio fly whole run / event rows   : {fly_rate / row_rate:8.1f} x   (goal >= 200)")
-    print(f"  ratio raw h5py rate / fly whole run: {raw_rate / fly_rate:8.2f}     (goal <= 1.5)")
-    print(f"  ratio raw h5py rate / fly, no Tiled: {raw_rate * soft0 / n0:8.2f}")
-    print(f"  CPU (load-independent): fly run {r['cpu']:.2f} s in this process (controller excluded) + "
-          f"{r['server_cpu']:.2f} s in the Tiled server = {cpu_fly:.2f} s -> {n / cpu_fly:.4g} samples/s; "
-          f"raw h5py {c_raw:.2f} s CPU -> ratio {cpu_fly / c_raw:.2f} (goal <= 1.5); without Tiled "
-          f"{r0['cpu']:.2f} s")
-    print(f"  Tiled's cost per run (software time with − without): {soft - soft0:.2f} s; tail with − without: "
+          f"{r['soft']:.2f} s; tail after the last sample {r['tail']:.2f} s (without Tiled {r0['tail']:.2f} s); "
+          f"small run: {n1} samples, software {r1['soft']:.2f} s")
+    listed = ", ".join(f"{k} {v}" for k, v in sorted(requests.items()))
+    print(f"  HTTP requests of one run: {sum(requests.values())} ({listed})")
+    print("                               fixed per run    per sample      whole run")
+    print(f"  detector → Tiled, wall   : {fixed * 1e3:10.0f} ms {per * 1e9:10.1f} ns  {fly_rate:12.4g} samples/s"
+          f"   (goal >= 1e6)")
+    print(f"  detector → HDF5, no Tiled: {fixed0 * 1e3:10.0f} ms {per0 * 1e9:10.1f} ns  {n / r0['soft']:12.4g} "
+          "samples/s")
+    print(f"  raw h5py write, wall     : {fixed_raw * 1e3:10.1f} ms {per_raw * 1e9:10.1f} ns  {raw_rate:12.4g} "
+          f"samples/s   ({raw['wall']:.2f} s)")
+    print(f"  detector → Tiled, CPU    : {cfixed * 1e3:10.0f} ms {cper * 1e9:10.1f} ns  {n / cpu_of(r):12.4g} "
+          f"samples/CPU s   (this process {r['cpu']:.2f} s + server {r['server_cpu']:.2f} s)")
+    print(f"  detector → HDF5, CPU     : {cfixed0 * 1e3:10.0f} ms {cper0 * 1e9:10.1f} ns  {n / r0['cpu']:12.4g} "
+          "samples/CPU s")
+    print(f"  raw h5py write, CPU      : {cfixed_raw * 1e3:10.1f} ms {cper_raw * 1e9:10.1f} ns  "
+          f"{n / raw['cpu']:12.4g} samples/CPU s")
+    print(f"  event rows → Tiled       :                                {row_rate:12.4g} samples/s   "
+          f"({args.samples_rows} rows)")
+    print(f"  ratio fly whole run / event rows    : {fly_rate / row_rate:8.1f} x   (goal >= 200)")
+    print(f"  ratio raw h5py rate / fly whole run : {raw_rate / fly_rate:8.2f} wall, "
+          f"{cpu_of(r) / raw['cpu']:.2f} CPU   (goal <= 1.5)")
+    print(f"  ratio raw h5py rate / fly, no Tiled : {raw_rate * r0['soft'] / n:8.2f} wall, "
+          f"{r0['cpu'] / raw['cpu']:.2f} CPU")
+    print(f"  ratio per sample, fly / raw h5py    : {per / per_raw:8.2f} wall, {cper / cper_raw:.2f} CPU")
+    print(f"  Tiled's cost per run (with − without): software {r['soft'] - r0['soft']:.2f} s, fixed "
+          f"{(fixed - fixed0) * 1e3:.0f} ms wall / {(cfixed - cfixed0) * 1e3:.0f} ms CPU; tail "
           f"{r['tail'] - r0['tail']:.2f} s")
 
     import bench_plans  # this directory is on sys.path when run as a script

@@ -25,7 +25,7 @@ from espt_bluesky.physics import scan_dynamics as sd
 from espt_bluesky.plans import constant_height_image
 from espt_bluesky.plans.fly import fly_hops, fly_image
 from espt_bluesky.storage import read_map
-from espt_bluesky.storage.maps import RunData
+from espt_bluesky.storage.maps import RunData, fly_channels
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def pe_runs(engine, tmp_path_factory):
         res, docs = run_docs(engine, fly_image(fs, fd, bench.stage, bench.potentiostat, x_range=(-15.0, 118.0, 267),
                                                y_range=(50.0, 50.0, 1), speed=v, sample_rate=rate, height=1.0,
                                                plane=0.0, max_lag=math.inf))
-        out[label] = dict(rd=RunData.from_documents(docs), ds=read_map(docs), res=res, bench=bench, v=v,
-                          dt=1.0 / rate)
+        out[label] = dict(rd=fly_channels(RunData.from_documents(docs)), ds=read_map(docs), res=res, bench=bench,
+                          v=v, dt=1.0 / rate)
     return out
 
 
@@ -269,7 +269,7 @@ def test_crash_keeps_completed_passes_and_retracts(engine, tmp_path):
                lambda n, d: docs.append((n, d)))
     stop = [d for n, d in docs if n == "stop"][0]
     assert stop["exit_status"] == "fail" and "crash" in stop["reason"]
-    rd = RunData.from_documents(docs)
+    rd = fly_channels(RunData.from_documents(docs))
     assert list(rd.arrays["fly_row"]) == [0, 0]  # row y = 35 (clear of the discs) flown both ways, kept
     assert bench.model.position[2] > 19.0  # retracted by 20 µm from 0.05 µm
 
@@ -358,3 +358,35 @@ def test_controller_streams_whole_passes_equal_to_one_shot(tmp_path, monkeypatch
     np.testing.assert_allclose(res.data["current"], whole.data["current"][:2], rtol=1e-12)
     # at the end of the backward pass of row 1 (x back at x_start, y = 45): where the executed path ended
     assert bench.model.position[1] == 45.0 and bench.model.position[0] == pytest.approx(30.0, abs=0.5)
+
+
+def test_grouped_and_per_channel_layouts_read_the_same():
+    """Runs recorded with one data key per channel (before the detector grouped positions and pass fields) and runs
+    with the grouped ``position``/``pass`` keys give the same map; ``fly_channels`` splits the groups back."""
+    rng = np.random.default_rng(0)
+    n = 50
+    x = np.vstack([np.linspace(0.0, 4.0, n), np.linspace(4.0, 0.0, n)])  # one forward, one backward pass
+    y, z = np.full_like(x, 50.0), rng.normal(5.0, 0.1, x.shape)
+    current, t = np.sin(x) + rng.normal(0, 0.01, x.shape), np.tile(np.arange(n) * 1e-3, (2, 1))
+    start = dict(uid="u", mode="fly", fly=dict(detector="fly"), shape=[1, 5], extents=[[50.0, 50.0], [0.0, 4.0]])
+    arr = dict(source="f", dtype="array", shape=[n], dims=["sample"])
+    scalar = dict(source="f", dtype="integer", shape=[])
+    old_keys = {"fly_current": dict(arr, units="A"), "fly_time": dict(arr, units="s"),
+                **{f"fly_{a}": dict(arr, units="um") for a in "xyz"}, "fly_direction": scalar, "fly_row": scalar}
+    old = RunData(start, old_keys, {"fly_current": current, "fly_x": x, "fly_y": y, "fly_z": z, "fly_time": t,
+                                    "fly_direction": np.array([1, -1]), "fly_row": np.array([0, 0])}, np.array([1, 2]))
+    new_keys = {"fly_current": old_keys["fly_current"], "fly_time": old_keys["fly_time"],
+                "fly_position": dict(source="f", dtype="array", shape=[3, n], dims=["axis", "sample"], units="um",
+                                     axes=["x", "y", "z"]),
+                "fly_pass": dict(source="f", dtype="array", shape=[2], dims=["field"], fields=["row", "direction"])}
+    new = RunData(start, new_keys, {"fly_current": current, "fly_time": t, "fly_position": np.stack([x, y, z], axis=1),
+                                    "fly_pass": np.array([[0, 1], [0, -1]])}, np.array([1, 2]))
+    a, b = read_map(old), read_map(new)
+    assert sorted(a.data_vars) == sorted(b.data_vars) and "fly_z_forward" in a.data_vars
+    for var in a.data_vars:
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+        assert a[var].attrs == b[var].attrs, var
+    split = fly_channels(new)
+    np.testing.assert_array_equal(split.arrays["fly_y"], y)
+    assert list(split.arrays["fly_direction"]) == [1, -1] and split.data_keys["fly_z"]["units"] == "um"
+    assert fly_channels(old) is old

@@ -39,9 +39,12 @@ def test_ipython_profile_flies_an_image_into_the_catalog(tmp_path):
         assert len(fly) == 1 and fly[0].metadata["stop"]["exit_status"] == "success"
         prim = fly[0]["primary"]
         n_pass, n = 6, 400  # 3 rows × 2 directions; 40 µm at 20 µm/s sampled at 200 Hz
-        for key in ("fly_current", "fly_x", "fly_y", "fly_z", "fly_time"):
+        shapes = {"fly_current": (n_pass, n), "fly_position": (n_pass, 3, n), "fly_time": (n_pass, n),
+                  "fly_pass": (n_pass, 2)}  # the detector's grouped layout: few data keys, few Tiled nodes
+        assert set(prim) == set(shapes), sorted(prim)
+        for key, shape in shapes.items():
             node = prim[key]
-            assert node.shape == (n_pass, n), key
+            assert node.shape == shape, key
             src = node.data_sources()[0]
             assert src.mimetype == "application/x-hdf5", key  # an external asset, registered, not copied
         # what Tiled serves is what the detector wrote into its file (under the catalog's readable asset dir)
@@ -50,7 +53,8 @@ def test_ipython_profile_flies_an_image_into_the_catalog(tmp_path):
         assert str(path).startswith(str(data / "assets"))
         with h5py.File(path, "r", swmr=True) as f:  # the in-process server holds it open in SWMR mode
             np.testing.assert_array_equal(prim["fly_current"].read(), f["/current"][()])
-            np.testing.assert_array_equal(prim["fly_x"].read(), f["/x"][()])
+            np.testing.assert_array_equal(prim["fly_position"].read(), f["/position"][()])
+        assert prim.metadata["data_keys"]["fly_position"]["axes"] == ["x", "y", "z"]
         ds = read_map(fly[0])  # positions in µm from the recorded encoder
         assert ds.x.attrs["units"] == "µm" and ds.attrs["map_order"] == "fly"
         assert ds.fly_current_forward.shape == (3, 21)

@@ -2,7 +2,8 @@
 and overrides (Tiled overrides its settings dependency) still apply.
 
 Run in a child process: the speed-up replaces a FastAPI internal for the whole process, which only our own server
-process (storage/tiled_process.py) does -- never the test suite's or a user's session.
+process (storage/tiled_process.py) does -- never the test suite's or a user's session (an in-process server leaves
+FastAPI as it is: checked in tests/test_fly_tiled.py, which runs one anyway).
 """
 
 from __future__ import annotations
@@ -57,13 +58,3 @@ CHILD = textwrap.dedent(
 def test_dependencies_analysed_once_and_overrides_still_apply():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
-
-
-def test_a_user_session_keeps_fastapi_as_it_is(tmp_path):
-    import fastapi.dependencies.utils as fdu
-
-    from espt_bluesky.storage.server import LocalCatalog
-
-    with LocalCatalog.in_process(tmp_path / "tiled") as cat:  # an in-process server: the user's own process
-        assert cat.client() is not None
-        assert not hasattr(fdu.get_dependant, "cache_info")

@@ -408,10 +408,10 @@ class LiveFlyMap(CallbackBase):
         self._update()
 
     def _update(self) -> None:
-        from ..storage.maps import RunData, read_map
+        from ..storage.maps import RunData, fly_source_keys, read_map
 
         det = self._start_doc["fly"].get("detector", "fly")
-        need = [f"{det}_x", f"{det}_y", f"{det}_direction", self.signal]
+        need = [*fly_source_keys(self._data_keys, det), self.signal]
         if any(k not in self._rows for k in need):
             return
         arrays = {k: np.concatenate(self._rows[k]) for k in need}

@@ -125,8 +125,11 @@ def fly_image(fly_stage: Any, fly_detector: Any, stage: Readable, potentiostat: 
     Notes
     -----
     One event per pass in the primary stream, all data external (HDF5): ``<det>_current`` (or ``_height`` and
-    ``_error``), ``<det>_x/_y/_z/_time`` per sample, ``<det>_direction`` and ``<det>_row`` per pass.
-    :func:`espt_bluesky.storage.read_map` returns forward and backward images on the µm grid.
+    ``_error``) and ``<det>_time`` per sample, ``<det>_position`` (the encoder x, y, z of every sample, one
+    (3, samples) array per pass) and ``<det>_pass`` (row, direction); few data keys, so few Tiled requests per
+    run.  :func:`espt_bluesky.storage.read_map` returns forward and backward images on the µm grid;
+    :func:`espt_bluesky.storage.maps.fly_channels` splits the grouped keys into ``_x``, ``_y``, ``_z``, ``_row``,
+    ``_direction``.
 
     Examples
     --------

@@ -280,8 +280,8 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
                     if k in dks and (waveforms or not dks[k].get("shape"))]
             keys = list(dict.fromkeys([x_key, y_key] + ([start["valid_key"]] if start.get("valid_key") else [])
                                       + keys))
-            if isinstance(start.get("fly"), Mapping):  # a fly image also needs each pass's direction
-                keys.append(f"{start['fly'].get('detector', 'fly')}_direction")
+            if isinstance(start.get("fly"), Mapping):  # a fly image also needs each pass's positions, direction
+                keys += fly_source_keys(dks, start["fly"].get("detector", "fly"))
         rd = RunData.from_tiled(run, stream, keys)
     else:
         rd = as_run_data(run, stream)
@@ -351,6 +351,62 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
 
 
 FLY_POSITION_CHANNELS = ("x", "y", "time", "direction", "row")
+#: Grouped fly data keys (``<det>_<name>``: devices/fly) -> the data-key field naming their stacked channels
+FLY_GROUPS = {"position": "axes", "pass": "fields"}
+
+
+def fly_source_keys(data_keys: Mapping[str, Any], det: str = "fly") -> list[str]:
+    """The data keys of a fly stream that hold its positions and pass directions: ``<det>_position`` and
+    ``<det>_pass`` (grouped layout), or ``<det>_x``, ``<det>_y``, ``<det>_direction`` (one key per channel, runs
+    recorded before the grouping)."""
+    grouped = [f"{det}_{g}" for g in FLY_GROUPS]
+    if all(k in data_keys for k in grouped):
+        return grouped
+    return [f"{det}_x", f"{det}_y", f"{det}_direction"]
+
+
+def fly_channels(rd: "RunData", det: str | None = None) -> "RunData":
+    """A fly run's data with grouped keys split into one array per channel.
+
+    The fly detector stores a raster's encoder positions as one ``<det>_position`` array (passes, 3, samples)
+    and each pass's row and direction as one ``<det>_pass`` array (passes, 2) (fewer data keys: fewer Tiled
+    nodes and requests per run).  This returns ``<det>_x``, ``<det>_y``, ``<det>_z`` (passes, samples) and
+    ``<det>_row``, ``<det>_direction`` (passes,) in their place, named by the ``axes`` / ``fields`` of the data
+    keys, with those keys' units; other keys, and runs recorded with one key per channel, are returned as they are.
+
+    Parameters
+    ----------
+    rd : RunData
+    det : str, optional
+        The fly detector's name (default: the start document's ``fly.detector``, else ``"fly"``).
+    """
+    if det is None:
+        fly = rd.start.get("fly")
+        det = fly.get("detector", "fly") if isinstance(fly, Mapping) else "fly"
+    if not any(f"{det}_{g}" in rd.arrays for g in FLY_GROUPS):
+        return rd
+    arrays: dict[str, np.ndarray] = {}
+    data_keys = {k: v for k, v in rd.data_keys.items() if k not in {f"{det}_{g}" for g in FLY_GROUPS}}
+    for key, a in rd.arrays.items():
+        group = key[len(det) + 1:] if key.startswith(f"{det}_") else None
+        if group not in FLY_GROUPS:
+            arrays[key] = a
+            continue
+        dk = dict(rd.data_keys.get(key, {}))
+        names = dk.get(FLY_GROUPS[group])
+        a = np.asarray(a)
+        if not names or a.ndim < 2 or a.shape[1] != len(names):
+            raise InvalidArgument(f"{key}: shape {a.shape} and {FLY_GROUPS[group]}={names!r} in its data key do "
+                                  "not match (one row per named channel expected on axis 1)")
+        dims = list(dk.get("dims") or [])[1:]
+        for i, name in enumerate(names):
+            arrays[f"{det}_{name}"] = a[:, i]
+            sub = {k: v for k, v in dk.items() if k not in ("axes", "fields", "shape", "dims")}
+            sub.update(shape=list(a.shape[2:]), **({"dims": dims} if dims else {}))
+            data_keys[f"{det}_{name}"] = sub
+    out = RunData.__new__(RunData)  # rd is sorted by seq_num already: no second sort (it would copy every array)
+    out.start, out.data_keys, out.arrays, out.seq_num, out.stop = rd.start, data_keys, arrays, rd.seq_num, rd.stop
+    return out
 
 
 def _read_fly_map(rd: RunData, stream: str, variables: list[str] | None) -> xr.Dataset:
@@ -364,6 +420,7 @@ def _read_fly_map(rd: RunData, stream: str, variables: list[str] | None) -> xr.D
     start = rd.start
     fly = start["fly"]
     det = fly.get("detector", "fly")
+    rd = fly_channels(rd, det)
     x_key, y_key = f"{det}_x", f"{det}_y"
     dir_key = f"{det}_direction"
     if not rd.data_keys:

@@ -316,6 +316,20 @@ def tiled_config(dd: DataDir, api_key: str, *, host: str = "127.0.0.1", port: in
     }
 
 
+def _needs_stream_close(cfg: dict[str, Any]) -> bool:
+    """Whether a server of configuration ``cfg`` does anything on ``close_stream``: in Tiled 0.2 only a streaming
+    cache or webhook secret keys make it (from the file or from ``TILED_STREAMING_CACHE_*`` / ``TILED_WEBHOOKS_*``
+    environment variables, read here as the server reads them); without them the request is answered by doing
+    nothing.  When in doubt (a configuration Tiled's own model cannot read): True."""
+    try:
+        from tiled.config import Config
+
+        c = Config.model_validate(cfg)
+    except Exception:  # noqa: BLE001 - the server will say what is wrong; keep the requests
+        return True
+    return c.streaming_cache is not None or bool(c.webhooks is not None and c.webhooks.secret_keys)
+
+
 def probe_server(uri: str, timeout: float = 1.0) -> str:
     """Ask the Tiled server at ``uri`` (``http://host:port``, ``.../api/v1`` or ``.../healthz``) whether it is up.
 
@@ -332,12 +346,19 @@ def probe_server(uri: str, timeout: float = 1.0) -> str:
     base = uri.split("?", 1)[0].split("/api/v1")[0].rstrip("/")
     url = base if base.endswith("/healthz") else f"{base}/healthz"
     try:
-        with httpx.Client(trust_env=False) as http:
+        with httpx.Client(trust_env=False, verify=_verify_for(url)) as http:
             return "up" if http.get(url, timeout=timeout).status_code == 200 else "down"
     except httpx.TimeoutException:
         return "slow"
     except httpx.HTTPError:  # ConnectError (refused, no route, DNS), ReadError / RemoteProtocolError (reset)
         return "down"
+
+
+def _verify_for(url: str) -> bool:
+    """httpx's ``verify`` for ``url``: no certificate store for plain ``http://`` (no TLS happens there, and
+    loading the store costs ~30-50 ms of CPU per client: once per run start and per health probe), the default
+    verification for anything else."""
+    return not url.lower().startswith("http://")
 
 
 def server_alive(uri: str, timeout: float = 1.0) -> bool:
@@ -350,7 +371,7 @@ def _wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None =
     import httpx
 
     deadline = time.monotonic() + timeout
-    with httpx.Client(trust_env=False) as http:
+    with httpx.Client(trust_env=False, verify=_verify_for(base_url)) as http:
         while True:
             if proc is not None and proc.poll() is not None:
                 raise ServerError(f"the Tiled server exited with code {proc.returncode} before answering; "
@@ -489,6 +510,10 @@ class LocalCatalog:
         self._thread_server = thread_server
         self._cm = cm
         self._lock_fd = lock_fd
+        #: True when this object started the server (:meth:`start`, :meth:`in_process`) from :func:`tiled_config`,
+        #: which configures no streaming cache and no webhooks: the server then answers a ``close_stream``
+        #: request by doing nothing, and a writer may leave those requests out (see :mod:`.writer`).
+        self.streams_need_closing = True
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -558,6 +583,7 @@ class LocalCatalog:
                 raise
             _make_private(dd)  # files of data directories made by older versions
             self = cls(f"{base}/api/v1", key, dd, process=proc, lock_fd=lock_fd)
+            self.streams_need_closing = _needs_stream_close(cfg)
             write_private(dd.state, json.dumps({"uri": self.uri, "pid": proc.pid, "owner_pid": os.getpid(),
                                                 "browse": self.browse_url, "data_dir": str(dd.root)}))
             return self
@@ -608,6 +634,7 @@ class LocalCatalog:
             raise
         _make_private(dd)  # made with this process's umask
         self = cls(f"{base}/api/v1", key, dd, thread_server=server, cm=cm)
+        self.streams_need_closing = _needs_stream_close(cfg)
         _IN_PROCESS.append(self)
         return self
 
@@ -680,6 +707,7 @@ class LocalCatalog:
         """A Tiled client of the catalog root (a catalog of BlueskyRuns)."""
         from tiled.client import from_uri
 
+        kwargs.setdefault("verify", _verify_for(self.uri))
         return from_uri(self.uri, api_key=self.api_key, **kwargs)
 
     @property

@@ -9,8 +9,10 @@ document the RunEngine emits:
 
 The RunEngine waits for the server only when the writer thread falls behind (more than ``max_queue`` documents
 or ``max_queue_bytes`` queued: a slow but working server sets the pace, as a synchronous writer would) and at a
-``stop`` (so that a run is in Tiled when ``RE(...)`` returns) -- and only while the writer makes progress: after
-``max_wait`` seconds in which not one document was written, or as soon as a health probe (tried every
+``stop`` (so that a run is in Tiled when ``RE(...)`` returns) -- and only while the writer makes progress (a
+document written, or one HTTP request of it answered: the stop of a large run is some twenty requests, which a
+loaded server may take longer than ``max_wait`` to answer in all): after ``max_wait`` seconds in which not one
+document was written and not one request answered, or as soon as a health probe (tried every
 ``probe_timeout`` without progress) finds the server *unreachable* (connection refused, no route, reset), the
 RunEngine goes on.  A probe that merely times out is a slow server (a loaded machine), not a gone one: the RunEngine
 keeps waiting for it, up to ``max_wait`` without progress.  So a storage failure holds the experiment about
@@ -21,6 +23,15 @@ run written completely has its journal removed (``keep_journals=True`` keeps it)
 
 Nothing here raises into the RunEngine: a failure is logged (ERROR when the journal cannot be written, CRITICAL when
 neither the journal nor Tiled holds a run's documents) and shown in :attr:`ResilientTiledWriter.runs`.
+
+Requests per run.  ``TiledWriter`` makes a fixed number of sequential HTTP requests per run, whatever its size: the
+run and stream containers, one node registration and one data-source update per data key (more updates only every
+``batch_size`` rows), the stop metadata, and a ``close_stream`` per node.  ``close_stream`` only feeds a streaming
+cache or webhooks; a server started here (:meth:`LocalCatalog.start`, :meth:`LocalCatalog.in_process`) has neither
+(:attr:`LocalCatalog.streams_need_closing` is False), answers it by doing nothing, and the writer leaves those
+requests out through Tiled's public ``structure_clients`` option (data-node client classes whose ``close_stream``
+sends nothing): one request per data key fewer per run.  A server reached with :meth:`LocalCatalog.connect`
+or a client is sent every request.
 """
 
 from __future__ import annotations
@@ -32,9 +43,10 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bluesky_tiled_plugins import TiledWriter
 
@@ -151,12 +163,16 @@ class ResilientTiledWriter:
         self.runs: dict[str, RunRecord] = {}
         #: True / False after the last probe or write, None before any
         self.server_up: bool | None = None
+        #: HTTP requests to Tiled answered so far (any status) on the writer's client: what the runs cost in
+        #: requests (health probes and the client's own set-up requests not counted)
+        self.requests_answered = 0
         self._router: RunRouter[RunRecord] = RunRouter()  # the runs between start and stop
         self._client: Any = None
         self._queue: queue.Queue = queue.Queue()
         self._queued_bytes = 0
         self._queued_docs = 0
-        self._handled = 0  # documents the writer thread finished (progress)
+        self._handled = 0  # documents the writer thread finished
+        self._progress = 0  # documents finished + HTTP answers received by the writer thread (what _hold watches)
         self._space = threading.Condition()
         self._idle = threading.Condition()
         self._busy = 0  # items queued or being written
@@ -220,7 +236,7 @@ class ResilientTiledWriter:
         up: at once if the server is unreachable (probed after ``probe_timeout`` without progress, then every
         ``probe_timeout``), else after ``max_wait`` without progress.  A slow answer is not a dead server: under
         load a working server may take longer than ``probe_timeout`` to answer, so only ``max_wait`` ends that."""
-        seen = self._handled
+        seen = self._progress
         since = last_probe = time.monotonic()
         step = min(self.probe_timeout, self.max_wait)
         while True:
@@ -231,8 +247,8 @@ class ResilientTiledWriter:
                 if ready():
                     return True
             now = time.monotonic()
-            if self._handled != seen:
-                seen, since, last_probe = self._handled, now, now
+            if self._progress != seen:
+                seen, since, last_probe = self._progress, now, now
                 continue
             left = self.max_wait - (now - since)
             if left <= 0:
@@ -318,6 +334,7 @@ class ResilientTiledWriter:
                     self._queued_bytes -= nbytes
                     self._queued_docs -= 1
                     self._handled += 1
+                    self._progress += 1
                     self._space.notify_all()
                 with self._idle:
                     self._busy -= 1
@@ -334,6 +351,9 @@ class ResilientTiledWriter:
                     raise ConnectionError(f"the Tiled server is unreachable at {self.health_url}")
                 if self._client is None:
                     self._client = self._client_factory().include_data_sources()
+                    hooks = self._client.context.http_client.event_hooks["response"]
+                    if self._answered not in hooks:
+                        hooks.append(self._answered)
                 run._tw = TiledWriter(self._client, batch_size=self.batch_size)
             tw = run._tw
             if tw is None:
@@ -350,6 +370,11 @@ class ResilientTiledWriter:
                     return
                 run.state, run._tw = "written", None
             run.done.set()
+
+    def _answered(self, response: Any) -> None:
+        """httpx response hook of the writer's client: an answered request is progress (see :meth:`_hold`)."""
+        self.requests_answered += 1
+        self._progress += 1  # one writer thread: no lock needed; _hold only compares values
 
     # ------------------------------------------------------------------ use
     def flush(self, timeout: float | None = None) -> bool:
@@ -381,6 +406,55 @@ class ResilientTiledWriter:
                 f"written={states.count('written')} backup={states.count('backup')}>")
 
 
+class _NoStreamClose:
+    """Client mixin: ``close_stream`` sends nothing (only for servers where the request does nothing)."""
+
+    def close_stream(self) -> None:
+        return None
+
+
+class SkipStreamClose(Mapping):
+    """Tiled ``structure_clients`` whose data-node client classes send no ``close_stream`` request.
+
+    Tiled's public ``from_uri(..., structure_clients=...)`` option picks the client class of every node a client
+    creates or opens.  This mapping hands out the classes of ``base`` (default: Tiled's numpy clients, with the
+    spec clients plugins register), the plain structure-family ones (array, table, ...) as subclasses whose
+    ``close_stream`` does nothing.  ``TiledWriter`` registers each data key of a stream as such a node, so its stop
+    leaves out one request per data key.  Spec clients (``BlueskyRun``, ``BlueskyEventStream``: they pick their
+    own subclass when made) are handed out unchanged, so the run and stream containers are still closed.  Use it
+    only with a server configured without a streaming cache and without webhooks
+    (:attr:`~espt_bluesky.storage.server.LocalCatalog.streams_need_closing` False), where the request is answered
+    by doing nothing.
+    """
+
+    #: Tiled's structure families besides containers (the keys of its default client mapping)
+    FAMILIES = frozenset({"array", "awkward", "bytes", "ragged", "sparse", "table", "dataframe",
+                          "xarray_dataset"})
+
+    def __init__(self, base: Mapping | None = None):
+        if base is None:
+            from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH
+
+            base = DEFAULT_STRUCTURE_CLIENT_DISPATCH["numpy"]
+        self._base = base
+        self._made: dict[type, type] = {}
+
+    def __getitem__(self, key: str) -> type:
+        cls = self._base[key]
+        if key not in self.FAMILIES:
+            return cls
+        made = self._made.get(cls)
+        if made is None:
+            made = self._made[cls] = type(cls.__name__, (_NoStreamClose, cls), {"__module__": __name__})
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+
 def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = None,
                 batch_size: int = LIVE_BATCH_SIZE, max_wait: float = MAX_WAIT,
                 **kwargs: Any) -> ResilientTiledWriter | TiledWriter:
@@ -409,6 +483,8 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
     """
     if isinstance(target, LocalCatalog):
         factory = target.client
+        if not target.streams_need_closing:  # our own server: close_stream does nothing there
+            factory = lambda: target.client(structure_clients=SkipStreamClose())  # noqa: E731
         health = f"{target.base_url}/healthz"
         if backup_directory is None and target.backup_dir is not None:
             backup_directory = target.backup_dir

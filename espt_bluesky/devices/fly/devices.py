@@ -13,6 +13,14 @@ Both follow ophyd-async 0.21's composition model and run in the same RunEngine a
   writes one HDF5 file per run where the ``PathProvider`` says, registered through StreamResource/StreamDatum.
   One collection is one pass of a raster (arrays of ``samples_per_line``) or one hop (scalars).
 
+A raster's file groups its channels into few datasets, one data key each (:func:`dataset_layout`): every data key
+becomes a node of its own in Tiled, registered, updated and closed by requests of their own, so a run's fixed cost
+in Tiled grows with the number of keys, not with the samples.  The signal channels keep a key each
+(``current``, or ``height`` and ``error``), the encoder positions are one ``position`` array of (3, samples)
+(x, y, z in µm: ``axes`` in its data key), ``time`` (s) stays its own key (other units), and the per-pass
+``row`` and ``direction`` are one ``pass`` array of two integers (``fields`` in its data key).  Hops keep one key
+per channel.
+
 Prepare the stage before the detector: the detector takes its channels and shapes from the loaded program.
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,55 @@ from .trajectory import FlyRaster, HopSequence
 
 #: Rows of samples per HDF5 chunk target (samples), so that a chunk is ~0.5 MB of float64
 CHUNK_SAMPLES = 65536
+#: A raster's per-sample encoder channels, grouped into one ``position`` data key of shape (3, samples), µm
+POSITION_AXES = ("x", "y", "z")
+#: A raster's per-pass channels, grouped into one integer ``pass`` data key of shape (2,)
+PASS_FIELDS = ("row", "direction")
+
+
+@dataclass(frozen=True)
+class FlyDataset:
+    """One dataset of the detector's file and its data key (``<detector>_<name>``).
+
+    ``channels`` are the controller channels it holds: one is stored as it comes; several are stacked on axis 1
+    (a collection's ``shape`` is then ``(len(channels), ...)``).
+    """
+
+    name: str
+    channels: tuple[str, ...]
+    shape: tuple[int, ...]  # of one collection
+    dtype: np.dtype
+    units: str
+    dims: tuple[str, ...]  # of one collection
+    labels: dict[str, list[str]]  # extra data-key fields naming the stacked channels ("axes" / "fields")
+
+    def block(self, data: dict[str, np.ndarray], i: int, j: int) -> np.ndarray:
+        """Collections ``i..j-1`` of this dataset from the controller's per-channel arrays."""
+        if len(self.channels) == 1:
+            return np.asarray(data[self.channels[0]][i:j], dtype=self.dtype)
+        return np.stack([np.asarray(data[c][i:j], dtype=self.dtype) for c in self.channels], axis=1)
+
+
+def dataset_layout(channels: dict[str, tuple[str, str]], per_collection: int, raster: bool) -> list[FlyDataset]:
+    """The datasets (and data keys) of a detector file for the loaded program's ``channels`` (name -> (units,
+    description)) with ``per_collection`` samples per collection; see the module docstring."""
+    f8, i8 = np.dtype("<f8"), np.dtype("<i8")
+    n = int(per_collection)
+    if not raster:  # hops: one scalar per channel and hop
+        return [FlyDataset(ch, (ch,), (), i8 if ch == "valid" else f8, units, (), {})
+                for ch, (units, _d) in channels.items()]
+    sample = () if n == 1 else (n,)
+    out = [FlyDataset(ch, (ch,), sample, f8, units, ("sample",) if sample else (), {})
+           for ch, (units, _d) in channels.items() if ch not in (*POSITION_AXES, "time", *PASS_FIELDS)]
+    units = {channels[a][0] for a in POSITION_AXES}
+    if len(units) != 1:  # one array carries one unit
+        raise ValueError(f"position channels {POSITION_AXES} have different units {units}")
+    out.append(FlyDataset("position", POSITION_AXES, (len(POSITION_AXES), *sample), f8, units.pop(),
+                          ("axis", "sample") if sample else ("axis",), {"axes": list(POSITION_AXES)}))
+    out.append(FlyDataset("time", ("time",), sample, f8, channels["time"][0], ("sample",) if sample else (), {}))
+    out.append(FlyDataset("pass", PASS_FIELDS, (len(PASS_FIELDS),), i8, "", ("field",),
+                          {"fields": list(PASS_FIELDS)}))
+    return out
 
 
 async def _sleep_until(t0: float, t: float) -> None:
@@ -128,7 +186,9 @@ class _State:
         self.n_exposures = 0
         self.file = None
         self.path: Path | None = None
-        self.datasets: dict[str, Any] = {}
+        self.datasets: dict[str, Any] = {}  # name -> h5py dataset
+        self.layout: list[FlyDataset] = []
+        self.channels: list[str] = []  # the controller channels the layout holds
         self.written, self.set_written = soft_signal_r_and_setter(int, 0)
         self.n_written = 0
 
@@ -208,12 +268,13 @@ class _PacedAcquire(_TaskAcquire):
 
 
 def _write_rows(st: _State, data: dict[str, np.ndarray], i: int, j: int) -> None:
-    """Append collections i..j-1 to every dataset, flush, and count them as written."""
+    """Append collections i..j-1 (of the controller's per-channel arrays ``data``) to every dataset, flush, and
+    count them as written."""
     n0 = st.n_written
-    for key, ds in st.datasets.items():
-        block = data[key][i:j]
+    for spec in st.layout:
+        ds = st.datasets[spec.name]
         ds.resize(n0 + (j - i), axis=0)
-        ds[n0:n0 + (j - i)] = block
+        ds[n0:n0 + (j - i)] = spec.block(data, i, j)
     st.file.flush()
     st.n_written = n0 + (j - i)
     st.set_written(st.n_written)
@@ -238,7 +299,8 @@ class _UnitsProvider(StreamResourceDataProvider):
             if m["units"]:
                 dk["units"] = m["units"]
             if r.shape:
-                dk["dims"] = ["sample"]
+                dk["dims"] = list(m["dims"])
+            dk.update(m["labels"])  # "axes" / "fields": what the stacked rows are
             out[r.data_key] = dk
         return out
 
@@ -266,26 +328,28 @@ class _HDF5Data(DetectorDataLogic):
             raise ValueError(f"{datakey_name}: prepared for {n} samples per collection, the loaded program has "
                              f"{expected}")
         channels = dict(ctl.channels())
-        if isinstance(ctl.loaded, FlyRaster):
+        raster = isinstance(ctl.loaded, FlyRaster)
+        if raster:
             channels.update(PASS_CHANNELS)
+        layout = dataset_layout(channels, n, raster)
         f = h5py.File(st.path, "w", libver="latest")
-        rows = max(CHUNK_SAMPLES // max(n, 1), 1)
         resources, meta = [], {}
-        for ch, (units, _desc) in channels.items():
-            per_pass = ch in PASS_CHANNELS or ch == "valid" or n == 1
-            kind = "i" if ch in ("direction", "row", "valid") else "f"
-            dtype = np.dtype("<i8") if kind == "i" else np.dtype("<f8")
-            shape = () if per_pass else (n,)
-            chunks = (1024,) if per_pass else (rows, n)
-            f.create_dataset(f"/{ch}", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks)
-            key = f"{datakey_name}_{ch}"
-            resources.append(StreamResourceInfo(data_key=key, shape=shape, chunk_shape=chunks,
-                                                dtype_numpy=dtype.str, parameters={"dataset": f"/{ch}",
-                                                                                   "swmr": True}))
-            meta[key] = dict(units=units, kind=kind)
+        for spec in layout:
+            per_row = int(np.prod(spec.shape)) if spec.shape else 1
+            # ~0.5 MB chunks of per-sample data; 1024 rows of per-pass / per-hop values
+            chunks = (max(CHUNK_SAMPLES // per_row, 1) if "sample" in spec.dims else 1024, *spec.shape)
+            f.create_dataset(f"/{spec.name}", shape=(0, *spec.shape), maxshape=(None, *spec.shape),
+                             dtype=spec.dtype, chunks=chunks)
+            key = f"{datakey_name}_{spec.name}"
+            resources.append(StreamResourceInfo(data_key=key, shape=spec.shape, chunk_shape=chunks,
+                                                dtype_numpy=spec.dtype.str,
+                                                parameters={"dataset": f"/{spec.name}", "swmr": True}))
+            meta[key] = dict(units=spec.units, kind=spec.dtype.kind, dims=spec.dims, labels=spec.labels)
         f.swmr_mode = True
         st.file = f
-        st.datasets = {ch: f[f"/{ch}"] for ch in channels}
+        st.layout = layout
+        st.channels = [c for spec in layout for c in spec.channels]
+        st.datasets = {spec.name: f[f"/{spec.name}"] for spec in layout}
         st.n_written = 0
         st.set_written(0)
         return _UnitsProvider(uri=st.path.as_uri(), resources=resources, mimetype=MIMETYPE,
@@ -301,6 +365,7 @@ class _HDF5Data(DetectorDataLogic):
             st.file.close()
             st.file = None
             st.datasets = {}
+            st.layout = []
 
 
 class _FlyDetectorBase(StandardDetector):
@@ -322,10 +387,13 @@ class _FlyDetectorBase(StandardDetector):
 class FlyDetector(_FlyDetectorBase):
     """Potentiostat / AFM acquisition sampling at a set rate during a fly scan, writing HDF5 assets.
 
-    Data keys (``<name>_<channel>``): ``current`` (A; SECM tip current, SICM ion current) or ``height`` and
-    ``error`` (µm; EC-AFM), the encoder positions ``x``, ``y``, ``z`` (µm) and ``time`` (s) of every sample, one
-    array of ``samples_per_line`` per pass, plus ``direction`` (+1/−1) and ``row`` per pass; for hops
-    ``x``, ``y``, ``surface_z``, ``current_ref``, ``current``, ``time``, ``valid`` per hop.
+    Data keys (``<name>_<key>``) of a raster, per pass: ``current`` (A; SECM tip current, SICM ion current) or
+    ``height`` and ``error`` (µm; EC-AFM), arrays of ``samples_per_line``; ``position``, the encoder x, y, z (µm)
+    of every sample as one (3, ``samples_per_line``) array (``axes`` in its data key); ``time`` (s) of every
+    sample; ``pass``, the pass's row index and direction (+1 forward, −1 backward) as two integers (``fields``).
+    :func:`espt_bluesky.storage.maps.fly_channels` splits them back into ``x``, ``y``, ``z``, ``row``,
+    ``direction``.  For hops, one scalar per hop and key: ``x``, ``y``, ``surface_z``, ``current_ref``,
+    ``current``, ``time``, ``valid``.
     """
 
     def __init__(self, controller: Any, stage: FlyStage, path_provider: PathProvider, name: str = "fly") -> None:

@@ -3,9 +3,10 @@
 
 The stage writes the program PVs and puts ``Prepare``/``Kickoff``; ``complete`` waits for ``Busy`` = 0 and fails
 with the controller's ``Error`` (a ``TipCrash`` stays a ``TipCrash``).  The detector follows ``NDone``: for each
-completed pass it writes ``ReadIndex`` and reads the ``Data:*`` waveforms, then appends them to the run's HDF5 file
-exactly as the simulated detector does (same data logic, same data keys).  The controller's limits and response
-parameters come from ``{P}fly:Info`` when the devices are made, so a plan validates against them at call time.
+completed pass it writes ``ReadIndex`` and reads the ``Data:*`` waveforms (one per channel), then appends them to
+the run's HDF5 file exactly as the simulated detector does (same data logic, same datasets and data keys).  The
+controller's limits and response parameters come from ``{P}fly:Info`` when the devices are made, so a plan
+validates against them at call time.
 
 Set ``EPICS_CA_MAX_ARRAY_BYTES`` above 8 × the longest pass (samples) before the first channel is created.
 """
@@ -147,7 +148,7 @@ class _EpicsAcquire(_TaskAcquire):
         stage: EpicsFlyStage = st.stage
         logic = stage.flyable_logic
         await logic.started.wait()
-        channels = list(st.datasets)
+        channels = list(st.channels)
         total = await stage.n_total.get_value()
         k = 0
         while k < total:

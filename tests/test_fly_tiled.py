@@ -1,0 +1,139 @@
+"""A fly run into Tiled through ``make_writer``: what it costs in HTTP requests, and what happens when its stop is slow.
+
+* A fly image is a handful of data keys (signal, ``position``, ``time``, ``pass``), so a run costs TiledWriter a
+  fixed, small number of requests: 2 containers, per data key one registration and one data-source update, the stop
+  metadata and the close of the run and stream containers.  On a server this package configured (no streaming
+  cache, no webhooks) the data nodes' ``close_stream`` requests, which do nothing there, are not sent.  The run
+  reads back from Tiled as from its documents.
+* The stop of a run is many requests: on a slow server they may take longer than ``max_wait`` in all; each answered
+  request is progress, so the run is written, not journaled.
+* A stop that gets no answer for longer than ``max_wait`` sends the run to its journal with a warning naming
+  ``espt replay``; the journal holds the whole run (stream resources, datums, stop), and replaying it leaves the
+  run complete in Tiled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from espt_bluesky.devices import make_sim_bench
+from espt_bluesky.devices.fly import make_fly_devices
+from espt_bluesky.plans.fly import fly_image
+from espt_bluesky.storage import LocalCatalog, make_writer, read_map
+from espt_bluesky.storage.journal import read_journal
+from espt_bluesky.storage.replay import replay
+from espt_bluesky.storage.server import _needs_stream_close, tiled_config
+
+GRID = dict(technique="EC-AFM", x_range=(30.0, 70.0, 21), y_range=(45.0, 55.0, 2), speed=50.0,
+            sample_rate=250.0)  # 2 rows × 2 directions × 200 samples; EC-AFM: the cheapest physics
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    cat = LocalCatalog.in_process(tmp_path_factory.mktemp("fly_tiled") / "data")
+    yield cat
+    cat.stop()
+
+
+def fly(RE, catalog, seed=1):
+    """One small EC-AFM fly image; returns (uid, its documents)."""
+    bench = make_sim_bench("EC-AFM", "patterned", seed=seed)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    docs = []
+    uid = RE(fly_image(fs, fd, bench.stage, bench.potentiostat, **GRID), lambda n, d: docs.append((n, d)))[0]
+    return uid, docs
+
+
+def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
+    import fastapi.dependencies.utils as fdu
+
+    # an in-process server shares the user's process: FastAPI is left as it is (only our own server process
+    # memoises its dependency analysis, storage/fastapi_speedup.py)
+    assert not hasattr(fdu.get_dependant, "cache_info")
+    assert catalog.streams_need_closing is False  # started here from tiled_config: no streaming cache, no webhooks
+    assert LocalCatalog.connect(catalog.uri, api_key=catalog.api_key).streams_need_closing is True  # unknown server
+    cfg = tiled_config(catalog.data_dir, "key")
+    monkeypatch.setenv("TILED_STREAMING_CACHE_URI", "redis://127.0.0.1:1")  # how Tiled also reads its cache
+    assert _needs_stream_close(cfg) is True
+    monkeypatch.delenv("TILED_STREAMING_CACHE_URI")
+    assert _needs_stream_close(cfg) is False
+
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    uid, docs = fly(RE, catalog, seed=2)
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    assert sorted(keys) == ["fly_error", "fly_height", "fly_pass", "fly_position", "fly_time"]
+    # run + stream containers, per key: registration + one data-source update (4 passes < batch_size), the stop
+    # metadata, and the close of the two containers (not of the data nodes); the client's own set-up requests
+    # (made before the writer counts) excluded
+    assert writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
+    run = catalog.client()[uid]
+    assert sorted(run["primary"]) == sorted(keys)
+    assert run["primary"]["fly_position"].shape == (4, 3, 200)
+    from_tiled, from_docs = read_map(run), read_map(docs)
+    assert sorted(from_tiled.data_vars) == sorted(from_docs.data_vars) == sorted(
+        f"fly_{k}_{d}" for k in ("height", "error", "z") for d in ("forward", "backward")) + ["n_backward",
+                                                                                           "n_forward"]
+    for var in from_docs.data_vars:
+        np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
+    assert from_tiled.fly_z_forward.attrs["units"] == "um"
+    writer.close(30)
+
+
+def _delay(client, seconds, when):
+    """Hold every request of ``client`` for which ``when(request)`` is true ``seconds`` before it is sent."""
+    def hook(request):
+        if when(request):
+            time.sleep(seconds)
+
+    client.context.http_client.event_hooks["request"].append(hook)
+
+
+def test_a_slow_stop_is_waited_for_while_requests_are_answered(catalog, tmp_path):
+    client = catalog.client()  # a client target: every close_stream is sent too (13 requests at the stop)
+    stopping = []
+    _delay(client, 0.15, lambda request: bool(stopping))
+    writer = make_writer(client, backup_directory=tmp_path / "backup", max_wait=0.5)
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: stopping.append(1) if name == "stop" else None)
+    RE.subscribe(writer)
+    uid, _ = fly(RE, catalog, seed=3)
+    # the stop took > 1.5 s in all, three times max_wait, with an answer every 0.15 s: written, not journaled
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    assert catalog.client()[uid].metadata["stop"]["exit_status"] == "success"
+    writer.close(30)
+
+
+def test_a_stop_stuck_past_max_wait_goes_to_the_journal_loudly(catalog, tmp_path, caplog):
+    client = catalog.client()
+    hold = {}
+    # the stop's metadata update of the run (PATCH on the run's own node) gets no answer for 1.5 s
+    _delay(client, 1.5, lambda request: request.method == "PATCH" and request.url.path.endswith(hold.get("uid", "?")))
+    backup = tmp_path / "backup"
+    writer = make_writer(client, backup_directory=backup, max_wait=0.4)
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: hold.setdefault("uid", doc["uid"]) if name == "start" else None)
+    RE.subscribe(writer)
+    with caplog.at_level(logging.WARNING, logger="espt_bluesky.storage.writer"):
+        uid, docs = fly(RE, catalog, seed=4)
+    run = writer.runs[uid]
+    assert run.state == "backup" and "max_wait=0.4" in run.error, run.error
+    assert any("espt replay" in r.getMessage() and uid in r.getMessage() for r in caplog.records)
+    assert writer.flush(30)  # the writer thread finishes its late stop; the journal stays
+    back = read_journal(run.journal)
+    assert back.closed and not back.damage
+    names = [n for n, _ in back.records]
+    assert names == [n for n, _ in docs]  # every document of the run, the stop last
+    assert names.count("stream_resource") == 5 and names[-1] == "stop"
+    report = replay(backup, catalog)
+    assert [r.action for r in report.runs] in (["skipped"], ["stop_added"], ["written"]), str(report.runs)
+    np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
+                                  read_map(docs).fly_height_forward.values)
+    writer.close(30)
