@@ -12,6 +12,7 @@ switched by their options (0 = off).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,14 @@ class BenchOptions:
     conductivity: float = 1.3  # S/m, SICM electrolyte (≈ 0.1 M KCl)
     meniscus_height: float | None = None  # µm, SECCM droplet reach below the pipette end (default: r_i/2)
     sample_time: float = 0.01  # s, one current sample: a steady reading integrated longer averages its noise
+
+
+@functools.lru_cache(maxsize=64)
+def _pipette_constants(inner_radius: float, outer_radius: float, half_angle: float,
+                       conductivity: float) -> tuple[Any, Any]:
+    """(access length A µm, pipette resistance R_p Ω) of a conical pipette (:mod:`.sicm`), validated there."""
+    return (sicm.access_length(inner_radius, outer_radius, half_angle),
+            sicm.pipette_resistance(inner_radius, half_angle, conductivity))
 
 
 class BenchModel:
@@ -217,7 +226,11 @@ class BenchModel:
         path = start[None, :] + fractions[:, None] * (target - start)[None, :]
         # every end-face point of every sub-step in one interpolation call
         fx, fy = self._end_face_points(0.0, 0.0)
-        heights = self.surface_z(path[:, 0:1] + fx[None, :], path[:, 1:2] + fy[None, :]).max(axis=1)
+        if target[0] == start[0] and target[1] == start[1]:
+            # a vertical move (every approach step): each sub-step sees the same ground -- one sub-step's worth
+            heights = np.repeat(self.surface_z(start[0] + fx, start[1] + fy).max(), len(path))
+        else:
+            heights = self.surface_z(path[:, 0:1] + fx[None, :], path[:, 1:2] + fy[None, :]).max(axis=1)
         gaps = path[:, 2] - heights
         hit = np.flatnonzero(gaps < 0.0)
         if hit.size:
@@ -346,8 +359,12 @@ class BenchModel:
         h = self.sicm_face() if face is None else face
         zz = self.position[2] if z is None else np.asarray(z, float)
         gaps = np.asarray(zz, float)[..., None, None] - h
-        norm = sicm.ion_current_normalized_face(gaps, pr.radius, ro, pr.half_angle, self._annulus()["w"])
-        i_sat = bias / sicm.pipette_resistance(pr.radius, pr.half_angle, self.options.conductivity)
+        # sicm.ion_current_normalized_face, with the pipette's constants (A, R_p) checked and computed once per
+        # geometry instead of at every reading: the same arithmetic
+        A, r_p = _pipette_constants(pr.radius, ro, pr.half_angle, self.options.conductivity)
+        d = sicm.effective_gap(gaps, self._annulus()["w"])
+        norm = d / (d + A)
+        i_sat = bias / r_p
         out = i_sat * norm
         return float(out) if np.ndim(out) == 0 else out
 

@@ -1,13 +1,15 @@
 """Hopping scans (SICM, SECCM): approach at each point, measure, retract by the hop height, move on."""
 
 import math
+import uuid
 from dataclasses import dataclass
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.protocols import Configurable, Movable, Readable
+from bluesky.protocols import Configurable, Movable, Readable, Triggerable
+from bluesky.utils import Msg, all_safe_rewind, separate_devices, short_uid
 
 from ..errors import (FaultLimitReached, InvalidArgument, check_bool, check_choice, check_int, check_keys, check_number,
                       fault_reason)
@@ -166,6 +168,54 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
     return out
 
 
+class _Reading:
+    """``bps.trigger_and_read(devices, name)`` for a fixed list of devices, message for message, made cheap for the
+    ~20 readings of every plan-mode SICM hop.
+
+    ``trigger_and_read`` redoes per call what cannot change within a map -- ``separate_devices`` and an
+    ``isinstance(obj, Triggerable)`` check per device (a runtime Protocol check: ~0.1 ms each on Python 3.11) --
+    and wraps every stub in a ``Plan`` that formats the call stack; this class does those once.  The messages are
+    the same (trigger each triggerable device, wait, create, read each, save; drop if a read fails), so the
+    documents and the RunEngine's behaviour are unchanged.  Devices that are not safe to rewind take
+    ``trigger_and_read`` itself (its rewindable toggling).
+    """
+
+    def __init__(self, devices: Sequence[Any], name: str):
+        self.devices = separate_devices(devices)
+        self.triggerable = [d for d in self.devices if isinstance(d, Triggerable)]
+        self.name = name
+
+    def __call__(self):
+        if not all_safe_rewind(self.devices):
+            return (yield from bps.trigger_and_read(self.devices, name=self.name))
+        if self.triggerable:
+            grp = short_uid("trigger")
+            for obj in self.triggerable:
+                yield Msg("trigger", obj, group=grp)
+            yield Msg("wait", None, group=grp, error_on_timeout=True, timeout=None, watch=())
+        yield Msg("create", name=self.name)
+        ret = {}
+        try:
+            for obj in self.devices:
+                reading = yield Msg("read", obj)
+                if reading is not None:
+                    ret.update(reading)
+        except Exception:
+            yield Msg("drop")
+            raise
+        yield Msg("save")
+        return ret
+
+
+def _move(obj: Any, value: float):
+    """``bps.mv(obj, value)`` for one device, message for message (set, then wait on its group), without the
+    ``Plan`` wrapper and the cycler ``mv`` builds for several devices: the z steps of every plan-mode hop."""
+    group = str(uuid.uuid4())
+    status = yield Msg("set", obj, value, group=group)
+    yield Msg("wait", None, group=group, timeout=None)
+    return (status,)
+
+
 class SicmHops:
     """Plan-driven SICM hops that estimate heights as the device-mode controller does.
 
@@ -199,6 +249,7 @@ class SicmHops:
         self.history: list[tuple[float, float, float]] = []
         self.last_surface: float | None = None
         self._base = None
+        self._readings: dict[tuple, _Reading] = {}
         self._ss = 0.0
         self._dof = 0
 
@@ -208,8 +259,9 @@ class SicmHops:
         sig = potentiostat.tip.current
         self._base = float(potentiostat.params.integration_time.get())
         vals = []
+        reading = self._reading(potentiostat, stage, "sicm_noise")
         for _ in range(self.N_NOISE):
-            r = yield from bps.trigger_and_read([potentiostat, stage.z], name="sicm_noise")
+            r = yield from reading()
             vals.append(value_of(r, sig))
         v = np.asarray(vals, float)
         if np.all(np.isfinite(v)) and np.mean(v) != 0:
@@ -241,6 +293,13 @@ class SicmHops:
         return hop_height.samples_for_precision(sigma1, d_stop / (d_stop + self.A), self.A,
                                                 0.25 * self.step / math.sqrt(2.0), low=1, high=2**20)
 
+    def _reading(self, potentiostat: Any, stage: Any, stream: str) -> _Reading:
+        """The (potentiostat, stage z) reading of ``stream``, made once per map."""
+        key = (id(potentiostat), id(stage.z), stream)
+        if self._readings.get(key) is None:
+            self._readings[key] = _Reading([potentiostat, stage.z], stream)
+        return self._readings[key]
+
     def restore(self, potentiostat: Any):
         """Plan stub: the potentiostat's integration time as it was."""
         if self._base is not None:
@@ -254,10 +313,12 @@ class SicmHops:
         s_stop = d_stop / (d_stop + self.A)
         k = int(np.clip(math.ceil(self._samples(d_stop) / self.n_int), 2, self.K_MAX))
 
+        reading = self._reading(potentiostat, stage, stream)
+
         def mean_of(n, pool=True):
             vals = []
             for _ in range(n):
-                r = yield from bps.trigger_and_read([potentiostat, stage.z], name=stream)
+                r = yield from reading()
                 vals.append(value_of(r, sig))
             if pool:
                 self._pool(vals, self.n_int)
@@ -288,7 +349,7 @@ class SicmHops:
                 dz = min(spec.max_travel - (z_top - z), z - stage.z.limits[0])
             yield from bps.checkpoint()
             z -= dz
-            yield from bps.mv(stage.z, z)
+            yield from _move(stage.z, z)
             n += 1
             i_now = yield from mean_of(1, pool=False)
             s_last = abs(i_now / i_top)  # against the reading at the top: no assumption on the gap there
