@@ -137,3 +137,59 @@ def test_a_stop_stuck_past_max_wait_goes_to_the_journal_loudly(catalog, tmp_path
     np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
                                   read_map(docs).fly_height_forward.values)
     writer.close(30)
+
+
+def test_a_failed_file_write_ends_the_run_at_once_and_keeps_what_was_written(catalog, monkeypatch):
+    """The detector's HDF5 write fails (disk full) on the second batch while the stage flies on: ``complete``
+    fails with the detector's error naming the file and the cause (not the exposure timeout, 4 line times + 60 s,
+    later), the run closes with exit_status "fail", and the pass written before reads back from Tiled."""
+    import threading
+
+    from espt_bluesky.devices.fly import controller as fc
+    from espt_bluesky.devices.fly import devices as fdev
+
+    monkeypatch.setattr(fc, "STEP_SAMPLES", 100)  # the controller hands out one pass per step
+    first_written = threading.Event()
+    block = fdev.FlyDataset.block
+
+    def failing_block(self, data, i, j):
+        if i > 0:  # every write after the first one
+            raise OSError(28, "No space left on device")
+        first_written.set()
+        return block(self, data, i, j)
+
+    monkeypatch.setattr(fdev.FlyDataset, "block", failing_block)
+    bench = make_sim_bench("EC-AFM", "patterned", seed=5)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    ctl = fs.controller
+    advance = ctl.advance
+
+    def paced_advance():  # the controller waits, after its first pass, until the detector has written it
+        if ctl.result.n_done >= 1:
+            first_written.wait(30)
+        return advance()
+
+    monkeypatch.setattr(ctl, "advance", paced_advance)
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    docs = []
+    with pytest.raises(fdev.FlyWriteError) as err:
+        RE(fly_image(fs, fd, bench.stage, bench.potentiostat, **GRID), lambda n, d: docs.append((n, d)))
+    path = fd.file_path
+    msg = str(err.value)
+    assert str(path) in msg and "No space left on device" in msg and "the 1 passes written before" in msg, msg
+    assert ctl.result.finished and ctl.result.error is None and ctl.result.n_done == 4  # the stage flew on
+    stop = [d for n, d in docs if n == "stop"][0]
+    assert stop["exit_status"] == "fail" and str(path) in stop["reason"]
+    import h5py
+
+    with h5py.File(path, "r") as f:  # cut back to the rows written: no half-written pass in the file
+        assert {k: f[k].shape[0] for k in f} == {k: 1 for k in ("error", "height", "pass", "position", "time")}
+    uid = docs[0][1]["uid"]
+    assert writer.flush(30) and writer.runs[uid].state == "written", writer.runs[uid].error
+    run = catalog.client()[uid]
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    np.testing.assert_array_equal(run["primary"]["fly_height"].read(), ctl.result.buffers["height"][:1])
+    np.testing.assert_array_equal(read_map(run).fly_height_forward.values, read_map(docs).fly_height_forward.values)
+    writer.close(30)

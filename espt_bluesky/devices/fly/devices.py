@@ -40,6 +40,7 @@ from ophyd_async.core import (DetectorAcquireLogic, DetectorDataLogic, DetectorT
                               PathProvider, StandardDetector, StandardFlyable, StreamResourceDataProvider,
                               StreamResourceInfo, TriggerInfo, soft_signal_r_and_setter)
 
+from ...errors import EsptError
 from ..waveform_assets import MIMETYPE
 from .controller import PASS_CHANNELS, FlyResult
 from .trajectory import FlyRaster, HopSequence
@@ -50,6 +51,10 @@ CHUNK_SAMPLES = 65536
 POSITION_AXES = ("x", "y", "z")
 #: A raster's per-pass channels, grouped into one integer ``pass`` data key of shape (2,)
 PASS_FIELDS = ("row", "direction")
+
+
+class FlyWriteError(EsptError, OSError):
+    """The fly detector could not write its HDF5 file; the rows written before stay in the file and are registered."""
 
 
 @dataclass(frozen=True)
@@ -178,9 +183,10 @@ class FlyStage(_ControllerProperty, StandardFlyable):
 class _State:
     """What the detector's logics share: the sample period, samples per collection, the file and the counter."""
 
-    def __init__(self, controller: Any, stage: FlyStage):
+    def __init__(self, controller: Any, stage: FlyStage, name: str = "fly"):
         self.controller = controller
         self.stage = stage
+        self.name = name  # the detector's, for error messages
         self.period = 0.0
         self.per_collection = 1
         self.n_exposures = 0
@@ -269,15 +275,55 @@ class _PacedAcquire(_TaskAcquire):
 
 def _write_rows(st: _State, data: dict[str, np.ndarray], i: int, j: int) -> None:
     """Append collections i..j-1 (of the controller's per-channel arrays ``data``) to every dataset, flush, and
-    count them as written."""
+    count them as written.
+
+    Raises
+    ------
+    FlyWriteError
+        If the file cannot take them (disk full, file gone, ...): the datasets are cut back to the rows written
+        before (so the file holds only whole, registered rows) and the error names the file and the cause.
+    """
     n0 = st.n_written
-    for spec in st.layout:
-        ds = st.datasets[spec.name]
-        ds.resize(n0 + (j - i), axis=0)
-        ds[n0:n0 + (j - i)] = spec.block(data, i, j)
-    st.file.flush()
+    try:
+        for spec in st.layout:
+            ds = st.datasets[spec.name]
+            ds.resize(n0 + (j - i), axis=0)
+            ds[n0:n0 + (j - i)] = spec.block(data, i, j)
+        st.file.flush()
+    except Exception as exc:
+        for ds in st.datasets.values():  # best effort: the file may be beyond repair (then readers stop at n0)
+            with suppress(Exception):
+                ds.resize(n0, axis=0)
+        with suppress(Exception):
+            st.file.flush()
+        what = "passes" if isinstance(st.controller.loaded, FlyRaster) else "hops"
+        raise FlyWriteError(
+            f"{st.name}: writing {what} {n0}..{n0 + (j - i) - 1} to {st.path} failed "
+            f"({type(exc).__name__}: {exc}); the {n0} {what} written before are kept in the file and "
+            f"registered") from exc
     st.n_written = n0 + (j - i)
     st.set_written(st.n_written)
+
+
+async def _fail_fast(updates: Any, task: asyncio.Future | None) -> Any:
+    """Yield ``updates`` (an async iterator) until it ends, but raise at once when ``task`` fails."""
+    it = aiter(updates)
+    while True:
+        nxt = asyncio.ensure_future(anext(it))
+        try:
+            if task is not None and not task.done():
+                await asyncio.wait({nxt, task}, return_when=asyncio.FIRST_COMPLETED)
+            if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+            update = await nxt
+        except StopAsyncIteration:
+            return
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+                with suppress(BaseException):
+                    await nxt
+        yield update
 
 
 class _UnitsProvider(StreamResourceDataProvider):
@@ -373,10 +419,18 @@ class _FlyDetectorBase(StandardDetector):
 
     def __init__(self, controller: Any, stage: Any, path_provider: PathProvider, acquire: type[_TaskAcquire],
                  name: str) -> None:
-        self._state = _State(controller, stage)
+        self._state = _State(controller, stage, name)
         self.add_detector_logics(_SampleTrigger(self._state), acquire(self._state),
                                  _HDF5Data(self._state, path_provider))
         super().__init__(name=name)
+
+    async def _wait_for_index(self, *args: Any, **kwargs: Any) -> Any:
+        # ophyd-async waits for the written counter to reach its target, for up to ``exposure_timeout`` between
+        # two updates (4 line times + 60 s here): a write that failed would be noticed only then.  The acquire
+        # task is what writes the file, so its failure ends the wait (``complete``, ``trigger``) at once.
+        task = getattr(self._acquire_logic, "task", None)
+        async for update in _fail_fast(super()._wait_for_index(*args, **kwargs), task):
+            yield update
 
     @property
     def file_path(self) -> Path | None:
