@@ -18,8 +18,10 @@ becomes a node of its own in Tiled, registered, updated and closed by requests o
 in Tiled grows with the number of keys, not with the samples.  The signal channels keep a key each
 (``current``, or ``height`` and ``error``), the encoder positions are one ``position`` array of (3, samples)
 (x, y, z in µm: ``axes`` in its data key), ``time`` (s) stays its own key (other units), and the per-pass
-``row`` and ``direction`` are one ``pass`` array of two integers (``fields`` in its data key).  Hops keep one key
-per channel.
+``row`` and ``direction`` are one ``pass`` array of two integers (``fields`` in its data key).  A hop's lateral
+position is one ``position`` array (x, y in µm: ``axes``) and its two ion currents one ``currents`` array
+(``current_ref``, ``current`` in A: ``fields``); ``surface_z`` (the measurement), ``time`` and ``valid`` keep a key
+each.
 
 Prepare the stage before the detector: the detector takes its channels and shapes from the loaded program.
 """
@@ -51,6 +53,10 @@ CHUNK_SAMPLES = 65536
 POSITION_AXES = ("x", "y", "z")
 #: A raster's per-pass channels, grouped into one integer ``pass`` data key of shape (2,)
 PASS_FIELDS = ("row", "direction")
+#: A hop's lateral position, grouped into one ``position`` data key of shape (2,), µm
+HOP_POSITION_AXES = ("x", "y")
+#: A hop's ion currents (at the top of the hop, at contact), grouped into one ``currents`` data key of shape (2,), A
+HOP_CURRENT_FIELDS = ("current_ref", "current")
 
 
 class FlyWriteError(EsptError, OSError):
@@ -85,9 +91,9 @@ def dataset_layout(channels: dict[str, tuple[str, str]], per_collection: int, ra
     description)) with ``per_collection`` samples per collection; see the module docstring."""
     f8, i8 = np.dtype("<f8"), np.dtype("<i8")
     n = int(per_collection)
-    if not raster:  # hops: one scalar per channel and hop
-        return [FlyDataset(ch, (ch,), (), i8 if ch == "valid" else f8, units, (), {})
-                for ch, (units, _d) in channels.items()]
+    if not raster:  # hops: one row per hop; the lateral position (x, y) and the two currents grouped
+        return _grouped_layout(channels, {"position": (HOP_POSITION_AXES, "axis", "axes"),
+                                          "currents": (HOP_CURRENT_FIELDS, "field", "fields")})
     sample = () if n == 1 else (n,)
     out = [FlyDataset(ch, (ch,), sample, f8, units, ("sample",) if sample else (), {})
            for ch, (units, _d) in channels.items() if ch not in (*POSITION_AXES, "time", *PASS_FIELDS)]
@@ -99,6 +105,22 @@ def dataset_layout(channels: dict[str, tuple[str, str]], per_collection: int, ra
     out.append(FlyDataset("time", ("time",), sample, f8, channels["time"][0], ("sample",) if sample else (), {}))
     out.append(FlyDataset("pass", PASS_FIELDS, (len(PASS_FIELDS),), i8, "", ("field",),
                           {"fields": list(PASS_FIELDS)}))
+    return out
+
+
+def _grouped_layout(channels: dict[str, tuple[str, str]],
+                    groups: dict[str, tuple[tuple[str, ...], str, str]]) -> list[FlyDataset]:
+    """One scalar per hop and channel, except ``groups`` (name -> (channels, dim, label field)): one row each."""
+    f8, i8 = np.dtype("<f8"), np.dtype("<i8")
+    grouped = {c for chs, _dim, _label in groups.values() for c in chs}
+    out = []
+    for name, (chs, dim, label) in groups.items():
+        units = {channels[c][0] for c in chs}
+        if len(units) != 1:  # one array carries one unit
+            raise ValueError(f"{name} channels {chs} have different units {units}")
+        out.append(FlyDataset(name, chs, (len(chs),), f8, units.pop(), (dim,), {label: list(chs)}))
+    out += [FlyDataset(ch, (ch,), (), i8 if ch == "valid" else f8, units, (), {})
+            for ch, (units, _d) in channels.items() if ch not in grouped]
     return out
 
 
@@ -402,7 +424,10 @@ class _HDF5Data(DetectorDataLogic):
                               collections_written_signal=st.written, meta=meta)
 
     def get_hinted_fields(self, datakey_name: str) -> list[str]:
-        ch = "height" if self.state.controller.technique == "EC-AFM" else "current"
+        ctl = self.state.controller
+        if isinstance(ctl.loaded, HopSequence):
+            return [f"{datakey_name}_surface_z"]  # what a hop map shows: the surface found at each hop
+        ch = "height" if ctl.technique == "EC-AFM" else "current"
         return [f"{datakey_name}_{ch}"]
 
     async def stop(self) -> None:
@@ -446,8 +471,9 @@ class FlyDetector(_FlyDetectorBase):
     of every sample as one (3, ``samples_per_line``) array (``axes`` in its data key); ``time`` (s) of every
     sample; ``pass``, the pass's row index and direction (+1 forward, −1 backward) as two integers (``fields``).
     :func:`espt_bluesky.storage.maps.fly_channels` splits them back into ``x``, ``y``, ``z``, ``row``,
-    ``direction``.  For hops, one scalar per hop and key: ``x``, ``y``, ``surface_z``, ``current_ref``,
-    ``current``, ``time``, ``valid``.
+    ``direction``.  For hops, per hop: ``position`` (x, y in µm; ``axes``), ``surface_z`` (µm), ``currents``
+    (``current_ref``, ``current`` in A; ``fields``), ``time`` (s), ``valid``; ``fly_channels`` splits them the same
+    way.
     """
 
     def __init__(self, controller: Any, stage: FlyStage, path_provider: PathProvider, name: str = "fly") -> None:
