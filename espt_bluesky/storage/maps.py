@@ -407,7 +407,7 @@ def fly_source_keys(data_keys: Mapping[str, Any], det: str = "fly") -> list[str]
     """The data keys of a fly stream that hold its positions and pass directions: ``<det>_position`` and
     ``<det>_pass`` (grouped layout), or ``<det>_x``, ``<det>_y``, ``<det>_direction`` (one key per channel, runs
     recorded before the grouping)."""
-    grouped = [f"{det}_{g}" for g in FLY_GROUPS]
+    grouped = [f"{det}_position", f"{det}_pass"]  # a raster's groups
     if all(k in data_keys for k in grouped):
         return grouped
     return [f"{det}_x", f"{det}_y", f"{det}_direction"]
