@@ -87,6 +87,31 @@ def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
     writer.close(30)
 
 
+def test_fly_hops_cost_few_requests_and_read_back(catalog):
+    """A fly_hops run is five data keys (position and the two currents grouped): 2·5 + 5 requests; read back from
+    Tiled it gives the map its documents give, and a channel of a group can be asked for by its name."""
+    from espt_bluesky.plans.fly import fly_hops
+
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    bench = make_sim_bench("SICM", "patterned", seed=6)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    docs = []
+    uid = RE(fly_hops(fs, fd, bench.stage, bench.potentiostat, x_range=(40.0, 60.0, 3), y_range=(45.0, 55.0, 2),
+                      hop_height=1.0, drop=0.01), lambda n, d: docs.append((n, d)))[0]
+    assert writer.flush(30) and writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    assert len(keys) == 5 and writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
+    run = catalog.client()[uid]
+    from_tiled, from_docs = read_map(run), read_map(docs)
+    assert sorted(from_tiled.data_vars) == sorted(from_docs.data_vars)
+    for var in [*from_docs.data_vars, "x_measured", "y_measured"]:
+        np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
+    assert list(read_map(run, variables=["fly_current"]).data_vars) == ["fly_current"]
+    writer.close(30)
+
+
 def _delay(client, seconds, when):
     """Hold every request of ``client`` for which ``when(request)`` is true ``seconds`` before it is sent."""
     def hook(request):
