@@ -183,6 +183,27 @@ def test_lag_correction_restores_the_edges(pe_runs):
 
 
 # ------------------------------------------------------------------------------------------ other techniques, hops
+def _check_named_keys(docs):
+    """Every data key the start document (``map``, ``hints``, ``valid_key``, ``fly.signal``) and the descriptor's
+    object hints name is a data key of the stream it names; map components are named by the key's ``axes``."""
+    start = docs[0][1]
+    descs = {d["name"]: d for n, d in docs if n == "descriptor"}
+    keys = descs["primary"]["data_keys"]
+    m = start["map"]
+    for ax in ("x", "y"):
+        assert m[ax] in keys, (ax, m[ax], sorted(keys))
+        assert m[f"{ax}_axis"] in keys[m[ax]]["axes"]
+    named = [(f, stream) for fields, stream in start["hints"]["dimensions"] for f in fields]
+    assert named
+    for f, stream in named:
+        assert f in descs[stream]["data_keys"], (f, stream)
+    hinted = [f for obj in descs["primary"].get("hints", {}).values() for f in obj.get("fields", [])]
+    assert hinted and all(f in keys for f in hinted), hinted
+    for k in (start.get("valid_key"), start.get("fly", {}).get("signal")):
+        assert k is None or k in keys, k
+    return keys
+
+
 def test_ec_afm_and_sicm_fly(engine, tmp_path):
     bench = make_sim_bench("EC-AFM", "patterned", seed=2)
     fs, fd = make_fly_devices(bench, tmp_path)
@@ -190,6 +211,7 @@ def test_ec_afm_and_sicm_fly(engine, tmp_path):
                                            x_range=(35.0, 65.0, 31), y_range=(50.0, 50.0, 1), speed=50.0,
                                            sample_rate=2000.0))
     assert res.exit_status == "success"
+    _check_named_keys(docs)
     ds = read_map(docs)
     truth = bench.model.surface_z(ds.x.values, np.full(ds.x.size, 50.0))
     # 50 µm/s with a 500 Hz loop lags 0.016 µm: the height image is the topography (100 nm disc) within ~noise
@@ -216,7 +238,13 @@ def test_fly_hops_line_matches_the_surface(engine, tmp_path):
     res, docs = run_docs(engine, fly_hops(fs, fd, bench.stage, bench.potentiostat, x_range=(30.0, 70.0, 41),
                                           y_range=(50.0, 50.0, 1), hop_height=1.0, drop=0.01))
     assert res.exit_status == "success"
+    keys = _check_named_keys(docs)
+    # grouped like a raster's: the lateral position and the two currents one key each
+    assert sorted(keys) == ["fly_currents", "fly_position", "fly_surface_z", "fly_time", "fly_valid"]
+    assert keys["fly_currents"]["fields"] == ["current_ref", "current"] and keys["fly_currents"]["units"] == "A"
     ds = read_map(docs)
+    assert {"fly_surface_z", "fly_current", "fly_current_ref", "fly_time"} <= set(ds.data_vars)
+    assert ds.attrs["x_key"] == "fly_x" and ds.x.attrs["units"] == "µm"
     z = ds["fly_surface_z"].values.ravel()
     x = ds.x.values
     assert z.size == 41 and np.all(np.isfinite(z))
@@ -390,3 +418,36 @@ def test_grouped_and_per_channel_layouts_read_the_same():
     np.testing.assert_array_equal(split.arrays["fly_y"], y)
     assert list(split.arrays["fly_direction"]) == [1, -1] and split.data_keys["fly_z"]["units"] == "um"
     assert fly_channels(old) is old
+
+
+def test_grouped_and_per_channel_hop_layouts_read_the_same():
+    """fly_hops runs recorded with one key per channel (and ``map`` naming ``fly_x``/``fly_y``) and runs with the
+    grouped ``position``/``currents`` keys (``map`` naming ``fly_position`` with ``x_axis``/``y_axis``) give the
+    same map."""
+    rng = np.random.default_rng(1)
+    x, y = np.tile(np.linspace(0.0, 4.0, 5), 2), np.repeat([10.0, 12.0], 5)
+    surf, iref, icur = rng.normal(1.0, 0.1, 10), rng.normal(2e-9, 1e-11, 10), rng.normal(1.9e-9, 1e-11, 10)
+    t, valid = np.arange(10) * 0.01, np.r_[np.ones(9, int), 0]
+    grid = dict(uid="u", mode="fly_hopping", valid_key="fly_valid", shape=[2, 5], extents=[[10.0, 12.0], [0.0, 4.0]],
+                snaking=[False, False])
+    scalar = dict(source="f", dtype="number", shape=[])
+    common = {"fly_surface_z": (dict(scalar, units="um"), surf), "fly_time": (dict(scalar, units="s"), t),
+              "fly_valid": (dict(scalar, dtype="integer"), valid)}
+    old = {**common, "fly_x": (dict(scalar, units="um"), x), "fly_y": (dict(scalar, units="um"), y),
+           "fly_current_ref": (dict(scalar, units="A"), iref), "fly_current": (dict(scalar, units="A"), icur)}
+    new = {**common,
+           "fly_position": (dict(source="f", dtype="array", shape=[2], dims=["axis"], units="um", axes=["x", "y"]),
+                            np.stack([x, y], axis=1)),
+           "fly_currents": (dict(source="f", dtype="array", shape=[2], dims=["field"], units="A",
+                                 fields=["current_ref", "current"]), np.stack([iref, icur], axis=1))}
+    seq = np.arange(1, 11)
+    a = read_map(RunData(dict(grid, map=dict(x="fly_x", y="fly_y", order="raster")),
+                         {k: v[0] for k, v in old.items()}, {k: v[1] for k, v in old.items()}, seq))
+    b = read_map(RunData(dict(grid, map=dict(x="fly_position", x_axis="x", y="fly_position", y_axis="y",
+                                             order="raster")),
+                         {k: v[0] for k, v in new.items()}, {k: v[1] for k, v in new.items()}, seq))
+    assert sorted(a.data_vars) == sorted(b.data_vars) and "fly_current_ref" in a.data_vars
+    assert a.attrs["n_invalid"] == b.attrs["n_invalid"] == 1 and a.attrs["x_key"] == b.attrs["x_key"] == "fly_x"
+    for var in [*a.data_vars, *a.coords]:
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+        assert a[var].attrs == b[var].attrs, var

@@ -87,6 +87,31 @@ def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
     writer.close(30)
 
 
+def test_fly_hops_cost_few_requests_and_read_back(catalog):
+    """A fly_hops run is five data keys (position and the two currents grouped): 2·5 + 5 requests; read back from
+    Tiled it gives the map its documents give, and a channel of a group can be asked for by its name."""
+    from espt_bluesky.plans.fly import fly_hops
+
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    bench = make_sim_bench("SICM", "patterned", seed=6)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    docs = []
+    uid = RE(fly_hops(fs, fd, bench.stage, bench.potentiostat, x_range=(40.0, 60.0, 3), y_range=(45.0, 55.0, 2),
+                      hop_height=1.0, drop=0.01), lambda n, d: docs.append((n, d)))[0]
+    assert writer.flush(30) and writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    assert len(keys) == 5 and writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
+    run = catalog.client()[uid]
+    from_tiled, from_docs = read_map(run), read_map(docs)
+    assert sorted(from_tiled.data_vars) == sorted(from_docs.data_vars)
+    for var in [*from_docs.data_vars, "x_measured", "y_measured"]:
+        np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
+    assert list(read_map(run, variables=["fly_current"]).data_vars) == ["fly_current"]
+    writer.close(30)
+
+
 def _delay(client, seconds, when):
     """Hold every request of ``client`` for which ``when(request)`` is true ``seconds`` before it is sent."""
     def hook(request):
@@ -136,4 +161,60 @@ def test_a_stop_stuck_past_max_wait_goes_to_the_journal_loudly(catalog, tmp_path
     assert [r.action for r in report.runs] in (["skipped"], ["stop_added"], ["written"]), str(report.runs)
     np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
                                   read_map(docs).fly_height_forward.values)
+    writer.close(30)
+
+
+def test_a_failed_file_write_ends_the_run_at_once_and_keeps_what_was_written(catalog, monkeypatch):
+    """The detector's HDF5 write fails (disk full) on the second batch while the stage flies on: ``complete``
+    fails with the detector's error naming the file and the cause (not the exposure timeout, 4 line times + 60 s,
+    later), the run closes with exit_status "fail", and the pass written before reads back from Tiled."""
+    import threading
+
+    from espt_bluesky.devices.fly import controller as fc
+    from espt_bluesky.devices.fly import devices as fdev
+
+    monkeypatch.setattr(fc, "STEP_SAMPLES", 100)  # the controller hands out one pass per step
+    first_written = threading.Event()
+    block = fdev.FlyDataset.block
+
+    def failing_block(self, data, i, j):
+        if i > 0:  # every write after the first one
+            raise OSError(28, "No space left on device")
+        first_written.set()
+        return block(self, data, i, j)
+
+    monkeypatch.setattr(fdev.FlyDataset, "block", failing_block)
+    bench = make_sim_bench("EC-AFM", "patterned", seed=5)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    ctl = fs.controller
+    advance = ctl.advance
+
+    def paced_advance():  # the controller waits, after its first pass, until the detector has written it
+        if ctl.result.n_done >= 1:
+            first_written.wait(30)
+        return advance()
+
+    monkeypatch.setattr(ctl, "advance", paced_advance)
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    docs = []
+    with pytest.raises(fdev.FlyWriteError) as err:
+        RE(fly_image(fs, fd, bench.stage, bench.potentiostat, **GRID), lambda n, d: docs.append((n, d)))
+    path = fd.file_path
+    msg = str(err.value)
+    assert str(path) in msg and "No space left on device" in msg and "the 1 passes written before" in msg, msg
+    assert ctl.result.finished and ctl.result.error is None and ctl.result.n_done == 4  # the stage flew on
+    stop = [d for n, d in docs if n == "stop"][0]
+    assert stop["exit_status"] == "fail" and str(path) in stop["reason"]
+    import h5py
+
+    with h5py.File(path, "r") as f:  # cut back to the rows written: no half-written pass in the file
+        assert {k: f[k].shape[0] for k in f} == {k: 1 for k in ("error", "height", "pass", "position", "time")}
+    uid = docs[0][1]["uid"]
+    assert writer.flush(30) and writer.runs[uid].state == "written", writer.runs[uid].error
+    run = catalog.client()[uid]
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    np.testing.assert_array_equal(run["primary"]["fly_height"].read(), ctl.result.buffers["height"][:1])
+    np.testing.assert_array_equal(read_map(run).fly_height_forward.values, read_map(docs).fly_height_forward.values)
     writer.close(30)

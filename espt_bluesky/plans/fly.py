@@ -59,6 +59,18 @@ def fly_lag(fly_stage: Any, speed: float, height: float | None = None) -> dict[s
                 speed_per_um_lag=(math.inf if total == 0 else 1.0 / total))
 
 
+def _fly_map(det: str, order: str, extra: dict) -> dict[str, Any]:
+    """The start document's ``map`` and ``hints`` of a fly run, naming the data keys recorded.
+
+    The detector records the positions grouped (``<det>_position``, its data key's ``axes`` naming the
+    components), so ``map`` names that key for x and y with the component of each (``x_axis``, ``y_axis``;
+    :func:`espt_bluesky.storage.maps.fly_channels` splits them), and the scan's one independent variable in
+    ``hints["dimensions"]`` is that key."""
+    pos = f"{det}_position"
+    return dict(map_keys=(pos, pos), order=order, hints={"dimensions": [[[pos], "primary"]]},
+                extra={**extra, "map": {"x": pos, "x_axis": "x", "y": pos, "y_axis": "y", "order": order}})
+
+
 def _collect_run(fly_stage, fly_detector, program, stream: str = "primary"):
     """Prepare, kick off and collect until complete; on failure collect what was written before re-raising."""
     yield from bps.prepare(fly_stage, program, wait=True)
@@ -198,10 +210,8 @@ def fly_image(fly_stage: Any, fly_detector: Any, stage: Readable, potentiostat: 
     if pl is not None:
         extra.update(plane=pl.as_dict(), height=z_height)
     start_md = build_start_md("fly_image", args, technique=technique, mode="fly", probe=probe_of(potentiostat, probe),
-                              context=context, sample_md=sample_md, md=md, map_keys=(f"{det}_x", f"{det}_y"),
-                              order="raster", shape=(ny, nx), extents=[[y0, y1], [x0, x1]], snaking=(False, False),
-                              hints={"dimensions": [[[f"{det}_y"], "primary"], [[f"{det}_x"], "primary"]]},
-                              extra=extra)
+                              context=context, sample_md=sample_md, md=md, **_fly_map(det, "raster", extra),
+                              shape=(ny, nx), extents=[[y0, y1], [x0, x1]], snaking=(False, False))
     if tip_potential is not None:
         ctl.e_tip = tip_potential
 
@@ -243,9 +253,11 @@ def fly_hops(fly_stage: Any, fly_detector: Any, stage: Readable, potentiostat: R
 
     Notes
     -----
-    Events carry ``<det>_x``, ``<det>_y``, ``<det>_surface_z`` (µm, where the setpoint was met),
-    ``<det>_current_ref``, ``<det>_current`` (A), ``<det>_time`` (s) and ``<det>_valid``.  ``read_map`` places them
-    on the grid like a ``hopping_scan``.
+    Events carry ``<det>_position`` (the hop's x, y in µm), ``<det>_surface_z`` (µm, where the setpoint was met),
+    ``<det>_currents`` (``current_ref``, ``current`` in A), ``<det>_time`` (s) and ``<det>_valid``: few data keys,
+    so few Tiled requests per run.  ``read_map`` places them on the grid like a ``hopping_scan``, with ``<det>_x``,
+    ``<det>_y``, ``<det>_current_ref`` and ``<det>_current`` split out
+    (:func:`espt_bluesky.storage.maps.fly_channels`).
 
     Examples
     --------
@@ -270,10 +282,8 @@ def fly_hops(fly_stage: Any, fly_detector: Any, stage: Readable, potentiostat: R
                 approach_speed=approach_speed, lateral_speed=lateral_speed)
     start_md = build_start_md("fly_hops", args, technique=technique, mode="fly_hopping",
                               probe=probe_of(potentiostat, probe), context=context, sample_md=sample_md, md=md,
-                              map_keys=(f"{det}_x", f"{det}_y"), order=sp["map_order"], shape=sp.get("shape"),
-                              extents=sp.get("extents"), snaking=sp.get("snaking"),
-                              hints={"dimensions": [[[f"{det}_y"], "primary"], [[f"{det}_x"], "primary"]]},
-                              extra={"valid_key": f"{det}_valid", "n_hops": seq.n_hops})
+                              **_fly_map(det, sp["map_order"], {"valid_key": f"{det}_valid", "n_hops": seq.n_hops}),
+                              shape=sp.get("shape"), extents=sp.get("extents"), snaking=sp.get("snaking"))
 
     def body():
         yield from cell_on(potentiostat)

@@ -4,6 +4,9 @@ Map conventions read from the start document
 --------------------------------------------
 ``map``
     ``{"x": <data key of x>, "y": <data key of y>, "order": "snake"|"raster"|"hopping"|"random"|"points"}``.
+    Fly runs record positions grouped (``<det>_position``, the components named by its data key's ``axes``):
+    their ``map`` names that key for both and adds ``"x_axis"``/``"y_axis"``, the component of each
+    (:func:`fly_channels` splits them; the Dataset's ``x_key``/``y_key`` are the split names, ``<det>_x``).
 ``shape``, ``extents``, ``snaking``
     bluesky's grid keys, slow axis first: for a map with ``map`` but no ``motors`` they are taken in (y, x) order;
     with ``motors`` they follow the motors' order.
@@ -278,6 +281,7 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
             dks = run[stream].metadata.get("data_keys", {}) if stream in run else {}
             keys = [k for k in (variables if variables is not None else dks)
                     if k in dks and (waveforms or not dks[k].get("shape"))]
+            keys = _recorded_keys(dks, keys, variables, waveforms)
             keys = list(dict.fromkeys([x_key, y_key] + ([start["valid_key"]] if start.get("valid_key") else [])
                                       + keys))
             if isinstance(start.get("fly"), Mapping):  # a fly image also needs each pass's positions, direction
@@ -291,6 +295,7 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
     x_key, y_key, order = map_keys(start)
     if not rd.data_keys:
         raise InvalidArgument(f"stream={stream!r}: the run has no such stream (or it holds no data yet)")
+    rd, x_key, y_key = _split_map_positions(rd, start, x_key, y_key)
     missing = [k for k in (x_key, y_key) if k not in rd.data_keys]
     if missing:
         raise InvalidArgument(f"position key(s) {missing} named by the start document are not in stream "
@@ -352,14 +357,57 @@ def read_map(run: Any, *, stream: str = "primary", variables: Iterable[str] | No
 
 FLY_POSITION_CHANNELS = ("x", "y", "time", "direction", "row")
 #: Grouped fly data keys (``<det>_<name>``: devices/fly) -> the data-key field naming their stacked channels
-FLY_GROUPS = {"position": "axes", "pass": "fields"}
+FLY_GROUPS = {"position": "axes", "pass": "fields", "currents": "fields"}
+
+
+def _group_of(key: str) -> tuple[str, str] | None:
+    """``(det, group)`` of a grouped fly data key ``<det>_<group>``, else None."""
+    for g in FLY_GROUPS:
+        if key.endswith("_" + g) and len(key) > len(g) + 1:
+            return key[:-len(g) - 1], g
+    return None
+
+
+def _recorded_keys(data_keys: Mapping[str, Any], keys: list[str], variables: list[str] | None,
+                   waveforms: bool) -> list[str]:
+    """``keys`` (chosen among the recorded ``data_keys``) plus the grouped keys that hold a wanted channel: a
+    variable named after a channel (``fly_current``) is read from its group (``fly_currents``), and a group of
+    scalars per event (shape (k,)) counts as scalars."""
+    out = list(keys)
+    for key, dk in data_keys.items():
+        dg = _group_of(key)
+        names = dk.get(FLY_GROUPS[dg[1]]) if dg else None
+        if not names or key in out:
+            continue
+        channels = [f"{dg[0]}_{n}" for n in names]
+        if variables is not None and not set(channels) & set(variables):
+            continue
+        if variables is None and not waveforms and len(dk.get("shape") or []) > 1:
+            continue
+        out.append(key)
+    return out
+
+
+def _split_map_positions(rd: "RunData", start: Mapping[str, Any], x_key: str,
+                         y_key: str) -> tuple["RunData", str, str]:
+    """A run whose ``map`` names a grouped position key with ``x_axis``/``y_axis``: its grouped keys split
+    (:func:`fly_channels`), and the x/y keys of the split channels."""
+    m = start.get("map")
+    if not isinstance(m, Mapping) or not (m.get("x_axis") or m.get("y_axis")):
+        return rd, x_key, y_key
+    dg = _group_of(x_key)
+    if dg is None or _group_of(y_key) != dg or not m.get("x_axis") or not m.get("y_axis"):
+        raise InvalidArgument(f"start['map']={dict(m)!r}: x_axis/y_axis need x and y to name the same grouped "
+                              f"position key (<det>_position)")
+    det = dg[0]
+    return fly_channels(rd, det), f"{det}_{m['x_axis']}", f"{det}_{m['y_axis']}"
 
 
 def fly_source_keys(data_keys: Mapping[str, Any], det: str = "fly") -> list[str]:
     """The data keys of a fly stream that hold its positions and pass directions: ``<det>_position`` and
     ``<det>_pass`` (grouped layout), or ``<det>_x``, ``<det>_y``, ``<det>_direction`` (one key per channel, runs
     recorded before the grouping)."""
-    grouped = [f"{det}_{g}" for g in FLY_GROUPS]
+    grouped = [f"{det}_position", f"{det}_pass"]  # a raster's groups
     if all(k in data_keys for k in grouped):
         return grouped
     return [f"{det}_x", f"{det}_y", f"{det}_direction"]
@@ -373,6 +421,8 @@ def fly_channels(rd: "RunData", det: str | None = None) -> "RunData":
     nodes and requests per run).  This returns ``<det>_x``, ``<det>_y``, ``<det>_z`` (passes, samples) and
     ``<det>_row``, ``<det>_direction`` (passes,) in their place, named by the ``axes`` / ``fields`` of the data
     keys, with those keys' units; other keys, and runs recorded with one key per channel, are returned as they are.
+    Hops the same way: ``<det>_position`` (hops, 2) gives ``<det>_x``, ``<det>_y``; ``<det>_currents`` (hops, 2)
+    gives ``<det>_current_ref``, ``<det>_current``.
 
     Parameters
     ----------
@@ -403,6 +453,8 @@ def fly_channels(rd: "RunData", det: str | None = None) -> "RunData":
             arrays[f"{det}_{name}"] = a[:, i]
             sub = {k: v for k, v in dk.items() if k not in ("axes", "fields", "shape", "dims")}
             sub.update(shape=list(a.shape[2:]), **({"dims": dims} if dims else {}))
+            if a.ndim == 2:  # one scalar per event
+                sub["dtype"] = "integer" if a.dtype.kind in "iub" else "number"
             data_keys[f"{det}_{name}"] = sub
     out = RunData.__new__(RunData)  # rd is sorted by seq_num already: no second sort (it would copy every array)
     out.start, out.data_keys, out.arrays, out.seq_num, out.stop = rd.start, data_keys, arrays, rd.seq_num, rd.stop

@@ -18,8 +18,10 @@ becomes a node of its own in Tiled, registered, updated and closed by requests o
 in Tiled grows with the number of keys, not with the samples.  The signal channels keep a key each
 (``current``, or ``height`` and ``error``), the encoder positions are one ``position`` array of (3, samples)
 (x, y, z in µm: ``axes`` in its data key), ``time`` (s) stays its own key (other units), and the per-pass
-``row`` and ``direction`` are one ``pass`` array of two integers (``fields`` in its data key).  Hops keep one key
-per channel.
+``row`` and ``direction`` are one ``pass`` array of two integers (``fields`` in its data key).  A hop's lateral
+position is one ``position`` array (x, y in µm: ``axes``) and its two ion currents one ``currents`` array
+(``current_ref``, ``current`` in A: ``fields``); ``surface_z`` (the measurement), ``time`` and ``valid`` keep a key
+each.
 
 Prepare the stage before the detector: the detector takes its channels and shapes from the loaded program.
 """
@@ -40,6 +42,7 @@ from ophyd_async.core import (DetectorAcquireLogic, DetectorDataLogic, DetectorT
                               PathProvider, StandardDetector, StandardFlyable, StreamResourceDataProvider,
                               StreamResourceInfo, TriggerInfo, soft_signal_r_and_setter)
 
+from ...errors import EsptError
 from ..waveform_assets import MIMETYPE
 from .controller import PASS_CHANNELS, FlyResult
 from .trajectory import FlyRaster, HopSequence
@@ -50,6 +53,14 @@ CHUNK_SAMPLES = 65536
 POSITION_AXES = ("x", "y", "z")
 #: A raster's per-pass channels, grouped into one integer ``pass`` data key of shape (2,)
 PASS_FIELDS = ("row", "direction")
+#: A hop's lateral position, grouped into one ``position`` data key of shape (2,), µm
+HOP_POSITION_AXES = ("x", "y")
+#: A hop's ion currents (at the top of the hop, at contact), grouped into one ``currents`` data key of shape (2,), A
+HOP_CURRENT_FIELDS = ("current_ref", "current")
+
+
+class FlyWriteError(EsptError, OSError):
+    """The fly detector could not write its HDF5 file; the rows written before stay in the file and are registered."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,9 @@ def dataset_layout(channels: dict[str, tuple[str, str]], per_collection: int, ra
     description)) with ``per_collection`` samples per collection; see the module docstring."""
     f8, i8 = np.dtype("<f8"), np.dtype("<i8")
     n = int(per_collection)
-    if not raster:  # hops: one scalar per channel and hop
-        return [FlyDataset(ch, (ch,), (), i8 if ch == "valid" else f8, units, (), {})
-                for ch, (units, _d) in channels.items()]
+    if not raster:  # hops: one row per hop; the lateral position (x, y) and the two currents grouped
+        return _grouped_layout(channels, {"position": (HOP_POSITION_AXES, "axis", "axes"),
+                                          "currents": (HOP_CURRENT_FIELDS, "field", "fields")})
     sample = () if n == 1 else (n,)
     out = [FlyDataset(ch, (ch,), sample, f8, units, ("sample",) if sample else (), {})
            for ch, (units, _d) in channels.items() if ch not in (*POSITION_AXES, "time", *PASS_FIELDS)]
@@ -94,6 +105,22 @@ def dataset_layout(channels: dict[str, tuple[str, str]], per_collection: int, ra
     out.append(FlyDataset("time", ("time",), sample, f8, channels["time"][0], ("sample",) if sample else (), {}))
     out.append(FlyDataset("pass", PASS_FIELDS, (len(PASS_FIELDS),), i8, "", ("field",),
                           {"fields": list(PASS_FIELDS)}))
+    return out
+
+
+def _grouped_layout(channels: dict[str, tuple[str, str]],
+                    groups: dict[str, tuple[tuple[str, ...], str, str]]) -> list[FlyDataset]:
+    """One scalar per hop and channel, except ``groups`` (name -> (channels, dim, label field)): one row each."""
+    f8, i8 = np.dtype("<f8"), np.dtype("<i8")
+    grouped = {c for chs, _dim, _label in groups.values() for c in chs}
+    out = []
+    for name, (chs, dim, label) in groups.items():
+        units = {channels[c][0] for c in chs}
+        if len(units) != 1:  # one array carries one unit
+            raise ValueError(f"{name} channels {chs} have different units {units}")
+        out.append(FlyDataset(name, chs, (len(chs),), f8, units.pop(), (dim,), {label: list(chs)}))
+    out += [FlyDataset(ch, (ch,), (), i8 if ch == "valid" else f8, units, (), {})
+            for ch, (units, _d) in channels.items() if ch not in grouped]
     return out
 
 
@@ -178,9 +205,10 @@ class FlyStage(_ControllerProperty, StandardFlyable):
 class _State:
     """What the detector's logics share: the sample period, samples per collection, the file and the counter."""
 
-    def __init__(self, controller: Any, stage: FlyStage):
+    def __init__(self, controller: Any, stage: FlyStage, name: str = "fly"):
         self.controller = controller
         self.stage = stage
+        self.name = name  # the detector's, for error messages
         self.period = 0.0
         self.per_collection = 1
         self.n_exposures = 0
@@ -269,15 +297,55 @@ class _PacedAcquire(_TaskAcquire):
 
 def _write_rows(st: _State, data: dict[str, np.ndarray], i: int, j: int) -> None:
     """Append collections i..j-1 (of the controller's per-channel arrays ``data``) to every dataset, flush, and
-    count them as written."""
+    count them as written.
+
+    Raises
+    ------
+    FlyWriteError
+        If the file cannot take them (disk full, file gone, ...): the datasets are cut back to the rows written
+        before (so the file holds only whole, registered rows) and the error names the file and the cause.
+    """
     n0 = st.n_written
-    for spec in st.layout:
-        ds = st.datasets[spec.name]
-        ds.resize(n0 + (j - i), axis=0)
-        ds[n0:n0 + (j - i)] = spec.block(data, i, j)
-    st.file.flush()
+    try:
+        for spec in st.layout:
+            ds = st.datasets[spec.name]
+            ds.resize(n0 + (j - i), axis=0)
+            ds[n0:n0 + (j - i)] = spec.block(data, i, j)
+        st.file.flush()
+    except Exception as exc:
+        for ds in st.datasets.values():  # best effort: the file may be beyond repair (then readers stop at n0)
+            with suppress(Exception):
+                ds.resize(n0, axis=0)
+        with suppress(Exception):
+            st.file.flush()
+        what = "passes" if isinstance(st.controller.loaded, FlyRaster) else "hops"
+        raise FlyWriteError(
+            f"{st.name}: writing {what} {n0}..{n0 + (j - i) - 1} to {st.path} failed "
+            f"({type(exc).__name__}: {exc}); the {n0} {what} written before are kept in the file and "
+            f"registered") from exc
     st.n_written = n0 + (j - i)
     st.set_written(st.n_written)
+
+
+async def _fail_fast(updates: Any, task: asyncio.Future | None) -> Any:
+    """Yield ``updates`` (an async iterator) until it ends, but raise at once when ``task`` fails."""
+    it = aiter(updates)
+    while True:
+        nxt = asyncio.ensure_future(anext(it))
+        try:
+            if task is not None and not task.done():
+                await asyncio.wait({nxt, task}, return_when=asyncio.FIRST_COMPLETED)
+            if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+            update = await nxt
+        except StopAsyncIteration:
+            return
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+                with suppress(BaseException):
+                    await nxt
+        yield update
 
 
 class _UnitsProvider(StreamResourceDataProvider):
@@ -356,7 +424,10 @@ class _HDF5Data(DetectorDataLogic):
                               collections_written_signal=st.written, meta=meta)
 
     def get_hinted_fields(self, datakey_name: str) -> list[str]:
-        ch = "height" if self.state.controller.technique == "EC-AFM" else "current"
+        ctl = self.state.controller
+        if isinstance(ctl.loaded, HopSequence):
+            return [f"{datakey_name}_surface_z"]  # what a hop map shows: the surface found at each hop
+        ch = "height" if ctl.technique == "EC-AFM" else "current"
         return [f"{datakey_name}_{ch}"]
 
     async def stop(self) -> None:
@@ -373,10 +444,18 @@ class _FlyDetectorBase(StandardDetector):
 
     def __init__(self, controller: Any, stage: Any, path_provider: PathProvider, acquire: type[_TaskAcquire],
                  name: str) -> None:
-        self._state = _State(controller, stage)
+        self._state = _State(controller, stage, name)
         self.add_detector_logics(_SampleTrigger(self._state), acquire(self._state),
                                  _HDF5Data(self._state, path_provider))
         super().__init__(name=name)
+
+    async def _wait_for_index(self, *args: Any, **kwargs: Any) -> Any:
+        # ophyd-async waits for the written counter to reach its target, for up to ``exposure_timeout`` between
+        # two updates (4 line times + 60 s here): a write that failed would be noticed only then.  The acquire
+        # task is what writes the file, so its failure ends the wait (``complete``, ``trigger``) at once.
+        task = getattr(self._acquire_logic, "task", None)
+        async for update in _fail_fast(super()._wait_for_index(*args, **kwargs), task):
+            yield update
 
     @property
     def file_path(self) -> Path | None:
@@ -392,8 +471,9 @@ class FlyDetector(_FlyDetectorBase):
     of every sample as one (3, ``samples_per_line``) array (``axes`` in its data key); ``time`` (s) of every
     sample; ``pass``, the pass's row index and direction (+1 forward, −1 backward) as two integers (``fields``).
     :func:`espt_bluesky.storage.maps.fly_channels` splits them back into ``x``, ``y``, ``z``, ``row``,
-    ``direction``.  For hops, one scalar per hop and key: ``x``, ``y``, ``surface_z``, ``current_ref``,
-    ``current``, ``time``, ``valid``.
+    ``direction``.  For hops, per hop: ``position`` (x, y in µm; ``axes``), ``surface_z`` (µm), ``currents``
+    (``current_ref``, ``current`` in A; ``fields``), ``time`` (s), ``valid``; ``fly_channels`` splits them the same
+    way.
     """
 
     def __init__(self, controller: Any, stage: FlyStage, path_provider: PathProvider, name: str = "fly") -> None:
