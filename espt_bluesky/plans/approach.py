@@ -353,7 +353,7 @@ def _reference_signals(stream: str) -> dict:
 
 
 #: readings per point of a lateral probe, and how far (in a) the tip descends between two probes
-_LATERAL_N = 4
+_LATERAL_N = 2
 _LATERAL_EVERY = 0.5
 
 
