@@ -279,7 +279,8 @@ def _band(sample, which=1):
     return 0.5 * (s + e), float(s)
 
 
-@pytest.mark.parametrize("seed, where, target", [(1, "centre", 0.5), (2, "edge", 1.0), (2, "centre", 2.0)])
+@pytest.mark.parametrize("seed, where, target", [(1, "centre", 0.5), (2, "edge", 1.0), (2, "centre", 2.0),
+                                                 (3, "centre", 0.5)])
 def test_edge_band_kappa_unknown_parks_via_reference(RE, seed, where, target):
     """An HOPG edge band (κ ≈ 10, 3 µm wide) in the basal plane (κ ≈ 0.1) under a 5 µm tip, κ unknown: the
     footprint averages to ~i_T,inf down to ~0.6 a, so no one-κ fit can locate the surface from the current
@@ -338,3 +339,16 @@ def test_lateral_heterogeneity_numbers():
     risen = lateral_heterogeneity([0.97] * 4, [0.97] * 4, [0.97] * 4, [0.935] * 4, [0.935] * 4, slope=0.003,
                                   minimum=0.93, **kw)
     assert not risen.mixed
+
+
+def test_noise_upper_bound_covers_the_true_noise():
+    """The fit's noise from 10 start readings is taken at its 90 % upper bound (a low draw made good curves read
+    inconsistent): over many draws it lies above the true σ in 90 % of them, and scales with σ."""
+    from espt_bluesky.analysis.approach_criteria import noise_upper_bound
+
+    rng = np.random.default_rng(1)
+    draws = np.array([noise_upper_bound(1.0 + 0.005 * rng.standard_normal(10)) for _ in range(4000)])
+    assert 0.88 < np.mean(draws >= 0.005) < 0.92
+    assert noise_upper_bound([1.0]) == 0.0
+    v = rng.standard_normal(10)
+    assert noise_upper_bound(3.0 * v) == pytest.approx(3.0 * noise_upper_bound(v))

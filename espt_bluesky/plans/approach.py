@@ -427,10 +427,10 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # is then fully specified: a surprise is noise, its bounds hold) or on a reference descent
             room = z - (est.z0_hi + spec.safety_margin) if spec.kappa is not None or bounded else math.inf
             # ... and not at all once the largest distance any κ (or mixture of κ) allows for the present
-            # current is within half the target and a/2 (where a feature larger than the tip fills the
+            # current is within half the target and a/10 (where a feature larger than the tip fills the
             # footprint): the tip is as close as it needs to be, wherever the surface is
             i_far = i_now - 3.0 * noise if i_now > 1.0 else min(i_now + 3.0 * noise, 1.0)
-            inside = a * float(crit.secm_distance_estimate(i_far, spec.rg)) <= min(0.5 * target, 0.5 * a)
+            inside = a * float(crit.secm_distance_estimate(i_far, spec.rg)) <= min(0.5 * target, 0.1 * a)
             if room > 0.02 * a and not inside:
                 step, status = min(cap, max(spec.fine_step, 0.25 * a), room), "cautious"
             elif status != "floor":
