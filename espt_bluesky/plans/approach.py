@@ -399,16 +399,19 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
 
     h_lat = 0.0  # µm: height the last lateral probe's significant contrast is worth (the footprint's doubt)
     z_inside = -math.inf  # the tip height at which the current alone showed the tip inside the target distance
+    hetero = False  # the last lateral probe saw a significant contrast: the footprint is not uniform
 
     def check_here(est):
-        nonlocal last_check, h_lat
+        nonlocal last_check, h_lat, hetero
         chk = yield from lateral(z, est)
         last_check = z
         checks.append(chk)
         h_lat = chk.height if chk.significance > 5.0 else 0.0
+        hetero = chk.significance > 5.0
         return chk.mixed
 
     est = prev = estimate()
+    surprised = False
     while True:
         # a footprint not quite uniform (a feature at its rim) leaves the one-κ estimate that much in doubt below
         # (the floor, its upper bound, is kept): not "done" until a probe closer in, over a smaller footprint, agrees
@@ -416,7 +419,7 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
         step, status = crit.next_approach_step(z, eff, target, margin=spec.safety_margin,
                                                coarse_step=spec.coarse_step, radius=a,
                                                previous=prev if n else None)
-        if not est.consistent and status != "done":
+        if (not est.consistent or surprised) and status != "done":
             # one substrate does not explain the curve (a mixed footprint, or the curve just turned away from
             # the prediction), so its bounds mean little: steps of at most 30 % of the smallest distance the
             # present current allows for any κ (no minimum: over a conductor they shrink geometrically and never
@@ -425,7 +428,12 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             cap = max(0.3 * a * crit.secm_cautious_distance(i_now, spec.rg), 0.01 * a)
             # ... never below the floor (the highest plausible surface plus the margin) when κ is given (the model
             # is then fully specified: a surprise is noise, its bounds hold) or on a reference descent
-            room = z - (est.z0_hi + spec.safety_margin) if spec.kappa is not None or bounded else math.inf
+            # ... and when one κ does explain the curve, only the last reading surprised it and the last lateral
+            # probe saw a uniform footprint (the estimate's bounds then hold: a finite-κ curve saturates where a
+            # conductor's keeps rising, so the any-κ step alone would walk into it; over a feature that fills the
+            # footprint close in, an Au disc, the one-κ bounds of the mixed stretch above it do not hold)
+            held = spec.kappa is not None or bounded or (est.consistent and not hetero)
+            room = z - (est.z0_hi + spec.safety_margin) if held else math.inf
             # ... and not at all once the largest distance any κ (or mixture of κ) allows for the present
             # current is within half the target and a/10 (where a feature larger than the tip fills the
             # footprint): the tip is as close as it needs to be, wherever the surface is
@@ -456,6 +464,9 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
                     continue  # judge the stop again with the doubt the probe found
             if not stop and checks and (near or departed):
                 step = min(step, max(_LATERAL_EVERY * a - (last_check - z), spec.fine_step))
+        logger.debug("SECM approach: z %.3f µm, I_T %.4f, %s step %.3f µm; surface %.3f (%.3f … %.3f) µm, κ %.3g%s%s",
+                     z, vals[-1] / ref, status, step, est.z0, est.z0_lo, est.z0_hi, est.kappa,
+                     "" if est.consistent else " (inconsistent)", " (surprised)" if surprised else "")
         if status in ("done", "floor"):
             if status == "floor" and n == 0:
                 raise ApproachLimitReached(
@@ -481,8 +492,8 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
         n += 1
         yield from measure()
         prev, est = est, estimate()
-        if prev.surprised_by(z, vals[-1] / ref, a, spec.rg):
-            est.consistent = False  # the curve turned away from the prediction: small steps until it is explained
+        # the curve turned away from the prediction: small steps until it is explained
+        surprised = prev.surprised_by(z, vals[-1] / ref, a, spec.rg)
     return dict(status=status, est=est, n=n, z=z, checks=checks, z_inside=z_inside)
 
 
