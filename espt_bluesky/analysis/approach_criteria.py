@@ -440,6 +440,22 @@ def secm_surface_estimate_local(z, current, radius: float, rg: float, *, max_chi
     return est
 
 
+def noise_upper_bound(readings, confidence: float = 0.9) -> float:
+    """1σ noise of one reading from repeated readings, at its upper ``confidence`` bound (0 for fewer than 2).
+
+    The sample standard deviation of a few readings is itself uncertain (from 10 readings it comes out below
+    0.6 σ one time in twenty); every bound of the approach fit scales with it, so an underestimate makes the fit
+    overconfident and a good curve look inconsistent.  The upper bound s·√((m−1)/χ²_{1−c, m−1}) errs the safe way.
+    """
+    from scipy.stats import chi2
+
+    v = np.asarray(readings, float)
+    if v.size < 2:
+        return 0.0
+    m = v.size
+    return float(np.std(v, ddof=1) * np.sqrt((m - 1) / chi2.ppf(1.0 - confidence, m - 1)))
+
+
 def secm_cautious_distance(current: float, rg: float) -> float:
     """L = d/a to size cautious steps by, from one normalised reading whatever the kinetics.
 
@@ -591,3 +607,179 @@ def sicm_surface_from_curve(z, current, drop: float, stop_distance: float, *, si
             zc, err = float(zu[-1]), 0.0
         surface = zc - stop_distance
     return float(surface), float(err)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mixed footprints: is the substrate under the tip uniform enough for a one-κ fit to locate the surface?
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class LateralCheck:
+    """What a small lateral probe (readings at the axis and at ±Δ in x and y, same height) says about the
+    footprint (:func:`lateral_heterogeneity`).
+
+    ``contrast`` is the largest symmetric ((I₊ + I₋)/2 − I₀) or antisymmetric ((I₊ − I₋)/2) change of the
+    normalised current, ``significance`` its size in standard errors, ``height`` (µm) the same change read as a
+    height through the slope of the fitted approach curve: the error a one-κ model would make over this
+    footprint.  ``mixed`` is True when a contrast is both significant and worth more than the tolerance in
+    height.
+    """
+
+    mixed: bool
+    contrast: float
+    significance: float
+    height: float
+    slope: float  # dI_T/dz of the fitted model at the check height, per µm
+    delta: float  # µm, the lateral offset of the probe points
+    n_per_point: int
+    axis: str = "x"  # the axis along which the reported contrast was seen
+
+    def describe(self) -> str:
+        return (f"lateral contrast {100 * self.contrast:+.2g} % of i_T,inf at ±{self.delta:.3g} µm "
+                f"({self.significance:.1f} σ), worth {self.height:.3g} µm of height on the fitted curve")
+
+
+def lateral_heterogeneity(centre, plus_x, minus_x, plus_y, minus_y, *, noise: float, slope: float, radius: float,
+                          delta: float, n_sigma: float = 5.0, tolerance: float | None = None,
+                          feedback_ratio: float = 2.0, minimum: float | None = None) -> LateralCheck:
+    """Is the footprint under an SECM tip uniform?  Compare readings taken at one height on the axis and at ±Δ.
+
+    Over a uniform substrate (any κ) the current does not change when the tip moves sideways at constant height;
+    a plane tilt changes it antisymmetrically by slope·Δ·tanθ (a height of Δ·tanθ: small); a feature inside the
+    footprint (an active band in an inert plane, an edge) changes it by up to its share of the footprint, and
+    symmetrically when the tip sits on the feature.  Each contrast is converted to a height through the slope of
+    the fitted one-κ curve: a model that reads the present current as "far away" (a flat curve: a mixed
+    footprint averaging to ~1) turns a small contrast into a large height, which is exactly when it cannot be
+    trusted.
+
+    Parameters
+    ----------
+    centre, plus_x, minus_x, plus_y, minus_y : array_like
+        Normalised readings I_T at the axis and at (±Δ, 0), (0, ±Δ); an axis may be empty (off the stage).
+    noise : float
+        1σ noise of one normalised reading.
+    slope : float
+        dI_T/dz (per µm) of the fitted approach curve at this height.
+    radius : float
+        Tip radius a (µm), for the default ``tolerance`` (0.25 a).
+    delta : float
+        Lateral offset Δ (µm) of the side points.
+    n_sigma : float
+        Significance a contrast must exceed (standard errors of the difference of means).
+    tolerance : float, optional
+        Height (µm) a significant contrast must be worth to count as mixed.
+    feedback_ratio : float
+        A contrast counts only when it is at least 1/feedback_ratio of the feedback signal |I_T − 1| itself: where
+        the distance dominates the current (an active or inert region larger than the footprint close in) the
+        fit follows the distance; where the two are comparable (a feature narrower than the tip, averaging to ~1)
+        it cannot.
+    minimum : float, optional
+        The lowest current (a few readings' mean) seen on the way down: a current risen clearly (``n_sigma``
+        standard errors) above it has turned to positive feedback from a region that dominates the footprint,
+        and is informative.
+
+    Returns
+    -------
+    LateralCheck
+
+    Examples
+    --------
+    >>> c = lateral_heterogeneity([0.97] * 4, [0.97] * 4, [0.97] * 4, [0.93] * 4, [0.94] * 4, noise=0.005,
+    ...                           slope=0.004, radius=5.0, delta=5.0)
+    >>> c.mixed, round(c.contrast, 3)
+    (True, -0.035)
+    """
+    check_positive("noise", noise)
+    check_positive("radius", radius, units="µm")
+    tol = 0.25 * radius if tolerance is None else float(tolerance)
+    c = np.asarray(centre, float)
+    if c.size == 0:
+        raise InvalidArgument("centre=[]: at least one reading on the axis is needed")
+    cands = [(0.0, 0.0, 0.0, False, "x")]  # (contrast, significance, height, mixed, axis)
+    n_pt = c.size
+    s = max(abs(float(slope)), 1e-12)
+    for p, m, ax in ((plus_x, minus_x, "x"), (plus_y, minus_y, "y")):
+        p, m = np.asarray(p, float), np.asarray(m, float)
+        if p.size == 0 or m.size == 0:
+            continue
+        n_pt = min(n_pt, p.size, m.size)
+        sym = 0.5 * (p.mean() + m.mean()) - c.mean()
+        sig_sym = noise * np.sqrt(0.25 / p.size + 0.25 / m.size + 1.0 / c.size)
+        anti = 0.5 * (p.mean() - m.mean())
+        sig_anti = noise * np.sqrt(0.25 / p.size + 0.25 / m.size)
+        for val, sig in ((sym, sig_sym), (anti, sig_anti)):
+            z, h = abs(val) / sig, abs(val) / s
+            cands.append((float(val), float(z), float(h), bool(z > n_sigma and h > tol), ax))
+    feedback = abs(float(c.mean()) - 1.0)
+    risen = minimum is not None and float(c.mean()) - float(minimum) > n_sigma * noise / np.sqrt(c.size)
+    cands = [c_[:3] + (c_[3] and abs(c_[0]) * feedback_ratio >= feedback and not risen,) + c_[4:] for c_ in cands]
+    mixed = any(c_[3] for c_ in cands)
+    # the worst mixed contrast (largest height), or else the most significant one
+    best = max(cands, key=lambda c_: (c_[3], c_[2] if c_[3] else c_[1]))
+    return LateralCheck(mixed, best[0], best[1], best[2], float(slope), float(delta), int(n_pt), best[4])
+
+
+def model_slope(estimate: SurfaceEstimate, z: float, radius: float, rg: float) -> float:
+    """dI_T/dz (per µm) of an estimate's model curve at tip height ``z`` (central difference over ±0.05 a)."""
+    h = 0.05 * radius
+    lo = max(z - h, estimate.z0 + 0.01 * radius)
+    return float((estimate.predict(z + h, radius, rg) - estimate.predict(lo, radius, rg)) / (z + h - lo))
+
+
+def secm_kappa_at_offset(z, current, radius: float, rg: float, z0: float, *, noise: float = 0.005,
+                         scale_err: float = 0.1, n_sigma: float = 3.0) -> tuple[float, float, float]:
+    """κ (best, low, high bound at ``n_sigma``) of the exact feedback curve with the contact offset held at ``z0``
+    (µm), the SECM-Fitter way: the apparent κ of a curve whose surface was located elsewhere."""
+    z = np.asarray(z, float)
+    data = np.asarray(current, float)
+    keep = z > z0
+    if not keep.any():
+        raise InvalidArgument(f"z0={z0!r} µm is not below any reading: the surface must lie under the tip")
+    z, data = z[keep], data[keep]
+    kap = np.concatenate([[0.0], np.logspace(-3, 3, 121), [np.inf]])
+    L_last = np.array([(float(z[-1]) - z0) / radius])
+    w = np.full(data.shape, 1.0 / noise**2)
+    c2 = _chi2(L_last, kap, (z - float(z[-1])) / radius, data, w, rg, scale_err)[:, 0]
+    c_min = float(c2.min())
+    infl = max(1.0, c_min / max(z.size - 2, 1))
+    ok = kap[c2 / infl <= c_min / infl + n_sigma**2]
+    return float(kap[int(np.argmin(c2))]), float(ok.min()), float(ok.max())
+
+
+def secm_current_bounds(L, rg: float) -> tuple[np.ndarray, np.ndarray]:
+    """(I_T over an insulator, I_T over a conductor) at L = d/a: any substrate, uniform or a mixture of
+    kinetics over a flat footprint, reads between the two (feedback rises monotonically with κ)."""
+    L = np.asarray(L, float)
+    return secm.feedback_current(L, rg, 0.0), secm.feedback_current(L, rg, np.inf)
+
+
+def secm_transfer_conflict(z, current, z0: float, radius: float, rg: float, noise: float, *,
+                           n_sigma: float = 5.0, scale_err: float = 0.02) -> str:
+    """Why readings (heights ``z`` µm, normalised ``current``) taken at one point cannot lie above a surface at
+    ``z0`` (µm) whatever its kinetics, or "" when they can.
+
+    Any substrate, uniform or a mixture of kinetics under a flat footprint, reads between the insulator and the
+    conductor curves at its distance (:func:`secm_current_bounds`); a reading below the insulator's current says
+    the surface is closer than ``z0`` puts it, one above the conductor's that it is farther; a reading taken
+    below ``z0`` is impossible (the tip would have touched).  Tolerance: ``n_sigma`` noise widths plus
+    ``scale_err`` (the i_T,inf normalisation).
+    """
+    z = np.asarray(z, float)
+    i = np.asarray(current, float)
+    L = (z - float(z0)) / radius
+    if np.any(L <= 0):
+        k = int(np.argmin(L))
+        return f"the tip read {i[k]:.3f} at z = {z[k]:.3f} µm, below the surface {z0:.3f} µm, without touching"
+    lo, hi = secm_current_bounds(L, rg)
+    tol = n_sigma * noise + scale_err
+    below = i < lo - tol
+    above = i > hi + tol
+    if below.any():
+        k = int(np.flatnonzero(below)[0])
+        return (f"I_T = {i[k]:.3f} at L = {L[k]:.3g} is below the insulator's {lo[k]:.3f}: the surface is closer "
+                f"than {z0:.3f} µm")
+    if above.any():
+        k = int(np.flatnonzero(above)[0])
+        return (f"I_T = {i[k]:.3f} at L = {L[k]:.3g} is above the conductor's {hi[k]:.3f}: the surface is farther "
+                f"than {z0:.3f} µm")
+    return ""
