@@ -30,3 +30,14 @@ def test_catalog_made_without_a_subprocess_and_reopened(tmp_path, monkeypatch):
     finally:
         cat.stop()
     assert not [c for c in calls if "catalog" in c and "init" in c], calls
+
+
+def test_replay_is_the_function_whichever_import_comes_first():
+    """``storage.replay`` is both the submodule and the function in it: importing the submodule first (as a test
+    file or the CLI does) must not leave ``from espt_bluesky.storage import replay`` bound to the module."""
+    import sys
+
+    code = ("import sys; import espt_bluesky.storage.replay; from espt_bluesky.storage import replay; "
+            "assert callable(replay) and replay is sys.modules['espt_bluesky.storage.replay'].replay, replay")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

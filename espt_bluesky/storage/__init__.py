@@ -22,11 +22,16 @@ from typing import Any
 # Names are imported on first use (PEP 562), so that the server process (:mod:`.tiled_process`) and the journal
 # do not pay for the Tiled client, xarray and the writer they never use.
 _WHERE = {"RunData": "maps", "map_keys": "maps", "read_map": "maps", "read_product": "maps",
-          "write_product": "maps", "replay": "replay", "DataDir": "server", "LocalCatalog": "server",
+          "write_product": "maps", "DataDir": "server", "LocalCatalog": "server",
           "ServerError": "server", "default_data_dir": "server", "LIVE_BATCH_SIZE": "writer",
           "make_writer": "writer"}
 
-__all__ = sorted(_WHERE)
+# ``replay`` is both a function and the submodule that holds it: imported here, at once (it needs only the
+# standard library and the journal), so that importing the submodule first (``storage.replay``) cannot leave the
+# package attribute bound to the module instead of the function
+from .replay import replay  # noqa: E402
+
+__all__ = sorted([*_WHERE, "replay"])
 
 
 def __getattr__(name: str) -> Any:
