@@ -49,6 +49,9 @@ def test_secm_approach_stops_at_requested_distance(RE, xy, feedback):
     assert abs(res.plan_result - float(model.surface_z(*xy))) < 0.1 * a
     curve = _events(RE, "approach")
     assert len(curve) > 5
+    # a good tip over a disc smaller than the footprint far away is not reported as a bad tip (the inlaid-disk
+    # check reads only the stretch one κ explains where the sideways probes saw a non-uniform footprint)
+    assert _events(RE, "approach_fit")[0]["data"]["tip_ok"] == 1
     z = _col(curve, "stage_z")
     assert z[0] - z[-1] > 200  # coarse far away ...
     steps = -np.diff(z)
