@@ -355,6 +355,8 @@ def _reference_signals(stream: str) -> dict:
 #: readings per point of a lateral probe, and how far (in a) the tip descends between two probes
 _LATERAL_N = 2
 _LATERAL_EVERY = 0.5
+#: significance (σ) above which a lateral probe's contrast says the footprint is not uniform
+_NONUNIFORM = 5.0
 
 
 def _lateral_probe(stage, potentiostat, sig, x0: float, y0: float, delta: float, stream: str):
@@ -399,15 +401,13 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
 
     h_lat = 0.0  # µm: height the last lateral probe's significant contrast is worth (the footprint's doubt)
     z_inside = -math.inf  # the tip height at which the current alone showed the tip inside the target distance
-    hetero = False  # the last lateral probe saw a significant contrast: the footprint is not uniform
 
     def check_here(est):
-        nonlocal last_check, h_lat, hetero
+        nonlocal last_check, h_lat
         chk = yield from lateral(z, est)
         last_check = z
         checks.append(chk)
-        h_lat = chk.height if chk.significance > 5.0 else 0.0
-        hetero = chk.significance > 5.0
+        h_lat = chk.height if chk.significance > _NONUNIFORM else 0.0
         return chk.mixed
 
     est = prev = estimate()
@@ -432,7 +432,8 @@ def _fit_descent(stage, spec: ApproachSpec, zs: list[float], vals: list[float], 
             # probe saw a uniform footprint (the estimate's bounds then hold: a finite-κ curve saturates where a
             # conductor's keeps rising, so the any-κ step alone would walk into it; over a feature that fills the
             # footprint close in, an Au disc, the one-κ bounds of the mixed stretch above it do not hold)
-            held = spec.kappa is not None or bounded or (est.consistent and not hetero)
+            uniform = not checks or checks[-1].significance <= _NONUNIFORM
+            held = spec.kappa is not None or bounded or (est.consistent and uniform)
             room = z - (est.z0_hi + spec.safety_margin) if held else math.inf
             # ... and not at all once the largest distance any κ (or mixture of κ) allows for the present
             # current is within half the target and a/10 (where a feature larger than the tip fills the
@@ -668,15 +669,14 @@ def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[fl
         res = yield from _fit_descent(stage, spec, zs, vals, ref, measure, noise, target=target,
                                       start_distance=spec.start_distance, lateral=lateral)
         if res["status"] == "mixed":
-            mixed_check = res["checks"][-1] if res["checks"] and res["checks"][-1].mixed else None
-            why = mixed_check.describe() if mixed_check else "no single κ explains the approach curve"
-            msg = (f"SECM approach at ({x0:.1f}, {y0:.1f}) µm: the footprint is mixed ({why}); "
+            mixed_check = res["checks"][-1]
+            msg = (f"SECM approach at ({x0:.1f}, {y0:.1f}) µm: the footprint is mixed ({mixed_check.describe()}); "
                    f"a one-κ fit cannot locate the surface here")
             if spec.reference == "off":
                 raise ApproachLimitReached(msg + " (reference='off'): give reference='auto' or (x, y)",
                                            reason="criterion_not_met")
             z_here = res["z"]
-            ax = mixed_check.axis if mixed_check else "x"
+            ax = mixed_check.axis
             z_up = min(z_here + 4.0 * a, stage.z.limits[1])
             # the tip stood at z_here without touching: a flat surface nearby lies below it (0.5° of tilt allowed)
             allow = 5.0 * a * math.tan(math.radians(0.5))
@@ -738,10 +738,10 @@ def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[fl
                        transfer["x"], transfer["y"], transfer["kappa"], len(tried),
                        "" if spec.plane is not None else ", transferred flat (no tilt plane given)")
     tip = None
-    if spec.tip_check != "off" and est is not None:  # does the curve match the recorded tip? (the closest 25)
+    if spec.tip_check != "off" and est is not None:  # does the curve match the recorded tip?
         # the closest 25 readings; where a lateral probe saw a non-uniform footprint (an Au disc) only the stretch
         # one κ explains: no inlaid-disk curve fits a footprint of changing materials, that is not the tip's fault
-        k = min(25, est.n) if any(c.significance > 5.0 for c in checks) else 25
+        k = min(25, est.n) if any(c.significance > _NONUNIFORM for c in checks) else 25
         tip = crit.check_tip_state(zs[-k:], np.asarray(vals[-k:], float) / ref, a, spec.rg, kappa=est.kappa,
                                    noise=noise)
     worst = mixed_check or (max(checks, key=lambda c: c.significance) if checks else None)
