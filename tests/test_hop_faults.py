@@ -170,3 +170,29 @@ def test_seccm_first_contact_is_confirmed_without_driving_the_meniscus_in(RE, mo
         appr = _events(RE, "approach")
         zs = np.array([e["data"]["stage_z"] for e in appr])
         assert np.sum(np.isclose(zs, stop_z[-1])) >= 2
+
+
+def _messages(plan):
+    """The messages of a plan stub driven without a RunEngine (every yield answered with None), with the
+    per-call group ids replaced by their order of appearance, so two stubs can be compared message for message."""
+    out, groups = [], {}
+    for msg in plan:
+        kw = dict(msg.kwargs)
+        if kw.get("group") is not None:
+            kw["group"] = groups.setdefault(kw["group"], len(groups))
+        out.append((msg.command, msg.obj, msg.args, kw))
+    return out
+
+
+def test_plan_mode_inline_stubs_send_bluesky_s_own_messages():
+    """Plan-mode hops use cheap copies of ``bps.trigger_and_read`` and ``bps.mv`` (made once per map): they must
+    send exactly bluesky's messages, so the documents and the RunEngine's behaviour (pause, rewind) are unchanged."""
+    from espt_bluesky.plans.hopping import _move, _Reading, hop_signals
+
+    bench = make_sim_bench("SICM", "composite_cathode", seed=0)
+    devices = [bench.potentiostat, bench.stage.x, bench.stage.y, *hop_signals().values()]
+    assert _messages(_Reading(devices, "primary")()) == _messages(bps.trigger_and_read(devices, name="primary"))
+    assert _messages(_Reading([bench.potentiostat, bench.stage.z], "approach")()) == _messages(
+        bps.trigger_and_read([bench.potentiostat, bench.stage.z], name="approach"))
+    assert _messages(_move(bench.stage.z, 3.5)) == _messages(bps.mv(bench.stage.z, 3.5))
+    assert [m.command for m in bps.checkpoint()] == ["checkpoint"]

@@ -104,7 +104,8 @@ def mark_not_measured(detectors: Sequence[Any]) -> None:
 def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, hop_height: float,
              signals: Mapping[str, Any], top: float | None = None, measure: Mapping | None = None,
              on_fault: str = "skip", stream: str = "primary", approach_stream: str = "approach",
-             extra: Sequence[Any] = (), sicm: "SicmHops | None" = None) -> Generator[Any, Any, dict]:
+             extra: Sequence[Any] = (), sicm: "SicmHops | None" = None,
+             record: "_Reading | None" = None) -> Generator[Any, Any, dict]:
     """Plan stub (inside an open run): one plan-driven hop at (x, y) µm.
 
     Raise the tip to ``top`` (if it is lower), move laterally, approach with ``spec`` (the curve goes to
@@ -115,6 +116,10 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
     corrected to the far current, the stop distance keeps the end face clear of steep ground, and the height comes
     from fresh readings at the stop (:mod:`espt_bluesky.analysis.hop_height`), as the device-mode controller does;
     a stop those readings do not confirm goes on down.
+
+    ``record`` (optional): a :class:`_Reading` of exactly the devices this stub reads into ``stream`` (the
+    potentiostat, stage x and y, ``signals``, ``extra``), made once for a whole map; it emits the same messages
+    as ``bps.trigger_and_read`` without redoing its per-call checks at every hop.
 
     A fault (:func:`espt_bluesky.errors.fault_reason`: crash, overload, no contact, criterion never met) retracts
     the tip straight up by ``hop_height`` and records the hop with ``hop_valid=0``, ``hop_fault=<reason>``, NaN
@@ -132,7 +137,7 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
     devices = [potentiostat, stage.x, stage.y, *signals.values(), *extra]  # extra: detectors read per hop
     try:
         if top is not None and top > float(stage.z.position):
-            yield from bps.mv(stage.z, float(top))
+            yield from _move(stage.z, float(top))
         yield from bps.mv(stage.x, float(x), stage.y, float(y))
         if sicm is not None:
             res = yield from sicm.approach(stage, potentiostat, spec, float(x), float(y), stream=approach_stream)
@@ -141,10 +146,10 @@ def hop_stub(stage: Any, potentiostat: Any, spec: Any, x: float, y: float, *, ho
         yield from configure_measure(potentiostat, measure)
         put_values(signals, surface_z=res["surface_z"], surface_z_err=res["surface_z_err"],
                    contact_z=res["stop_z"], hop_valid=1, hop_fault="")
-        yield from bps.trigger_and_read(devices, name=stream)
+        yield from (record or _Reading(devices, stream))()
         out.update(valid=True, surface_z=res["surface_z"], surface_z_err=res["surface_z_err"],
                    contact_z=res["stop_z"])
-        yield from bps.mv(stage.z, res["stop_z"] + hop_height)
+        yield from _move(stage.z, res["stop_z"] + hop_height)
         return out
     except Exception as exc:
         err = device_error(exc)
@@ -347,7 +352,7 @@ class SicmHops:
                         f"SICM hop at x={x:.3f}, y={y:.3f} µm: criterion not met within max_travel="
                         f"{spec.max_travel} µm (z low limit {stage.z.limits[0]} µm)", reason="criterion_not_met")
                 dz = min(spec.max_travel - (z_top - z), z - stage.z.limits[0])
-            yield from bps.checkpoint()
+            yield Msg("checkpoint")  # bps.checkpoint(), without its Plan wrapper (formats the call stack per step)
             z -= dz
             yield from _move(stage.z, z)
             n += 1
@@ -649,11 +654,12 @@ def hopping_scan(stage: Readable, potentiostat: Readable, *, technique: str, x_r
                 yield from sh.setup(stage, potentiostat)
             topo = []
             last = None
+            record = _Reading([potentiostat, stage.x, stage.y, *sigs.values(), *dets], "primary")
             for i, (x, y) in enumerate(zip(xs, ys)):
-                yield from bps.checkpoint()
+                yield Msg("checkpoint")
                 res = yield from hop_stub(stage, potentiostat, spec, x, y, hop_height=hop_height, signals=sigs,
                                           top=None if last is None else last + hop_height, measure=meas,
-                                          on_fault=on_fault, extra=dets, sicm=sh)
+                                          on_fault=on_fault, extra=dets, sicm=sh, record=record)
                 topo.append(res["surface_z"])
                 if res["valid"]:
                     last = res["contact_z"]
