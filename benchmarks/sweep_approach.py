@@ -2,7 +2,7 @@
 
 Runs ``approach(technique="SECM", working_distance=t)`` with κ unknown (the default) from 15 a above the surface
 over: HOPG edge bands (2 seeds × 2 bands × band centre/edge), the Au discs and SiO2 of ``patterned`` (2 seeds,
-``feedback`` given as a user would), flat surfaces of κ = 0 … ∞ (``uniform_kinetics``), and the profile session's
+``feedback`` given as a user would), flat surfaces of κ = 0 … ∞ and 3 (``uniform_kinetics``), and the profile session's
 case (Au disc from 12 a); targets t = 0.5, 1 and 2 a.  Prints one line per case (parked distance and closest
 reading in a, RunEngine readings, wall time) and the count within 0.1 a, touching, or ending with an error.
 
@@ -50,7 +50,8 @@ def cases(which: str):
                 out.append(("patterned", s, (35.0, 35.0), t, dict(feedback="negative"), f"SiO2 s{s}"))
     if "kappa" in which:
         out += [(uniform_kinetics(k), i, (50.0, 50.0), t, {}, f"kappa={k:g}")
-                for i, k in enumerate([0.0, 0.01, 0.1, 1.0, 10.0, math.inf]) for t in TARGETS]
+                # κ = 3 last (added later: the earlier cases keep their seeds)
+                for i, k in enumerate([0.0, 0.01, 0.1, 1.0, 10.0, math.inf, 3.0]) for t in TARGETS]
     return out
 
 

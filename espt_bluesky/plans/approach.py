@@ -355,6 +355,8 @@ def _reference_signals(stream: str) -> dict:
 #: readings per point of a lateral probe, and how far (in a) the tip descends between two probes
 _LATERAL_N = 2
 _LATERAL_EVERY = 0.5
+#: how much closer than the working distance (in a) the tip may park to the highest plausible surface
+_PARK_SLACK = 0.1
 #: significance (σ) above which a lateral probe's contrast says the footprint is not uniform
 _NONUNIFORM = 5.0
 
@@ -762,9 +764,12 @@ def _secm_fit_approach(stage, potentiostat, sig, spec: ApproachSpec, zs: list[fl
             raise TipStateError(msg, tip.findings)
         logger.warning(msg)
     if transfer is None and park and math.isfinite(spec.working_distance):
-        # at the best estimate, but never closer than the safety margin above the highest plausible surface, nor
-        # below a height the current alone showed to be inside the working distance
-        yield from bps.mv(stage.z, max(surface + spec.working_distance, hi + spec.safety_margin, res["z_inside"]))
+        # at the best estimate, but never more than _PARK_SLACK closer than asked to the highest plausible surface
+        # (fast kinetics of unknown κ read like a conductor ~a/κ farther away, and the margin keeps the tip out of
+        # the stretch that would tell them apart: the doubt is spent on the far side), never closer than the safety
+        # margin, nor below a height the current alone showed to be inside the working distance
+        yield from bps.mv(stage.z, max(surface + spec.working_distance, hi + spec.working_distance - _PARK_SLACK * a,
+                                       hi + spec.safety_margin, res["z_inside"]))
     if status != "done":
         logger.warning("SECM approach: surface known only to ±%.3g µm (κ between %.3g and %.3g; best %.3g): pass "
                        "kappa= if the kinetics are known", 0.5 * (hi - lo), kap[1], kap[2], kap[0])
