@@ -861,6 +861,9 @@ def approach(stage: Readable, potentiostat: Readable, *, technique: str, probe: 
         programme (stop at a fixed I_T read on the insulator/conductor curve, then park).
     kappa : float, optional
         SECM ``"fit"``: the substrate's κ = k·a/D when known (0 insulator … ``math.inf`` conductor); None fits it.
+        Unknown fast kinetics (κ ≳ 3) read like a conductor ~a/κ farther away: the surface is then known only
+        within its bounds, and the tip parks at most a/10 closer than asked to the highest plausible surface
+        (farther than asked by up to what the bounds leave open; a warning gives them).
     safety_margin : float, optional
         SECM ``"fit"``: the tip never goes closer than this to the highest surface the data allow (in
         ``distance_units``; default min(0.2 a, working_distance/2)).
