@@ -1,10 +1,12 @@
 """A fly run into Tiled through ``make_writer``: what it costs in HTTP requests, and what happens when its stop is slow.
 
-* A fly image is a handful of data keys (signal, ``position``, ``time``, ``pass``), so a run costs TiledWriter a
-  fixed, small number of requests: 2 containers, per data key one registration and one data-source update, the stop
-  metadata and the close of the run and stream containers.  On a server this package configured (no streaming
-  cache, no webhooks) the data nodes' ``close_stream`` requests, which do nothing there, are not sent.  The run
-  reads back from Tiled as from its documents.
+* A fly image is a handful of data keys (signal, ``position``, ``time``, ``pass``), so a run costs the writer a
+  fixed, small number of requests.  On a server this package configured (no streaming cache, no webhooks) the lean
+  writer sends: 2 containers, per data key one registration carrying the rows of the first collect (made while the
+  run goes on), one data-source update per key for rows that came later (at most every ``live_interval``), the stop
+  metadata, and no ``close_stream`` (the server would do nothing with it).  The run reads back from Tiled as from its
+  documents.  On a bluesky-tiled-plugins release the lean writer was not written for, the stock TiledWriter writes.
+* A refused registration sends the run to its journal loudly; replaying it writes the run whole.
 * The stop of a run is many requests: on a slow server they may take longer than ``max_wait`` in all; each answered
   request is progress, so the run is written, not journaled.
 * A stop that gets no answer for longer than ``max_wait`` sends the run to its journal with a warning naming
@@ -217,4 +219,127 @@ def test_a_failed_file_write_ends_the_run_at_once_and_keeps_what_was_written(cat
     assert run.metadata["stop"]["exit_status"] == "fail"
     np.testing.assert_array_equal(run["primary"]["fly_height"].read(), ctl.result.buffers["height"][:1])
     np.testing.assert_array_equal(read_map(run).fly_height_forward.values, read_map(docs).fly_height_forward.values)
+    writer.close(30)
+
+
+def _one_pass_then_wait(monkeypatch, ctl, event):
+    """The controller hands out one pass per step and, after its first pass, waits until ``event`` is set."""
+    from espt_bluesky.devices.fly import controller as fc
+
+    monkeypatch.setattr(fc, "STEP_SAMPLES", 100)
+    advance = ctl.advance
+
+    def paced_advance():
+        if ctl.result.n_done >= 1:
+            assert event.wait(30), "the writer never registered the run's data nodes"
+        return advance()
+
+    monkeypatch.setattr(ctl, "advance", paced_advance)
+
+
+def _spy_registrations(monkeypatch, n_keys):
+    """Record (key, shape) of every data node registered; returns (records, event set after ``n_keys``)."""
+    import threading
+
+    from tiled.client.container import Container
+
+    records, done = [], threading.Event()
+    new = Container.new
+
+    def spy_new(self, *args, **kwargs):
+        node = new(self, *args, **kwargs)
+        sources = kwargs.get("data_sources") or []
+        if sources and sources[0].assets:
+            records.append((kwargs["key"], tuple(sources[0].structure.shape)))
+            if len(records) >= n_keys:
+                done.set()
+        return node
+
+    monkeypatch.setattr(Container, "new", spy_new)
+    return records, done
+
+
+def test_data_nodes_are_registered_with_their_first_rows_while_the_run_goes_on(catalog, monkeypatch):
+    """Each data node is registered, in one request, with the rows of the first collect while the stage flies on
+    (the controller here waits after its first pass until the five nodes exist); the rows that follow wait
+    ``live_interval`` (60 s here: until the stop) and go in one data-source update per key."""
+    bench = make_sim_bench("EC-AFM", "patterned", seed=7)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    records, registered = _spy_registrations(monkeypatch, 5)
+    _one_pass_then_wait(monkeypatch, fs.controller, registered)
+    writer = make_writer(catalog, batch_size=2, live_interval=60.0)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    docs = []
+    uid = RE(fly_image(fs, fd, bench.stage, bench.potentiostat, **GRID), lambda n, d: docs.append((n, d)))[0]
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    # registered with the first pass only, while three passes were still to come
+    assert sorted(k for k, _ in records) == sorted(keys)
+    assert all(shape[0] == 1 for _, shape in records), records
+    assert sum(n == "stream_datum" for n, _ in docs) > len(keys)  # more than one collect with new passes
+    # 2 containers, one registration per key, one update per key at the stop (3 passes held by live_interval,
+    # although more than batch_size), the stop metadata
+    assert writer.requests_answered == 2 + 2 * len(keys) + 1
+    run = catalog.client()[uid]
+    assert run["primary"]["fly_position"].shape == (4, 3, 200)
+    from_tiled, from_docs = read_map(run), read_map(docs)
+    for var in from_docs.data_vars:
+        np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
+    writer.close(30)
+
+
+def test_a_failed_registration_sends_the_run_to_its_journal_loudly(catalog, monkeypatch, tmp_path, caplog):
+    """The server refuses a data node's registration: the run is not written half and called done; it goes to its
+    journal with an error naming the cause, a warning names ``espt replay``, and replaying it writes it whole."""
+    from tiled.client.container import Container
+
+    new = Container.new
+
+    def refusing_new(self, *args, **kwargs):
+        sources = kwargs.get("data_sources") or []
+        if sources and sources[0].assets:
+            raise RuntimeError("507 Insufficient Storage: the server refused the registration")
+        return new(self, *args, **kwargs)
+
+    monkeypatch.setattr(Container, "new", refusing_new)
+    backup = tmp_path / "backup"
+    writer = make_writer(catalog, backup_directory=backup)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    with caplog.at_level(logging.WARNING, logger="espt_bluesky.storage.writer"):
+        uid, docs = fly(RE, catalog, seed=8)
+    run = writer.runs[uid]
+    assert run.state == "backup" and "507 Insufficient Storage" in run.error, run.error
+    assert any("espt replay" in r.getMessage() and uid in r.getMessage() for r in caplog.records)
+    writer.close(30)
+    monkeypatch.setattr(Container, "new", new)
+    report = replay(backup, catalog)
+    assert [r.action for r in report.runs if r.uid == uid] in (["written"], ["replaced"]), str(report.runs)
+    np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
+                                  read_map(docs).fly_height_forward.values)
+
+
+def test_an_unknown_bluesky_tiled_plugins_release_gets_the_stock_writer(catalog, monkeypatch):
+    """The lean writer subclasses a private class of bluesky-tiled-plugins 2.0: on another release the stock
+    TiledWriter writes (a registration and an update per key, the two containers closed), and the run reads back."""
+    import importlib.metadata as md
+
+    from bluesky_tiled_plugins import TiledWriter
+
+    from espt_bluesky.storage.writer import tiled_writer
+
+    assert type(tiled_writer(catalog.client(), lean=True)) is not TiledWriter
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda name: "2.1.0" if name == "bluesky-tiled-plugins" else real(name))
+    assert type(tiled_writer(catalog.client(), lean=True)) is TiledWriter
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    uid, docs = fly(RE, catalog, seed=9)
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    assert writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
+    np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
+                                  read_map(docs).fly_height_forward.values)
     writer.close(30)
