@@ -2,9 +2,10 @@
 
 * A fly image is a handful of data keys (signal, ``position``, ``time``, ``pass``), so a run costs the writer a
   fixed, small number of requests.  On a server this package configured (no streaming cache, no webhooks) the lean
-  writer sends: 2 containers, per data key one registration carrying the rows of the first collect (made while the
-  run goes on), one data-source update per key for rows that came later (at most every ``live_interval``), the stop
-  metadata, and no ``close_stream`` (the server would do nothing with it).  The run reads back from Tiled as from its
+  writer sends: 2 containers, per data key one registration carrying its rows (the first ones, made while the run
+  goes on, once they have waited ``live_interval``; or all of them at the stop of a shorter run), one data-source
+  update per key for rows that came later (at most every ``live_interval``), the stop metadata, and no
+  ``close_stream`` (the server would do nothing with it).  The run reads back from Tiled as from its
   documents.  On a bluesky-tiled-plugins release the lean writer was not written for, the stock TiledWriter writes.
 * A refused registration sends the run to its journal loudly; replaying it writes the run whole.
 * The stop of a run is many requests: on a slow server they may take longer than ``max_wait`` in all; each answered
@@ -260,14 +261,14 @@ def _spy_registrations(monkeypatch, n_keys):
 
 
 def test_data_nodes_are_registered_with_their_first_rows_while_the_run_goes_on(catalog, monkeypatch):
-    """Each data node is registered, in one request, with the rows of the first collect while the stage flies on
-    (the controller here waits after its first pass until the five nodes exist); the rows that follow wait
-    ``live_interval`` (60 s here: until the stop) and go in one data-source update per key."""
+    """With ``live_interval=0`` each data node is registered, in one request, with the rows of the first collect
+    while the stage flies on (the controller here waits after its first pass until the five nodes exist); the
+    rows that follow reach Tiled by data-source updates, and the run reads back whole."""
     bench = make_sim_bench("EC-AFM", "patterned", seed=7)
     fs, fd = make_fly_devices(bench, catalog.asset_dir)
     records, registered = _spy_registrations(monkeypatch, 5)
     _one_pass_then_wait(monkeypatch, fs.controller, registered)
-    writer = make_writer(catalog, batch_size=2, live_interval=60.0)
+    writer = make_writer(catalog, batch_size=2, live_interval=0.0)
     RE = RunEngine({})
     RE.subscribe(writer)
     docs = []
@@ -277,13 +278,39 @@ def test_data_nodes_are_registered_with_their_first_rows_while_the_run_goes_on(c
     # registered with the first pass only, while three passes were still to come
     assert sorted(k for k, _ in records) == sorted(keys)
     assert all(shape[0] == 1 for _, shape in records), records
-    assert sum(n == "stream_datum" for n, _ in docs) > len(keys)  # more than one collect with new passes
-    # 2 containers, one registration per key, one update per key at the stop (3 passes held by live_interval,
-    # although more than batch_size), the stop metadata
-    assert writer.requests_answered == 2 + 2 * len(keys) + 1
+    # 2 containers, one registration per key, at least one update per key, the stop metadata
+    assert writer.requests_answered >= 2 + 2 * len(keys) + 1
     run = catalog.client()[uid]
     assert run["primary"]["fly_position"].shape == (4, 3, 200)
     from_tiled, from_docs = read_map(run), read_map(docs)
+    for var in from_docs.data_vars:
+        np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
+    writer.close(30)
+
+
+def test_rows_wait_live_interval_then_go_in_one_request_per_node(catalog, monkeypatch):
+    """A run shorter than ``live_interval`` (60 s here) costs one request per data node however many collects
+    bring its passes (here two: the controller waits after its first pass until it was collected): each node is
+    registered at the stop with all four passes; with the stop metadata and the two containers, K + 3 requests."""
+    import threading
+
+    bench = make_sim_bench("EC-AFM", "patterned", seed=10)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    records, _ = _spy_registrations(monkeypatch, 5)
+    collected = threading.Event()
+    _one_pass_then_wait(monkeypatch, fs.controller, collected)
+    writer = make_writer(catalog, batch_size=2, live_interval=60.0)
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: collected.set() if name == "stream_datum" else None)
+    RE.subscribe(writer)
+    docs = []
+    uid = RE(fly_image(fs, fd, bench.stage, bench.potentiostat, **GRID), lambda n, d: docs.append((n, d)))[0]
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    assert sum(n == "stream_datum" for n, _ in docs) >= 2 * len(keys)  # the passes came in two collects or more
+    assert sorted(k for k, _ in records) == sorted(keys) and all(shape[0] == 4 for _, shape in records), records
+    assert writer.requests_answered == 2 + len(keys) + 1
+    from_tiled, from_docs = read_map(catalog.client()[uid]), read_map(docs)
     for var in from_docs.data_vars:
         np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
     writer.close(30)

@@ -24,14 +24,20 @@ run written completely has its journal removed (``keep_journals=True`` keeps it)
 Nothing here raises into the RunEngine: a failure is logged (ERROR when the journal cannot be written, CRITICAL when
 neither the journal nor Tiled holds a run's documents) and shown in :attr:`ResilientTiledWriter.runs`.
 
-Requests per run.  ``TiledWriter`` makes a fixed number of sequential HTTP requests per run, whatever its size: the
-run and stream containers, one node registration and one data-source update per data key (more updates only every
-``batch_size`` rows), the stop metadata, and a ``close_stream`` per node.  ``close_stream`` only feeds a streaming
-cache or webhooks; a server started here (:meth:`LocalCatalog.start`, :meth:`LocalCatalog.in_process`) has neither
-(:attr:`LocalCatalog.streams_need_closing` is False), answers it by doing nothing, and the writer leaves those
-requests out through Tiled's public ``structure_clients`` option (data-node client classes whose ``close_stream``
-sends nothing): one request per data key fewer per run.  A server reached with :meth:`LocalCatalog.connect`
-or a client is sent every request.
+Requests per run.  ``TiledWriter`` makes a fixed number of sequential HTTP requests per run, whatever its size, each
+costing the server tens of ms of CPU (far more than writing the rows): the run and stream containers, one node
+registration and one data-source update per data key (more updates only every ``batch_size`` rows), the stop
+metadata, and a ``close_stream`` per node.  ``close_stream`` only feeds a streaming cache or webhooks; a server
+started here (:meth:`LocalCatalog.start`, :meth:`LocalCatalog.in_process`) has neither
+(:attr:`LocalCatalog.streams_need_closing` is False) and answers it by doing nothing.  For such a server
+:func:`make_writer` writes through the *lean* writer (:func:`tiled_writer`; a subclass of bluesky-tiled-plugins'
+private ``_RunWriter``, 2.0.x only, else the stock writer): each data node is registered with its first rows in
+one request as soon as they come (not a registration and an update after ``batch_size`` rows), later rows are sent
+at most every ``live_interval`` (1 s) per node, and nothing is closed: a fly image of K data keys is 2 + K + 1
+requests when its passes come in one collect, plus K per later update.  Its data-node client classes also send no
+``close_stream`` (Tiled's public ``structure_clients`` option, :class:`SkipStreamClose`), which is what remains on
+the stock writer.  A server reached with :meth:`LocalCatalog.connect` or a client gets the stock writer and every
+request.
 """
 
 from __future__ import annotations
@@ -502,16 +508,16 @@ def _lean_classes() -> tuple[type, type]:
     :data:`LEAN_WRITER_VERSIONS`; :func:`tiled_writer` falls back to the stock writer on any other release).  What
     it changes, only for a server without a streaming cache and without webhooks:
 
-    * **a data node is registered with its first rows.**  The stock writer registers a StreamResource's node with
-      an empty shape when its first rows are flushed, then sends its data source again with the rows (two
-      requests); here the first StreamDatum of a node is consumed first and the node registered with those rows
-      (one request) at once, not after ``batch_size`` rows: the node exists while the run goes on, and fewer
-      requests are left for after its last sample.  (With a streaming cache the stock order is kept: subscribers
-      are told of rows by the data-source update.)
-    * **later rows at most every ``min_interval`` seconds per node**: batched as by the stock writer (sent once
-      ``batch_size`` rows wait), and in addition not sooner than ``min_interval`` after the node's last request;
-      whatever waits is sent at the stop.  A fly scan collects whole passes every half second: without this each
-      collect would cost one request per data key, a request costing the server far more than writing the rows.
+    * **a data node is registered with its rows, in one request.**  The stock writer registers a StreamResource's
+      node with an empty shape when its first rows are flushed, then sends its data source again with the rows (two
+      requests); here the rows are consumed first and the node registered with them.  (With a streaming cache the
+      stock order is kept: subscribers are told of rows by the data-source update.)
+    * **rows at most every ``min_interval`` seconds per node**: a node is registered once its first rows have
+      waited ``min_interval`` (and a later StreamDatum comes) or at the stop, and later rows are sent once
+      ``batch_size`` of them wait (as by the stock writer) and not sooner than ``min_interval`` after the node's
+      last request; whatever waits is sent at the stop.  A fly scan collects whole passes every half second:
+      without this each collect would cost one request per data key, a request costing the server far more than
+      writing the rows; a run shorter than ``min_interval`` costs one request per data node in all.
     * **no ``close_stream``** for any node (run, streams, data): such a server answers it by doing nothing.
     """
     global _LEAN_CLASSES
@@ -524,33 +530,57 @@ def _lean_classes() -> tuple[type, type]:
         def __init__(self, *args: Any, min_interval: float = 0.0, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self._min_interval = float(min_interval)
-            self._last_sent: dict[str, float] = {}  # stream resource uid -> when its node was last written
+            # stream resource uid -> when its node was last written (before: when its first rows came)
+            self._last_sent: dict[str, float] = {}
 
         def stream_datum(self, doc: dict) -> None:
             sres_uid = doc["stream_resource"]
             desc_node = self._desc_nodes.get(doc["descriptor"])
             sres_doc = self._stream_resource_cache.get(sres_uid)
-            if sres_uid not in self._sres_nodes:
-                if (sres_doc is None or desc_node is None or sres_uid in self._external_data_cache
-                        or f"{desc_node.item['id']}_{sres_doc['data_key']}" in self._sres_nodes):
-                    return super().stream_datum(doc)  # cases the stock code handles (and reports)
-                self._register_with_rows(doc, desc_node, sres_doc)
-                return
-            if self._batch_size <= 1:
+            registered = sres_uid in self._sres_nodes
+            if not registered and (sres_doc is None or desc_node is None
+                                   or f"{desc_node.item['id']}_{sres_doc['data_key']}" in self._sres_nodes):
+                return super().stream_datum(doc)  # cases the stock code handles (and reports)
+            if registered and self._batch_size <= 1:
                 return super().stream_datum(doc)
             cached = self._external_data_cache.pop(sres_uid, None)
             if cached is not None:
                 try:
                     doc = concatenate_stream_datums(cached, doc)
                 except ValueError:  # not consecutive: the cached rows go on their own first, as in the stock code
-                    self._write_external_data(cached)
+                    self._send(cached)
+                    registered = True
             now = time.monotonic()
+            if not registered:  # its first rows: registered with them once they have waited min_interval
+                if now - self._last_sent.setdefault(sres_uid, now) >= self._min_interval:
+                    self._send(doc)
+                else:
+                    self._external_data_cache[sres_uid] = doc
+                return
             rows = doc["indices"]["stop"] - doc["indices"]["start"]
             if rows >= self._batch_size and now - self._last_sent.get(sres_uid, -math.inf) >= self._min_interval:
-                self._write_external_data(doc)
-                self._last_sent[sres_uid] = now
+                self._send(doc)
             else:  # sent with later rows, or at the stop
                 self._external_data_cache[sres_uid] = doc
+
+        def _send(self, doc: dict) -> None:
+            """Write the rows of ``doc``: register its node with them (one request) if it has none yet."""
+            sres_uid = doc["stream_resource"]
+            if sres_uid in self._sres_nodes:
+                self._write_external_data(doc)
+            else:
+                self._register_with_rows(doc, self._desc_nodes[doc["descriptor"]],
+                                         self._stream_resource_cache[sres_uid])
+            self._last_sent[sres_uid] = time.monotonic()
+
+        def stop(self, doc: dict) -> None:
+            # nodes whose first rows still wait are registered with them (one request), not by the stock stop
+            # (a registration and an update)
+            for sres_uid, cached in list(self._external_data_cache.items()):
+                if sres_uid not in self._sres_nodes:
+                    del self._external_data_cache[sres_uid]
+                    self._send(cached)
+            super().stop(doc)
 
         def _register_with_rows(self, doc: dict, desc_node: Any, sres_doc: dict) -> None:
             sres_uid = doc["stream_resource"]
@@ -562,7 +592,6 @@ def _lean_classes() -> tuple[type, type]:
                                  data_sources=[data_source], metadata={}, specs=[], access_tags=self.access_tags)
             self._consolidators[sres_uid] = self._consolidators[full_key] = consolidator
             self._sres_nodes[sres_uid] = self._sres_nodes[full_key] = node
-            self._last_sent[sres_uid] = time.monotonic()
 
         def _close_stream_tree(self) -> None:
             return None  # no streaming cache, no webhooks: the server would do nothing with it
