@@ -533,26 +533,31 @@ def _lean_classes() -> tuple[type, type]:
             # stream resource uid -> when its node was last written (before: when its first rows came)
             self._last_sent: dict[str, float] = {}
 
-        def stream_datum(self, doc: dict) -> None:
+        def _new_node(self, doc: dict) -> bool:
+            """Whether ``doc``'s rows belong to a data node not made yet (and one this writer can make: its stream
+            resource and descriptor known, no earlier resource of the same data key, which the stock code extends)."""
             sres_uid = doc["stream_resource"]
             desc_node = self._desc_nodes.get(doc["descriptor"])
             sres_doc = self._stream_resource_cache.get(sres_uid)
-            registered = sres_uid in self._sres_nodes
-            if not registered and (sres_doc is None or desc_node is None
-                                   or f"{desc_node.item['id']}_{sres_doc['data_key']}" in self._sres_nodes):
+            return (sres_uid not in self._sres_nodes and sres_doc is not None and desc_node is not None
+                    and f"{desc_node.item['id']}_{sres_doc['data_key']}" not in self._sres_nodes)
+
+        def stream_datum(self, doc: dict) -> None:
+            sres_uid = doc["stream_resource"]
+            new = self._new_node(doc)
+            if not new and (sres_uid not in self._sres_nodes or self._batch_size <= 1):
                 return super().stream_datum(doc)  # cases the stock code handles (and reports)
-            if registered and self._batch_size <= 1:
-                return super().stream_datum(doc)
             cached = self._external_data_cache.pop(sres_uid, None)
             if cached is not None:
                 try:
                     doc = concatenate_stream_datums(cached, doc)
                 except ValueError:  # not consecutive: the cached rows go on their own first, as in the stock code
                     self._send(cached)
-                    registered = True
+                    new = False
             now = time.monotonic()
-            if not registered:  # its first rows: registered with them once they have waited min_interval
-                if now - self._last_sent.setdefault(sres_uid, now) >= self._min_interval:
+            if new:  # its first rows: the node is registered with them once they have waited min_interval
+                first = self._last_sent.setdefault(sres_uid, now)
+                if self._batch_size <= 1 or now - first >= self._min_interval:  # batch_size 1: every row at once
                     self._send(doc)
                 else:
                     self._external_data_cache[sres_uid] = doc
@@ -565,19 +570,18 @@ def _lean_classes() -> tuple[type, type]:
 
         def _send(self, doc: dict) -> None:
             """Write the rows of ``doc``: register its node with them (one request) if it has none yet."""
-            sres_uid = doc["stream_resource"]
-            if sres_uid in self._sres_nodes:
-                self._write_external_data(doc)
-            else:
+            if self._new_node(doc):
                 self._register_with_rows(doc, self._desc_nodes[doc["descriptor"]],
-                                         self._stream_resource_cache[sres_uid])
-            self._last_sent[sres_uid] = time.monotonic()
+                                         self._stream_resource_cache[doc["stream_resource"]])
+            else:
+                self._write_external_data(doc)
+            self._last_sent[doc["stream_resource"]] = time.monotonic()
 
         def stop(self, doc: dict) -> None:
             # nodes whose first rows still wait are registered with them (one request), not by the stock stop
             # (a registration and an update)
             for sres_uid, cached in list(self._external_data_cache.items()):
-                if sres_uid not in self._sres_nodes:
+                if self._new_node(cached):
                     del self._external_data_cache[sres_uid]
                     self._send(cached)
             super().stop(doc)
