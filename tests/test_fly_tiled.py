@@ -370,3 +370,51 @@ def test_an_unknown_bluesky_tiled_plugins_release_gets_the_stock_writer(catalog,
     np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
                                   read_map(docs).fly_height_forward.values)
     writer.close(30)
+
+
+def _two_file_run(directory):
+    """Documents of a run whose one data key ``x`` (rows of 3) spans two HDF5 files (two stream resources), two rows
+    per StreamDatum; returns (documents, the 6 × 3 rows they hold)."""
+    import uuid
+
+    import h5py
+    from event_model import compose_run, compose_stream_resource
+
+    from espt_bluesky.devices.waveform_assets import MIMETYPE
+
+    data = np.arange(18.0).reshape(6, 3)
+    run = compose_run()
+    desc = run.compose_descriptor(name="primary", data_keys={"x": dict(source="sim", dtype="array", shape=[3],
+                                                                       dtype_numpy="<f8", external="STREAM:")})
+    docs, seq = [("start", run.start_doc), ("descriptor", desc.descriptor_doc)], 1
+    for part in (data[:4], data[4:]):
+        path = directory / f"{uuid.uuid4()}.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("/x", data=part, maxshape=(None, 3), chunks=(2, 3))
+        res = compose_stream_resource(mimetype=MIMETYPE, uri=path.as_uri(), data_key="x", start=run.start_doc,
+                                      parameters={"dataset": "/x", "chunk_shape": [2, 3]})
+        docs.append(("stream_resource", res.stream_resource_doc))
+        for i in range(0, len(part), 2):
+            docs.append(("stream_datum", res.compose_stream_datum(indices={"start": i, "stop": i + 2},
+                                                                  seq_nums={"start": seq, "stop": seq + 2},
+                                                                  descriptor=desc.descriptor_doc)))
+            seq += 2
+    docs.append(("stop", run.compose_stop()))
+    return docs, data
+
+
+@pytest.mark.parametrize("batch_size, min_interval", [(1, 0.0), (2, 0.0), (25, 60.0)])
+def test_the_lean_writer_writes_what_the_stock_writer_writes(catalog, batch_size, min_interval):
+    """Every row the stock TiledWriter writes, the lean one writes: every row at once (batch_size 1), in batches, or
+    all at the stop, including a data key whose rows span two files (the second resource extends the node)."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from espt_bluesky.storage.writer import tiled_writer
+
+    for lean in (False, True):
+        docs, data = _two_file_run(catalog.asset_dir)
+        tw = tiled_writer(catalog.client(), batch_size, lean=lean, min_interval=min_interval)
+        assert (type(tw) is TiledWriter) is not lean
+        for name, doc in docs:
+            tw(name, doc)
+        np.testing.assert_array_equal(catalog.client()[docs[0][1]["uid"]]["primary"]["x"].read(), data)
