@@ -8,7 +8,8 @@ Each size runs ``repeats`` times and the fastest run counts.
 1. **Throughput**: ``fly_image`` of a ``pixels`` × ``rows`` EC-AFM image (the cheapest physics), every row forward
    and backward, ``samples`` samples per pass (256 × 256 px, 4096 samples per pass: 2.1e6 samples, six channels
    per sample), into a ``tiled serve`` process through ``make_writer`` (journal + TiledWriter thread; the run is in
-   Tiled when ``RE(...)`` returns).  One writer serves every run, as in a session.  The simulated controller
+   Tiled when ``RE(...)`` returns; on this server the lean writer: one request per data node, rows at most every
+   ``live_interval``, see storage/writer.py).  One writer serves every run, as in a session.  The simulated controller
    streams its passes from a worker thread while the detector writes and collects them.  Software time = wall
    time − the CPU time the controller's thread spent simulating (``compute_time``: the instrument's own time on
    hardware; CPU, not wall, so that waiting for the GIL or for the shared machine counts against the software).
@@ -246,7 +247,10 @@ def main() -> None:
           f"{r['soft']:.2f} s; tail after the last sample {r['tail']:.2f} s (without Tiled {r0['tail']:.2f} s); "
           f"small run: {n1} samples, software {r1['soft']:.2f} s")
     listed = ", ".join(f"{k} {v}" for k, v in sorted(requests.items()))
-    print(f"  HTTP requests of one run: {sum(requests.values())} ({listed})")
+    from espt_bluesky.storage.writer import _lean_supported
+
+    kind = "lean writer" if writer.lean and _lean_supported() else "stock TiledWriter"
+    print(f"  HTTP requests of one run: {sum(requests.values())} ({listed}; {kind})")
     print("                               fixed per run    per sample      whole run")
     print(f"  detector → Tiled, wall   : {fixed * 1e3:10.0f} ms {per * 1e9:10.1f} ns  {fly_rate:12.4g} samples/s"
           f"   (goal >= 1e6)")

@@ -1,10 +1,13 @@
 """A fly run into Tiled through ``make_writer``: what it costs in HTTP requests, and what happens when its stop is slow.
 
-* A fly image is a handful of data keys (signal, ``position``, ``time``, ``pass``), so a run costs TiledWriter a
-  fixed, small number of requests: 2 containers, per data key one registration and one data-source update, the stop
-  metadata and the close of the run and stream containers.  On a server this package configured (no streaming
-  cache, no webhooks) the data nodes' ``close_stream`` requests, which do nothing there, are not sent.  The run
-  reads back from Tiled as from its documents.
+* A fly image is a handful of data keys (signal, ``position``, ``time``, ``pass``), so a run costs the writer a
+  fixed, small number of requests.  On a server this package configured (no streaming cache, no webhooks) the lean
+  writer sends: 2 containers, per data key one registration carrying its rows (the first ones, made while the run
+  goes on, once they have waited ``live_interval``; or all of them at the stop of a shorter run), one data-source
+  update per key for rows that came later (at most every ``live_interval``), the stop metadata, and no
+  ``close_stream`` (the server would do nothing with it).  The run reads back from Tiled as from its
+  documents.  On a bluesky-tiled-plugins release the lean writer was not written for, the stock TiledWriter writes.
+* A refused registration sends the run to its journal loudly; replaying it writes the run whole.
 * The stop of a run is many requests: on a slow server they may take longer than ``max_wait`` in all; each answered
   request is progress, so the run is written, not journaled.
 * A stop that gets no answer for longer than ``max_wait`` sends the run to its journal with a warning naming
@@ -70,10 +73,10 @@ def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
     assert writer.runs[uid].state == "written", writer.runs[uid].error
     keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
     assert sorted(keys) == ["fly_error", "fly_height", "fly_pass", "fly_position", "fly_time"]
-    # run + stream containers, per key: registration + one data-source update (4 passes < batch_size), the stop
-    # metadata, and the close of the two containers (not of the data nodes); the client's own set-up requests
-    # (made before the writer counts) excluded
-    assert writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
+    # run + stream containers, per key one registration carrying its rows (all 4 passes came in one collect), the
+    # stop metadata; no close_stream (nothing to close on this server); the client's own set-up requests (made
+    # before the writer counts) excluded
+    assert writer.requests_answered == 2 + len(keys) + 1
     run = catalog.client()[uid]
     assert sorted(run["primary"]) == sorted(keys)
     assert run["primary"]["fly_position"].shape == (4, 3, 200)
@@ -88,7 +91,7 @@ def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
 
 
 def test_fly_hops_cost_few_requests_and_read_back(catalog):
-    """A fly_hops run is five data keys (position and the two currents grouped): 2·5 + 5 requests; read back from
+    """A fly_hops run is five data keys (position and the two currents grouped): 5 + 3 requests; read back from
     Tiled it gives the map its documents give, and a channel of a group can be asked for by its name."""
     from espt_bluesky.plans.fly import fly_hops
 
@@ -102,7 +105,7 @@ def test_fly_hops_cost_few_requests_and_read_back(catalog):
                       hop_height=1.0, drop=0.01), lambda n, d: docs.append((n, d)))[0]
     assert writer.flush(30) and writer.runs[uid].state == "written", writer.runs[uid].error
     keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
-    assert len(keys) == 5 and writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
+    assert len(keys) == 5 and writer.requests_answered == 2 + len(keys) + 1
     run = catalog.client()[uid]
     from_tiled, from_docs = read_map(run), read_map(docs)
     assert sorted(from_tiled.data_vars) == sorted(from_docs.data_vars)
@@ -218,3 +221,200 @@ def test_a_failed_file_write_ends_the_run_at_once_and_keeps_what_was_written(cat
     np.testing.assert_array_equal(run["primary"]["fly_height"].read(), ctl.result.buffers["height"][:1])
     np.testing.assert_array_equal(read_map(run).fly_height_forward.values, read_map(docs).fly_height_forward.values)
     writer.close(30)
+
+
+def _one_pass_then_wait(monkeypatch, ctl, event):
+    """The controller hands out one pass per step and, after its first pass, waits until ``event`` is set."""
+    from espt_bluesky.devices.fly import controller as fc
+
+    monkeypatch.setattr(fc, "STEP_SAMPLES", 100)
+    advance = ctl.advance
+
+    def paced_advance():
+        if ctl.result.n_done >= 1:
+            assert event.wait(30), "the writer never registered the run's data nodes"
+        return advance()
+
+    monkeypatch.setattr(ctl, "advance", paced_advance)
+
+
+def _spy_registrations(monkeypatch, n_keys):
+    """Record (key, shape) of every data node registered; returns (records, event set after ``n_keys``)."""
+    import threading
+
+    from tiled.client.container import Container
+
+    records, done = [], threading.Event()
+    new = Container.new
+
+    def spy_new(self, *args, **kwargs):
+        node = new(self, *args, **kwargs)
+        sources = kwargs.get("data_sources") or []
+        if sources and sources[0].assets:
+            records.append((kwargs["key"], tuple(sources[0].structure.shape)))
+            if len(records) >= n_keys:
+                done.set()
+        return node
+
+    monkeypatch.setattr(Container, "new", spy_new)
+    return records, done
+
+
+def test_data_nodes_are_registered_with_their_first_rows_while_the_run_goes_on(catalog, monkeypatch):
+    """With ``live_interval=0`` each data node is registered, in one request, with the rows of the first collect
+    while the stage flies on (the controller here waits after its first pass until the five nodes exist); the
+    rows that follow reach Tiled by data-source updates, and the run reads back whole."""
+    bench = make_sim_bench("EC-AFM", "patterned", seed=7)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    records, registered = _spy_registrations(monkeypatch, 5)
+    _one_pass_then_wait(monkeypatch, fs.controller, registered)
+    writer = make_writer(catalog, batch_size=2, live_interval=0.0)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    docs = []
+    uid = RE(fly_image(fs, fd, bench.stage, bench.potentiostat, **GRID), lambda n, d: docs.append((n, d)))[0]
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    # registered with the first pass only, while three passes were still to come
+    assert sorted(k for k, _ in records) == sorted(keys)
+    assert all(shape[0] == 1 for _, shape in records), records
+    # 2 containers, one registration per key, at least one update per key, the stop metadata
+    assert writer.requests_answered >= 2 + 2 * len(keys) + 1
+    run = catalog.client()[uid]
+    assert run["primary"]["fly_position"].shape == (4, 3, 200)
+    from_tiled, from_docs = read_map(run), read_map(docs)
+    for var in from_docs.data_vars:
+        np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
+    writer.close(30)
+
+
+def test_rows_wait_live_interval_then_go_in_one_request_per_node(catalog, monkeypatch):
+    """A run shorter than ``live_interval`` (60 s here) costs one request per data node however many collects
+    bring its passes (here two: the controller waits after its first pass until it was collected): each node is
+    registered at the stop with all four passes; with the stop metadata and the two containers, K + 3 requests."""
+    import threading
+
+    bench = make_sim_bench("EC-AFM", "patterned", seed=10)
+    fs, fd = make_fly_devices(bench, catalog.asset_dir)
+    records, _ = _spy_registrations(monkeypatch, 5)
+    collected = threading.Event()
+    _one_pass_then_wait(monkeypatch, fs.controller, collected)
+    writer = make_writer(catalog, batch_size=2, live_interval=60.0)
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: collected.set() if name == "stream_datum" else None)
+    RE.subscribe(writer)
+    docs = []
+    uid = RE(fly_image(fs, fd, bench.stage, bench.potentiostat, **GRID), lambda n, d: docs.append((n, d)))[0]
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    assert sum(n == "stream_datum" for n, _ in docs) >= 2 * len(keys)  # the passes came in two collects or more
+    assert sorted(k for k, _ in records) == sorted(keys) and all(shape[0] == 4 for _, shape in records), records
+    assert writer.requests_answered == 2 + len(keys) + 1
+    from_tiled, from_docs = read_map(catalog.client()[uid]), read_map(docs)
+    for var in from_docs.data_vars:
+        np.testing.assert_array_equal(from_tiled[var].values, from_docs[var].values, err_msg=var)
+    writer.close(30)
+
+
+def test_a_failed_registration_sends_the_run_to_its_journal_loudly(catalog, monkeypatch, tmp_path, caplog):
+    """The server refuses a data node's registration: the run is not written half and called done; it goes to its
+    journal with an error naming the cause, a warning names ``espt replay``, and replaying it writes it whole."""
+    from tiled.client.container import Container
+
+    new = Container.new
+
+    def refusing_new(self, *args, **kwargs):
+        sources = kwargs.get("data_sources") or []
+        if sources and sources[0].assets:
+            raise RuntimeError("507 Insufficient Storage: the server refused the registration")
+        return new(self, *args, **kwargs)
+
+    monkeypatch.setattr(Container, "new", refusing_new)
+    backup = tmp_path / "backup"
+    writer = make_writer(catalog, backup_directory=backup)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    with caplog.at_level(logging.WARNING, logger="espt_bluesky.storage.writer"):
+        uid, docs = fly(RE, catalog, seed=8)
+    run = writer.runs[uid]
+    assert run.state == "backup" and "507 Insufficient Storage" in run.error, run.error
+    assert any("espt replay" in r.getMessage() and uid in r.getMessage() for r in caplog.records)
+    writer.close(30)
+    monkeypatch.setattr(Container, "new", new)
+    report = replay(backup, catalog)
+    assert [r.action for r in report.runs if r.uid == uid] in (["written"], ["replaced"]), str(report.runs)
+    np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
+                                  read_map(docs).fly_height_forward.values)
+
+
+def test_an_unknown_bluesky_tiled_plugins_release_gets_the_stock_writer(catalog, monkeypatch):
+    """The lean writer subclasses a private class of bluesky-tiled-plugins 2.0: on another release the stock
+    TiledWriter writes (a registration and an update per key, the two containers closed), and the run reads back."""
+    import importlib.metadata as md
+
+    from bluesky_tiled_plugins import TiledWriter
+
+    from espt_bluesky.storage.writer import tiled_writer
+
+    assert type(tiled_writer(catalog.client(), lean=True)) is not TiledWriter
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda name: "2.1.0" if name == "bluesky-tiled-plugins" else real(name))
+    assert type(tiled_writer(catalog.client(), lean=True)) is TiledWriter
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    uid, docs = fly(RE, catalog, seed=9)
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    assert writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
+    np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
+                                  read_map(docs).fly_height_forward.values)
+    writer.close(30)
+
+
+def _two_file_run(directory):
+    """Documents of a run whose one data key ``x`` (rows of 3) spans two HDF5 files (two stream resources), two rows
+    per StreamDatum; returns (documents, the 6 × 3 rows they hold)."""
+    import uuid
+
+    import h5py
+    from event_model import compose_run, compose_stream_resource
+
+    from espt_bluesky.devices.waveform_assets import MIMETYPE
+
+    data = np.arange(18.0).reshape(6, 3)
+    run = compose_run()
+    desc = run.compose_descriptor(name="primary", data_keys={"x": dict(source="sim", dtype="array", shape=[3],
+                                                                       dtype_numpy="<f8", external="STREAM:")})
+    docs, seq = [("start", run.start_doc), ("descriptor", desc.descriptor_doc)], 1
+    for part in (data[:4], data[4:]):
+        path = directory / f"{uuid.uuid4()}.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("/x", data=part, maxshape=(None, 3), chunks=(2, 3))
+        res = compose_stream_resource(mimetype=MIMETYPE, uri=path.as_uri(), data_key="x", start=run.start_doc,
+                                      parameters={"dataset": "/x", "chunk_shape": [2, 3]})
+        docs.append(("stream_resource", res.stream_resource_doc))
+        for i in range(0, len(part), 2):
+            docs.append(("stream_datum", res.compose_stream_datum(indices={"start": i, "stop": i + 2},
+                                                                  seq_nums={"start": seq, "stop": seq + 2},
+                                                                  descriptor=desc.descriptor_doc)))
+            seq += 2
+    docs.append(("stop", run.compose_stop()))
+    return docs, data
+
+
+@pytest.mark.parametrize("batch_size, min_interval", [(1, 0.0), (2, 0.0), (25, 60.0)])
+def test_the_lean_writer_writes_what_the_stock_writer_writes(catalog, batch_size, min_interval):
+    """Every row the stock TiledWriter writes, the lean one writes: every row at once (batch_size 1), in batches, or
+    all at the stop, including a data key whose rows span two files (the second resource extends the node)."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from espt_bluesky.storage.writer import tiled_writer
+
+    for lean in (False, True):
+        docs, data = _two_file_run(catalog.asset_dir)
+        tw = tiled_writer(catalog.client(), batch_size, lean=lean, min_interval=min_interval)
+        assert (type(tw) is TiledWriter) is not lean
+        for name, doc in docs:
+            tw(name, doc)
+        np.testing.assert_array_equal(catalog.client()[docs[0][1]["uid"]]["primary"]["x"].read(), data)

@@ -13,6 +13,7 @@ from typing import Any, Generator, Sequence
 
 import numpy as np
 import bluesky.plan_stubs as bps
+from bluesky.utils import short_uid
 from bluesky.protocols import Configurable, Readable
 
 from ..devices.fly.trajectory import FlyRaster, HopSequence
@@ -71,6 +72,26 @@ def _fly_map(det: str, order: str, extra: dict) -> dict[str, Any]:
                 extra={**extra, "map": {"x": pos, "x_axis": "x", "y": pos, "y_axis": "y", "order": order}})
 
 
+#: Seconds between two collects of a running fly scan (what reaches the documents, the live map and Tiled)
+FLUSH_PERIOD = 0.5
+#: Seconds before the first collect; the wait doubles up to ``FLUSH_PERIOD``
+FIRST_FLUSH = 0.02
+
+
+def _collect_while_completing(fly_stage, fly_detector, stream: str):
+    """Complete the stage and detector, collecting the detector every ``FLUSH_PERIOD`` s meanwhile; the first
+    collects come sooner (``FIRST_FLUSH`` s, doubling): the run's stream resources, and with them its nodes in
+    Tiled, appear as soon as the first pass is in the file, while the scan goes on, not after it.  (A collect with
+    nothing new emits nothing.)"""
+    group = short_uid("complete")
+    yield from bps.complete_all(fly_stage, fly_detector, group=group, wait=False)
+    period, done = FIRST_FLUSH, False
+    while not done:
+        done = yield from bps.wait(group=group, timeout=period, error_on_timeout=False)
+        yield from bps.collect(fly_detector, name=stream)
+        period = min(2.0 * period, FLUSH_PERIOD)
+
+
 def _collect_run(fly_stage, fly_detector, program, stream: str = "primary"):
     """Prepare, kick off and collect until complete; on failure collect what was written before re-raising."""
     yield from bps.prepare(fly_stage, program, wait=True)
@@ -78,8 +99,7 @@ def _collect_run(fly_stage, fly_detector, program, stream: str = "primary"):
     yield from bps.declare_stream(fly_detector, name=stream, collect=True)
     yield from bps.kickoff_all(fly_stage, fly_detector, wait=True)
     try:
-        yield from bps.collect_while_completing([fly_stage, fly_detector], [fly_detector], flush_period=0.5,
-                                                stream_name=stream)
+        yield from _collect_while_completing(fly_stage, fly_detector, stream)
     except Exception:
         # data is never silently dropped: whatever passes reached the file are registered before the error
         yield from bps.collect(fly_detector, name=stream)

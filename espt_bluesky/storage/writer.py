@@ -24,20 +24,27 @@ run written completely has its journal removed (``keep_journals=True`` keeps it)
 Nothing here raises into the RunEngine: a failure is logged (ERROR when the journal cannot be written, CRITICAL when
 neither the journal nor Tiled holds a run's documents) and shown in :attr:`ResilientTiledWriter.runs`.
 
-Requests per run.  ``TiledWriter`` makes a fixed number of sequential HTTP requests per run, whatever its size: the
-run and stream containers, one node registration and one data-source update per data key (more updates only every
-``batch_size`` rows), the stop metadata, and a ``close_stream`` per node.  ``close_stream`` only feeds a streaming
-cache or webhooks; a server started here (:meth:`LocalCatalog.start`, :meth:`LocalCatalog.in_process`) has neither
-(:attr:`LocalCatalog.streams_need_closing` is False), answers it by doing nothing, and the writer leaves those
-requests out through Tiled's public ``structure_clients`` option (data-node client classes whose ``close_stream``
-sends nothing): one request per data key fewer per run.  A server reached with :meth:`LocalCatalog.connect`
-or a client is sent every request.
+Requests per run.  ``TiledWriter`` makes a fixed number of sequential HTTP requests per run, whatever its size, each
+costing the server tens of ms of CPU (far more than writing the rows): the run and stream containers, one node
+registration and one data-source update per data key (more updates only every ``batch_size`` rows), the stop
+metadata, and a ``close_stream`` per node.  ``close_stream`` only feeds a streaming cache or webhooks; a server
+started here (:meth:`LocalCatalog.start`, :meth:`LocalCatalog.in_process`) has neither
+(:attr:`LocalCatalog.streams_need_closing` is False) and answers it by doing nothing.  For such a server
+:func:`make_writer` writes through the *lean* writer (:func:`tiled_writer`; a subclass of bluesky-tiled-plugins'
+private ``_RunWriter``, 2.0.x only, else the stock writer): each data node is registered with its first rows in
+one request as soon as they come (not a registration and an update after ``batch_size`` rows), later rows are sent
+at most every ``live_interval`` (1 s) per node, and nothing is closed: a fly image of K data keys is 2 + K + 1
+requests when its passes come in one collect, plus K per later update.  Its data-node client classes also send no
+``close_stream`` (Tiled's public ``structure_clients`` option, :class:`SkipStreamClose`), which is what remains on
+the stock writer.  A server reached with :meth:`LocalCatalog.connect` or a client gets the stock writer and every
+request.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import queue
 import threading
@@ -60,6 +67,9 @@ logger = logging.getLogger(__name__)
 #: Rows (events, or waveform frames of a stream resource) buffered before they are sent: small enough that a
 #: reader sees a running map fill in, large enough not to cost one HTTP request per point.
 LIVE_BATCH_SIZE = 25
+#: Seconds between two requests that write rows of one data node (lean writer, see :func:`tiled_writer`): what a
+#: Tiled reader of a running fly scan lags behind at most, besides ``batch_size``
+LIVE_INTERVAL = 1.0
 #: Seconds the RunEngine waits on a writer that makes no progress (see the module docstring).
 MAX_WAIT = 10.0
 #: Documents, and bytes (as journaled), waiting for the writer thread before the RunEngine waits for it.
@@ -140,13 +150,18 @@ class ResilientTiledWriter:
         When journal records reach the disk (see :func:`~espt_bluesky.storage.journal.open_journal`).
     keep_journals : bool
         Keep the journal of runs written completely (default: remove it).
+    lean : bool
+        Write through :func:`tiled_writer` with ``lean=True`` (each data node registered with its first rows, no
+        ``close_stream``): only for a server without a streaming cache and webhooks (see the module docstring).
+    live_interval : float, s
+        With ``lean``: the shortest time between two requests writing rows of one data node.
     """
 
     def __init__(self, client_factory: Callable[[], Any], backup_directory: str | os.PathLike,
                  batch_size: int = LIVE_BATCH_SIZE, *, max_wait: float = MAX_WAIT,
                  max_queue: int = MAX_QUEUE, max_queue_bytes: int = MAX_QUEUE_BYTES,
                  health_url: str | None = None, probe_timeout: float = PROBE_TIMEOUT, fsync: str = "group",
-                 keep_journals: bool = False):
+                 keep_journals: bool = False, lean: bool = False, live_interval: float = LIVE_INTERVAL):
         if not max_wait >= 0:
             raise InvalidArgument(f"max_wait={max_wait!r}; a number of seconds >= 0 is required")
         self._client_factory = client_factory
@@ -159,6 +174,8 @@ class ResilientTiledWriter:
         self.probe_timeout = float(probe_timeout)
         self.fsync = fsync
         self.keep_journals = bool(keep_journals)
+        self.lean = bool(lean)
+        self.live_interval = float(live_interval)
         #: start uid -> :class:`RunRecord`, every run this writer saw
         self.runs: dict[str, RunRecord] = {}
         #: True / False after the last probe or write, None before any
@@ -354,7 +371,7 @@ class ResilientTiledWriter:
                     hooks = self._client.context.http_client.event_hooks["response"]
                     if self._answered not in hooks:
                         hooks.append(self._answered)
-                run._tw = TiledWriter(self._client, batch_size=self.batch_size)
+                run._tw = tiled_writer(self._client, self.batch_size, lean=self.lean, min_interval=self.live_interval)
             tw = run._tw
             if tw is None:
                 return
@@ -455,6 +472,169 @@ class SkipStreamClose(Mapping):
         return len(self._base)
 
 
+# ------------------------------------------------------------------------------------ fewer requests per run
+#: bluesky-tiled-plugins releases whose private ``_RunWriter`` the lean writer below was written against and tested
+#: with (2.0.x: ``get_sres_node``, ``_sres_nodes``, ``_consolidators``, ``_stream_resource_cache``,
+#: ``_external_data_cache``, ``_desc_nodes``, ``_close_stream_tree``; ``TiledWriter._factory``)
+LEAN_WRITER_VERSIONS = ("2.0", "2.1")
+
+
+def _lean_supported() -> bool:
+    """Whether the installed bluesky-tiled-plugins is one the lean writer was written for (else: the stock one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        v = Version(version("bluesky-tiled-plugins"))
+    except PackageNotFoundError:  # pragma: no cover - imported above, so installed
+        return False
+    lo, hi = (Version(x) for x in LEAN_WRITER_VERSIONS)
+    if not lo <= v < hi:
+        return False
+    from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter
+
+    return all(hasattr(_RunWriter, a) for a in ("get_sres_node", "stream_datum", "_close_stream_tree")) and \
+        hasattr(TiledWriter, "_factory")
+
+
+_LEAN_CLASSES: tuple[type, type] | None = None
+
+
+def _lean_classes() -> tuple[type, type]:
+    """(TiledWriter subclass, its per-run writer): made on first use, the private base imported only then.
+
+    The one place this package subclasses a private class of bluesky-tiled-plugins (``_RunWriter``, 2.0.x;
+    :data:`LEAN_WRITER_VERSIONS`; :func:`tiled_writer` falls back to the stock writer on any other release).  What
+    it changes, only for a server without a streaming cache and without webhooks:
+
+    * **a data node is registered with its rows, in one request.**  The stock writer registers a StreamResource's
+      node with an empty shape when its first rows are flushed, then sends its data source again with the rows (two
+      requests); here the rows are consumed first and the node registered with them.  (With a streaming cache the
+      stock order is kept: subscribers are told of rows by the data-source update.)
+    * **rows at most every ``min_interval`` seconds per node**: a node is registered once its first rows have
+      waited ``min_interval`` (and a later StreamDatum comes) or at the stop, and later rows are sent once
+      ``batch_size`` of them wait (as by the stock writer) and not sooner than ``min_interval`` after the node's
+      last request; whatever waits is sent at the stop.  A fly scan collects whole passes every half second:
+      without this each collect would cost one request per data key, a request costing the server far more than
+      writing the rows; a run shorter than ``min_interval`` costs one request per data node in all.
+    * **no ``close_stream``** for any node (run, streams, data): such a server answers it by doing nothing.
+    """
+    global _LEAN_CLASSES
+    if _LEAN_CLASSES is not None:
+        return _LEAN_CLASSES
+    from bluesky_tiled_plugins.writing.consolidators import consolidator_factory
+    from bluesky_tiled_plugins.writing.tiled_writer import _RunWriter, concatenate_stream_datums
+
+    class LeanRunWriter(_RunWriter):
+        def __init__(self, *args: Any, min_interval: float = 0.0, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._min_interval = float(min_interval)
+            # stream resource uid -> when its node was last written (before: when its first rows came)
+            self._last_sent: dict[str, float] = {}
+
+        def _new_node(self, doc: dict) -> bool:
+            """Whether ``doc``'s rows belong to a data node not made yet (and one this writer can make: its stream
+            resource and descriptor known, no earlier resource of the same data key, which the stock code extends)."""
+            sres_uid = doc["stream_resource"]
+            desc_node = self._desc_nodes.get(doc["descriptor"])
+            sres_doc = self._stream_resource_cache.get(sres_uid)
+            return (sres_uid not in self._sres_nodes and sres_doc is not None and desc_node is not None
+                    and f"{desc_node.item['id']}_{sres_doc['data_key']}" not in self._sres_nodes)
+
+        def stream_datum(self, doc: dict) -> None:
+            sres_uid = doc["stream_resource"]
+            new = self._new_node(doc)
+            if not new and (sres_uid not in self._sres_nodes or self._batch_size <= 1):
+                return super().stream_datum(doc)  # cases the stock code handles (and reports)
+            cached = self._external_data_cache.pop(sres_uid, None)
+            if cached is not None:
+                try:
+                    doc = concatenate_stream_datums(cached, doc)
+                except ValueError:  # not consecutive: the cached rows go on their own first, as in the stock code
+                    self._send(cached)
+                    new = False
+            now = time.monotonic()
+            if new:  # its first rows: the node is registered with them once they have waited min_interval
+                first = self._last_sent.setdefault(sres_uid, now)
+                if self._batch_size <= 1 or now - first >= self._min_interval:  # batch_size 1: every row at once
+                    self._send(doc)
+                else:
+                    self._external_data_cache[sres_uid] = doc
+                return
+            rows = doc["indices"]["stop"] - doc["indices"]["start"]
+            if rows >= self._batch_size and now - self._last_sent.get(sres_uid, -math.inf) >= self._min_interval:
+                self._send(doc)
+            else:  # sent with later rows, or at the stop
+                self._external_data_cache[sres_uid] = doc
+
+        def _send(self, doc: dict) -> None:
+            """Write the rows of ``doc``: register its node with them (one request) if it has none yet."""
+            if self._new_node(doc):
+                self._register_with_rows(doc, self._desc_nodes[doc["descriptor"]],
+                                         self._stream_resource_cache[doc["stream_resource"]])
+            else:
+                self._write_external_data(doc)
+            self._last_sent[doc["stream_resource"]] = time.monotonic()
+
+        def stop(self, doc: dict) -> None:
+            # nodes whose first rows still wait are registered with them (one request), not by the stock stop
+            # (a registration and an update)
+            for sres_uid, cached in list(self._external_data_cache.items()):
+                if self._new_node(cached):
+                    del self._external_data_cache[sres_uid]
+                    self._send(cached)
+            super().stop(doc)
+
+        def _register_with_rows(self, doc: dict, desc_node: Any, sres_doc: dict) -> None:
+            sres_uid = doc["stream_resource"]
+            full_key = f"{desc_node.item['id']}_{sres_doc['data_key']}"
+            consolidator = consolidator_factory(sres_doc, desc_node.metadata)
+            consolidator.consume_stream_datum(doc)  # the rows first: the node is registered with them
+            data_source = consolidator.get_data_source()
+            node = desc_node.new(key=consolidator.data_key, structure_family=data_source.structure_family,
+                                 data_sources=[data_source], metadata={}, specs=[], access_tags=self.access_tags)
+            self._consolidators[sres_uid] = self._consolidators[full_key] = consolidator
+            self._sres_nodes[sres_uid] = self._sres_nodes[full_key] = node
+
+        def _close_stream_tree(self) -> None:
+            return None  # no streaming cache, no webhooks: the server would do nothing with it
+
+    class LeanTiledWriter(TiledWriter):
+        def __init__(self, *args: Any, min_interval: float = 0.0, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.min_interval = float(min_interval)
+
+        def _factory(self, name: str, doc: dict):
+            run_writer = LeanRunWriter(self.client, batch_size=self._batch_size,
+                                       max_array_size=self._max_array_size, validate=self._validate,
+                                       ignore_errors=self.ignore_errors, min_interval=self.min_interval)
+            cb: Any = run_writer
+            if self._normalizer:
+                cb = self._normalizer(patches=self.patches, spec_to_mimetype=self.spec_to_mimetype)
+                cb.subscribe(run_writer)
+            return [cb], []
+
+    _LEAN_CLASSES = (LeanTiledWriter, LeanRunWriter)
+    return _LEAN_CLASSES
+
+
+def tiled_writer(client: Any, batch_size: int = LIVE_BATCH_SIZE, *, lean: bool = False,
+                 min_interval: float = 0.0) -> TiledWriter:
+    """A ``TiledWriter`` of ``client``; with ``lean=True`` (and a bluesky-tiled-plugins release it was written
+    for) one that spends fewer requests per run: each data node registered with its first rows in one request, and
+    no ``close_stream`` (see :func:`_lean_classes`).  Pass ``lean=True`` only for a server with neither a streaming
+    cache nor webhooks (:attr:`~espt_bluesky.storage.server.LocalCatalog.streams_need_closing` False).
+    ``min_interval`` (s, lean writer only): the shortest time between two requests writing rows of one data node.
+    """
+    if lean and _lean_supported():
+        return _lean_classes()[0](client, batch_size=int(batch_size), min_interval=min_interval)
+    if lean:
+        logger.info("bluesky-tiled-plugins is not a release the lean writer knows (%s): the stock TiledWriter "
+                    "writes (two requests per data node, close_stream sent)", LEAN_WRITER_VERSIONS)
+    return TiledWriter(client, batch_size=int(batch_size))
+
+
 def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = None,
                 batch_size: int = LIVE_BATCH_SIZE, max_wait: float = MAX_WAIT,
                 **kwargs: Any) -> ResilientTiledWriter | TiledWriter:
@@ -473,7 +653,7 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
     max_wait : float, s
         The longest the RunEngine waits on the writer for one document (see :class:`ResilientTiledWriter`).
     **kwargs
-        ``max_queue``, ``max_queue_bytes``, ``probe_timeout``, ``fsync``, ``keep_journals``: see
+        ``max_queue``, ``max_queue_bytes``, ``probe_timeout``, ``fsync``, ``keep_journals``, ``live_interval``: see
         :class:`ResilientTiledWriter`.
 
     Returns
@@ -481,10 +661,12 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
     ResilientTiledWriter or TiledWriter
         Subscribe it to a RunEngine: ``RE.subscribe(writer)``.
     """
+    lean = False
     if isinstance(target, LocalCatalog):
         factory = target.client
         if not target.streams_need_closing:  # our own server: close_stream does nothing there
             factory = lambda: target.client(structure_clients=SkipStreamClose())  # noqa: E731
+            lean = True
         health = f"{target.base_url}/healthz"
         if backup_directory is None and target.backup_dir is not None:
             backup_directory = target.backup_dir
@@ -493,9 +675,9 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
         api = str(getattr(getattr(target, "context", None), "api_uri", "") or "")
         health = api.split("/api/v1")[0] + "/healthz" if "/api/v1" in api else None
     if backup_directory is None:
-        return TiledWriter(factory(), batch_size=int(batch_size))
+        return tiled_writer(factory(), batch_size, lean=lean)
     return ResilientTiledWriter(factory, backup_directory, batch_size, max_wait=max_wait, health_url=health,
-                                **kwargs)
+                                lean=lean, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- bus workers
