@@ -66,6 +66,10 @@ CASES = {
 }
 
 
+#: the valid hops of every run, "sample/seed/method" -> {x, y, v}: saved with the table so maps can be remade
+HOPS: dict = {}
+
+
 def _engine():
     RE = RunEngine({}, call_returns_result=True)
     docs: list = []
@@ -131,6 +135,7 @@ def run_case(sample, seed, strategies, budgets=BUDGETS):
 
     def record(method, docs, seconds, ns):
         x, y, v = _hops(docs, case)
+        HOPS[f"{sample}/{seed}/{method}"] = dict(x=x.tolist(), y=y.tolist(), v=v.tolist())
         truth = _truth(bench, sample)
         for n in ns:
             # fixed point sets lose the landings that faulted (a crash at a particle rim): they are scored with
@@ -251,7 +256,7 @@ def main():
               f"{['-' if not np.isfinite(f) else f'{f:.0%}' for f in s['fraction_per_seed_vs_grid_best']]}")
     out = HERE / ("bench_adaptive.json" if a.out is None else f"bench_adaptive_{a.out}.json")
     out.write_text(json.dumps(
-        dict(rows=rows, summary={f"{k[0]}/{k[1]}": v for k, v in summ.items()}), indent=1, default=float))
+        dict(rows=rows, summary={f"{k[0]}/{k[1]}": v for k, v in summ.items()}, hops=HOPS), indent=1, default=float))
     _figure(rows, a.samples, a.out)
 
 
