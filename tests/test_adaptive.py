@@ -514,3 +514,21 @@ def test_piecewise_censored_boundary_finds_the_rim(layout):
         assert rim["censored"] < 1.1 * rim["midway"], rim
     with pytest.raises(InvalidArgument, match="boundary"):
         gps.reconstruct(P, v, pts, boundary="nearest", **kw)
+
+
+def test_cv_error_chooses_the_map_model_without_the_truth():
+    """5-fold cross-validation on the hops alone: on a cap over a flat binder it prefers the piecewise map to one
+    GP (one length scale cannot serve rim and binder); on a smooth one-phase field the GP's held-out error is a
+    small fraction of the field's spread; bad folds are refused."""
+    r = 6.0
+    g = np.arange(-9.0, 9.01, 1.5) + 0.37
+    P = np.array([(a, b) for a in g for b in g])
+    cap = 0.6 * np.sqrt(np.clip(r * r - (P ** 2).sum(1), 0.0, None))
+    kw = dict(span=18.0, min_length=0.5)
+    e_pw = gps.cv_error(P, cap, how="piecewise", threshold=0.25, **kw)
+    e_gp = gps.cv_error(P, cap, how="gp", **kw)
+    assert e_pw < 0.7 * e_gp, (e_pw, e_gp)
+    smooth = np.sin(P[:, 0] / 5.0) + np.cos(P[:, 1] / 7.0)
+    assert gps.cv_error(P, smooth, how="gp", **kw) < 0.05 * np.std(smooth)
+    with pytest.raises(InvalidArgument, match="folds"):
+        gps.cv_error(P[:5], cap[:5], folds=5, how="gp", **kw)

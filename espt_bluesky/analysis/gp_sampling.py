@@ -54,7 +54,7 @@ from ..errors import InvalidArgument, check_choice, check_positive
 
 __all__ = ["STRATEGIES", "SURVEYS", "Proposal", "points_in_polygon", "candidate_grid", "survey_points",
            "far_enough", "fit_gp", "fit_warped_gp", "predict", "acquisition", "propose", "map_error", "reconstruct",
-           "RECONSTRUCTIONS", "BOUNDARIES", "WARP_POWERS"]
+           "RECONSTRUCTIONS", "BOUNDARIES", "WARP_POWERS", "cv_error"]
 
 STRATEGIES = ("mapping", "hotspots", "balanced", "boundary", "gradient")
 RECONSTRUCTIONS = ("gp", "piecewise")
@@ -544,3 +544,20 @@ def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, mi
         else:
             mean[sel], std[sel] = predict(fit_gp(X[cls], y[cls], **kw), P[sel])
     return mean, std
+
+
+def cv_error(X: Any, y: Any, *, folds: int = 5, **kw) -> float:
+    """K-fold cross-validated RMS error (objective units) of :func:`reconstruct` on the hops themselves: hop i is
+    in fold i mod ``folds``, each fold predicted from the others.  Needs no truth, so it can choose a map model the
+    same way for any set of hops (``kw`` as :func:`reconstruct`)."""
+    X = _as_xy("X", X)
+    y = np.asarray(y, float).ravel()
+    folds = int(folds)
+    if not 2 <= folds <= y.size // 2:
+        raise InvalidArgument(f"folds={folds} must be between 2 and half the number of hops ({y.size})")
+    fold = np.arange(y.size) % folds
+    se = np.empty(y.size)
+    for f in range(folds):
+        te = fold == f
+        se[te] = (reconstruct(X[~te], y[~te], X[te], **kw)[0] - y[te]) ** 2
+    return float(np.sqrt(np.mean(se)))
