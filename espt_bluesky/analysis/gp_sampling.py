@@ -32,12 +32,15 @@ The kernel is isotropic by default; ``anisotropic=True`` fits one length scale p
 evidence along straight features (HOPG step bands): the map then places an edge from many hops along it.
 
 Maps (:func:`reconstruct`): ``"gp"`` (the GP mean) or ``"piecewise"`` (two-phase samples: the hops are split at a
-class threshold, each class gets its own GP and each map point takes the GP of its class, the class boundary
-lying midway between hops of the two classes).  One stationary GP cannot serve flat binder and steep particle
+class threshold, each class gets its own GP and each map point takes the GP of its class; between hops of both
+classes the boundary is where the upper class's GP, with the lower class's hops as censored values, crosses the
+threshold).  One stationary GP cannot serve flat binder and steep particle
 rims at once; two can.  Each class's GP is fitted to a power (Box-Cox) transform of its values' distance from the
-other class's level (a particle's height above the binder), the power chosen by marginal likelihood (:func:`fit_warped_gp`, a warped GP, Snelson et al. 2004):
+other class's level (a particle's height above the binder), the power chosen by marginal likelihood
+(:func:`fit_warped_gp`, a warped GP, Snelson et al. 2004):
 a particle whose height rises steeply at its rim and flattens on top is a smooth function of (x, y) only after
 such a warp (a spheroidal cap h ∝ √(r² − ρ²) exactly at power 2), and a stationary GP then serves rim and top.
+:func:`cv_error` (k-fold cross-validation on the hops) chooses between map models without any truth.
 """
 
 from __future__ import annotations
