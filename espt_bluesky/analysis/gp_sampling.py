@@ -32,12 +32,15 @@ The kernel is isotropic by default; ``anisotropic=True`` fits one length scale p
 evidence along straight features (HOPG step bands): the map then places an edge from many hops along it.
 
 Maps (:func:`reconstruct`): ``"gp"`` (the GP mean) or ``"piecewise"`` (two-phase samples: the hops are split at a
-class threshold, each class gets its own GP and each map point takes the GP of its class, the class boundary
-lying midway between hops of the two classes).  One stationary GP cannot serve flat binder and steep particle
+class threshold, each class gets its own GP and each map point takes the GP of its class; between hops of both
+classes the boundary is where the upper class's GP, with the lower class's hops as censored values, crosses the
+threshold).  One stationary GP cannot serve flat binder and steep particle
 rims at once; two can.  Each class's GP is fitted to a power (Box-Cox) transform of its values' distance from the
-other class's level (a particle's height above the binder), the power chosen by marginal likelihood (:func:`fit_warped_gp`, a warped GP, Snelson et al. 2004):
+other class's level (a particle's height above the binder), the power chosen by marginal likelihood
+(:func:`fit_warped_gp`, a warped GP, Snelson et al. 2004):
 a particle whose height rises steeply at its rim and flattens on top is a smooth function of (x, y) only after
 such a warp (a spheroidal cap h ∝ √(r² − ρ²) exactly at power 2), and a stationary GP then serves rim and top.
+:func:`cv_error` (k-fold cross-validation on the hops) chooses between map models without any truth.
 """
 
 from __future__ import annotations
@@ -54,10 +57,12 @@ from ..errors import InvalidArgument, check_choice, check_positive
 
 __all__ = ["STRATEGIES", "SURVEYS", "Proposal", "points_in_polygon", "candidate_grid", "survey_points",
            "far_enough", "fit_gp", "fit_warped_gp", "predict", "acquisition", "propose", "map_error", "reconstruct",
-           "RECONSTRUCTIONS", "WARP_POWERS"]
+           "RECONSTRUCTIONS", "BOUNDARIES", "WARP_POWERS", "cv_error"]
 
 STRATEGIES = ("mapping", "hotspots", "balanced", "boundary", "gradient")
 RECONSTRUCTIONS = ("gp", "piecewise")
+#: Where the piecewise map puts a class boundary between hops of both classes (see :func:`reconstruct`).
+BOUNDARIES = ("censored", "midway")
 #: Floor of the slope weight of ``"gradient"`` (fraction of the largest predicted slope).
 GRADIENT_FLOOR = 0.2
 SURVEYS = ("corners", "3x3")
@@ -433,27 +438,80 @@ def _predict_warped(gp, lam: float, P: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return u, sz * du
 
 
+def _class_field(X: np.ndarray, hi: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Linear interpolation at ``P`` of the hops' class indicator (1 upper, 0 lower; nearest hop outside their hull
+    or when the hops lie on one line)."""
+    from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
+
+    ind = hi.astype(float)
+    try:
+        c = LinearNDInterpolator(X, ind)(P)
+    except Exception:  # hops on one line (no triangulation): nearest hop only
+        c = np.full(P.shape[0], np.nan)
+    miss = np.isnan(c)
+    if miss.any():
+        c[miss] = NearestNDInterpolator(X, ind)(P[miss])
+    return c
+
+
+def _censored_upper(X: np.ndarray, y: np.ndarray, hi: np.ndarray, P: np.ndarray, t: float, kw: Mapping[str, Any],
+                    warp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The upper class's map with the lower class's hops as censored data: (mean, std, is_upper) at ``P``.
+
+    The upper class's GP (warped as in :func:`fit_warped_gp`, hyperparameters by marginal likelihood on its own hops)
+    is extrapolated to each lower-class hop; that hop is known to lie below ``t`` but not by how much, so it enters a
+    second GP (same hyperparameters, in physical units) at the smaller of that extrapolation and ``t`` (a one-step
+    data augmentation of a censored observation).  A point is of the upper class where this GP is above ``t``.
+    """
+    ref = float(np.median(y[~hi]))
+    u = y[hi] - ref
+    if warp:
+        gp, lam = fit_warped_gp(X[hi], u, **kw)
+    else:
+        gp, lam = fit_gp(X[hi], u, **kw), 1.0
+    z = (u ** lam - 1.0) / lam
+    zt = ((t - ref) ** lam - 1.0) / lam if t > ref else -1.0 / lam
+    zb, _ = predict(gp, X[~hi])
+    za = np.concatenate([z, np.minimum(zb, zt)])
+    p = gp_parameters(gp)
+    r = float(np.var(z) / np.var(za)) if np.var(za) > 0 else 1.0  # normalize_y: keep the physical amplitude
+    gpa = fit_gp(np.vstack([X[hi], X[~hi]]), za, kernel_params=dict(p, amplitude=p["amplitude"] * r,
+                                                                     noise=p["noise"] * r), **kw)
+    mz, _ = predict(gpa, P)
+    um, us = _predict_warped(gpa, lam, P)
+    return ref + um, us, mz > zt
+
+
 def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, min_length: float, nu: float = 1.5,
-                anisotropic: bool = False, threshold: float | None = None,
-                warp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                anisotropic: bool = False, threshold: float | None = None, warp: bool = True,
+                boundary: str = "censored") -> tuple[np.ndarray, np.ndarray]:
     """The map at ``points`` (µm) from valid hops (``X`` µm, ``y``): predicted value and its standard deviation.
 
     ``how="gp"``: the GP mean (:func:`fit_gp`, hyperparameters by marginal likelihood).  ``how="piecewise"``: a
-    two-phase map.  The hops are split at ``threshold`` (objective units; default the midpoint of ``y``), the
-    class of each map point is that of the linear interpolation of the hops' class indicator (nearest hop outside
-    their hull), i.e. the boundary lies midway between hops of the two classes, and each class is mapped by its own
-    GP of the values' distance from the other class's level (median), power-transformed (:func:`fit_warped_gp`, λ by marginal
-    likelihood; ``warp=False``: no transform) (a class with fewer than two hops: their mean, σ NaN).  Use it for particles on a flat binder, where one
-    stationary length scale would smear the rims into the flat ground.
+    two-phase map (particles on a flat binder, where one stationary length scale would smear the rims into the flat
+    ground).  The hops are split at ``threshold`` (objective units; default the midpoint of ``y``); each class is
+    mapped by its own GP of the values' distance from the other class's level (median), power-transformed
+    (:func:`fit_warped_gp`, λ by marginal likelihood; ``warp=False``: no transform); a class with fewer than two hops
+    gets their mean, σ NaN.  Where a map point lies is decided by the hops around it: inside a triangle of hops of
+    one class (Delaunay, linear interpolation of the class indicator; nearest hop outside their hull), that class.
+    Between hops of both classes, ``boundary``:
+
+    ``"censored"``
+        the upper class's warped GP, with the lower class's hops added as censored values (below the threshold by
+        an unknown amount: each enters at the smaller of the upper GP's extrapolation there and the threshold);
+        the boundary is where it crosses the threshold, and the upper class's values come from it.  A particle's
+        rim is then placed by the curvature of its cap (a spheroid is exactly quadratic after the warp), not
+        midway between the last hop on it and the first hop off it;
+    ``"midway"``
+        the class of the interpolated indicator (> 0.5): the boundary lies midway between hops of the two classes.
 
     Returns
     -------
     mean, std : ndarray (n,)
         Objective units.
     """
-    from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
-
     how = check_choice("how", how, RECONSTRUCTIONS)
+    boundary = check_choice("boundary", boundary, BOUNDARIES)
     X = _as_xy("X", X)
     y = np.asarray(y, float).ravel()
     P = _as_xy("points", points)
@@ -464,17 +522,17 @@ def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, mi
     hi = y > t
     if hi.all() or not hi.any():  # one class only: one map
         return predict(fit_gp(X, y, **kw), P)
-    ind = hi.astype(float)
-    try:
-        c = LinearNDInterpolator(X, ind)(P)
-    except Exception:  # hops on one line (no triangulation): nearest hop only
-        c = np.full(P.shape[0], np.nan)
-    miss = np.isnan(c)
-    if miss.any():
-        c[miss] = NearestNDInterpolator(X, ind)(P[miss])
+    c = _class_field(X, hi, P)
+    upper = c > 0.5
     mean, std = np.empty(P.shape[0]), np.full(P.shape[0], np.nan)
-    for cls, sel, sign in ((hi, c > 0.5, 1.0), (~hi, c <= 0.5, -1.0)):
-        if not sel.any():
+    censored = boundary == "censored" and hi.sum() >= 2
+    if censored:
+        both = (c > 1e-9) & (c < 1.0 - 1e-9)  # between hops of both classes
+        mu_u, sd_u, up = _censored_upper(X, y, hi, P, t, kw, warp)
+        upper[both] = up[both]
+        mean[upper], std[upper] = mu_u[upper], sd_u[upper]
+    for cls, sel, sign in ((hi, upper, 1.0), (~hi, ~upper, -1.0)):
+        if not sel.any() or (censored and sign > 0):
             continue
         if cls.sum() < 2:
             mean[sel] = float(np.mean(y[cls]))
@@ -489,3 +547,20 @@ def reconstruct(X: Any, y: Any, points: Any, *, how: str = "gp", span: float, mi
         else:
             mean[sel], std[sel] = predict(fit_gp(X[cls], y[cls], **kw), P[sel])
     return mean, std
+
+
+def cv_error(X: Any, y: Any, *, folds: int = 5, **kw) -> float:
+    """K-fold cross-validated RMS error (objective units) of :func:`reconstruct` on the hops themselves: hop i is
+    in fold i mod ``folds``, each fold predicted from the others.  Needs no truth, so it can choose a map model the
+    same way for any set of hops (``kw`` as :func:`reconstruct`)."""
+    X = _as_xy("X", X)
+    y = np.asarray(y, float).ravel()
+    folds = int(folds)
+    if not 2 <= folds <= y.size // 2:
+        raise InvalidArgument(f"folds={folds} must be between 2 and half the number of hops ({y.size})")
+    fold = np.arange(y.size) % folds
+    se = np.empty(y.size)
+    for f in range(folds):
+        te = fold == f
+        se[te] = (reconstruct(X[~te], y[~te], X[te], **kw)[0] - y[te]) ** 2
+    return float(np.sqrt(np.mean(se)))

@@ -43,7 +43,8 @@ def predicted_maps(settings: Mapping[str, Any], x, y, objective, resolution: int
     """(xs, ys, mean (ny, nx), std (ny, nx), gp) of the map model fitted to the valid hops (x, y, objective).
 
     The mean and std follow the run's ``reconstruction`` setting (GP mean, or one GP per class of a two-phase
-    sample: :func:`espt_bluesky.analysis.gp_sampling.reconstruct`); ``gp`` is the single GP of all the hops (its
+    sample: :func:`espt_bluesky.analysis.gp_sampling.reconstruct`, with the run's ``boundary`` rule); ``gp`` is the
+    single GP of all the hops (its
     hyperparameters are reported).
     """
     x, y, v = (np.asarray(a, float) for a in (x, y, objective))
@@ -62,7 +63,9 @@ def predicted_maps(settings: Mapping[str, Any], x, y, objective, resolution: int
         mu, sd = gps.predict(gp, grid)
     else:
         mu, sd = gps.reconstruct(P, v[ok], grid, how=how, span=settings["span"], min_length=settings["min_length"],
-                                 nu=settings["nu"], anisotropic=aniso, threshold=settings.get("threshold"))
+                                 nu=settings["nu"], anisotropic=aniso, threshold=settings.get("threshold"),
+                                 # runs recorded before the censored boundary existed keep the map they had
+                                 boundary=settings.get("boundary", "midway"))
     mu, sd = mu.reshape(X.shape), sd.reshape(X.shape)
     if settings.get("region") is not None:
         out = ~gps.points_in_polygon(X, Y, settings["region"])

@@ -233,7 +233,8 @@ or callable
         One GP length scale per axis (straight features, e.g. HOPG step bands), for the proposals and the map.
     reconstruction : {"gp", "piecewise"}
         How the final map product is made from the hops (:func:`espt_bluesky.analysis.gp_sampling.reconstruct`):
-        the GP mean, or one GP per class of a two-phase sample (particles on a flat binder).
+        the GP mean, or one GP per class of a two-phase sample (particles on a flat binder; the class boundary
+        between hops of both classes by the ``"censored"`` rule, recorded as ``adaptive["boundary"]``).
     resume : Tiled BlueskyRun node or list of (name, doc), optional
         An earlier adaptive run of the same area: its landings (valid or not) and objectives rebuild the model,
         the survey is not repeated and its valid hops count against ``max_hops``.
@@ -343,6 +344,7 @@ or callable
                     spacing=spacing, bounds=list(bounds), region=None if poly is None else poly.tolist(),
                     span=span, min_length=min_length, beta=beta, threshold=threshold, nu=nu,
                     refit_every=refit_every, anisotropic=anisotropic, reconstruction=reconstruction,
+                    boundary="censored",
                     survey=survey, survey_points=seeds.tolist(), max_hops=max_hops,
                     max_time=max_time, max_invalid=max_invalid, n_candidates=int(cand.shape[0]),
                     resumed_from=None if previous is None else previous["uid"],
