@@ -127,3 +127,27 @@ def shared_data():
     if d is None:
         pytest.fail("shared/data not found: set ESPT_SHARED_DATA to the folder holding MANIFEST.md")
     return d
+
+
+# --- pytest-xdist: which tests must never run at the same time --------------------------------------------------
+# The default options run the suite on two workers with ``--dist loadgroup``: tests of one group run on one worker,
+# one after another; ungrouped tests go to whichever worker is free.  A module belongs to a group when its tests
+# share something outside the process with other modules -- a service, a port, a file -- or time a server's answers
+# (a second worker would only add load to what they measure).
+XDIST_GROUPS = {
+    # the facility services of CI: Redis (queue server), PostgreSQL database ``test``, NATS JetStream
+    "services": ("test_bus", "test_qserver", "test_storage_services"),
+    # caproto IOCs on loopback Channel Access ports and the CA repeater
+    "epics": ("test_epics", "test_fly_epics", "test_session_epics"),
+    # writers against slow, hung or vanishing servers: bounds of max_wait, retry windows and probe timeouts
+    "timing": ("test_storage_slow_server", "test_storage_faults", "test_fly_tiled"),
+}
+_GROUP_OF = {module: group for group, modules in XDIST_GROUPS.items() for module in modules}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = _GROUP_OF.get(item.module.__name__.rpartition(".")[2]) if getattr(item, "module", None) else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
