@@ -142,12 +142,39 @@ XDIST_GROUPS = {
     # writers against slow, hung or vanishing servers: bounds of max_wait, retry windows and probe timeouts
     "timing": ("test_storage_slow_server", "test_storage_faults", "test_fly_tiled"),
 }
-_GROUP_OF = {module: group for group, modules in XDIST_GROUPS.items() for module in modules}
+# single tests of otherwise independent modules ("module::test name")
+XDIST_GROUP_TESTS = {
+    "services": ("test_docs_examples::test_doc_examples_run[docs/bus.md]",),  # its examples publish to JetStream
+}
+_GROUP_OF = {name: group for table in (XDIST_GROUPS, XDIST_GROUP_TESTS) for group, names in table.items()
+             for name in names}
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    """True when the test uses a module-scoped fixture (pytest's record of the fixtures a test needs)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The xdist group of a collected test (None: it may run beside anything).
+
+    Besides the groups above, the tests of a module that share a module-scoped fixture (a simulated screen, a
+    Tiled catalog, an IPython session: up to 40 s each) form a group of their own, so that the fixture is built
+    once, on one worker, and not once on each."""
+    module = getattr(item, "module", None)
+    if module is None:
+        return None
+    name = module.__name__.rpartition(".")[2]
+    group = _GROUP_OF.get(f"{name}::{item.name}", _GROUP_OF.get(name))
+    if group is None and _uses_module_fixture(item):
+        group = name
+    return group
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = _GROUP_OF.get(item.module.__name__.rpartition(".")[2]) if getattr(item, "module", None) else None
+        group = xdist_group_of(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
