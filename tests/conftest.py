@@ -172,6 +172,23 @@ def xdist_group_of(item: pytest.Item) -> str | None:
     return group
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """Without pytest-xdist (``-p no:xdist``, or not installed) the default ``-n 2 --dist loadgroup`` of
+    pyproject.toml is accepted and ignored: the tests run in one process (said once, see pytest_configure)."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist", "pytest-xdist is not loaded: these options are ignored")
+        # _addoption: pytest keeps lowercase short options for itself and its plugins (xdist declares -n so too)
+        group._addoption("-n", "--numprocesses", dest="numprocesses", default=None, help="ignored without xdist")
+        group.addoption("--dist", dest="dist", default="no", help="ignored without xdist")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("xdist") and config.getoption("numprocesses", None) not in (None, "0"):
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"-n {config.getoption('numprocesses')} ignored: pytest-xdist is not loaded; the tests run in one process"),
+            stacklevel=2)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
