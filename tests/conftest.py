@@ -127,3 +127,90 @@ def shared_data():
     if d is None:
         pytest.fail("shared/data not found: set ESPT_SHARED_DATA to the folder holding MANIFEST.md")
     return d
+
+
+# --- pytest-xdist: which tests must never run at the same time --------------------------------------------------
+# The default options run the suite on two workers with ``--dist loadgroup``: tests of one group run on one worker,
+# one after another; ungrouped tests go to whichever worker is free.  A module belongs to a group when its tests
+# share something outside the process with other modules -- a service, a port, a file -- or time a server's answers
+# (a second worker would only add load to what they measure).
+XDIST_GROUPS = {
+    # the facility services of CI: Redis (queue server), PostgreSQL database ``test``, NATS JetStream
+    "services": ("test_bus", "test_qserver", "test_storage_services"),
+    # caproto IOCs on loopback Channel Access ports and the CA repeater
+    "epics": ("test_epics", "test_fly_epics", "test_session_epics"),
+    # writers against slow, hung or vanishing servers: bounds of max_wait, retry windows and probe timeouts
+    "timing": ("test_storage_slow_server", "test_storage_faults", "test_fly_tiled"),
+}
+# single tests of otherwise independent modules ("module::test name")
+XDIST_GROUP_TESTS = {
+    "services": ("test_docs_examples::test_doc_examples_run[docs/bus.md]",),  # its examples publish to JetStream
+}
+_GROUP_OF = {name: group for table in (XDIST_GROUPS, XDIST_GROUP_TESTS) for group, names in table.items()
+             for name in names}
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    """True when the test uses a module-scoped fixture (pytest's record of the fixtures a test needs)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The xdist group of a collected test (None: it may run beside anything).
+
+    Besides the groups above, the tests of a module that share a module-scoped fixture (a simulated screen, a
+    Tiled catalog, an IPython session: up to 40 s each) form a group of their own, so that the fixture is built
+    once, on one worker, and not once on each."""
+    module = getattr(item, "module", None)
+    if module is None:
+        return None
+    name = module.__name__.rpartition(".")[2]
+    group = _GROUP_OF.get(f"{name}::{item.name}", _GROUP_OF.get(name))
+    if group is None and _uses_module_fixture(item):
+        group = name
+    return group
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """Without pytest-xdist (``-p no:xdist``, or not installed) the default ``-n 2 --dist loadgroup`` of
+    pyproject.toml is accepted and ignored: the tests run in one process (said once, see pytest_configure)."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist", "pytest-xdist is not loaded: these options are ignored")
+        # _addoption: pytest keeps lowercase short options for itself and its plugins (xdist declares -n so too)
+        group._addoption("-n", "--numprocesses", dest="numprocesses", default=None, help="ignored without xdist")
+        group.addoption("--dist", dest="dist", default="no", help="ignored without xdist")
+
+
+_BLAS_LIMIT = None  # the worker's threadpoolctl limiter, kept for the worker's life
+
+
+def _one_blas_thread_per_worker() -> None:
+    """Two workers on two cores: one BLAS thread each.  OpenBLAS starts a thread per core in every process; with two
+    workers (and other load) those threads spin for cores they cannot get: one sparse SECM solve
+    (``secm_solver.tip_current``) took 11-16 s wall, 4-5 s CPU with two threads and 2.6 s wall, 0.55 s CPU with one,
+    measured side by side on this machine.  The environment reaches the libraries loaded later (scipy's OpenBLAS)
+    and the processes the tests start; threadpoolctl limits the ones already loaded.  A value set by the user wins."""
+    global _BLAS_LIMIT
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from threadpoolctl import threadpool_limits
+
+    _BLAS_LIMIT = threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker
+        _one_blas_thread_per_worker()
+    if not config.pluginmanager.has_plugin("xdist") and config.getoption("numprocesses", None) not in (None, "0"):
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"-n {config.getoption('numprocesses')} ignored: pytest-xdist is not loaded; the tests run in one process"),
+            stacklevel=2)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = xdist_group_of(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -298,8 +298,10 @@ def test_session_bus_mode_tiled_and_analysis_workers_idempotent(bus, catalog, tm
     aw2 = AnalysisWorker(bus, catalog.client, ack_wait=1.0, k_max=3)
     aw2.run(until_idle=3.0)
     aw2.close()
-    assert aw2.handled == 1 and aw2.written == []  # the stop came again, and nothing was written twice
-    assert aw2.skipped == [(uid, "product 'screening' already written")]
+    # the stop came again, and nothing was written twice.  JetStream delivers at least once: on a loaded machine a
+    # handling that outlasts ack_wait (1 s) brings the stop back once more; each delivery must find the product
+    assert aw2.handled >= 1 and aw2.written == []
+    assert aw2.skipped == [(uid, "product 'screening' already written")] * aw2.handled
     assert catalog.client()["products"][uid]["screening"].metadata["created"] == created
     assert list(catalog.client()["products"][uid]) == ["screening"]
 
