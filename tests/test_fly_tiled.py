@@ -52,6 +52,16 @@ def fly(RE, catalog, seed=1):
     return uid, docs
 
 
+def _fly_written(catalog, seed):
+    """Fly into a fresh ``make_writer(catalog)``: the run must be written.  Returns (writer, uid, docs, data keys)."""
+    writer = make_writer(catalog)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    uid, docs = fly(RE, catalog, seed=seed)
+    assert writer.runs[uid].state == "written", writer.runs[uid].error
+    return writer, uid, docs, [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+
+
 def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
     import fastapi.dependencies.utils as fdu
 
@@ -66,12 +76,7 @@ def test_a_fly_run_costs_few_requests_and_reads_back(catalog, monkeypatch):
     monkeypatch.delenv("TILED_STREAMING_CACHE_URI")
     assert _needs_stream_close(cfg) is False
 
-    writer = make_writer(catalog)
-    RE = RunEngine({})
-    RE.subscribe(writer)
-    uid, docs = fly(RE, catalog, seed=2)
-    assert writer.runs[uid].state == "written", writer.runs[uid].error
-    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    writer, uid, docs, keys = _fly_written(catalog, 2)
     assert sorted(keys) == ["fly_error", "fly_height", "fly_pass", "fly_position", "fly_time"]
     # run + stream containers, per key one registration carrying its rows (all 4 passes came in one collect), the
     # stop metadata; no close_stream (nothing to close on this server); the client's own set-up requests (made
@@ -127,16 +132,30 @@ def _delay(client, seconds, when):
 def test_a_slow_stop_is_waited_for_while_requests_are_answered(catalog, tmp_path):
     client = catalog.client()  # a client target: every close_stream is sent too (13 requests at the stop)
     stopping = []
-    _delay(client, 0.15, lambda request: bool(stopping))
-    writer = make_writer(client, backup_directory=tmp_path / "backup", max_wait=0.5)
+    # 0.3 s a request against max_wait 1 s: 0.7 s to spare per answer on a loaded machine (0.5 s with 0.15 s a
+    # request failed once at load 10)
+    _delay(client, 0.3, lambda request: bool(stopping))
+    writer = make_writer(client, backup_directory=tmp_path / "backup", max_wait=1.0)
     RE = RunEngine({})
     RE.subscribe(lambda name, doc: stopping.append(1) if name == "stop" else None)
     RE.subscribe(writer)
     uid, _ = fly(RE, catalog, seed=3)
-    # the stop took > 1.5 s in all, three times max_wait, with an answer every 0.15 s: written, not journaled
+    # the stop took > 3.9 s in all, over three times max_wait, with an answer every 0.3 s: written, not journaled
     assert writer.runs[uid].state == "written", writer.runs[uid].error
     assert catalog.client()[uid].metadata["stop"]["exit_status"] == "success"
     writer.close(30)
+
+
+def _fly_to_journal(RE, catalog, writer, caplog, seed, error):
+    """Fly with ``writer`` subscribed (after whatever ``RE`` already has): the run must end in its journal, its
+    error naming ``error``, and a WARNING naming ``espt replay`` and the run.  Returns (uid, docs, run record)."""
+    RE.subscribe(writer)
+    with caplog.at_level(logging.WARNING, logger="espt_bluesky.storage.writer"):
+        uid, docs = fly(RE, catalog, seed=seed)
+    run = writer.runs[uid]
+    assert run.state == "backup" and error in run.error, run.error
+    assert any("espt replay" in r.getMessage() and uid in r.getMessage() for r in caplog.records)
+    return uid, docs, run
 
 
 def test_a_stop_stuck_past_max_wait_goes_to_the_journal_loudly(catalog, tmp_path, caplog):
@@ -148,12 +167,7 @@ def test_a_stop_stuck_past_max_wait_goes_to_the_journal_loudly(catalog, tmp_path
     writer = make_writer(client, backup_directory=backup, max_wait=0.4)
     RE = RunEngine({})
     RE.subscribe(lambda name, doc: hold.setdefault("uid", doc["uid"]) if name == "start" else None)
-    RE.subscribe(writer)
-    with caplog.at_level(logging.WARNING, logger="espt_bluesky.storage.writer"):
-        uid, docs = fly(RE, catalog, seed=4)
-    run = writer.runs[uid]
-    assert run.state == "backup" and "max_wait=0.4" in run.error, run.error
-    assert any("espt replay" in r.getMessage() and uid in r.getMessage() for r in caplog.records)
+    uid, docs, run = _fly_to_journal(RE, catalog, writer, caplog, 4, "max_wait=0.4")
     assert writer.flush(30)  # the writer thread finishes its late stop; the journal stays
     back = read_journal(run.journal)
     assert back.closed and not back.damage
@@ -332,13 +346,7 @@ def test_a_failed_registration_sends_the_run_to_its_journal_loudly(catalog, monk
     monkeypatch.setattr(Container, "new", refusing_new)
     backup = tmp_path / "backup"
     writer = make_writer(catalog, backup_directory=backup)
-    RE = RunEngine({})
-    RE.subscribe(writer)
-    with caplog.at_level(logging.WARNING, logger="espt_bluesky.storage.writer"):
-        uid, docs = fly(RE, catalog, seed=8)
-    run = writer.runs[uid]
-    assert run.state == "backup" and "507 Insufficient Storage" in run.error, run.error
-    assert any("espt replay" in r.getMessage() and uid in r.getMessage() for r in caplog.records)
+    uid, docs, run = _fly_to_journal(RunEngine({}), catalog, writer, caplog, 8, "507 Insufficient Storage")
     writer.close(30)
     monkeypatch.setattr(Container, "new", new)
     report = replay(backup, catalog)
@@ -360,12 +368,7 @@ def test_an_unknown_bluesky_tiled_plugins_release_gets_the_stock_writer(catalog,
     real = md.version
     monkeypatch.setattr(md, "version", lambda name: "2.1.0" if name == "bluesky-tiled-plugins" else real(name))
     assert type(tiled_writer(catalog.client(), lean=True)) is TiledWriter
-    writer = make_writer(catalog)
-    RE = RunEngine({})
-    RE.subscribe(writer)
-    uid, docs = fly(RE, catalog, seed=9)
-    assert writer.runs[uid].state == "written", writer.runs[uid].error
-    keys = [d for n, d in docs if n == "descriptor"][0]["data_keys"]
+    writer, uid, docs, keys = _fly_written(catalog, 9)
     assert writer.requests_answered == 2 + 2 * len(keys) + 1 + 2
     np.testing.assert_array_equal(read_map(catalog.client()[uid]).fly_height_forward.values,
                                   read_map(docs).fly_height_forward.values)
