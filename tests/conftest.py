@@ -210,6 +210,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.has_plugin("xdist"):
+        return  # one process: nothing runs at the same time (and the xdist_group mark is unknown)
     for item in items:
         group = xdist_group_of(item)
         if group is not None:
