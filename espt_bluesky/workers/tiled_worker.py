@@ -169,17 +169,24 @@ class TiledWorker(DurableWorker):
         from ..storage.writer import new_tiled_writer
 
         run = _Run(uid, last_seq=seq)
+        try:
+            client = self.client
+            if uid in client:
+                node = client[uid]
+                if node.metadata.get("stop") is not None:
+                    run.reason = "complete in Tiled"
+                    self.runs[uid] = run
+                    return run
+                logger.warning("tiled worker: run %s is partial in Tiled: rewriting it from the stream", uid)
+                node.delete(recursive=True, external_only=False)
+            run.tw = new_tiled_writer(client)
+            run.feed("start", start)
+        except BaseException:
+            # not remembered half-begun (Tiled gone mid-way): a run known here without a writer would have every
+            # later delivery acknowledged unwritten; the batch fails and the run begins again when next met
+            self.runs.pop(uid, None)
+            raise
         self.runs[uid] = run
-        client = self.client
-        if uid in client:
-            node = client[uid]
-            if node.metadata.get("stop") is not None:
-                run.reason = "complete in Tiled"
-                return run
-            logger.warning("tiled worker: run %s is partial in Tiled: rewriting it from the stream", uid)
-            node.delete(recursive=True, external_only=False)
-        run.tw = new_tiled_writer(client)
-        run.feed("start", start)
         return run
 
     def _rebuild(self, uid: str, m: Message) -> _Run | None:
