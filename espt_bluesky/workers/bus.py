@@ -230,8 +230,10 @@ async def ensure_stream(js: Any, cfg: BusConfig) -> Any:
     return info
 
 
-async def run_documents(js: Any, cfg: BusConfig, run_uid: str, first: int, last: int) -> list[tuple[int, str, Any]]:
-    """``(stream sequence, name, doc)`` of run ``run_uid`` stored in ``first .. last`` (inclusive), in order.
+async def run_documents(js: Any, cfg: BusConfig, run_uid: str, first: int,
+                        last: int | None = None) -> list[tuple[int, str, Any]]:
+    """``(stream sequence, name, doc)`` of run ``run_uid`` stored in ``first .. last`` (inclusive; ``last`` None:
+    up to the last message the stream holds now), in order.
 
     Reads with an ephemeral ordered consumer (no state left on the server).  Raises ``LookupError`` when the stream
     no longer holds the first of them (discarded by its limits).
@@ -241,9 +243,11 @@ async def run_documents(js: Any, cfg: BusConfig, run_uid: str, first: int, last:
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
     out: list[tuple[int, str, Any]] = []
-    if last < first:
+    if last is not None and last < first:
         return out
     info = await js.stream_info(cfg.stream)
+    if last is None:
+        last = int(info.state.last_seq)
     if info.state.first_seq > first:
         raise LookupError(f"stream {cfg.stream} no longer holds sequence {first} (it starts at "
                           f"{info.state.first_seq}: discarded by the stream's limits)")

@@ -205,7 +205,10 @@ class TiledWorker(DurableWorker):
             self.runs[uid] = run
             return run
         try:
-            docs = self.call(run_documents(self.js, self.cfg, uid, start_seq, m.seq - 1), timeout=600)
+            # the whole run as the stream holds it now, not only up to m: deliveries need not come in order (an
+            # older message unacknowledged by a killed worker comes again after newer ones were acknowledged), and
+            # the partial copy in Tiled is replaced, so every document after m already acknowledged must be in it
+            docs = self.call(run_documents(self.js, self.cfg, uid, start_seq), timeout=600)
         except (LookupError, asyncio.TimeoutError) as exc:
             msg = f"run {uid} cannot be rebuilt from the stream ({exc}); Tiled's copy is left as it is -- " \
                   f"the acquisition host's journal has the run (`espt replay`)"
@@ -221,8 +224,8 @@ class TiledWorker(DurableWorker):
             run = _Run(uid, last_seq=m.seq, reason="not rebuildable")
             self.runs[uid] = run
             return run
-        logger.warning("tiled worker: run %s met at seq %d (delivered %d times): rewriting it from seq %d",
-                       uid, m.seq, m.delivered, start_seq)
+        logger.warning("tiled worker: run %s met at seq %d (delivered %d times): rewriting it from seq %d to %d",
+                       uid, m.seq, m.delivered, start_seq, docs[-1][0])
         run = self._begin(uid, docs[0][2], docs[0][0])
         self._touched[uid] = run
         if run.tw is not None:
@@ -231,6 +234,9 @@ class TiledWorker(DurableWorker):
             for seq, name, doc in docs[1:]:
                 run.feed(name, doc)
                 run.last_seq = seq
+                if name == "stop":
+                    run.reason = "stopped"
+                    self.written.append(uid)
         return run
 
     def _forget_old(self) -> None:
