@@ -430,7 +430,11 @@ def fit_warped_gp(X: Any, u: Any, *, powers: Sequence[float] = WARP_POWERS, **kw
 
 def _predict_warped(gp, lam: float, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Back-transformed prediction of :func:`fit_warped_gp`: u at the GP's median, σ by the delta method."""
-    mz, sz = predict(gp, P)
+    return _unwarp(*predict(gp, P), lam)
+
+
+def _unwarp(mz: np.ndarray, sz: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """A warped GP's prediction (mean, std of z) back in u (see :func:`_predict_warped`)."""
     base = np.clip(lam * mz + 1.0, 0.0, None)
     u = base ** (1.0 / lam)
     with np.errstate(divide="ignore"):
@@ -477,8 +481,8 @@ def _censored_upper(X: np.ndarray, y: np.ndarray, hi: np.ndarray, P: np.ndarray,
     r = float(np.var(z) / np.var(za)) if np.var(za) > 0 else 1.0  # normalize_y: keep the physical amplitude
     gpa = fit_gp(np.vstack([X[hi], X[~hi]]), za, kernel_params=dict(p, amplitude=p["amplitude"] * r,
                                                                      noise=p["noise"] * r), **kw)
-    mz, _ = predict(gpa, P)
-    um, us = _predict_warped(gpa, lam, P)
+    mz, sz = predict(gpa, P)
+    um, us = _unwarp(mz, sz, lam)
     return ref + um, us, mz > zt
 
 

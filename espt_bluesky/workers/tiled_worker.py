@@ -12,8 +12,8 @@ Exactly once, whatever happens (worker killed, Tiled down, acknowledgements lost
   stream: if Tiled has it complete (its stop), its messages are dropped; otherwise a partial copy in Tiled is
   deleted and the run is written again from its start document (the ``Espt-Start-Seq`` header) up to the last of
   its documents the stream holds, read with an ephemeral consumer (not only up to the message at hand: an older
-  message left unacknowledged by a killed worker comes again after newer ones were acknowledged).  The stream holds every document for its retention time
-  (``bus.max_age_days``); a run whose start is gone from it is left as it is in Tiled, with an error, and its
+  message left unacknowledged by a killed worker comes again after newer ones were acknowledged).  The stream
+  holds every document for its retention time (``bus.max_age_days``); a run whose start is gone from it is left as it is in Tiled, with an error, and its
   journal on the acquisition host (``espt replay``) still has it;
 * a batch that Tiled refuses is not acknowledged; the worker waits until Tiled answers its health probe, forgets the
   runs of the batch (their writers' state is uncertain) and asks for the batch again.
@@ -169,24 +169,20 @@ class TiledWorker(DurableWorker):
         """Start writing a run (from its start document): drop it if Tiled has it complete, replace a partial copy."""
         from ..storage.writer import new_tiled_writer
 
+        # remembered only once Tiled has answered: a run known here half-begun (Tiled gone mid-way) would have every
+        # later delivery acknowledged unwritten; if Tiled fails, the batch fails and the run begins again when met
         run = _Run(uid, last_seq=seq)
-        try:
-            client = self.client
-            if uid in client:
-                node = client[uid]
-                if node.metadata.get("stop") is not None:
-                    run.reason = "complete in Tiled"
-                    self.runs[uid] = run
-                    return run
-                logger.warning("tiled worker: run %s is partial in Tiled: rewriting it from the stream", uid)
-                node.delete(recursive=True, external_only=False)
-            run.tw = new_tiled_writer(client)
-            run.feed("start", start)
-        except BaseException:
-            # not remembered half-begun (Tiled gone mid-way): a run known here without a writer would have every
-            # later delivery acknowledged unwritten; the batch fails and the run begins again when next met
-            self.runs.pop(uid, None)
-            raise
+        client = self.client
+        if uid in client:
+            node = client[uid]
+            if node.metadata.get("stop") is not None:
+                run.reason = "complete in Tiled"
+                self.runs[uid] = run
+                return run
+            logger.warning("tiled worker: run %s is partial in Tiled: rewriting it from the stream", uid)
+            node.delete(recursive=True, external_only=False)
+        run.tw = new_tiled_writer(client)
+        run.feed("start", start)
         self.runs[uid] = run
         return run
 
