@@ -451,3 +451,51 @@ def test_grouped_and_per_channel_hop_layouts_read_the_same():
     for var in [*a.data_vars, *a.coords]:
         np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
         assert a[var].attrs == b[var].attrs, var
+
+
+def test_a_fast_scan_flushes_its_file_on_a_timer_and_writes_every_sample(engine, tmp_path, monkeypatch):
+    """The detector writes each pass as the controller hands it out but flushes (and counts, so Tiled registers)
+    at most every ``FLUSH_INTERVAL`` and once at the end -- a flush per pass rewrote every partly filled chunk --
+    and what it writes channel by channel (``position``: x, y, z into one array) is the controller's samples."""
+    import time
+
+    import h5py
+
+    from espt_bluesky.devices.fly import controller as fc
+    from espt_bluesky.devices.fly import devices as fdev
+
+    monkeypatch.setattr(fc, "STEP_SAMPLES", 100)  # one pass per step: 2 × 40 steps
+    publish = fdev._publish
+    flushes = []
+
+    def spy(st):
+        if st.n_appended > st.n_written and st.file is not None:
+            flushes.append(time.monotonic())
+        publish(st)
+
+    monkeypatch.setattr(fdev, "_publish", spy)
+    # the 80 passes (0.6 s each at 50 µm/s) released over ~1.6 s: a pass every 20 ms
+    bench = make_sim_bench("EC-AFM", "patterned", seed=3, time_scale=0.03)
+    fs, fd = make_fly_devices(bench, tmp_path)
+    t0 = time.monotonic()
+    res, docs = run_docs(engine, fly_image(fs, fd, bench.stage, bench.potentiostat, technique="EC-AFM",
+                                           x_range=(35.0, 65.0, 31), y_range=(40.0, 60.0, 40), speed=50.0,
+                                           sample_rate=2000.0))
+    elapsed = time.monotonic() - t0
+    assert res.exit_status == "success"
+    ctl = fs.controller.result
+    assert ctl.n_done == 80
+    # the flushes are at least FLUSH_INTERVAL apart (the last one, at the end, may come sooner)
+    gaps = np.diff(flushes[:-1])
+    assert len(flushes) <= 2 + elapsed / fdev.FLUSH_INTERVAL and np.all(gaps >= fdev.FLUSH_INTERVAL - 1e-3), flushes
+    assert len(flushes) < 80 / 4, f"{len(flushes)} flushes for 80 passes"
+    with h5py.File(fd.file_path, "r") as f:
+        assert {k: f[k].shape[0] for k in f} == {k: 80 for k in ("error", "height", "pass", "position", "time")}
+        for c, axis in enumerate(("x", "y", "z")):
+            np.testing.assert_array_equal(f["position"][:, c, :], ctl.buffers[axis], err_msg=axis)
+        for k in ("height", "error", "time"):
+            np.testing.assert_array_equal(f[k][()], ctl.buffers[k], err_msg=k)
+        np.testing.assert_array_equal(f["pass"][()], np.stack([ctl.buffers["row"], ctl.buffers["direction"]], 1))
+    # every pass reached the documents: the stream data cover rows 0..80
+    sd = [d for n, d in docs if n == "stream_datum"]
+    assert sd and max(d["indices"]["stop"] for d in sd) == 80

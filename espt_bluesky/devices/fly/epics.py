@@ -26,7 +26,7 @@ from ophyd_async.epics.core import epics_signal_r, epics_signal_rw
 from ...errors import TipCrash
 from ...physics import scan_dynamics as sd
 from .controller import HOP_CHANNELS, LINE_CHANNELS, PASS_CHANNELS, POSITION_CHANNELS, ProgramChannels
-from .devices import _ControllerProperty, _FlyDetectorBase, _TaskAcquire, _write_rows
+from .devices import _ControllerProperty, _FlyDetectorBase, _TaskAcquire, _flush_due, _publish, _write_rows
 from .trajectory import FlyRaster, HopSequence
 
 DATA_CHANNELS = sorted({*LINE_CHANNELS["SECM"], *LINE_CHANNELS["EC-AFM"], *POSITION_CHANNELS, *PASS_CHANNELS,
@@ -156,6 +156,8 @@ class _EpicsAcquire(_TaskAcquire):
             if n <= k:
                 if not await stage.busy.get_value() and await stage.n_done.get_value() <= k:
                     break  # the controller stopped early (an error): what was done is written
+                if _flush_due(st) <= 0:
+                    _publish(st)
                 await asyncio.sleep(0.02)
                 continue
             rows: dict[str, list] = {ch: [] for ch in channels}
