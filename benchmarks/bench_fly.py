@@ -80,22 +80,41 @@ def replay_steps(ctl, det, recorded) -> None:
     the passes come in the simulation's steps (``STEP_SAMPLES`` of path), each step released as soon as ``det``
     has taken the one before into its file.  The instrument then costs nothing and never waits, so the run's wall
     time is the software's alone -- no overlap with the simulation, no contention with it for the GIL (a real
-    controller is not in this process)."""
+    controller is not in this process).  The controller's thread sleeps on an event the detector's write sets (a
+    thread polling for it would take the GIL from the writer every few ms and measure itself)."""
+    import threading
+
+    from espt_bluesky.devices.fly import devices as fdev
     from espt_bluesky.devices.fly.controller import STEP_SAMPLES, FlyResult
 
     state = det._state  # the detector's file state: how many passes it has taken (a benchmark may look inside)
     n = recorded.buffers["row"].size
     per_step = max(STEP_SAMPLES // recorded.buffers["time"].shape[1], 1)
+    taken = threading.Event()
+    write = fdev._write_rows
+
+    def write_and_tell(st, *args, **kwargs):  # the bench's instrument: tells the replay a step was taken
+        try:
+            return write(st, *args, **kwargs)
+        finally:
+            if st is state:
+                taken.set()
+
+    fdev._write_rows = write_and_tell
 
     def steps(program):
         res = FlyResult("lines", recorded.buffers, recorded.planned_end_times, recorded.duration)
 
         def run():
-            for k in range(per_step, n + per_step, per_step):
-                while state.n_appended < res.n_done:  # the detector has not taken the last step yet
-                    time.sleep(5e-5)
-                res.n_done = min(k, n)
-                yield
+            try:
+                for k in range(per_step, n + per_step, per_step):
+                    while state.n_appended < res.n_done:  # the detector has not taken the last step yet
+                        taken.wait(1.0)
+                        taken.clear()
+                    res.n_done = min(k, n)
+                    yield
+            finally:
+                fdev._write_rows = write
 
         return res, run()
 

@@ -674,8 +674,9 @@ def make_writer(target: Any, *, backup_directory: str | os.PathLike | None = Non
         factory = lambda: target  # noqa: E731
         api = str(getattr(getattr(target, "context", None), "api_uri", "") or "")
         health = api.split("/api/v1")[0] + "/healthz" if "/api/v1" in api else None
-    if backup_directory is None:
-        return tiled_writer(factory(), batch_size, lean=lean)
+    if backup_directory is None:  # the same live interval as the journaled writer's
+        return tiled_writer(factory(), batch_size, lean=lean,
+                            min_interval=float(kwargs.get("live_interval", LIVE_INTERVAL)))
     return ResilientTiledWriter(factory, backup_directory, batch_size, max_wait=max_wait, health_url=health,
                                 lean=lean, **kwargs)
 
