@@ -72,4 +72,71 @@ exits, ref, got, _, _ = local_and_epics("F2:", "SICM", fly_hops, **HOPS)
 out["hops"] = dict(exit=exits,
                    max_abs_diff_um=float(np.nanmax(np.abs(got.fly_surface_z.values - ref.fly_surface_z.values))),
                    n=int(np.isfinite(got.fly_surface_z.values).sum()))
+
+
+def write_fails_after_the_first(prefix: str):
+    """fly_image over a paced bench IOC with the detector's HDF5 writes failing (disk full) on every write after
+    the first one, whatever passes it holds (the first write is the first batch the acquire loop copies; each
+    dataset's append gets the file row it starts at); then a normal fly_image over the same IOC."""
+    import re
+
+    import h5py
+    from bluesky import plan_stubs as bps
+
+    from espt_bluesky.devices.fly import devices as fdev
+
+    ioc = IOCProcess("bench", prefix, PORTS[0], ENV, technique="SECM", sample="patterned", seed=SEED,
+                     options={"noise": 0.0}, time_scale=0.25, log_path=str(work / f"ioc_{prefix.strip(':')}.log"))
+    ioc.start()
+    append = fdev.FlyDataset.append
+    calls = {"ok": 0, "failed": 0}
+
+    def failing_append(self, ds, data, i, j, n0):
+        if n0 > 0:  # every write after the first one (the file already holds rows)
+            calls["failed"] += 1
+            raise OSError(28, "No space left on device")
+        calls["ok"] += 1
+        return append(self, ds, data, i, j, n0)
+
+    res = {}
+    try:
+        eb = make_epics_bench(prefix)
+        es, ed = make_epics_fly_devices(f"{prefix}fly:", work / "epics_fail")
+        docs = []
+        fdev.FlyDataset.append = failing_append
+        try:
+            RE(fly_image(es, ed, eb.stage, eb.potentiostat, **IMAGE), lambda n, d: docs.append((n, d)))
+            res["error_type"], res["error"] = None, None
+        except Exception as exc:
+            res["error_type"], res["error"] = type(exc).__name__, str(exc)
+            res["error_is_fly_write_error"] = isinstance(exc, fdev.FlyWriteError)
+        finally:
+            fdev.FlyDataset.append = append
+        res["appends"] = calls
+        stop = [d for n, d in docs if n == "stop"]
+        res["stop"] = dict(exit_status=stop[0]["exit_status"], reason=stop[0].get("reason")) if stop else None
+        res["file"] = str(ed.file_path)
+        with h5py.File(ed.file_path, "r") as f:
+            res["lengths"] = {k: int(f[k].shape[0]) for k in f}
+            failed_current = np.asarray(f["current"][()])
+        m = re.search(r"the (\d+) passes written before", res["error"] or "")
+        res["kept_in_message"] = int(m.group(1)) if m else None
+        res["busy_after"] = int(RE(bps.rd(es.busy)).plan_result)
+        # the same IOC flies again, with the detector's writes working
+        docs2 = []
+        ok = RE(fly_image(es, ed, eb.stage, eb.potentiostat, **IMAGE), lambda n, d: docs2.append((n, d)))
+        good = read_map(docs2)
+        res["next"] = dict(exit=ok.exit_status, n_samples=int(good.n_forward.sum() + good.n_backward.sum()),
+                           busy_after=int(RE(bps.rd(es.busy)).plan_result))
+        with h5py.File(ed.file_path, "r") as f:
+            res["next"]["lengths"] = {k: int(f[k].shape[0]) for k in f}
+            good_current = np.asarray(f["current"][()])
+        k = len(failed_current)
+        res["kept_equal_next_run"] = bool(k > 0 and np.array_equal(failed_current, good_current[:k]))
+    finally:
+        ioc.stop()
+    return res
+
+
+out["write_failure"] = write_fails_after_the_first("F3:")
 print("RESULT " + json.dumps(out))

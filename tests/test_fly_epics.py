@@ -1,6 +1,7 @@
 """The same fly plans over a caproto bench IOC through the ophyd-async EPICS fly devices give the in-process
-bench's image and hop heights (noise off: identical).  Runs tests/fly_epics_child.py in its own process (the
-Channel Access environment of a process is fixed by its first channel, and other test modules set theirs)."""
+bench's image and hop heights (noise off: identical), and a failed HDF5 write fails an EPICS fly run,
+keeping what was written.  Runs tests/fly_epics_child.py once, in its own process (the Channel Access environment
+of a process is fixed by its first channel, and other test modules set theirs)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,22 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.slow
-def test_fly_over_epics_matches_the_in_process_bench(tmp_path):
+@pytest.fixture(scope="module")
+def child_result(tmp_path_factory):
+    """The JSON summary of one run of tests/fly_epics_child.py."""
     child = Path(__file__).with_name("fly_epics_child.py")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(child), str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          env=env)
+    proc = subprocess.run([sys.executable, str(child), str(tmp_path_factory.mktemp("fly_epics"))],
+                          capture_output=True, text=True, timeout=600, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_fly_over_epics_matches_the_in_process_bench(child_result):
+    out = child_result
     img = out["image"]
     assert img["exit"] == ["success", "success"]
     assert img["shape"] == [3, 21] and img["n_samples"] == 6 * 400  # 3 rows × 2 passes × 400 samples
@@ -31,3 +38,30 @@ def test_fly_over_epics_matches_the_in_process_bench(tmp_path):
     hops = out["hops"]
     assert hops["exit"] == ["success", "success"] and hops["n"] == 21
     assert hops["max_abs_diff_um"] < 1e-9
+
+
+@pytest.mark.slow
+def test_a_failed_file_write_over_epics_ends_the_run_and_keeps_what_was_written(child_result):
+    """Over a paced bench IOC, the detector's write fails (disk full) on every write after its first batch of
+    passes (however many that batch held): fly_image raises the detector's FlyWriteError naming the file and the
+    cause, the run closes with exit_status "fail", the file is cut back to the passes written before (as many as
+    the message says, every dataset alike, the same data as a good run's first passes), the IOC's controller is not
+    left busy, and a following fly_image over the same IOC succeeds."""
+    r = child_result["write_failure"]
+    msg = r["error"]
+    assert r["error_type"] == "FlyWriteError" and r["error_is_fly_write_error"], msg
+    assert r["file"] in msg and "No space left on device" in msg, msg
+    assert r["stop"] == {"exit_status": "fail", "reason": msg}
+    lengths = r["lengths"]
+    assert set(lengths) == {"current", "pass", "position", "time"}
+    kept = r["kept_in_message"]
+    assert kept is not None and kept >= 1, msg
+    assert set(lengths.values()) == {kept}, (lengths, msg)  # cut back: no half-written pass in any dataset
+    assert f"writing passes {kept}.." in msg, msg  # the failed write was the one after the kept passes
+    # one good write (every dataset once), then the first dataset of the next write failed and nothing after it
+    assert r["appends"] == {"ok": len(lengths), "failed": 1}
+    assert r["kept_equal_next_run"]  # the kept rows are whole passes: a good run's first passes
+    assert r["busy_after"] == 0
+    nxt = r["next"]
+    assert nxt["exit"] == "success" and nxt["busy_after"] == 0
+    assert nxt["n_samples"] == 6 * 400 and set(nxt["lengths"].values()) == {6}
