@@ -12,7 +12,12 @@ hops: ``HopX``, ``HopY`` (waveforms, µm), ``HopHeight`` (µm), ``ApproachSpeed`
 
 Run PVs: ``Kickoff`` (= 1 starts), ``Busy`` (1 while running), ``NDone`` (passes or hops completed so far, paced
 by the IOC's time scale), ``NTotal``, ``Error`` (the controller's error message, "" if none; set when the run ends),
-``Info`` (JSON: technique and the controller's limits and response parameters).
+``Abort`` (= 1 stops a running program at the end of its current step: the passes done are kept and published at
+once, ``Busy`` goes to 0 when it has stopped), ``Info`` (JSON: technique and the controller's limits and response
+parameters).
+
+A run writes ``NDone``, ``Error`` and ``Busy`` = 0 while it still holds the stage's lock, so a following
+``Prepare`` (which takes the lock) never sees the end of an older run land after its own writes.
 
 Readout: write ``ReadIndex`` = k, then read ``Data:<channel>`` (waveforms of the pass's samples, or one element per
 hop/per-pass scalar) for pass or hop k.
@@ -21,6 +26,7 @@ hop/per-pass scalar) for pass or hop k.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -76,6 +82,7 @@ class FlyGroup(PVGroup):
     e_tip = pvproperty(name="ETip", value=math.nan)
     prepare = pvproperty(name="Prepare", value=0, dtype=ChannelType.LONG)
     kickoff = pvproperty(name="Kickoff", value=0, dtype=ChannelType.LONG)
+    abort = pvproperty(name="Abort", value=0, dtype=ChannelType.LONG)
     busy = pvproperty(name="Busy", value=0, read_only=True, dtype=ChannelType.LONG)
     n_done = pvproperty(name="NDone", value=0, read_only=True, dtype=ChannelType.LONG)
     n_total = pvproperty(name="NTotal", value=0, read_only=True, dtype=ChannelType.LONG)
@@ -92,6 +99,7 @@ class FlyGroup(PVGroup):
                                stage=SimpleNamespace(x=_AxisShim(stage.x), y=_AxisShim(stage.y),
                                                      z=_AxisShim(stage.z)))
         self.controller = SimFlyController(shim)
+        self._aborted = asyncio.Event()  # the current run's abort request (a new one per Kickoff)
         # one waveform per data channel, added to the database directly (their names come from the channel list)
         from caproto import ChannelDouble
 
@@ -131,8 +139,8 @@ class FlyGroup(PVGroup):
     async def prepare(self, instance, value):
         if not int(value):
             return 0
-        await self.error.write("")
-        async with self.stage_group.lock:
+        async with self.stage_group.lock:  # after an older run's last writes (made under the lock)
+            await self.error.write("")
             try:
                 e = float(self.e_tip.value)
                 self.controller.e_tip = None if math.isnan(e) else e
@@ -156,43 +164,62 @@ class FlyGroup(PVGroup):
             return 0
         await self.busy.write(1)
         await self.n_done.write(0)
-        asyncio.get_running_loop().create_task(self._run())
+        self._aborted = aborted = asyncio.Event()
+        asyncio.get_running_loop().create_task(self._run(aborted))
         return 0
 
-    async def _run(self) -> None:
+    @abort.putter
+    async def abort(self, instance, value):
+        """Stop the running program at the end of its current step (the controller's ``abort``); ``Busy`` goes
+        to 0 when it has stopped.  Nothing happens when no program runs."""
+        if not int(value):
+            return 0
+        self.controller.abort()
+        self._aborted.set()
+        return 0
+
+    async def _run(self, aborted: asyncio.Event) -> None:
         """Run the program in a worker thread a few passes at a time, publishing ``NDone`` as passes complete
-        (paced by the time scale), as a controller streams its data."""
+        (paced by the time scale), as a controller streams its data.  ``aborted`` (set by ``Abort``) stops it at
+        the end of the current step and ends the pacing: the passes done are published at once.
+
+        Everything, down to ``Busy`` = 0, is written under the stage's lock: a next run's ``Prepare`` (which takes
+        the lock, and comes before its ``Kickoff``) acts after this run's last write."""
         ctl = self.controller
         t0 = time.monotonic()
         released = 0
-        try:
-            async with self.stage_group.lock:
+        async with self.stage_group.lock:
+            try:
                 try:
                     res = ctl.start()
+                    if aborted.is_set():  # Abort came between Kickoff and the start
+                        ctl.abort()
                     while True:
                         finished = await asyncio.to_thread(ctl.advance)
-                        released = await self._release(res, t0, released)
+                        released = await self._release(res, t0, released, aborted)
                         if finished:
                             break
                 finally:
                     ctl.sync_stage()
                     await self._publish_stage()
-            await self._release(res, t0, released)
-            if res.error is not None:
-                await self.error.write(f"{type(res.error).__name__}: {res.error}"[:1999])
-        except Exception as exc:  # reported, not raised: the client reads Error
-            await self.error.write(f"{type(exc).__name__}: {exc}"[:1999])
-        finally:
-            await self.busy.write(0)
+                await self._release(res, t0, released, aborted)
+                if res.error is not None:
+                    await self.error.write(f"{type(res.error).__name__}: {res.error}"[:1999])
+            except Exception as exc:  # reported, not raised: the client reads Error
+                await self.error.write(f"{type(exc).__name__}: {exc}"[:1999])
+            finally:
+                await self.busy.write(0)
 
-    async def _release(self, res, t0: float, released: int) -> int:
-        """Publish ``NDone`` for the passes done since ``released``, each when its time has come."""
+    async def _release(self, res, t0: float, released: int, aborted: asyncio.Event) -> int:
+        """Publish ``NDone`` for the passes done since ``released``, each when its time has come (at once once
+        ``aborted`` is set)."""
         n = res.n_done
         for i in range(released, n):
-            if self.time_scale > 0:
+            if self.time_scale > 0 and not aborted.is_set():
                 delay = t0 + float(res.planned_end_times[i]) * self.time_scale - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(aborted.wait(), delay)
             await self.n_done.write(i + 1)
         return max(released, n)
 

@@ -2,7 +2,9 @@
 (:mod:`espt_bluesky.ioc.fly_ioc`, PVs ``{P}fly:...``) through ophyd-async's Channel Access signals (aioca).
 
 The stage writes the program PVs and puts ``Prepare``/``Kickoff``; ``complete`` waits for ``Busy`` = 0 and fails
-with the controller's ``Error`` (a ``TipCrash`` stays a ``TipCrash``).  The detector follows ``NDone``: for each
+with the controller's ``Error`` (a ``TipCrash`` stays a ``TipCrash``).  Unstaging the stage (the end of a plan, a
+failure in it, a RunEngine stop) puts ``Abort`` when a program still runs and waits for ``Busy`` = 0: the controller
+stops at the end of its current step (the passes done are kept) instead of flying on to the programme's end.  The detector follows ``NDone``: for each
 completed pass it writes ``ReadIndex`` and reads the ``Data:*`` waveforms (one per channel), then appends them to
 the run's HDF5 file exactly as the simulated detector does (same data logic, same datasets and data keys).  The
 controller's limits and response parameters come from ``{P}fly:Info`` when the devices are made, so a plan
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,11 @@ def _raise_for(message: str) -> None:
 
 
 class _EpicsTrajectoryLogic(FlyableLogic):
+    #: s to wait for ``Busy`` = 0 after ``Abort``: the IOC finishes the step it is computing (at most
+    #: ``STEP_SAMPLES`` of path plus one pass, well under a second on the bench), then publishes the passes done at
+    #: once, unpaced
+    abort_timeout = 10.0
+
     def __init__(self, dev: "EpicsFlyStage"):
         self.dev = dev
         self.started: asyncio.Event | None = None
@@ -102,6 +110,22 @@ class _EpicsTrajectoryLogic(FlyableLogic):
             await asyncio.sleep(0.02)
         _raise_for(await self.dev.error.get_value())
 
+    async def stop(self) -> None:
+        """Stop a running program (``stage``/``unstage``: ophyd-async calls it at the start and end of a plan,
+        and the end comes after a failure or a RunEngine stop too): put ``Abort`` = 1 and wait for ``Busy`` = 0.
+        The controller stops at the end of its current step; the passes done stay on the IOC."""
+        d = self.dev
+        if await d.busy.get_value():
+            await d.abort_pv.set(1, timeout=10.0)
+            deadline = time.monotonic() + self.abort_timeout
+            while await d.busy.get_value():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"fly controller: {d.busy.source} still 1 {self.abort_timeout:g} s after "
+                                       f"{d.abort_pv.source} = 1 (the program did not stop)")
+                await asyncio.sleep(0.02)
+        # the IOC has told its stage where the controller left the tip (before Busy = 0)
+        d.controller.loaded = None
+
 
 class EpicsFlyStage(_ControllerProperty, StandardFlyable):
     """Fly stage over the IOC's ``{P}fly:`` PVs (see :mod:`espt_bluesky.ioc.fly_ioc`)."""
@@ -126,6 +150,7 @@ class EpicsFlyStage(_ControllerProperty, StandardFlyable):
         self.e_tip = epics_signal_rw(float, f"{p}ETip")
         self.prepare_pv = epics_signal_rw(int, f"{p}Prepare")
         self.kickoff_pv = epics_signal_rw(int, f"{p}Kickoff")
+        self.abort_pv = epics_signal_rw(int, f"{p}Abort")
         self.busy = epics_signal_r(int, f"{p}Busy")
         self.n_done = epics_signal_r(int, f"{p}NDone")
         self.n_total = epics_signal_r(int, f"{p}NTotal")
