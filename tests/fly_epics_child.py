@@ -74,10 +74,18 @@ out["hops"] = dict(exit=exits,
                    n=int(np.isfinite(got.fly_surface_z.values).sum()))
 
 
+#: A flight of several controller steps (24 passes of 10 000 samples, 7 passes per step of STEP_SAMPLES = 65 536),
+#: 24 s of bench time paced at 1/8: 3 s
+LONG_IMAGE = dict(x_range=(30.0, 50.0, 11), y_range=(45.0, 55.0, 12), speed=20.0, sample_rate=10_000.0,
+                  height=5.0, plane=0.0)
+
+
 def write_fails_after_the_first(prefix: str):
     """fly_image over a paced bench IOC with the detector's HDF5 writes failing (disk full) on every write after
     the first one, whatever passes it holds (the first write is the first batch the acquire loop copies; each
-    dataset's append gets the file row it starts at); then a normal fly_image over the same IOC."""
+    dataset's append gets the file row it starts at); then a normal fly_image over the same IOC.  The flight is
+    several controller steps long, so whether the failed run aborted the controller (``NDone`` < ``NTotal``) or
+    let it fly on to the end shows in the pass count."""
     import re
 
     import h5py
@@ -86,7 +94,7 @@ def write_fails_after_the_first(prefix: str):
     from espt_bluesky.devices.fly import devices as fdev
 
     ioc = IOCProcess("bench", prefix, PORTS[0], ENV, technique="SECM", sample="patterned", seed=SEED,
-                     options={"noise": 0.0}, time_scale=0.25, log_path=str(work / f"ioc_{prefix.strip(':')}.log"))
+                     options={"noise": 0.0}, time_scale=0.125, log_path=str(work / f"ioc_{prefix.strip(':')}.log"))
     ioc.start()
     append = fdev.FlyDataset.append
     calls = {"ok": 0, "failed": 0}
@@ -105,7 +113,7 @@ def write_fails_after_the_first(prefix: str):
         docs = []
         fdev.FlyDataset.append = failing_append
         try:
-            RE(fly_image(es, ed, eb.stage, eb.potentiostat, **IMAGE), lambda n, d: docs.append((n, d)))
+            RE(fly_image(es, ed, eb.stage, eb.potentiostat, **LONG_IMAGE), lambda n, d: docs.append((n, d)))
             res["error_type"], res["error"] = None, None
         except Exception as exc:
             res["error_type"], res["error"] = type(exc).__name__, str(exc)
@@ -122,12 +130,17 @@ def write_fails_after_the_first(prefix: str):
         m = re.search(r"the (\d+) passes written before", res["error"] or "")
         res["kept_in_message"] = int(m.group(1)) if m else None
         res["busy_after"] = int(RE(bps.rd(es.busy)).plan_result)
+        # how far the controller flew: the passes it completed (NDone) of the programme's (NTotal)
+        res["n_done_after"] = int(RE(bps.rd(es.n_done)).plan_result)
+        res["n_total"] = int(RE(bps.rd(es.n_total)).plan_result)
         # the same IOC flies again, with the detector's writes working
         docs2 = []
-        ok = RE(fly_image(es, ed, eb.stage, eb.potentiostat, **IMAGE), lambda n, d: docs2.append((n, d)))
+        ok = RE(fly_image(es, ed, eb.stage, eb.potentiostat, **LONG_IMAGE), lambda n, d: docs2.append((n, d)))
         good = read_map(docs2)
         res["next"] = dict(exit=ok.exit_status, n_samples=int(good.n_forward.sum() + good.n_backward.sum()),
-                           busy_after=int(RE(bps.rd(es.busy)).plan_result))
+                           busy_after=int(RE(bps.rd(es.busy)).plan_result),
+                           n_done_after=int(RE(bps.rd(es.n_done)).plan_result),
+                           n_total=int(RE(bps.rd(es.n_total)).plan_result))
         with h5py.File(ed.file_path, "r") as f:
             res["next"]["lengths"] = {k: int(f[k].shape[0]) for k in f}
             good_current = np.asarray(f["current"][()])

@@ -46,7 +46,11 @@ def test_a_failed_file_write_over_epics_ends_the_run_and_keeps_what_was_written(
     passes (however many that batch held): fly_image raises the detector's FlyWriteError naming the file and the
     cause, the run closes with exit_status "fail", the file is cut back to the passes written before (as many as
     the message says, every dataset alike, the same data as a good run's first passes), the IOC's controller is not
-    left busy, and a following fly_image over the same IOC succeeds."""
+    left busy, and a following fly_image over the same IOC succeeds.
+
+    The failed run aborts the IOC's controller (the stage's unstage puts ``Abort``) instead of letting it fly on:
+    of a flight of 24 passes in steps of 7 (STEP_SAMPLES), the controller stopped at the end of the step it was in
+    when the write failed (NDone a whole number of steps, fewer than NTotal), while the good run flies all 24."""
     r = child_result["write_failure"]
     msg = r["error"]
     assert r["error_type"] == "FlyWriteError" and r["error_is_fly_write_error"], msg
@@ -62,6 +66,10 @@ def test_a_failed_file_write_over_epics_ends_the_run_and_keeps_what_was_written(
     assert r["appends"] == {"ok": len(lengths), "failed": 1}
     assert r["kept_equal_next_run"]  # the kept rows are whole passes: a good run's first passes
     assert r["busy_after"] == 0
+    # the controller was aborted at the end of a step, not run to the end of the programme (steps end at passes 7, 14, 21, 24)
+    assert r["n_total"] == 24 and r["n_done_after"] in (7, 14, 21), (r["n_done_after"], r["n_total"])
+    assert kept <= r["n_done_after"]
     nxt = r["next"]
     assert nxt["exit"] == "success" and nxt["busy_after"] == 0
-    assert nxt["n_samples"] == 6 * 400 and set(nxt["lengths"].values()) == {6}
+    assert nxt["n_done_after"] == nxt["n_total"] == 24
+    assert nxt["n_samples"] == 24 * 10_000 and set(nxt["lengths"].values()) == {24}
