@@ -66,7 +66,8 @@ def test_a_failed_file_write_over_epics_ends_the_run_and_keeps_what_was_written(
     assert r["appends"] == {"ok": len(lengths), "failed": 1}
     assert r["kept_equal_next_run"]  # the kept rows are whole passes: a good run's first passes
     assert r["busy_after"] == 0
-    # the controller was aborted at the end of a step, not run to the end of the programme (steps end at passes 7, 14, 21, 24)
+    # the controller was aborted at the end of a step, not run to the end of the programme (steps end at passes 7,
+    # 14, 21, 24)
     assert r["n_total"] == 24 and r["n_done_after"] in (7, 14, 21), (r["n_done_after"], r["n_total"])
     assert kept <= r["n_done_after"]
     nxt = r["next"]

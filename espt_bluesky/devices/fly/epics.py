@@ -4,9 +4,10 @@
 The stage writes the program PVs and puts ``Prepare``/``Kickoff``; ``complete`` waits for ``Busy`` = 0 and fails
 with the controller's ``Error`` (a ``TipCrash`` stays a ``TipCrash``).  Unstaging the stage (the end of a plan, a
 failure in it, a RunEngine stop) puts ``Abort`` when a program still runs and waits for ``Busy`` = 0: the controller
-stops at the end of its current step (the passes done are kept) instead of flying on to the programme's end.  The detector follows ``NDone``: for each
-completed pass it writes ``ReadIndex`` and reads the ``Data:*`` waveforms (one per channel), then appends them to
-the run's HDF5 file exactly as the simulated detector does (same data logic, same datasets and data keys).  The
+stops at the end of its current step (the passes done are kept) instead of flying on to the programme's end.
+The detector follows ``NDone``: for each completed pass it writes ``ReadIndex`` and reads the ``Data:*`` waveforms
+(one per channel), then appends them to the run's HDF5 file exactly as the simulated detector does (same data
+logic, same datasets and data keys).  The
 controller's limits and response parameters come from ``{P}fly:Info`` when the devices are made, so a plan
 validates against them at call time.
 
