@@ -499,3 +499,50 @@ def test_a_fast_scan_flushes_its_file_on_a_timer_and_writes_every_sample(engine,
     # every pass reached the documents: the stream data cover rows 0..80
     sd = [d for n, d in docs if n == "stream_datum"]
     assert sd and max(d["indices"]["stop"] for d in sd) == 80
+
+
+def test_epics_stage_stop_aborts_and_names_the_pvs_when_the_controller_does_not_stop():
+    """The EPICS fly stage's ``stop`` (unstage after a failure or a RunEngine stop) puts ``Abort`` only while the
+    controller is busy, returns once ``Busy`` is 0, and raises naming both PVs if the controller never stops.
+    Soft signals stand in for the IOC's PVs (the IOC itself: tests/test_fly_epics.py)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ophyd_async.core import soft_signal_rw
+
+    from espt_bluesky.devices.fly.epics import _EpicsTrajectoryLogic
+
+    class AbortPV:  # records puts; a controller that stops ends its step (Busy 0) a moment after one
+        source = "ca://F:Abort"
+
+        def __init__(self, busy, clears):
+            self.busy, self.clears, self.puts = busy, clears, []
+
+        async def set(self, value, timeout=None):
+            self.puts.append(value)
+            if value and self.clears:
+                asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(self.busy.set(0)))
+
+    async def scenario(busy_at_start: int, clears: bool):
+        busy = soft_signal_rw(int, busy_at_start, name="F:Busy")
+        await busy.connect()
+        abort = AbortPV(busy, clears)
+        dev = SimpleNamespace(busy=busy, abort_pv=abort, controller=SimpleNamespace(loaded="program"))
+        logic = _EpicsTrajectoryLogic(dev)
+        logic.abort_timeout = 0.3
+        error = None
+        try:
+            await logic.stop()
+        except TimeoutError as exc:
+            error = exc
+        return abort.puts, dev.controller.loaded, error, await busy.get_value()
+
+    # idle: nothing put, nothing waited for
+    assert asyncio.run(scenario(0, clears=False)) == ([], None, None, 0)
+    # running: Abort put once, returns when Busy is 0
+    puts, loaded, error, busy = asyncio.run(scenario(1, clears=True))
+    assert puts == [1] and loaded is None and error is None and busy == 0
+    # running and never stopping: a TimeoutError naming the two PVs, the program still marked loaded
+    puts, loaded, error, busy = asyncio.run(scenario(1, clears=False))
+    assert puts == [1] and busy == 1 and loaded == "program"
+    assert isinstance(error, TimeoutError) and "Busy" in str(error) and "Abort" in str(error), error
