@@ -546,3 +546,43 @@ def test_epics_stage_stop_aborts_and_names_the_pvs_when_the_controller_does_not_
     puts, loaded, error, busy = asyncio.run(scenario(1, clears=False))
     assert puts == [1] and busy == 1 and loaded == "program"
     assert isinstance(error, TimeoutError) and "Busy" in str(error) and "Abort" in str(error), error
+
+
+def test_a_hop_programme_stops_between_steps_with_the_hops_done_kept():
+    """A hop programme is planned at once and handed out ``HOP_STEP`` hops per step; stopped (``abort``, from the
+    stage's stop or the IOC's Abort) after its first step it keeps those hops, equal to the whole programme's
+    first ones, and leaves the tip above the last of them with the clock at its end (not at the programme's)."""
+    from espt_bluesky.devices.fly import controller as fc
+    from espt_bluesky.devices.fly.trajectory import HopSequence
+
+    xs = np.linspace(30.0, 70.0, 2 * fc.HOP_STEP + 10)
+    hops = HopSequence(tuple(xs), (50.0,) * xs.size, hop_height=1.0, approach_speed=10.0, lateral_speed=100.0,
+                       setpoint=0.02)
+
+    def start(seed):
+        bench = make_sim_bench("SICM", "patterned", seed=seed, noise=0.0)
+        ctl = fc.SimFlyController(bench)
+        ctl.load(hops)
+        return bench, ctl, ctl.start()
+
+    whole_bench, whole_ctl, whole = start(6)
+    steps = [whole.n_done]
+    while not whole_ctl.advance():
+        steps.append(whole.n_done)
+    assert steps == [0, fc.HOP_STEP, 2 * fc.HOP_STEP, xs.size] and whole.n_done == xs.size and whole.error is None
+
+    bench, ctl, res = start(6)
+    clock0 = bench.model.clock
+    ctl.advance()
+    ctl.abort()
+    assert ctl.advance() and res.finished and res.n_done == fc.HOP_STEP and res.error is None
+    k = fc.HOP_STEP - 1
+    for ch in ("x", "y", "surface_z", "current", "time"):
+        np.testing.assert_array_equal(res.data[ch], whole.data[ch][:fc.HOP_STEP], err_msg=ch)
+    assert bench.model.position[0] == xs[k] and bench.model.position[1] == 50.0
+    # above the surface found at the last hop by hop_height (within the controller's height resolution)
+    dz = 10.0 / ctl.max_sample_rate
+    assert abs(bench.model.position[2] - (res.data["surface_z"][k] + 1.0)) <= dz
+    assert res.duration == whole.planned_end_times[k] < whole.duration
+    assert bench.model.clock == pytest.approx(clock0 + whole.planned_end_times[k])
+    assert whole_bench.model.position[0] == xs[-1]

@@ -49,6 +49,9 @@ HOP_CHANNELS = {"x": ("um", "hop x"), "y": ("um", "hop y"), "surface_z": ("um", 
 #: Samples of path simulated per step of a streaming raster (whole passes, at least one): small enough that the
 #: detector writes the first passes while the rest is computed, large enough that numpy's per-call cost is noise
 STEP_SAMPLES = 65536
+#: Hops handed out per step of a hop programme (all planned at once; :meth:`SimFlyController.abort` stops it between
+#: two steps)
+HOP_STEP = 64
 
 
 @dataclass
@@ -347,19 +350,39 @@ class SimFlyController(ProgramChannels):
             res.error = error
 
     def _hop_steps(self, h: HopSequence):
+        """The hop programme's result (empty) and the generator that fills it: every hop is planned in the first
+        step (vectorised), then handed out ``HOP_STEP`` hops per step, so that :meth:`abort` stops the programme
+        between two steps with the hops done kept and the tip above the last of them."""
         res = FlyResult("hops", {}, np.zeros(0), 0.0)
 
         def run():
-            done = self._execute_hops(h)
-            res.buffers, res.planned_end_times, res.duration, res.error = (done.buffers, done.planned_end_times,
-                                                                            done.duration, done.error)
-            res.n_done = done.n_done
+            m = self.model
+            clock0 = m.clock
+            done, tops = self._execute_hops(h)
+            res.buffers, res.planned_end_times, res.duration = done.buffers, done.planned_end_times, done.duration
+            n, k = done.n_done, 0
+            try:
+                while k < n:
+                    k = min(k + HOP_STEP, n)
+                    res.n_done = k
+                    if k < n:
+                        yield
+            finally:
+                if k < n:  # stopped: the tip rests above the last hop done, the clock at its end
+                    last = max(k - 1, 0)
+                    if k:
+                        m.position = np.array([done.buffers["x"][last], done.buffers["y"][last], tops[last]])
+                    res.duration = float(done.planned_end_times[last]) if k else 0.0
+                    m.clock = clock0 + res.duration
+                else:
+                    res.error = done.error
             yield
 
         return res, run()
 
-    def _execute_hops(self, h: HopSequence) -> FlyResult:
-        """Hops as the firmware runs them: retract, move, approach until the current has dropped by the setpoint.
+    def _execute_hops(self, h: HopSequence) -> tuple[FlyResult, np.ndarray]:
+        """Hops as the firmware runs them: retract, move, approach until the current has dropped by the setpoint;
+        returns their result and the height (µm) the tip retracts to after each hop.
 
         The contact height comes from the analytic SICM approach curve (the approach is continuous at
         ``approach_speed``; the controller stops within one sample of 1/``max_sample_rate`` s)."""
@@ -411,4 +434,4 @@ class SimFlyController(ProgramChannels):
             m.position = np.array([x[n_ok - 1], y[n_ok - 1], z_contact[n_ok - 1] + h.hop_height])
         duration = float(end[n_ok - 1]) if n_ok else 0.0
         m.clock += duration
-        return FlyResult("hops", out, end[:n_ok], duration, error, n_done=n_ok)
+        return FlyResult("hops", out, end[:n_ok], duration, error, n_done=n_ok), z_contact[:n_ok] + h.hop_height
