@@ -509,8 +509,8 @@ class _HDF5Data(DetectorDataLogic):
         f = h5py.File(st.path, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE_BYTES)
         resources, meta = [], {}
         for spec in layout:
-            # every dataset's chunks hold the same collections (a flush then leaves no chunk half full: see
-            # _write_rows): ~0.5 MB of each per-sample channel, CHUNK_ROWS_SCALAR per-pass / per-hop values
+            # every dataset's chunks hold the same collections (~0.5 MB of each per-sample channel;
+            # CHUNK_ROWS_SCALAR hops), so all datasets' chunks fill, and are written out, together
             chunks = (rows, *spec.shape)
             f.create_dataset(f"/{spec.name}", shape=(0, *spec.shape), maxshape=(None, *spec.shape),
                              dtype=spec.dtype, chunks=chunks)
