@@ -152,4 +152,95 @@ def write_fails_after_the_first(prefix: str):
 
 
 out["write_failure"] = write_fails_after_the_first("F3:")
+
+
+def stopped_by_the_user(prefix: str):
+    """fly_image over a paced bench IOC stopped by the user mid-flight, as Ctrl-C does: on the run's first
+    ``stream_datum`` (the first passes are in the file) a thread asks the RunEngine to pause at once, and the paused
+    RunEngine is then aborted (``RE.abort``); the next flight over the same IOC is stopped with ``RE.stop()`` from
+    such a thread, without a pause; then a normal fly_image.  Each stopped run's stop document, the controller's
+    ``Busy``/``NDone``/``NTotal`` and the lengths of the file's datasets are recorded."""
+    import faulthandler
+    import threading
+    import time
+
+    import h5py
+    from bluesky import plan_stubs as bps
+    from bluesky.utils import RunEngineInterrupted
+
+    ioc = IOCProcess("bench", prefix, PORTS[0], ENV, technique="SECM", sample="patterned", seed=SEED,
+                     options={"noise": 0.0}, time_scale=0.125, log_path=str(work / f"ioc_{prefix.strip(':')}.log"))
+    ioc.start()
+    faulthandler.dump_traceback_later(240, exit=True)  # a hang prints every thread's stack and ends the child
+    res = {}
+    try:
+        eb = make_epics_bench(prefix)
+        es, ed = make_epics_fly_devices(f"{prefix}fly:", work / "epics_stop")
+
+        def pv(sig):
+            return int(RE(bps.rd(sig)).plan_result)
+
+        for mode in ("abort", "stop"):
+            docs, seen, log = [], threading.Event(), []
+
+            def interrupt(mode=mode, log=log):
+                try:
+                    if mode == "abort":
+                        RE.request_pause(defer=False)
+                        log.append("pause requested")
+                    else:
+                        deadline = time.monotonic() + 30
+                        while RE.state != "running" and time.monotonic() < deadline:
+                            time.sleep(0.005)
+                        RE.stop()
+                        log.append("stop requested")
+                except Exception as exc:  # recorded: the test shows it
+                    log.append(f"{type(exc).__name__}: {exc}")
+
+            worker = threading.Thread(target=interrupt, daemon=True)
+
+            def cb(name, doc, docs=docs, seen=seen, worker=worker):
+                docs.append((name, doc))
+                if name == "stream_datum" and not seen.is_set():
+                    seen.set()
+                    worker.start()
+
+            r = dict(interrupted=False, error=None)
+            try:
+                result = RE(fly_image(es, ed, eb.stage, eb.potentiostat, **LONG_IMAGE), cb)
+                r["result_exit"] = result.exit_status
+            except RunEngineInterrupted:  # paused (or aborted: a plan without a checkpoint cannot pause)
+                r["interrupted"], r["state_interrupted"] = True, RE.state
+                if RE.state == "paused":  # what a user does next at the prompt
+                    RE.abort("test: user stop")
+            except Exception as exc:
+                r["error"] = f"{type(exc).__name__}: {exc}"
+            worker.join(timeout=30)
+            r["log"], r["saw_stream_datum"], r["re_state"] = log, seen.is_set(), RE.state
+            stop = [d for n, d in docs if n == "stop"]
+            r["stop"] = dict(exit_status=stop[0]["exit_status"], reason=stop[0].get("reason")) if stop else None
+            key_of = {d["uid"]: d["data_key"] for n, d in docs if n == "stream_resource"}
+            registered = {}
+            for n, d in docs:
+                if n == "stream_datum":
+                    k = key_of[d["stream_resource"]]
+                    registered[k] = registered.get(k, 0) + d["indices"]["stop"] - d["indices"]["start"]
+            r["registered"] = registered  # passes per data key the run's documents point at
+            with h5py.File(ed.file_path, "r") as f:
+                r["lengths"] = {k: int(f[k].shape[0]) for k in f}
+            r["busy_after"], r["n_done_after"], r["n_total"] = pv(es.busy), pv(es.n_done), pv(es.n_total)
+            res[mode] = r
+        docs2 = []
+        ok = RE(fly_image(es, ed, eb.stage, eb.potentiostat, **LONG_IMAGE), lambda n, d: docs2.append((n, d)))
+        with h5py.File(ed.file_path, "r") as f:
+            lengths = {k: int(f[k].shape[0]) for k in f}
+        res["next"] = dict(exit=ok.exit_status, busy_after=pv(es.busy), n_done_after=pv(es.n_done),
+                           n_total=pv(es.n_total), lengths=lengths)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        ioc.stop()
+    return res
+
+
+out["user_stop"] = stopped_by_the_user("F4:")
 print("RESULT " + json.dumps(out))

@@ -74,3 +74,37 @@ def test_a_failed_file_write_over_epics_ends_the_run_and_keeps_what_was_written(
     assert nxt["exit"] == "success" and nxt["busy_after"] == 0
     assert nxt["n_done_after"] == nxt["n_total"] == 24
     assert nxt["n_samples"] == 24 * 10_000 and set(nxt["lengths"].values()) == {24}
+
+
+@pytest.mark.slow
+def test_a_user_stop_mid_flight_over_epics_aborts_the_controller(child_result):
+    """A RunEngine stop in the middle of a fly scan over EPICS (what Ctrl-C leads to) ends the run with the IOC's
+    controller aborted at the end of the step it was in, not flown to the end of the programme.
+
+    On the run's first ``stream_datum`` (passes are in the file) a thread calls ``RE.request_pause(defer=False)``
+    and the paused RunEngine is aborted (``RE.abort``): the stop document says "abort".  A second flight is stopped
+    with ``RE.stop()`` from such a thread: bluesky 1.15 closes that run with exit_status "success".  Each time the
+    stage's unstage put ``Abort``: of 24 passes in steps of 7, the controller stopped at 7, 14 or 21 (a completed
+    flight is 24), ``Busy`` is 0, and the file holds whole passes only (every dataset the same length, at least
+    one).  A following normal fly_image over the same IOC flies all 24 passes."""
+    r = child_result["user_stop"]
+    for mode, exit_status in (("abort", "abort"), ("stop", "success")):
+        s = r[mode]
+        assert s["saw_stream_datum"] and s["error"] is None, (mode, s)
+        assert s["re_state"] == "idle", (mode, s)
+        assert s["stop"] is not None and s["stop"]["exit_status"] == exit_status, (mode, s)
+        assert s["busy_after"] == 0, (mode, s)
+        assert s["n_total"] == 24 and s["n_done_after"] in (7, 14, 21), (mode, s)  # aborted, not flown to 24
+        lengths = s["lengths"]
+        assert set(lengths) == {"current", "pass", "position", "time"}, (mode, s)
+        assert len(set(lengths.values())) == 1 and lengths["current"] >= 1, (mode, s)  # whole passes only
+        assert lengths["current"] <= s["n_done_after"], (mode, s)
+        # the documents point at whole passes in the file (a pass the detector wrote after the run's last collect
+        # may be in the file without an event)
+        assert len(set(s["registered"].values())) == 1, (mode, s)
+        assert 1 <= min(s["registered"].values()) <= lengths["current"], (mode, s)
+    assert r["abort"]["log"] == ["pause requested"] and r["abort"]["state_interrupted"] == "paused", r["abort"]
+    assert r["stop"]["log"] == ["stop requested"], r["stop"]
+    nxt = r["next"]
+    assert nxt["exit"] == "success" and nxt["busy_after"] == 0, nxt
+    assert nxt["n_done_after"] == nxt["n_total"] == 24 and set(nxt["lengths"].values()) == {24}, nxt
