@@ -586,3 +586,48 @@ def test_a_hop_programme_stops_between_steps_with_the_hops_done_kept():
     assert res.duration == whole.planned_end_times[k] < whole.duration
     assert bench.model.clock == pytest.approx(clock0 + whole.planned_end_times[k])
     assert whole_bench.model.position[0] == xs[-1]
+
+
+def test_a_user_abort_mid_flight_registers_every_pass_in_the_file(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a fly scan (pause, then ``RE.abort``): the plan halts the stage and lets the detector
+    write what was done before its last collect, so the run's documents point at every pass in the file -- passes
+    come every 20 ms here and are counted every 0.25 s, so without that the file would hold passes no event
+    points to -- and the stage stopped short of the programme's end."""
+    import threading
+
+    import h5py
+    from bluesky.utils import RunEngineInterrupted
+
+    from espt_bluesky.devices.fly import controller as fc
+
+    monkeypatch.setattr(fc, "STEP_SAMPLES", 100)  # one pass per step
+    bench = make_sim_bench("EC-AFM", "patterned", seed=3, time_scale=0.03)  # 80 passes over ~1.5 s
+    fs, fd = make_fly_devices(bench, tmp_path)
+    RE = RunEngine({})
+    docs, asked = [], threading.Event()
+
+    def pause_soon():
+        RE.request_pause(defer=False)
+
+    def collect(name, doc):
+        docs.append((name, doc))
+        if name == "stream_datum" and not asked.is_set():
+            asked.set()
+            threading.Timer(0.1, pause_soon).start()  # a few passes later, as a user would
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(fly_image(fs, fd, bench.stage, bench.potentiostat, technique="EC-AFM", x_range=(35.0, 65.0, 31),
+                     y_range=(40.0, 60.0, 40), speed=50.0, sample_rate=2000.0), collect)
+    assert RE.state == "paused"
+    RE.abort("test: the user stops the scan")
+    stop = [d for n, d in docs if n == "stop"][0]
+    assert stop["exit_status"] == "abort"
+    with h5py.File(fd.file_path, "r") as f:
+        lengths = {k: f[k].shape[0] for k in f}
+    # halted: the passes flown by then (paced by time_scale), not the programme's 80
+    assert len(set(lengths.values())) == 1 and 1 <= lengths["height"] < 80, lengths
+    registered = {}
+    for n, d in docs:
+        if n == "stream_datum":
+            registered[d["stream_resource"]] = max(registered.get(d["stream_resource"], 0), d["indices"]["stop"])
+    assert set(registered.values()) == {lengths["height"]}, (registered, lengths)

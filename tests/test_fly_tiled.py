@@ -221,7 +221,9 @@ def test_a_failed_file_write_ends_the_run_at_once_and_keeps_what_was_written(cat
     path = fd.file_path
     msg = str(err.value)
     assert str(path) in msg and "No space left on device" in msg and "the 1 passes written before" in msg, msg
-    assert ctl.result.finished and ctl.result.error is None and ctl.result.n_done == 4  # the stage flew on
+    # the plan halted the stage at the end of a step (one pass per step here): it did not fly on to the 4th pass
+    # unless it was already there
+    assert ctl.result.finished and ctl.result.error is None and 1 <= ctl.result.n_done <= 4
     stop = [d for n, d in docs if n == "stop"][0]
     assert stop["exit_status"] == "fail" and str(path) in stop["reason"]
     import h5py

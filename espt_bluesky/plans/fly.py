@@ -8,7 +8,9 @@ and end like every plan here: tip retracted, cell at open circuit, every pass re
 """
 
 
+import logging
 import math
+from functools import partial
 from typing import Any, Generator, Sequence
 
 import numpy as np
@@ -24,6 +26,8 @@ from ._common import (cell_on, check_potential, check_step, check_xy, check_z, c
 from .hopping import scan_points
 from .imaging import _as_plane
 from .metadata import build_start_md
+
+logger = logging.getLogger(__name__)
 
 FLY_TECHNIQUES = ("SECM", "SICM", "EC-AFM")
 #: Points per fly image row/column accepted (pixels); the samples are bounded separately by the detector's rate
@@ -101,10 +105,25 @@ def _collect_run(fly_stage, fly_detector, program, stream: str = "primary"):
     try:
         yield from _collect_while_completing(fly_stage, fly_detector, stream)
     except Exception:
-        # data is never silently dropped: whatever passes reached the file are registered before the error
+        # a failure or a user's stop: data is never silently dropped.  The flight is halted and the detector
+        # writes what was done first (unstaging would do both only after this last collect, leaving passes in the
+        # file that no event points to), then every pass in the file is registered before the error
+        yield from bps.wait_for([partial(_halt, fly_stage, fly_detector)])
         yield from bps.collect(fly_detector, name=stream)
         raise
     yield from bps.collect(fly_detector, name=stream)
+
+
+async def _halt(fly_stage, fly_detector) -> None:
+    """Halt the flight and wait for the detector to have written what was done (failures here are logged: the
+    plan is already ending with its own error)."""
+    for step in (getattr(fly_stage, "halt", None), getattr(fly_detector, "finish_writing", None)):
+        if step is None:
+            continue
+        try:
+            await step()
+        except Exception:  # noqa: BLE001 - the plan's own error is the one to raise
+            logger.exception("fly plan cleanup: %s failed", getattr(step, "__qualname__", step))
 
 
 def _connect(*devices):

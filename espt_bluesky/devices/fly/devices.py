@@ -172,6 +172,7 @@ class _TrajectoryLogic(FlyableLogic):
         self.progress: asyncio.Event | None = None
         self.task: asyncio.Future | None = None
         self.t_kickoff = 0.0
+        self.halted_at: float | None = None  # time.monotonic() of a stop while flying
 
     async def on_prepare(self, value: FlyRaster | HopSequence) -> Any:
         self.started = asyncio.Event()
@@ -193,6 +194,7 @@ class _TrajectoryLogic(FlyableLogic):
                 loop.call_soon_threadsafe(progress.set)
 
         self.t_kickoff = time.monotonic()
+        self.halted_at = None
         ctl.start()
         self.task = loop.run_in_executor(None, run)
         self.started.set()
@@ -207,6 +209,8 @@ class _TrajectoryLogic(FlyableLogic):
             raise res.error
 
     async def stop(self) -> None:
+        if self.task is not None and self.halted_at is None:  # paced passes after this moment were never flown
+            self.halted_at = time.monotonic()
         self.controller.abort()
         if self.task is not None:
             with suppress(Exception):
@@ -220,6 +224,12 @@ class _ControllerProperty:
     def controller(self) -> Any:
         """The fly controller (simulated, or the IOC's) the stage drives."""
         return self._controller
+
+    async def halt(self) -> None:
+        """Stop a running programme now: the controller stops at the end of its current step, the passes (hops)
+        done are kept.  What unstaging does too; a plan calls it first when it fails or is stopped, so that the
+        detector can write and count every pass done before the plan's last collect."""
+        await self.flyable_logic.stop()
 
 
 class FlyStage(_ControllerProperty, StandardFlyable):
@@ -327,9 +337,15 @@ class _PacedAcquire(_TaskAcquire):
             n = res.n_done
             j = n
             if scale > 0 and i < n:  # released when its time has come
-                await _sleep_until(logic.t_kickoff, float(res.planned_end_times[i]) * scale)
+                if logic.halted_at is None:
+                    await _sleep_until(logic.t_kickoff, float(res.planned_end_times[i]) * scale)
                 now = (time.monotonic() - logic.t_kickoff) / scale
-                j = min(max(int(np.searchsorted(res.planned_end_times, now, side="right")), i + 1), n)
+                if logic.halted_at is not None:  # stopped (the stage's stop): only what was flown by then
+                    now = min(now, (logic.halted_at - logic.t_kickoff) / scale)
+                    j = min(int(np.searchsorted(res.planned_end_times, now, side="right")), n)
+                    finished = finished or j <= i
+                else:
+                    j = min(max(int(np.searchsorted(res.planned_end_times, now, side="right")), i + 1), n)
             if j > i:
                 _write_rows(st, res.buffers, i, j)
                 i = j
@@ -563,6 +579,13 @@ class _FlyDetectorBase(StandardDetector):
         task = getattr(self._acquire_logic, "task", None)
         async for update in _fail_fast(super()._wait_for_index(*args, **kwargs), task):
             yield update
+
+    async def finish_writing(self) -> None:
+        """Wait until the acquisition has ended (the controller done or stopped) and everything it wrote is flushed
+        and counted; its failure is not raised here (``complete`` raises it)."""
+        task = getattr(self._acquire_logic, "task", None)
+        if task is not None:
+            await asyncio.wait({task})
 
     @property
     def file_path(self) -> Path | None:
