@@ -9,10 +9,9 @@ from __future__ import annotations
 import pytest
 
 from espt_bluesky.storage import writer as storage_writer
-from espt_bluesky.workers.bus import H_RUN, BusConfig
+from espt_bluesky.workers.bus import H_RUN, H_START_SEQ, BusConfig
 from espt_bluesky.workers.consumer import Message
 from espt_bluesky.workers import tiled_worker
-from espt_bluesky.workers.bus import H_START_SEQ
 from espt_bluesky.workers.tiled_worker import TiledWorker
 
 UID = "run-1"

@@ -44,8 +44,7 @@ def predicted_maps(settings: Mapping[str, Any], x, y, objective, resolution: int
 
     The mean and std follow the run's ``reconstruction`` setting (GP mean, or one GP per class of a two-phase
     sample: :func:`espt_bluesky.analysis.gp_sampling.reconstruct`, with the run's ``boundary`` rule); ``gp`` is the
-    single GP of all the hops (its
-    hyperparameters are reported).
+    single GP of all the hops (its hyperparameters are reported).
     """
     x, y, v = (np.asarray(a, float) for a in (x, y, objective))
     ok = np.isfinite(v)

@@ -13,8 +13,8 @@ Exactly once, whatever happens (worker killed, Tiled down, acknowledgements lost
   deleted and the run is written again from its start document (the ``Espt-Start-Seq`` header) up to the last of
   its documents the stream holds, read with an ephemeral consumer (not only up to the message at hand: an older
   message left unacknowledged by a killed worker comes again after newer ones were acknowledged).  The stream
-  holds every document for its retention time (``bus.max_age_days``); a run whose start is gone from it is left as it is in Tiled, with an error, and its
-  journal on the acquisition host (``espt replay``) still has it;
+  holds every document for its retention time (``bus.max_age_days``); a run whose start is gone from it is left
+  as it is in Tiled, with an error, and its journal on the acquisition host (``espt replay``) still has it;
 * a batch that Tiled refuses is not acknowledged; the worker waits until Tiled answers its health probe, forgets the
   runs of the batch (their writers' state is uncertain) and asks for the batch again.
 """

@@ -368,11 +368,10 @@ class SimFlyController(ProgramChannels):
                     if k < n:
                         yield
             finally:
-                if k < n:  # stopped: the tip rests above the last hop done, the clock at its end
-                    last = max(k - 1, 0)
-                    if k:
-                        m.position = np.array([done.buffers["x"][last], done.buffers["y"][last], tops[last]])
-                    res.duration = float(done.planned_end_times[last]) if k else 0.0
+                if k < n:  # stopped (at a yield: k >= 1): the tip rests above the last hop done, the clock at its end
+                    last = k - 1
+                    m.position = np.array([done.buffers["x"][last], done.buffers["y"][last], tops[last]])
+                    res.duration = float(done.planned_end_times[last])
                     m.clock = clock0 + res.duration
                 else:
                     res.error = done.error

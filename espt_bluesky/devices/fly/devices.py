@@ -387,7 +387,7 @@ def _write_rows(st: _State, data: dict[str, np.ndarray], i: int, j: int) -> None
             spec.append(ds, data, i, j, n0)
     except Exception as exc:
         _cut_back(st, n0)
-        what = "passes" if isinstance(st.controller.loaded, FlyRaster) else "hops"
+        what = _collections(st)
         raise FlyWriteError(
             f"{st.name}: writing {what} {n0}..{n0 + (j - i) - 1} to {st.path} failed "
             f"({type(exc).__name__}: {exc}); the {st.n_written} {what} written before are kept in the file and "
@@ -409,6 +409,12 @@ async def _wait_or_flush(st: _State, event: asyncio.Event) -> None:
         _publish(st)
 
 
+def _collections(st: _State) -> str:
+    """What one collection of the detector's file is, for messages: "passes" (a raster's file has a ``pass``
+    dataset) or "hops".  From the file, not the loaded programme: a halted stage has unloaded it."""
+    return "passes" if "pass" in st.datasets else "hops"
+
+
 def _flush_due(st: _State) -> float:
     """Seconds until collections written but not flushed must be flushed (``inf`` if there are none)."""
     if st.n_appended == st.n_written:
@@ -425,7 +431,7 @@ def _publish(st: _State) -> None:
     except Exception as exc:
         n0 = st.n_written
         _cut_back(st, n0)
-        what = "passes" if isinstance(st.controller.loaded, FlyRaster) else "hops"
+        what = _collections(st)
         raise FlyWriteError(
             f"{st.name}: flushing {what} {n0}..{st.n_appended - 1} to {st.path} failed ({type(exc).__name__}: "
             f"{exc}); the {n0} {what} written before are kept in the file and registered") from exc

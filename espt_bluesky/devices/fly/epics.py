@@ -7,9 +7,8 @@ failure in it, a RunEngine stop) puts ``Abort`` when a program still runs and wa
 stops at the end of its current step (the passes done are kept) instead of flying on to the programme's end.
 The detector follows ``NDone``: for each completed pass it writes ``ReadIndex`` and reads the ``Data:*`` waveforms
 (one per channel), then appends them to the run's HDF5 file exactly as the simulated detector does (same data
-logic, same datasets and data keys).  The
-controller's limits and response parameters come from ``{P}fly:Info`` when the devices are made, so a plan
-validates against them at call time.
+logic, same datasets and data keys).  The controller's limits and response parameters come from ``{P}fly:Info``
+when the devices are made, so a plan validates against them at call time.
 
 Set ``EPICS_CA_MAX_ARRAY_BYTES`` above 8 × the longest pass (samples) before the first channel is created.
 """
